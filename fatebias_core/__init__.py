@@ -1,0 +1,50 @@
+"""fatebias_core: which gene knockdowns shift cell fate, on which day, and how sure are we.
+
+The science of fatebias, with no platform in it. Each step of the chain is a function:
+
+* :func:`load_config` / :class:`FatebiasConfig`: the one configuration schema
+* :func:`load_experiment`: AnnData + guide map -> :class:`Experiment`
+* :func:`fit`: the MOI-aware Bayesian fate model by SVI -> :class:`FitResult`
+* :func:`export_posterior`: gene/day and guide/day posterior tables for mash
+* :mod:`fatebias_core.mash`: multivariate adaptive shrinkage (native, or R mashr)
+* :func:`aggregate_guides`, :func:`rank_hits`: guide-to-gene aggregation and hit calling
+* :func:`simulate`: data with known truth; :func:`run_chain`: every step in one call
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+# Public names, imported lazily so that ``import fatebias_core`` stays light.
+_EXPORTS = {
+    "FatebiasConfig": "config",
+    "load_config": "config",
+    "make_config": "config",
+    "FatebiasError": "errors",
+    "Experiment": "types",
+    "FilteredCells": "types",
+    "GuideEmbedding": "types",
+    "LoadSummary": "types",
+    "load_experiment": "data",
+    "fit": "inference",
+    "FitResult": "inference",
+    "load_fit": "inference",
+    "export_posterior": "posterior",
+    "simulate": "simulate",
+    "aggregate_guides": "aggregate",
+    "rank_hits": "calls",
+    "compare_modes": "calls",
+    "score_calls": "evaluate",
+    "run_chain": "pipeline",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'fatebias_core' has no attribute {name!r}")

@@ -1,0 +1,277 @@
+"""The ``fatebias`` command line: thin wrappers over the library's step functions.
+
+Every command validates its inputs before any work, prints one line and exits
+non-zero on bad input (``FatebiasError``), and writes its outputs atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+
+from .errors import FatebiasError
+
+log = logging.getLogger("fatebias")
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def command(name: str, help: str):
+    """Register ``fn`` (taking parsed args) as a subcommand with its argument builder."""
+
+    def deco(build: Callable[[argparse.ArgumentParser], None]):
+        def register(run: Callable[[argparse.Namespace], int]):
+            COMMANDS[name] = (help, build, run)
+            return run
+
+        return register
+
+    return deco
+
+
+def _config(args: argparse.Namespace, **overrides):
+    from .config import load_config
+
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return load_config(getattr(args, "config", None), **overrides)
+
+
+# --------------------------------------------------------------------------- fit
+def _build_fit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", required=True, help="YAML configuration file")
+    p.add_argument("--out", help="output folder (overrides out_dir)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="torch device (overrides device)")
+    p.add_argument("--num-steps", type=int, help="SVI steps (overrides num_steps)")
+
+
+@command("fit", "load the experiment, fit the model and export posterior summaries")(_build_fit)
+def _run_fit(args: argparse.Namespace) -> int:
+    from .pipeline import fit_and_export
+
+    cfg = _config(args, out_dir=args.out, device=args.device, num_steps=args.num_steps)
+    result = fit_and_export(cfg)
+    print(result.describe())
+    return 0
+
+
+# --------------------------------------------------------------------------- simulate
+def _build_simulate(p: argparse.ArgumentParser) -> None:
+    from .config import FatebiasConfig
+
+    p.add_argument("--out", required=True, help="folder for adata.h5ad, guide_map.csv, truth and config")
+    p.add_argument("--config", "-c", help="YAML file with sim_* settings (and run settings for config.yaml)")
+    for name, info in FatebiasConfig.model_fields.items():
+        if name.startswith("sim_"):
+            flag = "--" + name.removeprefix("sim_").replace("_", "-")
+            typ = type(info.default) if info.default is not None else float
+            p.add_argument(flag, dest=name, type=typ, help=f"{info.description} (default {info.default})")
+
+
+@command("simulate", "simulate an experiment with known truth")(_build_simulate)
+def _run_simulate(args: argparse.Namespace) -> int:
+    from .config import FatebiasConfig
+    from .simulate import simulate
+
+    sim = {k: getattr(args, k) for k in FatebiasConfig.model_fields if k.startswith("sim_")}
+    cfg = _config(args, **sim)
+    result = simulate(cfg, args.out)
+    print(result.describe())
+    return 0
+
+
+# --------------------------------------------------------------------------- demo
+def _build_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="fatebias_demo", help="output folder (default ./fatebias_demo)")
+    p.add_argument("--config", "-c", help="optional YAML overriding the demo's settings")
+
+
+@command("demo", "simulate a modest experiment and run every step of the chain on it")(_build_demo)
+def _run_demo(args: argparse.Namespace) -> int:
+    from .pipeline import run_demo
+
+    result = run_demo(args.out, config_path=args.config)
+    print(result.describe())
+    return 0
+
+
+# --------------------------------------------------------------------------- run
+def _build_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", required=True, help="YAML configuration file")
+    p.add_argument("--out", help="output folder (overrides out_dir)")
+
+
+@command("run", "run the whole chain: fit, export, mash, aggregate, rank, diagnostics")(_build_run)
+def _run_run(args: argparse.Namespace) -> int:
+    from .pipeline import run_chain
+
+    cfg = _config(args, out_dir=args.out)
+    result = run_chain(cfg)
+    print(result.describe())
+    return 0
+
+
+# --------------------------------------------------------------------------- mash / ash
+def _build_mash(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="daywise table with betahat_d*, se_d* columns")
+    p.add_argument("output", help="output CSV (input columns + postmean_d*, postsd_d*, lfsr_d*, lfsr_min, best_day)")
+    p.add_argument("--mode", choices=["conservative", "enriched"], default="conservative")
+    p.add_argument("--config", "-c", help="YAML with mash_* settings")
+    p.add_argument("--backend", choices=["native", "r"], help="overrides mash_backend")
+
+
+@command("mash", "multivariate adaptive shrinkage of a daywise effect table")(_build_mash)
+def _run_mash(args: argparse.Namespace) -> int:
+    from .mash import mash_file
+
+    cfg = _config(args, mash_backend=args.backend)
+    res = mash_file(args.input, args.output, mode=args.mode, config=cfg)
+    print(res.describe())
+    return 0
+
+
+def _build_ash(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="table with betahat, sebetahat columns")
+    p.add_argument("output", help="output CSV (input columns + postmean, postsd, lfsr, qvalue)")
+    p.add_argument("--config", "-c", help="YAML settings")
+
+
+@command("ash", "univariate adaptive shrinkage of an across-day summary")(_build_ash)
+def _run_ash(args: argparse.Namespace) -> int:
+    from .mash import ash_file
+
+    cfg = _config(args)
+    res = ash_file(args.input, args.output, config=cfg)
+    print(res.describe())
+    return 0
+
+
+# --------------------------------------------------------------------------- discovery
+def _build_aggregate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="mash_guide_<mode>.csv")
+    p.add_argument("output", help="gene_from_guide_mash_<mode>.csv")
+    p.add_argument("--config", "-c", help="YAML settings (thresholds)")
+
+
+@command("aggregate", "combine guide-level mash posteriors into gene-level ones")(_build_aggregate)
+def _run_aggregate(args: argparse.Namespace) -> int:
+    from .aggregate import aggregate_file
+
+    cfg = _config(args)
+    df = aggregate_file(args.input, args.output, cfg)
+    print(f"wrote {args.output}: {len(df)} genes")
+    return 0
+
+
+def _build_rank(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="mash gene table, aggregated table or ash table")
+    p.add_argument("output", help="hits_ranked.csv")
+    p.add_argument("--config", "-c", help="YAML settings (thresholds, discovery_source)")
+    p.add_argument("--source", choices=["gene", "guide_agg", "ash"], help="overrides discovery_source")
+
+
+@command("rank", "call and rank hits")(_build_rank)
+def _run_rank(args: argparse.Namespace) -> int:
+    from .calls import rank_file
+
+    cfg = _config(args, discovery_source=args.source)
+    df = rank_file(args.input, args.output, cfg)
+    print(f"wrote {args.output}: {int(df['hit_anyday'].sum())} hits of {len(df)} rows")
+    return 0
+
+
+def _build_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hits", required=True, help="hits_ranked.csv")
+    p.add_argument("--truth", required=True, help="truth_daywise.csv")
+    p.add_argument("--out", required=True, help="folder for daywise_confusion.csv and pred_call_summary.json")
+    p.add_argument("--truth-thresh", type=float, default=0.2, help="|theta| above which a gene/day is truly active")
+
+
+@command("evaluate", "score ranked hits against a simulation's truth")(_build_evaluate)
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_files
+
+    summary = evaluate_files(args.hits, args.truth, args.out, truth_thresh=args.truth_thresh)
+    print(summary.describe())
+    return 0
+
+
+def _build_diagnose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", required=True, help="YAML configuration file")
+    p.add_argument("--out", help="output folder (overrides out_dir)")
+
+
+@command("diagnose", "held-out fit, permutation negative control and sanity checks")(_build_diagnose)
+def _run_diagnose(args: argparse.Namespace) -> int:
+    from .pipeline import diagnose
+
+    cfg = _config(args, out_dir=args.out)
+    result = diagnose(cfg)
+    print(result.describe())
+    return 0
+
+
+# --------------------------------------------------------------------------- config
+def _build_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["check", "show", "reference"], help="check a file, show resolved settings, or print the reference")
+    p.add_argument("path", nargs="?", help="YAML configuration file")
+
+
+@command("config", "check a configuration file or print the configuration reference")(_build_config)
+def _run_config(args: argparse.Namespace) -> int:
+    from .config import load_config, schema_markdown
+
+    if args.action == "reference":
+        print(schema_markdown())
+        return 0
+    cfg = load_config(args.path)
+    if args.action == "show":
+        print(cfg.to_yaml(), end="")
+    else:
+        print(f"{args.path}: ok")
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every registered subcommand."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="fatebias", description="Fate-bias analysis of time-course Perturb-seq with CellRank fate probabilities.")
+    parser.add_argument("--version", action="version", version=f"fatebias {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name, (help_, build, _run) in COMMANDS.items():
+        build(sub.add_parser(name, help=help_, description=help_))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fatebias`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    warnings.simplefilter("default" if args.verbose else "ignore", FutureWarning)
+    if not args.verbose:
+        # Our own warnings (deprecations, QC) print as one line each.
+        warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+    _, _, run = COMMANDS[args.command]
+    try:
+        return run(args)
+    except FatebiasError as exc:
+        if args.verbose:
+            raise
+        print(f"fatebias {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fatebias {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,310 @@
+"""The one configuration schema of fatebias.
+
+Library, command line and platform all read settings through :class:`FatebiasConfig`.
+A YAML file uses the seed pipeline's flat key names (``adata_path``, ``Kmax``,
+``s_tau``, ``mash_se_inflate``, ...). Every field has a default and a one-line
+description; an unknown key or a wrong type fails before any work starts, naming the
+key and suggesting the nearest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+# Group names, in the order the README's configuration reference lists them.
+GROUPS = (
+    "inputs",
+    "model",
+    "inference",
+    "exports",
+    "mash",
+    "calls",
+    "diagnostics",
+    "simulation",
+)
+
+
+def _f(default: Any, doc: str, group: str, **kwargs: Any) -> Any:
+    """A schema field with a one-line description and a README group."""
+    return Field(default, description=doc, json_schema_extra={"group": group}, **kwargs)
+
+
+class FatebiasConfig(BaseModel):
+    """Every setting of a fatebias run, validated, with defaults (MODEL.md sections 1-11)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    # ------------------------------------------------------------------ inputs (1-2)
+    adata_path: str | None = _f(None, "AnnData .h5ad file with fate probabilities, guides, day and replicate labels.", "inputs")
+    guide_map_csv: str | None = _f(None, "Guide map CSV with columns guide_name, gene_name, is_ntc (0/1).", "inputs")
+    out_dir: str = _f("fatebias_out", "Folder that receives every output file of the run.", "inputs")
+    fate_prob_key: str = _f("lineages_fwd", "obsm key of the per-cell fate probabilities (CellRank 2: lineages_fwd).", "inputs")
+    fates: list[str] = _f(["EC", "MES", "NEU"], "Terminal fates to model, matched by name to the fate columns in the file.", "inputs")
+    ref_fate: str = _f("EC", "Reference fate: its logit is fixed at 0, every other fate is a contrast against it.", "inputs")
+    contrast_fate: str = _f("MES", "Primary contrast fate: its outputs keep the seed's unsuffixed file names.", "inputs")
+    guide_key: str = _f("guide_assignment", "obsm key of the cell-by-guide assignment matrix (non-zero = detected).", "inputs")
+    covar_key: str = _f("covariates", "obsm key of a covariate DataFrame holding the replicate column (falls back to obs).", "inputs")
+    rep_key: str = _f("replicate", "Replicate column, in obsm[covar_key] or obs.", "inputs")
+    day_key: str = _f("day", "obs column of day labels (e.g. d0..d3), ordered by the number in the label.", "inputs")
+    Kmax: int = _f(20, "Maximum guides per cell (NTCs count); cells with more are dropped and counted.", "inputs", ge=1)
+    D: int | None = _f(None, "Expected number of days; checked against the data when given.", "inputs", ge=2)
+    R: int | None = _f(None, "Expected number of replicates; checked against the data when given.", "inputs", ge=1)
+    fate_sum_tol: float = _f(1e-3, "Fate rows whose sum is off 1 by more than this are rejected; smaller drift is renormalised.", "inputs", gt=0)
+
+    # ------------------------------------------------------------------ model (3-4)
+    s_alpha: float = _f(2.0, "Prior SD of the day intercepts a[f, d].", "model", gt=0)
+    s_rep: float = _f(0.5, "Prior SD of the replicate effects b[f, r].", "model", gt=0)
+    s_gamma: float = _f(0.5, "Prior SD of the burden slope c[f].", "model", gt=0)
+    s_tau: float = _f(1.0, "HalfNormal scale of tau[f], the spread of gene effects on the first day.", "model", gt=0)
+    s_time: float = _f(0.5, "HalfNormal scale of sigma_time[f, d], the per-interval random-walk step of gene effects.", "model", gt=0)
+    s_guide: float = _f(0.5, "HalfNormal scale of sigma_guide[f], the spread of guide deviations within a gene.", "model", gt=0)
+    likelihood_weight: float = _f(1.0, "Weight w of the soft-label cross-entropy log-likelihood.", "model", gt=0)
+
+    # ------------------------------------------------------------------ inference (5)
+    batch_size: int = _f(8192, "Cells per SVI minibatch (the whole data set when larger).", "inference", ge=1)
+    lr: float = _f(0.02, "Initial ClippedAdam learning rate.", "inference", gt=0)
+    lr_final: float = _f(5e-4, "Learning rate reached by geometric decay at the last step.", "inference", gt=0)
+    clip_norm: float = _f(10.0, "ClippedAdam gradient clipping norm.", "inference", gt=0)
+    num_steps: int = _f(4000, "Maximum number of SVI steps.", "inference", ge=1)
+    convergence_window: int = _f(500, "Steps per window compared by the convergence check.", "inference", ge=10)
+    convergence_tol: float = _f(1e-4, "Converged when the windowed mean ELBO changes by less than this fraction.", "inference", gt=0)
+    num_posterior_draws: int = _f(1000, "Posterior draws S taken from the fitted guide.", "inference", ge=10)
+    seed: int = _f(0, "Random seed: the same seed gives the same numbers on CPU.", "inference")
+    device: Literal["auto", "cpu", "cuda"] = _f("auto", "Torch device for the fit: auto picks cuda when available.", "inference")
+    progress: bool = _f(True, "Show a progress bar with the ELBO and steps/s.", "inference")
+
+    # ------------------------------------------------------------------ exports (6)
+    weights: list[float] | None = _f(None, "Across-day weights w_d for Delta_sum (null: proportional to each day's cell count).", "exports")
+    export_ash_summary: bool = _f(True, "Write gene_summary_for_ash.csv, the across-day weighted summary.", "exports")
+    ash_lfsr_thresh: float = _f(0.05, "Across-day summary: a hit needs lfsr below this ...", "exports", gt=0, lt=1)
+    ash_qvalue_thresh: float = _f(0.10, "... and q-value below this.", "exports", gt=0, lt=1)
+    qc_offset_tol: float = _f(1e-3, "Warn when |mean delta| or |theta - mean beta| of a gene exceeds this.", "exports", gt=0)
+
+    # ------------------------------------------------------------------ mash (7)
+    mash_backend: Literal["native", "r"] = _f("native", "mash implementation: native (numpy/scipy) or r (rpy2 + R mashr).", "mash")
+    mash_se_inflate: float = _f(1.5, "Standard errors are multiplied by this before mash ...", "mash", gt=0)
+    mash_se_floor: float = _f(0.02, "... and floored at this.", "mash", ge=0)
+    mash_estimate_V: bool = _f(True, "Estimate the null correlation V (estimate_null_correlation_simple); identity if false.", "mash")
+    mash_v_eig_floor: float = _f(1e-6, "Eigenvalue floor when regularising V to a correlation matrix.", "mash", ge=0)
+    mash_v_shrink_rho: float = _f(0.05, "V is shrunk to identity: V = (1 - rho) V + rho I.", "mash", ge=0, le=1)
+    mash_conservative_prior: Literal["nullbiased", "uniform"] = _f("nullbiased", "Mixture-weight prior of the conservative mode.", "mash")
+    mash_conservative_nullweight: float = _f(10.0, "Null weight of the conservative mode's prior.", "mash", ge=1)
+    mash_conservative_usepointmass: bool = _f(True, "Conservative mode includes a point mass at zero.", "mash")
+    mash_enriched_prior: Literal["nullbiased", "uniform"] = _f("uniform", "Mixture-weight prior of the enriched mode.", "mash")
+    mash_enriched_nullweight: float = _f(3.0, "Null weight of the enriched mode's prior.", "mash", ge=1)
+    mash_enriched_usepointmass: bool = _f(True, "Enriched mode includes a point mass at zero.", "mash")
+    mash_add_datadriven_cov: bool = _f(True, "Enriched mode adds PCA + extreme-deconvolution covariances from the strong rows.", "mash")
+    mash_cov_pca_npc: int = _f(2, "Principal components for the data-driven covariances.", "mash", ge=1)
+    mash_strong_lfsr_for_cov: float = _f(0.1, "A row is strong when its mash_1by1 lfsr is below this in any condition.", "mash", gt=0, lt=1)
+    mash_min_strong_for_cov: int = _f(50, "Data-driven covariances are added only with at least this many strong rows.", "mash", ge=1)
+    mash_chunk_rows: int = _f(50000, "Rows per chunk of the mash likelihood (bounds memory).", "mash", ge=1)
+
+    # ------------------------------------------------------------------ calls (8-9)
+    mash_default_mode: Literal["conservative", "enriched"] = _f("conservative", "mash mode whose output gives the ranked hits.", "calls")
+    discovery_source: Literal["gene", "guide_agg", "ash"] = _f("gene", "Hits from the gene mash table, the guide-aggregated table, or the ash summary.", "calls")
+    mash_lfsr_thresh_day: float = _f(0.05, "A day is active when its lfsr is below this ...", "calls", gt=0, lt=1)
+    effect_size_eps: float = _f(0.20, "... and P(|effect| >= eps) (logit scale) ...", "calls", ge=0)
+    effect_prob_large_min: float = _f(0.90, "... is at least this.", "calls", ge=0, le=1)
+    mash_anyday_correction: Literal["bonferroni", "none"] = _f("bonferroni", "Any-day threshold: the day threshold divided by the number of days, or as is.", "calls")
+    mash_lfsr_thresh_anyday: float = _f(0.05, "lfsr threshold of the any-day call before correction.", "calls", gt=0, lt=1)
+    min_active_days_for_hit_anyday: int = _f(1, "Any-day hit needs at least this many active days.", "calls", ge=1)
+
+    # ------------------------------------------------------------------ diagnostics (10)
+    run_diagnostics: bool = _f(True, "Run held-out fit, permutation control and sanity checks with the chain.", "diagnostics")
+    heldout_frac: float = _f(0.1, "Fraction of cells held out for the cross-entropy comparison.", "diagnostics", gt=0, lt=1)
+    heldout_steps: int | None = _f(None, "SVI steps of each held-out fit (null: num_steps).", "diagnostics", ge=1)
+    heldout_seed: int = _f(1, "Seed of the held-out split and fits.", "diagnostics")
+    perm_burden_bins: int = _f(4, "Burden bins of the permutation strata (day x replicate x burden bin).", "diagnostics", ge=1)
+    perm_seed: int = _f(2, "Seed of the guide-set permutation.", "diagnostics")
+    known_regulators: dict[str, int] = _f({}, "Sanity checks: gene -> expected sign (+1 or -1) of its contrast effect.", "diagnostics")
+
+    # ------------------------------------------------------------------ simulation (11)
+    sim_n_cells: int = _f(20000, "Simulated cells.", "simulation", ge=10)
+    sim_n_genes: int = _f(100, "Simulated target genes.", "simulation", ge=1)
+    sim_n_guides: int = _f(600, "Simulated targeting guides (spread evenly over genes).", "simulation", ge=1)
+    sim_n_days: int = _f(4, "Simulated days (labelled d0, d1, ...).", "simulation", ge=2)
+    sim_n_reps: int = _f(2, "Simulated replicates.", "simulation", ge=1)
+    sim_kmax: int = _f(9, "Most guides a simulated cell receives.", "simulation", ge=1)
+    sim_n_ntc_guides: int = _f(20, "Simulated non-targeting control guides.", "simulation", ge=0)
+    sim_ntc_fraction: float = _f(0.1, "Probability that a guide slot holds an NTC guide.", "simulation", ge=0, le=1)
+    sim_concentration: float = _f(50.0, "Dirichlet concentration of the fate-probability noise (lower is noisier).", "simulation", gt=0)
+    sim_active_frac: float = _f(0.1, "Fraction of genes with a true effect.", "simulation", ge=0, le=1)
+    sim_effect_min: float = _f(0.4, "Smallest |theta| of an active gene on its active days.", "simulation", ge=0)
+    sim_effect_max: float = _f(1.0, "Largest |theta| of an active gene on its active days.", "simulation", gt=0)
+    sim_s_time: float = _f(0.05, "SD of day-to-day jitter added to active genes' effects.", "simulation", ge=0)
+    sim_s_guide: float = _f(0.1, "SD of guide deviations within a gene.", "simulation", ge=0)
+    sim_s_tau: float = _f(0.0, "SD of small background effects of inactive genes (0: exactly null).", "simulation", ge=0)
+    sim_seed: int = _f(0, "Simulation seed.", "simulation")
+    sim_truth_thresh: float = _f(0.2, "A gene/day is truly active when |theta| exceeds this.", "simulation", ge=0)
+
+    # ------------------------------------------------------------------ validators
+    @field_validator("fates")
+    @classmethod
+    def _fates_distinct(cls, v: list[str]) -> list[str]:
+        if len(v) < 2:
+            raise ValueError(f"needs at least 2 fates, got {len(v)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"fates must be distinct, got {v}")
+        return v
+
+    @field_validator("known_regulators")
+    @classmethod
+    def _signs(cls, v: dict[str, int]) -> dict[str, int]:
+        bad = {k: s for k, s in v.items() if s not in (-1, 1)}
+        if bad:
+            raise ValueError(f"expected signs must be +1 or -1, got {bad}")
+        return v
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: list[float] | None) -> list[float] | None:
+        if v is None:
+            return v
+        if any(w < 0 for w in v) or sum(v) <= 0:
+            raise ValueError("weights must be non-negative with a positive sum")
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> FatebiasConfig:
+        if self.ref_fate not in self.fates:
+            raise ValueError(f"ref_fate {self.ref_fate!r} is not one of fates {self.fates}")
+        if self.contrast_fate not in self.fates:
+            raise ValueError(f"contrast_fate {self.contrast_fate!r} is not one of fates {self.fates}")
+        if self.contrast_fate == self.ref_fate:
+            raise ValueError(f"contrast_fate equals ref_fate ({self.ref_fate!r}); pick a different contrast")
+        if self.sim_effect_min > self.sim_effect_max:
+            raise ValueError("sim_effect_min must not exceed sim_effect_max")
+        if self.lr_final > self.lr:
+            raise ValueError(f"lr_final ({self.lr_final}) must not exceed lr ({self.lr})")
+        return self
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def contrast_fates(self) -> list[str]:
+        """Non-reference fates, primary contrast first, then the rest in configured order."""
+        rest = [f for f in self.fates if f not in (self.ref_fate, self.contrast_fate)]
+        return [self.contrast_fate, *rest]
+
+    def file_suffix(self, fate: str) -> str:
+        """File-name suffix of a contrast's outputs: none for the primary contrast."""
+        return "" if fate == self.contrast_fate else f"_{fate}"
+
+    def hash(self, fields: list[str] | None = None) -> str:
+        """A stable short hash of the settings (all, or the named fields)."""
+        data = self.model_dump(mode="json")
+        if fields is not None:
+            data = {k: data[k] for k in fields}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        """The settings as YAML, in schema order."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+DEPRECATED_KEYS = {"time_scale": "s_time"}
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(config)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(str(err["loc"][0]), FatebiasConfig.model_fields, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{source}: unknown key {loc!r}{hint}"
+    if loc == "(config)" or not err["loc"]:
+        return f"{source}: {msg}"
+    value = err.get("input")
+    shown = repr(value) if not isinstance(value, dict) or len(repr(value)) < 80 else "..."
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{source}: key {loc!r}: {msg} (got {shown}){more}"
+
+
+def make_config(values: dict[str, Any] | None = None, source: str = "config", **overrides: Any) -> FatebiasConfig:
+    """Validate a mapping of settings into a :class:`FatebiasConfig`.
+
+    Parameters
+    ----------
+    values
+        Settings by the seed's flat key names.
+    source
+        Where the values came from, for error messages (a file name).
+    **overrides
+        Settings that take precedence over ``values``.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the first unknown key (with the nearest valid one) or invalid value.
+    """
+    data = dict(values or {})
+    data.update(overrides)
+    for old, new in DEPRECATED_KEYS.items():
+        if old in data:
+            warnings.warn(f"{source}: {old!r} is deprecated, use {new!r}", DeprecationWarning, stacklevel=2)
+            value = data.pop(old)
+            data.setdefault(new, value)
+    try:
+        return FatebiasConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> FatebiasConfig:
+    """Read and validate a YAML configuration file.
+
+    Relative ``adata_path``, ``guide_map_csv`` and ``out_dir`` are resolved against the
+    file's folder, so a config travels with its data.
+
+    Parameters
+    ----------
+    path
+        YAML file; ``None`` gives the defaults.
+    **overrides
+        Settings that take precedence over the file's.
+    """
+    if path is None:
+        return make_config(None, **overrides)
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of key: value, got {type(raw).__name__}")
+    for key in ("adata_path", "guide_map_csv", "out_dir"):
+        value = raw.get(key)
+        if isinstance(value, str) and not Path(value).is_absolute():
+            raw[key] = str((path.parent / value).resolve())
+    return make_config(raw, source=str(path), **overrides)
+
+
+def schema_markdown() -> str:
+    """The configuration reference as Markdown tables, one per group (for the README)."""
+    out: list[str] = []
+    fields = FatebiasConfig.model_fields
+    for group in GROUPS:
+        out.append(f"#### {group}\n\n| key | default | description |\n| --- | --- | --- |")
+        for name, info in fields.items():
+            if (info.json_schema_extra or {}).get("group") != group:
+                continue
+            default = json.dumps(info.default)
+            out.append(f"| `{name}` | `{default}` | {info.description} |")
+        out.append("")
+    return "\n".join(out)

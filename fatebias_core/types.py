@@ -1,0 +1,214 @@
+"""Typed objects that flow through the chain (MODEL.md sections 1-2).
+
+Loading produces an :class:`Experiment` (cells + guide embedding + loading summary);
+the fit consumes it. All arrays are numpy; the model moves them to torch itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FilteredCells:
+    """Cells kept after validation and the Kmax filter.
+
+    Attributes
+    ----------
+    fate_probs
+        (N, F) float32 fate probabilities in ``fates`` order, rows summing to 1.
+    fates
+        Fate names in column order (the configured order).
+    day
+        (N,) int64 day index 0..D-1, ordered by the number in the day label.
+    day_labels
+        D day labels, index d -> label (e.g. ``("d0", "d1", "d2", "d3")``).
+    rep
+        (N,) int64 replicate index 0..R-1.
+    rep_labels
+        R replicate labels.
+    burden
+        (N,) int64 guides per cell k_i (NTCs count).
+    burden_centered
+        (N,) float32 burden minus the mean burden of the cell's day.
+    cell_names
+        (N,) obs names of the kept cells.
+    """
+
+    fate_probs: np.ndarray
+    fates: tuple[str, ...]
+    day: np.ndarray
+    day_labels: tuple[str, ...]
+    rep: np.ndarray
+    rep_labels: tuple[str, ...]
+    burden: np.ndarray
+    burden_centered: np.ndarray
+    cell_names: np.ndarray
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.fate_probs.shape[0])
+
+    @property
+    def n_days(self) -> int:
+        return len(self.day_labels)
+
+    @property
+    def n_reps(self) -> int:
+        return len(self.rep_labels)
+
+    @property
+    def n_fates(self) -> int:
+        return len(self.fates)
+
+    def day_counts(self) -> np.ndarray:
+        """Cells per day, (D,)."""
+        return np.bincount(self.day, minlength=self.n_days)
+
+    def subset(self, idx: np.ndarray) -> FilteredCells:
+        """The cells at ``idx`` (burden re-centred within day on the subset)."""
+        day = self.day[idx]
+        burden = self.burden[idx]
+        return FilteredCells(
+            fate_probs=self.fate_probs[idx],
+            fates=self.fates,
+            day=day,
+            day_labels=self.day_labels,
+            rep=self.rep[idx],
+            rep_labels=self.rep_labels,
+            burden=burden,
+            burden_centered=center_by_group(burden, day, self.n_days),
+            cell_names=self.cell_names[idx],
+        )
+
+
+@dataclass(frozen=True)
+class GuideEmbedding:
+    """The padded embedding-sum representation of each cell's guides.
+
+    Convention (MODEL.md 2): non-NTC guides have ids 1..G; every NTC guide maps to id 0
+    with mask 1 (a real entry that adds nothing); padding is id 0 with mask 0. Genes
+    have ids 1..L and ``gene_of_guide[0] = 0``.
+
+    Attributes
+    ----------
+    guide_ids
+        (N, Kmax) int32 guide ids per cell.
+    mask
+        (N, Kmax) bool, True for a detected guide (NTCs included).
+    gene_of_guide
+        (G + 1,) int64 gene id of each guide id (0 for id 0).
+    guide_names
+        G names; guide id g is ``guide_names[g - 1]``.
+    gene_names
+        L names; gene id l is ``gene_names[l - 1]``.
+    """
+
+    guide_ids: np.ndarray
+    mask: np.ndarray
+    gene_of_guide: np.ndarray
+    guide_names: tuple[str, ...]
+    gene_names: tuple[str, ...]
+
+    @property
+    def n_guides(self) -> int:
+        return len(self.guide_names)
+
+    @property
+    def n_genes(self) -> int:
+        return len(self.gene_names)
+
+    @property
+    def kmax(self) -> int:
+        return int(self.guide_ids.shape[1])
+
+    def guide_gene_names(self) -> np.ndarray:
+        """(G,) gene name of each non-NTC guide, in guide-id order."""
+        return np.asarray(self.gene_names, dtype=object)[self.gene_of_guide[1:] - 1]
+
+    def subset(self, idx: np.ndarray) -> GuideEmbedding:
+        """The cells at ``idx`` (guides and genes unchanged)."""
+        return GuideEmbedding(
+            guide_ids=self.guide_ids[idx],
+            mask=self.mask[idx],
+            gene_of_guide=self.gene_of_guide,
+            guide_names=self.guide_names,
+            gene_names=self.gene_names,
+        )
+
+
+@dataclass(frozen=True)
+class LoadSummary:
+    """What loading kept and dropped, and why (printed, stored with the run)."""
+
+    source: str
+    n_cells_in: int
+    n_cells_kept: int
+    dropped: dict[str, int] = field(default_factory=dict)
+    guides_per_cell: dict[str, float] = field(default_factory=dict)
+    n_guides_matrix: int = 0
+    n_guides_mapped: int = 0
+    n_ntc_guides: int = 0
+    unmapped_guides: tuple[str, ...] = ()
+    map_guides_absent: tuple[str, ...] = ()
+    guides_per_gene: dict[str, float] = field(default_factory=dict)
+    fate_names_source: str = ""
+    n_renormalised: int = 0
+    cells_per_day: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """A JSON-friendly view."""
+        d = dict(self.__dict__)
+        d["unmapped_guides"] = list(self.unmapped_guides)
+        d["map_guides_absent"] = list(self.map_guides_absent)
+        return d
+
+    def format(self) -> str:
+        """A human-readable multi-line summary."""
+        lines = [
+            f"loaded {self.source}",
+            f"  cells: {self.n_cells_in} in, {self.n_cells_kept} kept"
+            + (", dropped: " + ", ".join(f"{v} {k}" for k, v in self.dropped.items() if v) if any(self.dropped.values()) else ""),
+            "  cells per day: " + ", ".join(f"{k} {v}" for k, v in self.cells_per_day.items()),
+            "  guides per cell: " + ", ".join(f"{k} {v:g}" for k, v in self.guides_per_cell.items()),
+            f"  guides: {self.n_guides_matrix} in matrix, {self.n_guides_mapped} targeting + {self.n_ntc_guides} NTC mapped",
+            "  guides per gene: " + ", ".join(f"{k} {v:g}" for k, v in self.guides_per_gene.items()),
+            f"  fate names from: {self.fate_names_source}"
+            + (f"; {self.n_renormalised} rows renormalised" if self.n_renormalised else ""),
+        ]
+        if self.unmapped_guides:
+            shown = ", ".join(self.unmapped_guides[:5]) + (" ..." if len(self.unmapped_guides) > 5 else "")
+            lines.append(f"  {len(self.unmapped_guides)} guides in the matrix but not in the map (ignored): {shown}")
+        if self.map_guides_absent:
+            shown = ", ".join(self.map_guides_absent[:5]) + (" ..." if len(self.map_guides_absent) > 5 else "")
+            lines.append(f"  {len(self.map_guides_absent)} map guides absent from the matrix: {shown}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A loaded, validated experiment: what the model is fitted to."""
+
+    cells: FilteredCells
+    guides: GuideEmbedding
+    summary: LoadSummary
+
+    @property
+    def n_cells(self) -> int:
+        return self.cells.n_cells
+
+    def subset(self, idx: np.ndarray) -> Experiment:
+        """The cells at ``idx`` as a new experiment (summary unchanged)."""
+        idx = np.asarray(idx)
+        return Experiment(self.cells.subset(idx), self.guides.subset(idx), self.summary)
+
+
+def center_by_group(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+    """``values`` minus the mean of ``values`` within each group, as float32."""
+    values = np.asarray(values, dtype=np.float64)
+    counts = np.bincount(group, minlength=n_groups)
+    sums = np.bincount(group, weights=values, minlength=n_groups)
+    means = np.divide(sums, counts, out=np.zeros(n_groups), where=counts > 0)
+    return (values - means[group]).astype(np.float32)
