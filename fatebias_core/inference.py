@@ -1,0 +1,419 @@
+"""Stochastic variational inference for the fate model (MODEL.md 5).
+
+:func:`fit` runs SVI with ``pyro.plate`` minibatches (log-likelihood scaled by N/B),
+``ClippedAdam`` with a geometric learning-rate decay, and the mean-field guide. It
+shows a progress bar with the ELBO and steps/s, checks convergence, saves checkpoints
+that make an interrupted fit resume with the same numbers, and returns a
+:class:`FitResult` that can be saved and loaded so exports need no refit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyro
+import torch
+from pyro.infer import SVI, Trace_ELBO
+from pyro.optim import ClippedAdam
+
+from .config import FatebiasConfig
+from .errors import FitError
+from .guides import MeanFieldGuide, MeanFieldPosterior
+from .io import atomic_path, save_npz, write_csv, write_json
+from .model import FateModel, ModelData, Priors, beta_from, delta_from, theta_from
+from .types import Experiment
+
+log = logging.getLogger("fatebias.inference")
+
+FIT_FORMAT = 1
+# Settings that change the fitted numbers; a checkpoint is only resumed when they match.
+FIT_SETTINGS = (
+    "fates", "ref_fate", "contrast_fate", "s_alpha", "s_rep", "s_gamma", "s_tau", "s_time", "s_guide",
+    "likelihood_weight", "batch_size", "lr", "lr_final", "clip_norm", "num_steps", "seed",
+)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise FitError("device: cuda was requested but torch sees no CUDA GPU (use device: auto or cpu)")
+    return torch.device(device)
+
+
+@dataclass
+class EffectDraws:
+    """Posterior draws of the effects: ``theta`` (S, L, K, D) and ``delta`` (S, G, K)."""
+
+    theta: np.ndarray
+    delta: np.ndarray
+    gene_of_guide: np.ndarray  # (G,) 0-based
+
+    @property
+    def beta(self) -> np.ndarray:
+        """Guide effects (S, G, K, D)."""
+        return self.theta[:, self.gene_of_guide] + self.delta[..., None]
+
+
+@dataclass
+class FitResult:
+    """A fitted posterior with everything needed to export without refitting.
+
+    Attributes
+    ----------
+    posterior
+        The fitted variational posterior (site parameters).
+    elbo
+        Negative ELBO per step (the loss SVI minimised).
+    fates, ref_fate, contrast_fates, day_labels, rep_labels, gene_names, guide_names
+        Labels of the fitted dimensions.
+    gene_of_guide
+        (G,) 0-based gene index of each guide.
+    day_counts
+        Cells per day in the fitted data.
+    info
+        Run facts: steps, runtime, device, convergence, settings.
+    """
+
+    posterior: MeanFieldPosterior
+    elbo: np.ndarray
+    fates: list[str]
+    ref_fate: str
+    contrast_fates: list[str]
+    day_labels: list[str]
+    rep_labels: list[str]
+    gene_names: list[str]
+    guide_names: list[str]
+    gene_of_guide: np.ndarray
+    day_counts: np.ndarray
+    guide_effects: bool = True
+    info: dict = field(default_factory=dict)
+
+    # ----------------------------------------------------------------- draws
+    def sample_effects(self, n_draws: int, seed: int = 0) -> EffectDraws:
+        """Draw ``n_draws`` posterior samples of theta and delta (seeded, reproducible)."""
+        if not self.guide_effects:
+            raise FitError("this fit is the nuisance-only model: it has no gene or guide effects")
+        rng = np.random.default_rng(seed)
+        s = {k: torch.from_numpy(v) for k, v in self.posterior.sample_sites(n_draws, rng).items()}
+        g = torch.from_numpy(self.gene_of_guide)
+        per_gene = torch.bincount(g, minlength=len(self.gene_names)).double()
+        theta = theta_from(s["tau"], s["z"], s["sigma_time"], s["eps"]).numpy()
+        delta = delta_from(s["sigma_guide"], s["u"], g, per_gene).numpy()
+        return EffectDraws(theta=theta, delta=delta, gene_of_guide=self.gene_of_guide)
+
+    def median_effects(self) -> tuple[np.ndarray, np.ndarray]:
+        """theta (L, K, D) and beta (G, K, D) at the posterior median of every site."""
+        m = {k: torch.from_numpy(v) for k, v in self.posterior.median_sites().items()}
+        g = torch.from_numpy(self.gene_of_guide)
+        per_gene = torch.bincount(g, minlength=len(self.gene_names)).double()
+        theta = theta_from(m["tau"], m["z"], m["sigma_time"], m["eps"])
+        delta = delta_from(m["sigma_guide"], m["u"], g, per_gene)
+        return theta.numpy(), beta_from(theta, delta, g).numpy()
+
+    # ----------------------------------------------------------------- persistence
+    def save(self, folder: str | Path) -> Path:
+        """Save the fitted parameters, ELBO trace and metadata into ``folder``.
+
+        Writes ``variational_params.npz``, ``elbo_trace.csv`` and ``fit.json``.
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_npz(folder / "variational_params.npz", gene_of_guide=self.gene_of_guide, day_counts=self.day_counts, **self.posterior.params)
+        write_csv(pd.DataFrame({"step": np.arange(1, len(self.elbo) + 1), "loss": self.elbo}), folder / "elbo_trace.csv")
+        meta = {
+            "format": FIT_FORMAT,
+            "family": self.posterior.family,
+            "fates": self.fates,
+            "ref_fate": self.ref_fate,
+            "contrast_fates": self.contrast_fates,
+            "day_labels": self.day_labels,
+            "rep_labels": self.rep_labels,
+            "gene_names": self.gene_names,
+            "guide_names": self.guide_names,
+            "guide_effects": self.guide_effects,
+            "info": self.info,
+        }
+        write_json(meta, folder / "fit.json")
+        return folder
+
+
+def load_fit(folder: str | Path) -> FitResult:
+    """Load a :class:`FitResult` saved by :meth:`FitResult.save`."""
+    folder = Path(folder)
+    meta_path, params_path = folder / "fit.json", folder / "variational_params.npz"
+    for p in (meta_path, params_path):
+        if not p.exists():
+            raise FitError(f"no saved fit in {folder}: {p.name} is missing")
+    try:
+        meta = json.loads(meta_path.read_text())
+        with np.load(params_path) as z:
+            arrays = {k: z[k] for k in z.files}
+        elbo = pd.read_csv(folder / "elbo_trace.csv")["loss"].to_numpy()
+    except (OSError, ValueError, KeyError) as exc:
+        raise FitError(f"saved fit in {folder} could not be read ({exc.__class__.__name__}: {exc})") from None
+    if meta.get("format") != FIT_FORMAT:
+        raise FitError(f"saved fit in {folder} has format {meta.get('format')}, expected {FIT_FORMAT}")
+    gene_of_guide = arrays.pop("gene_of_guide")
+    day_counts = arrays.pop("day_counts")
+    return FitResult(
+        posterior=MeanFieldPosterior(arrays),
+        elbo=elbo,
+        fates=meta["fates"],
+        ref_fate=meta["ref_fate"],
+        contrast_fates=meta["contrast_fates"],
+        day_labels=meta["day_labels"],
+        rep_labels=meta["rep_labels"],
+        gene_names=meta["gene_names"],
+        guide_names=meta["guide_names"],
+        gene_of_guide=gene_of_guide,
+        day_counts=day_counts,
+        guide_effects=meta["guide_effects"],
+        info=meta["info"],
+    )
+
+
+# --------------------------------------------------------------------------- minibatches
+class BatchSampler:
+    """Minibatches of cell indices: each epoch a fresh permutation, cut into equal batches.
+
+    Every batch has exactly ``batch_size`` cells, so the N/B scaling is exact; the tail
+    of a permutation that does not fill a batch is skipped (a new permutation follows,
+    so no cell is systematically left out).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, device: torch.device):
+        self.n, self.batch_size, self.device = n, min(batch_size, n), device
+        self.generator = torch.Generator().manual_seed(seed)
+        self.perm = torch.empty(0, dtype=torch.long)
+        self.pos = 0
+
+    @property
+    def full(self) -> bool:
+        return self.batch_size >= self.n
+
+    def next(self) -> torch.Tensor | None:
+        if self.full:
+            return None
+        if self.pos + self.batch_size > self.perm.numel():
+            self.perm = torch.randperm(self.n, generator=self.generator)
+            self.pos = 0
+        idx = self.perm[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return idx.to(self.device)
+
+    def state(self) -> dict:
+        return {"generator": self.generator.get_state(), "perm": self.perm.clone(), "pos": self.pos}
+
+    def set_state(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.perm = state["perm"]
+        self.pos = int(state["pos"])
+
+
+def _windowed_change(elbo: np.ndarray, window: int) -> float:
+    """Relative change of the mean loss between the last two windows (inf if too short)."""
+    if len(elbo) < 2 * window:
+        return math.inf
+    last, prev = elbo[-window:].mean(), elbo[-2 * window : -window].mean()
+    return float(abs(last - prev) / max(abs(prev), 1e-12))
+
+
+def steps_to_convergence(elbo: np.ndarray, window: int, tol: float) -> int | None:
+    """First step at which the windowed relative change falls below ``tol`` (None if never)."""
+    if len(elbo) < 2 * window:
+        return None
+    c = np.cumsum(np.concatenate([[0.0], elbo]))
+    ends = np.arange(2 * window, len(elbo) + 1)
+    last = (c[ends] - c[ends - window]) / window
+    prev = (c[ends - window] - c[ends - 2 * window]) / window
+    change = np.abs(last - prev) / np.maximum(np.abs(prev), 1e-12)
+    hit = np.flatnonzero(change < tol)
+    return int(ends[hit[0]]) if hit.size else None
+
+
+# --------------------------------------------------------------------------- checkpoints
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def _save_checkpoint(path: Path, step: int, elbo: list[float], optim: ClippedAdam, sampler: BatchSampler, settings_hash: str) -> None:
+    state = {
+        "format": FIT_FORMAT,
+        "settings_hash": settings_hash,
+        "step": step,
+        "elbo": torch.tensor(elbo, dtype=torch.float64),
+        "params": pyro.get_param_store().get_state(),
+        "optim": optim.get_state(),
+        "sampler": sampler.state(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_checkpoint(path: Path, settings_hash: str) -> dict | None:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise FitError(f"checkpoint {path} is corrupt or unreadable ({exc.__class__.__name__}); delete it to start over") from None
+    if not isinstance(state, dict) or state.get("format") != FIT_FORMAT:
+        raise FitError(f"checkpoint {path} is not a fatebias checkpoint of format {FIT_FORMAT}; delete it to start over")
+    if state.get("settings_hash") != settings_hash:
+        log.warning("checkpoint %s was made with other settings; starting over", path)
+        return None
+    return state
+
+
+# --------------------------------------------------------------------------- fit
+def fit(
+    experiment: Experiment,
+    config: FatebiasConfig,
+    *,
+    guide_effects: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 500,
+    num_steps: int | None = None,
+    seed: int | None = None,
+) -> FitResult:
+    """Fit the fate model to ``experiment`` by SVI.
+
+    Parameters
+    ----------
+    experiment
+        The loaded experiment.
+    config
+        Settings: priors, likelihood weight, batch size, learning-rate schedule, steps,
+        seed, device, progress.
+    guide_effects
+        False fits the nuisance-only model (day, replicate, burden terms only).
+    checkpoint_dir
+        Folder for ``checkpoint.pt``; when it holds a checkpoint made with the same
+        settings, the fit resumes from it (same numbers as an uninterrupted run).
+    checkpoint_every
+        Steps between checkpoints.
+    num_steps, seed
+        Override the configured values (used by diagnostics).
+
+    Returns
+    -------
+    FitResult
+    """
+    steps = int(num_steps or config.num_steps)
+    seed = config.seed if seed is None else int(seed)
+    device = resolve_device(config.device)
+    contrast_fates = config.contrast_fates
+    data = ModelData.from_experiment(experiment, config.ref_fate, contrast_fates, device=device)
+    model = FateModel(data, Priors.from_config(config), config.likelihood_weight, guide_effects=guide_effects)
+
+    settings = config.model_dump(include=set(FIT_SETTINGS)) | {"num_steps": steps, "seed": seed, "guide_effects": guide_effects, "n_cells": data.n_cells}
+    settings_hash = _hash(settings)
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    guide = MeanFieldGuide(model)
+    lrd = (config.lr_final / config.lr) ** (1.0 / max(steps, 1))
+    optim = ClippedAdam({"lr": config.lr, "lrd": lrd, "clip_norm": config.clip_norm, "betas": (0.9, 0.999)})
+    svi = SVI(model, guide, optim, loss=Trace_ELBO())
+    sampler = BatchSampler(data.n_cells, config.batch_size, seed, device)
+
+    elbo: list[float] = []
+    start_step = 0
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    if ckpt_path is not None and ckpt_path.exists():
+        state = _load_checkpoint(ckpt_path, settings_hash)
+        if state is not None:
+            svi.step(sampler.next())  # materialise params and optimiser slots, then overwrite them
+            pyro.get_param_store().set_state(state["params"])
+            optim.set_state(state["optim"])
+            sampler.set_state(state["sampler"])
+            torch.set_rng_state(state["torch_rng"])
+            elbo = state["elbo"].tolist()
+            start_step = int(state["step"])
+            log.info("resuming fit from step %d of %d (%s)", start_step, steps, ckpt_path)
+
+    scale = 1.0 / data.n_cells
+    t0 = time.perf_counter()
+    bar = _progress(config.progress and steps > start_step, steps, start_step, "fit" if guide_effects else "fit (nuisance)")
+    last_good = start_step
+    try:
+        for step in range(start_step, steps):
+            loss = svi.step(sampler.next())
+            if not math.isfinite(loss) or (len(elbo) > 50 and loss > 1e3 * max(abs(np.median(elbo[-50:])), 1.0)):
+                raise FitError(
+                    f"the ELBO became {'non-finite' if not math.isfinite(loss) else 'explosive'} at step {step + 1} "
+                    f"(loss {loss:.4g}); last good checkpoint: step {last_good}. Lower lr (now {config.lr}) or clip_norm."
+                )
+            elbo.append(loss)
+            if bar is not None and (step % 25 == 0 or step == steps - 1):
+                bar.set_postfix_str(f"loss/cell {loss * scale:.4f}", refresh=False)
+                bar.update(step + 1 - bar.n)
+            if ckpt_path is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+                _save_checkpoint(ckpt_path, step + 1, elbo, optim, sampler, settings_hash)
+                last_good = step + 1
+    finally:
+        if bar is not None:
+            bar.close()
+    runtime = time.perf_counter() - t0
+
+    trace = np.asarray(elbo)
+    window = min(config.convergence_window, max(len(trace) // 4, 1))
+    conv_step = steps_to_convergence(trace, window, config.convergence_tol)
+    info = {
+        "steps": steps,
+        "resumed_from": start_step,
+        "runtime_s": round(runtime, 3),
+        "ms_per_step": round(1e3 * runtime / max(steps - start_step, 1), 3),
+        "device": str(device),
+        "n_cells": data.n_cells,
+        "batch_size": sampler.batch_size,
+        "converged": conv_step is not None,
+        "steps_to_convergence": conv_step,
+        "final_loss_per_cell": float(trace[-window:].mean() * scale),
+        "relative_change_last_window": _windowed_change(trace, window),
+        "settings": settings,
+        "settings_hash": settings_hash,
+    }
+    if conv_step is None:
+        log.warning(
+            "the ELBO did not converge in %d steps (relative change %.2g over the last %d steps > %g); consider more num_steps",
+            steps, info["relative_change_last_window"], window, config.convergence_tol,
+        )
+    if ckpt_path is not None and ckpt_path.exists():
+        ckpt_path.unlink()
+    cells = experiment.cells
+    return FitResult(
+        posterior=MeanFieldPosterior.from_param_store(model.site_shapes()),
+        elbo=trace,
+        fates=list(cells.fates),
+        ref_fate=config.ref_fate,
+        contrast_fates=contrast_fates,
+        day_labels=list(cells.day_labels),
+        rep_labels=list(cells.rep_labels),
+        gene_names=list(experiment.guides.gene_names),
+        guide_names=list(experiment.guides.guide_names),
+        gene_of_guide=experiment.guides.gene_of_guide[1:].astype(np.int64) - 1,
+        day_counts=cells.day_counts(),
+        guide_effects=guide_effects,
+        info=info,
+    )
+
+
+def _hash(obj: dict) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _progress(enabled: bool, total: int, initial: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, mininterval=0.5)
