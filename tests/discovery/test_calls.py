@@ -295,3 +295,20 @@ def test_cli_rank_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("fatebias rank: error:") and "postsd_d0" in err and "\n" not in err
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv"]
+
+
+# --------------------------------------------------------------------------- table conventions
+def test_day_axis_orders_by_number_and_rejects_clashes():
+    from fatebias_core.tables import day_axis
+
+    axis = day_axis(["gene", "lfsr_d10", "lfsr_min", "lfsr_d9", "gene_lfsr_d1"], "lfsr")
+    assert axis.labels == ("d9", "d10") and axis.numbers == (9, 10) and axis.keys == ("9", "10")
+    with pytest.raises(InputDataError, match="columns lfsr_d1 and lfsr_day1 both give day number 1"):
+        day_axis(["lfsr_d1", "lfsr_day1"], "lfsr")
+
+
+def test_parse_day_lists_reads_back_csv_values():
+    from fatebias_core.tables import parse_day_lists
+
+    long = parse_day_lists(pd.Series(["0,2", np.nan, 1.0, "", " 3 "], index=[7, 7, 8, 9, 9]))
+    assert long["row"].tolist() == [0, 0, 2, 4] and long["key"].tolist() == ["0", "2", "1", "3"]
