@@ -24,7 +24,7 @@ def initial_values(model: FateModel) -> dict[str, torch.Tensor]:
     """
     d = model.data
     p = d.fate_probs.double()
-    K, D = d.n_contrasts, d.n_days
+    D = d.n_days
     day_sum = torch.zeros((D, d.n_fates), dtype=torch.float64, device=p.device).index_add(0, d.day, p)
     frac = (day_sum / day_sum.sum(1, keepdim=True)).clamp(min=1e-4)
     a0 = (frac[:, d.contrast_index].log() - frac[:, d.ref_index : d.ref_index + 1].log()).T  # (K, D)

@@ -227,6 +227,16 @@ EXPORT_FILES = {
 }
 
 
+def export_paths(config: FatebiasConfig, out_dir: str | Path, contrast_fates: list[str]) -> dict[str, dict[str, Path]]:
+    """Where :func:`export_posterior` writes each kind of file, by contrast fate."""
+    out = Path(out_dir)
+    kinds = [k for k in EXPORT_FILES if k != "ash_summary" or config.export_ash_summary]
+    return {
+        fate: {kind: out / EXPORT_FILES[kind].format(sfx=config.file_suffix(fate)) for kind in kinds}
+        for fate in contrast_fates
+    }
+
+
 def export_posterior(fit: FitResult, config: FatebiasConfig, out_dir: str | Path | None = None, summary: PosteriorSummary | None = None) -> ExportResult:
     """Write the posterior exports of every contrast into ``out_dir``.
 
@@ -251,9 +261,9 @@ def export_posterior(fit: FitResult, config: FatebiasConfig, out_dir: str | Path
     summary = summary or summarise_posterior(fit, config)
     result = ExportResult(out_dir=out, summary=summary)
     sfx_days = summary.suffixes
+    all_paths = export_paths(config, out, list(summary.contrasts))
     for fate, c in summary.contrasts.items():
-        sfx = config.file_suffix(fate) if fate in config.fates else f"_{fate}"
-        paths = {kind: out / name.format(sfx=sfx) for kind, name in EXPORT_FILES.items()}
+        paths = all_paths[fate]
         write_csv(summary.gene_daywise(fate), paths["gene_daywise"])
         write_csv(summary.guide_daywise(fate), paths["guide_daywise"])
         save_npz(
@@ -270,10 +280,8 @@ def export_posterior(fit: FitResult, config: FatebiasConfig, out_dir: str | Path
         qc_delta, qc_offset = summary.qc_delta(fate), summary.qc_offset(fate)
         write_csv(qc_delta, paths["qc_delta"])
         write_csv(qc_offset, paths["qc_offset"])
-        if config.export_ash_summary:
+        if "ash_summary" in paths:
             write_csv(summary.ash_summary(fate), paths["ash_summary"])
-        else:
-            paths.pop("ash_summary")
         result.files[fate] = paths
         max_delta = float(np.nanmax(np.abs(qc_delta["mean_delta"].to_numpy()))) if len(qc_delta) else 0.0
         max_offset = float(np.nanmax(np.abs(qc_offset.filter(like="offset_").to_numpy()))) if len(qc_offset) else 0.0

@@ -1,0 +1,362 @@
+"""The chain as step functions, and the whole chain in one call.
+
+Each ``*_step`` function is one step of MODEL.md's chain: it takes typed inputs and the
+configuration, writes its files (seed names) into the run folder, and returns a typed
+result. ``fatebias run``/``demo`` (through :func:`run_chain`) and the Dagster assets
+call the same functions; neither adds logic of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .config import FatebiasConfig
+from .errors import ConfigError
+from .inference import FitResult, fit, load_fit
+from .io import read_csv, write_csv, write_json, write_text
+from .posterior import ExportResult, export_posterior
+from .types import Experiment
+
+log = logging.getLogger("fatebias")
+
+MASH_MODES = ("conservative", "enriched")
+FIT_DIR = "fit"
+
+
+def _out(config: FatebiasConfig, out_dir: str | Path | None) -> Path:
+    return Path(out_dir or config.out_dir)
+
+
+def _say(msg: str) -> None:
+    log.info(msg)
+
+
+# --------------------------------------------------------------------------- load
+def load_step(config: FatebiasConfig, out_dir: str | Path | None = None, verbose: bool = True) -> Experiment:
+    """Load and validate the experiment; write ``load_summary.json``."""
+    experiment = load_experiment_checked(config, verbose=verbose)
+    write_json(experiment.summary.to_dict(), _out(config, out_dir) / "load_summary.json")
+    return experiment
+
+
+# --------------------------------------------------------------------------- fit
+def fit_step(experiment: Experiment, config: FatebiasConfig, out_dir: str | Path | None = None) -> FitResult:
+    """Fit the model (resuming from a checkpoint in ``<out>/fit`` when one matches) and save it.
+
+    Writes ``fit/variational_params.npz``, ``fit/elbo_trace.csv``, ``fit/fit.json`` and
+    ``elbo_trace.png``.
+    """
+    from .plots import plot_elbo
+
+    out = _out(config, out_dir)
+    fit_dir = out / FIT_DIR
+    result = fit(experiment, config, checkpoint_dir=fit_dir)
+    result.save(fit_dir)
+    plot_elbo(result.elbo, out / "elbo_trace.png", n_cells=experiment.n_cells)
+    return result
+
+
+# --------------------------------------------------------------------------- export
+def export_step(fit_result: FitResult, config: FatebiasConfig, out_dir: str | Path | None = None) -> ExportResult:
+    """Write the posterior exports (MODEL.md 6) and the effects-by-day figure."""
+    from .plots import plot_effects_by_day
+
+    out = _out(config, out_dir)
+    result = export_posterior(fit_result, config, out)
+    c = result.summary.contrasts[result.summary.primary]
+    plot_effects_by_day(
+        c.theta_mean, c.theta_sd, result.summary.gene_names, result.summary.day_labels, out / "effects_by_day.png",
+        title=f"{result.summary.primary} vs {fit_result.ref_fate}: gene effects by day (mean +/- 2 SD)",
+    )
+    return result
+
+
+# --------------------------------------------------------------------------- mash
+@dataclass
+class MashOutputs:
+    """Files of :func:`mash_step`: ``files[(level, mode, fate)]`` and ``ash_files[fate]``."""
+
+    primary: str
+    files: dict[tuple[str, str, str], Path]
+    ash_files: dict[str, Path]
+    messages: list[str] = field(default_factory=list)
+
+    def path(self, level: str, mode: str, fate: str | None = None) -> Path:
+        """The mash table of ``level`` (gene or guide) in ``mode`` for ``fate``."""
+        return self.files[(level, mode, fate or self.primary)]
+
+    @property
+    def all_paths(self) -> list[Path]:
+        return [*self.files.values(), *self.ash_files.values()]
+
+
+def mash_outputs(config: FatebiasConfig, out_dir: str | Path | None = None) -> MashOutputs:
+    """Where :func:`mash_step` writes, for every contrast (seed names for the primary one)."""
+    out = _out(config, out_dir)
+    files, ash = {}, {}
+    for fate in config.contrast_fates:
+        sfx = config.file_suffix(fate)
+        for level in ("gene", "guide"):
+            for mode in MASH_MODES:
+                files[(level, mode, fate)] = out / f"mash_{level}_{mode}{sfx}.csv"
+        if config.export_ash_summary:
+            ash[fate] = out / f"ash_gene_summary{sfx}.csv"
+    return MashOutputs(primary=config.contrast_fate, files=files, ash_files=ash)
+
+
+def mash_step(config: FatebiasConfig, out_dir: str | Path | None = None) -> MashOutputs:
+    """mash (both modes) on the gene and guide tables of every contrast; ash on the across-day summary.
+
+    Reads the exports of :func:`export_step` from the run folder and writes
+    ``mash_gene_<mode>.csv``, ``mash_guide_<mode>.csv`` and ``ash_gene_summary.csv``
+    (other contrasts with a ``_<FATE>`` suffix).
+    """
+    from .mash import ash_table, mash_table
+    from .posterior import export_paths
+
+    out = _out(config, out_dir)
+    result = mash_outputs(config, out)
+    exports = export_paths(config, out, config.contrast_fates)
+    for fate, files in exports.items():
+        for level, kind in (("gene", "gene_daywise"), ("guide", "guide_daywise")):
+            table = read_csv(files[kind], what=f"{level} daywise table", dtype={"gene": str, "guide": str})
+            for mode in MASH_MODES:
+                res = mash_table(table, mode, config)
+                path = write_csv(res.table, result.path(level, mode, fate))
+                result.messages.extend(f"{path.name}: {m}" for m in res.messages)
+        if fate in result.ash_files:
+            summary = read_csv(files["ash_summary"], what="across-day summary", dtype={"gene": str})
+            write_csv(ash_table(summary, config).table, result.ash_files[fate])
+    for m in result.messages:
+        log.info(m)
+    return result
+
+
+# --------------------------------------------------------------------------- aggregate / rank
+def aggregate_paths(config: FatebiasConfig, out_dir: str | Path | None = None) -> dict[str, Path]:
+    """``gene_from_guide_mash_<mode>.csv`` of each mode."""
+    out = _out(config, out_dir)
+    return {mode: out / f"gene_from_guide_mash_{mode}.csv" for mode in MASH_MODES}
+
+
+def aggregate_step(config: FatebiasConfig, out_dir: str | Path | None = None) -> dict[str, Path]:
+    """Guide-to-gene aggregation (MODEL.md 8) of the primary contrast's guide tables, both modes."""
+    from .aggregate import aggregate_file
+
+    mash = mash_outputs(config, out_dir)
+    paths = aggregate_paths(config, out_dir)
+    for mode, path in paths.items():
+        aggregate_file(mash.path("guide", mode), path, config)
+    return paths
+
+
+def rank_step(config: FatebiasConfig, out_dir: str | Path | None = None):
+    """Call and rank hits (MODEL.md 9) from the configured discovery source; compare the modes.
+
+    Writes ``hits_ranked.csv`` (``mash_default_mode``) and ``mash_mode_comparison.csv``.
+
+    Returns
+    -------
+    fatebias_core.calls.RankResult
+    """
+    from .calls import rank_and_compare
+
+    mash = mash_outputs(config, out_dir)
+    if config.discovery_source == "gene":
+        inputs = {mode: mash.path("gene", mode) for mode in MASH_MODES}
+    elif config.discovery_source == "guide_agg":
+        inputs = aggregate_paths(config, out_dir)
+    else:
+        if not config.export_ash_summary:
+            raise ConfigError("discovery_source: ash needs export_ash_summary: true")
+        inputs = {config.mash_default_mode: mash.ash_files[mash.primary]}
+    return rank_and_compare(inputs, _out(config, out_dir), config)
+
+
+def rank_outputs(config: FatebiasConfig, out_dir: str | Path | None = None) -> list[Path]:
+    out = _out(config, out_dir)
+    return [out / "hits_ranked.csv", out / "mash_mode_comparison.csv"]
+
+
+# --------------------------------------------------------------------------- diagnostics
+def diagnostics_step(experiment: Experiment, config: FatebiasConfig, out_dir: str | Path | None = None):
+    """Held-out fit, permutation negative control and sanity checks -> ``diagnostics.json``."""
+    from .diagnostics import run_diagnostics
+
+    return run_diagnostics(experiment, config, _out(config, out_dir))
+
+
+def diagnose(config: FatebiasConfig):
+    """``fatebias diagnose``: load the experiment and run the diagnostics."""
+    experiment = load_step(config)
+    return diagnostics_step(experiment, config)
+
+
+# --------------------------------------------------------------------------- whole chain
+@dataclass
+class ChainResult:
+    """What :func:`run_chain` made, and which steps it reused."""
+
+    out_dir: Path
+    config: FatebiasConfig
+    ran: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    hits: pd.DataFrame | None = None
+    fit_info: dict = field(default_factory=dict)
+    runtime_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        lines = [f"outputs in {self.out_dir} ({self.runtime_s:.0f} s)"]
+        if self.ran:
+            lines.append(f"  ran: {', '.join(self.ran)}")
+        if self.reused:
+            lines.append(f"  reused (inputs and settings unchanged): {', '.join(self.reused)}")
+        if self.fit_info:
+            lines.append(
+                f"  fit: {self.fit_info.get('steps')} steps, {self.fit_info.get('ms_per_step')} ms/step, "
+                f"converged: {self.fit_info.get('converged')}"
+            )
+        if self.hits is not None:
+            n = int(self.hits["hit_anyday"].sum())
+            lines.append(f"  hits: {n} of {len(self.hits)} genes (hits_ranked.csv, {self.config.mash_default_mode} mode)")
+            for row in self.hits[self.hits["hit_anyday"]].head(10).itertuples():
+                days = row.active_days if isinstance(row.active_days, str) and row.active_days else "-"
+                lines.append(
+                    f"    {row.gene:<14} active days {days:<8} min lfsr {row.min_lfsr_among_active:.2g}"
+                    f"  max |effect| {row.max_abs_postmean:.2f}"
+                )
+        lines.extend(f"  {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+def fit_and_export(config: FatebiasConfig) -> ChainResult:
+    """Load, fit and export into ``config.out_dir`` (``fatebias fit``)."""
+    return run_chain(config, until="export")
+
+
+CHAIN = ("fit", "export", "mash", "aggregate", "rank", "diagnostics")
+
+
+def run_chain(config: FatebiasConfig, until: str | None = None, experiment: Experiment | None = None) -> ChainResult:
+    """Run every step of the chain into ``config.out_dir``, reusing steps that are current.
+
+    A step is reused when the run folder's manifest records it made at the same version
+    (its settings, code version, upstream versions and the input files' content hash)
+    and its files still exist; so changing only a ranking threshold reruns ranking, not
+    the fit. Diagnostics run when ``run_diagnostics`` is true.
+
+    Parameters
+    ----------
+    config
+        The validated configuration.
+    until
+        Stop after this step (``export`` for ``fatebias fit``).
+    experiment
+        An already loaded experiment (skips reading the files again).
+    """
+    from .steps import Manifest, input_version, step_versions
+
+    t0 = time.perf_counter()
+    if experiment is None:
+        experiment = load_experiment_checked(config)  # validates everything before writing
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(experiment.summary.to_dict(), out / "load_summary.json")
+    write_text(config.to_yaml(), out / "config_used.yaml")
+    versions = step_versions(config, input_version(config))
+    manifest = Manifest.open(out)
+    result = ChainResult(out_dir=out, config=config)
+    steps = CHAIN if until is None else CHAIN[: CHAIN.index(until) + 1]
+
+    def run(step: str, make, outputs, metrics=None) -> bool:
+        if manifest.is_current(step, versions[step]):
+            result.reused.append(step)
+            return False
+        value = make()
+        manifest.record(step, versions[step], outputs(), metrics(value) if metrics else None)
+        result.ran.append(step)
+        return True
+
+    from .posterior import export_paths
+
+    fit_box: dict[str, FitResult] = {}
+
+    def do_fit() -> FitResult:
+        fit_box["fit"] = fit_step(experiment, config, out)
+        return fit_box["fit"]
+
+    run("fit", do_fit, lambda: [out / FIT_DIR / "fit.json", out / FIT_DIR / "variational_params.npz"],
+        lambda r: {"final_loss_per_cell": r.info["final_loss_per_cell"], "converged": r.info["converged"]})
+
+    def fit_result() -> FitResult:
+        if "fit" not in fit_box:
+            fit_box["fit"] = load_fit(out / FIT_DIR)
+        return fit_box["fit"]
+
+    result.fit_info = fit_result().info
+    exp_files = lambda: [p for files in export_paths(config, out, config.contrast_fates).values() for p in files.values()]  # noqa: E731
+    run("export", lambda: export_step(fit_result(), config, out), exp_files)
+    if "mash" in steps:
+        run("mash", lambda: mash_step(config, out), lambda: mash_outputs(config, out).all_paths)
+    if "aggregate" in steps:
+        run("aggregate", lambda: aggregate_step(config, out), lambda: list(aggregate_paths(config, out).values()))
+    if "rank" in steps:
+        run("rank", lambda: rank_step(config, out), lambda: rank_outputs(config, out),
+            lambda r: {"n_hits": int(r.hits["hit_anyday"].sum())})
+        result.hits = read_csv(out / "hits_ranked.csv", what="hits", dtype={"gene": str})
+    if "diagnostics" in steps and config.run_diagnostics:
+        run("diagnostics", lambda: diagnostics_step(experiment, config, out), lambda: [out / "diagnostics.json"])
+    result.runtime_s = time.perf_counter() - t0
+    return result
+
+
+def load_experiment_checked(config: FatebiasConfig, verbose: bool = True) -> Experiment:
+    """Load the experiment named by the configuration (nothing is written)."""
+    from .data import load_experiment
+
+    if not config.adata_path or not config.guide_map_csv:
+        missing = [k for k in ("adata_path", "guide_map_csv") if not getattr(config, k)]
+        raise ConfigError(f"the configuration does not name {' and '.join(missing)}")
+    return load_experiment(config, verbose=verbose)
+
+
+# --------------------------------------------------------------------------- demo
+DEMO_RESULTS = "results"
+
+
+def run_demo(out_dir: str | Path = "fatebias_demo", config_path: str | Path | None = None) -> ChainResult:
+    """Simulate a modest experiment with known truth and run every step of the chain on it.
+
+    The simulation (``sim_*`` defaults: 20,000 cells, 100 genes, 600 guides, Kmax 9)
+    goes to ``out_dir``; the run's outputs to ``out_dir/results``; the calls are scored
+    against the truth (``daywise_confusion.csv``, ``pred_call_summary.json``).
+    """
+    from .config import load_config, make_config
+    from .evaluate import evaluate_files
+    from .simulate import simulate
+
+    base = load_config(config_path) if config_path else make_config()
+    out = Path(out_dir)
+    sim = simulate(base, out)
+    _say(sim.describe())
+    run_cfg = load_config(sim.paths["config"])
+    result = run_chain(run_cfg)
+    ev = evaluate_files(result.out_dir / "hits_ranked.csv", sim.paths["truth_daywise"], result.out_dir, truth_thresh=run_cfg.sim_truth_thresh, config=run_cfg)
+    s = ev.summary
+    result.notes.append(
+        "recovery vs truth: daywise precision {:.3f} recall {:.3f}; any-day precision {:.3f} recall {:.3f} "
+        "(daywise_confusion.csv)".format(
+            _num(s.get("daywise_precision")), _num(s.get("daywise_recall")), _num(s.get("anyday_precision")), _num(s.get("anyday_recall"))
+        )
+    )
+    return result
+
+
+def _num(x) -> float:
+    return float("nan") if x is None else float(x)
