@@ -213,6 +213,25 @@ def _run_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- sweep
+def _build_sweep(p: argparse.ArgumentParser) -> None:
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--spec", help="sweep spec YAML: setting -> [values], seeds: [...], optional scenarios")
+    which.add_argument("--preset", choices=["prior", "tau", "stress"], help="a named sweep")
+    p.add_argument("--out", required=True, help="folder for sweep_results.csv, sweep_results.png and runs/")
+    p.add_argument("--config", "-c", help="YAML base settings of every run (simulation size, steps, ...)")
+
+
+@command("sweep", "simulate and run the chain over a grid of simulation and prior settings; score recovery")(_build_sweep)
+def _run_sweep(args: argparse.Namespace) -> int:
+    from .sweep import load_spec, preset, run_sweep
+
+    spec = load_spec(args.spec) if args.spec else preset(args.preset)
+    result = run_sweep(spec, args.out, _config(args))
+    print(result.describe())
+    return 0 if result.n_failed == 0 else 1
+
+
 # --------------------------------------------------------------------------- config
 def _build_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["check", "show", "reference"], help="check a file, show resolved settings, or print the reference")

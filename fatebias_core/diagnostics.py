@@ -1,0 +1,811 @@
+"""Diagnostics of a fit (MODEL.md 10): held-out cross-entropy, permutation control, sanity checks.
+
+:func:`run_diagnostics` runs three checks and writes ``diagnostics.json``:
+
+* **Held-out cross-entropy.** A fraction ``heldout_frac`` of the cells (drawn within
+  every day x replicate stratum with ``heldout_seed``) is held out; the full model and
+  the nuisance-only model (day, replicate and burden terms, no guide terms) are fitted
+  to the rest with the same steps and seed, and both predict the held-out cells. The
+  score is the soft-label cross-entropy ``-mean_i sum_f p_if log pi_if`` (lower is
+  better); where guides carry signal the full model must beat the nuisance model. The
+  held-out cells' burden is centred with the training cells' day means, the centring
+  the fitted burden slope was learned on.
+* **Permutation negative control.** Whole guide sets (rows of ``guide_ids``/``mask``)
+  are permuted among the cells of each day x replicate x burden-bin stratum
+  (``perm_burden_bins`` quantile bins of the burden, ``perm_seed``); the chain is rerun
+  on the permuted experiment in ``<out>/permutation/`` and its hits counted. Fate
+  probabilities, days and replicates stay with their cells and a guide set carries its
+  burden with it, so a cell's burden changes only within its bin (never, when every bin
+  holds one burden value); guides are independent of fate given the strata, and hits
+  must collapse to about zero.
+* **Sanity checks.** Each configured known regulator (``known_regulators``: gene ->
+  expected sign of its primary-contrast effect) is looked up in the run's gene-level
+  mash table of ``mash_default_mode`` (else the posterior exports, lfsr from the
+  posterior z; else the held-out full fit) and passes when it has at least one day with
+  lfsr below ``mash_lfsr_thresh_day`` and every such day has the expected sign.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .aggregate import normal_lfsr
+from .config import FatebiasConfig, make_config
+from .errors import ConfigError
+from .inference import FitResult, fit
+from .io import read_csv, write_json
+from .tables import DayAxis, DaywisePosterior, day_axis, name_column, read_posterior
+from .types import Experiment, center_by_group
+
+log = logging.getLogger("fatebias.diagnostics")
+
+PARTS = ("heldout", "permutation", "sanity")
+PERMUTATION_DIR = "permutation"
+FINGERPRINT_FILE = "permutation.json"
+PROB_FLOOR = 1e-300
+"""Predicted probabilities are floored here before the log (a softmax can underflow to 0)."""
+PERM_HIT_FRACTION = 0.05
+"""The permutation control passes with at most this fraction of the real run's hits (at least 1)."""
+
+
+# --------------------------------------------------------------------------- held-out
+def stratified_holdout(strata: np.ndarray, frac: float, seed: int) -> np.ndarray:
+    """Choose ``round(frac * n)`` cells at random within every stratum.
+
+    Strata with at least two cells keep at least one cell on each side, so every day and
+    replicate stays in the training data.
+
+    Parameters
+    ----------
+    strata
+        (N,) non-negative integer stratum of each cell.
+    frac
+        Fraction held out, in (0, 1).
+    seed
+        Seed of the draw.
+
+    Returns
+    -------
+    ndarray
+        (N,) bool, True for a held-out cell.
+    """
+    strata = np.asarray(strata, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    order = np.lexsort((rng.random(strata.size), strata))  # by stratum, random within
+    sizes = np.bincount(strata)
+    starts = np.cumsum(sizes) - sizes
+    rank = np.empty(strata.size, dtype=np.int64)
+    rank[order] = np.arange(strata.size) - starts[strata[order]]
+    n_out = np.rint(frac * sizes).astype(np.int64)
+    n_out = np.where(sizes >= 2, np.clip(n_out, 1, sizes - 1), 0)
+    return rank < n_out[strata]
+
+
+def soft_cross_entropy(p: np.ndarray, pi: np.ndarray) -> np.ndarray:
+    """Per-cell soft-label cross-entropy ``-sum_f p_f log pi_f`` (nats).
+
+    Parameters
+    ----------
+    p
+        (N, F) observed fate probabilities (rows sum to 1).
+    pi
+        (N, F) predicted probabilities; floored at 1e-300 before the log.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    return -(p * np.log(np.maximum(np.asarray(pi, dtype=np.float64), PROB_FLOOR))).sum(axis=1)
+
+
+@dataclass(frozen=True)
+class HeldOutScores:
+    """Cross-entropy of two models' predictions of the same held-out cells.
+
+    Attributes
+    ----------
+    n_cells
+        Held-out cells scored.
+    ce_full, ce_nuisance
+        Mean cross-entropy per cell of the full and nuisance-only models (nats).
+    difference
+        ``ce_nuisance - ce_full``: positive when the full model predicts better.
+    difference_se
+        Standard error of ``difference`` from the paired per-cell differences.
+    entropy
+        Mean entropy of the observed fate probabilities, the floor of any model's
+        cross-entropy (reached only by predicting every cell exactly).
+    explained_fraction
+        ``difference / (ce_nuisance - entropy)``: the share of the nuisance model's
+        excess over the floor that the guide terms remove (NaN when there is no excess).
+    per_day
+        One row per day: ``day, n_cells, ce_full, ce_nuisance, difference``.
+    """
+
+    n_cells: int
+    ce_full: float
+    ce_nuisance: float
+    difference: float
+    difference_se: float
+    entropy: float
+    explained_fraction: float
+    per_day: pd.DataFrame
+
+    @property
+    def full_better(self) -> bool:
+        """True when the full model has the lower held-out cross-entropy."""
+        return self.difference > 0
+
+    @property
+    def z(self) -> float:
+        """``difference / difference_se`` (inf when the SE is 0 and the difference is not)."""
+        if self.difference_se > 0:
+            return self.difference / self.difference_se
+        return 0.0 if self.difference == 0 else math.copysign(math.inf, self.difference)
+
+
+def score_heldout(
+    p: np.ndarray,
+    pi_full: np.ndarray,
+    pi_nuisance: np.ndarray,
+    day: np.ndarray,
+    day_labels: Sequence[str],
+) -> HeldOutScores:
+    """Compare two models' held-out predictions by soft-label cross-entropy, overall and per day.
+
+    Parameters
+    ----------
+    p
+        (N, F) observed fate probabilities of the held-out cells.
+    pi_full, pi_nuisance
+        (N, F) predictions of the full and nuisance-only models.
+    day
+        (N,) day index of each cell.
+    day_labels
+        Label of each day index.
+    """
+    ce_f = soft_cross_entropy(p, pi_full)
+    ce_n = soft_cross_entropy(p, pi_nuisance)
+    diff = ce_n - ce_f
+    n = ce_f.size
+    p64 = np.asarray(p, dtype=np.float64)
+    entropy = float(-(p64 * np.log(np.maximum(p64, PROB_FLOOR))).sum(axis=1).mean())
+    n_days = len(day_labels)
+    counts = np.bincount(day, minlength=n_days)
+
+    def by_day(x: np.ndarray) -> np.ndarray:
+        sums = np.bincount(day, weights=x, minlength=n_days)
+        return np.divide(sums, counts, out=np.full(n_days, np.nan), where=counts > 0)
+
+    per_day = pd.DataFrame(
+        {
+            "day": list(day_labels),
+            "n_cells": counts.astype(np.int64),
+            "ce_full": by_day(ce_f),
+            "ce_nuisance": by_day(ce_n),
+        }
+    )
+    per_day["difference"] = per_day["ce_nuisance"] - per_day["ce_full"]
+    ce_full, ce_nuis = float(ce_f.mean()), float(ce_n.mean())
+    excess = ce_nuis - entropy
+    return HeldOutScores(
+        n_cells=int(n),
+        ce_full=ce_full,
+        ce_nuisance=ce_nuis,
+        difference=float(diff.mean()),
+        difference_se=float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"),
+        entropy=entropy,
+        explained_fraction=float(diff.mean() / excess) if excess > 0 else float("nan"),
+        per_day=per_day,
+    )
+
+
+@dataclass
+class HeldOutResult:
+    """The held-out comparison: split, fits and scores."""
+
+    frac: float
+    seed: int
+    steps: int
+    n_train: int
+    scores: HeldOutScores
+    fit_info: dict[str, dict[str, Any]]
+    full_fit: FitResult | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.scores
+        return {
+            "heldout_frac": self.frac,
+            "heldout_seed": self.seed,
+            "steps": self.steps,
+            "n_train": self.n_train,
+            "n_heldout": s.n_cells,
+            "ce_full": s.ce_full,
+            "ce_nuisance": s.ce_nuisance,
+            "difference": s.difference,
+            "difference_se": s.difference_se,
+            "difference_z": s.z,
+            "full_better": s.full_better,
+            "entropy_floor": s.entropy,
+            "explained_fraction": s.explained_fraction,
+            "per_day": s.per_day.to_dict("records"),
+            "fits": self.fit_info,
+        }
+
+
+def split_experiment(experiment: Experiment, heldout: np.ndarray) -> tuple[Experiment, Experiment]:
+    """Training and held-out experiments; the held-out burden is centred with the training day means."""
+    train = experiment.subset(np.flatnonzero(~heldout))
+    test = experiment.subset(np.flatnonzero(heldout))
+    tc, xc = train.cells, test.cells
+    day_mean = np.bincount(tc.day, weights=tc.burden, minlength=tc.n_days) / np.maximum(tc.day_counts(), 1)
+    centred = (xc.burden - day_mean[xc.day]).astype(np.float32)
+    return train, replace(test, cells=replace(xc, burden_centered=centred))
+
+
+def heldout_comparison(experiment: Experiment, config: FatebiasConfig) -> HeldOutResult:
+    """Fit the full and nuisance-only models on the training cells and score the held-out cells.
+
+    Uses ``heldout_frac``, ``heldout_steps`` (``num_steps`` when null) and
+    ``heldout_seed`` (split and both fits). See :func:`score_heldout`.
+    """
+    cells = experiment.cells
+    held = stratified_holdout(cells.day * cells.n_reps + cells.rep, config.heldout_frac, config.heldout_seed)
+    if not held.any():
+        raise ConfigError(
+            f"heldout_frac {config.heldout_frac} holds out no cell of {cells.n_cells}; raise heldout_frac"
+        )
+    train, test = split_experiment(experiment, held)
+    steps = config.heldout_steps or config.num_steps
+    log.info("held-out check: %d training, %d held-out cells, %d steps per fit", train.n_cells, test.n_cells, steps)
+    full = fit(train, config, num_steps=steps, seed=config.heldout_seed)
+    nuisance = fit(train, config, guide_effects=False, num_steps=steps, seed=config.heldout_seed)
+    scores = score_heldout(
+        test.cells.fate_probs, full.predict(test), nuisance.predict(test), test.cells.day, cells.day_labels
+    )
+    keys = ("steps", "runtime_s", "converged", "final_loss_per_cell")
+    info = {name: {k: r.info[k] for k in keys} for name, r in (("full", full), ("nuisance", nuisance))}
+    return HeldOutResult(config.heldout_frac, config.heldout_seed, steps, train.n_cells, scores, info, full)
+
+
+# --------------------------------------------------------------------------- permutation
+def burden_bins(burden: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Quantile bins of the burden.
+
+    Parameters
+    ----------
+    burden
+        (N,) guides per cell.
+    n_bins
+        Requested number of bins; tied quantiles merge, so a discrete burden may give fewer.
+
+    Returns
+    -------
+    bins, edges
+        (N,) bin index 0..B-1 of each cell and the B - 1 inner edges (a cell is in bin j
+        when ``edges[j - 1] < burden <= edges[j]``).
+    """
+    burden = np.asarray(burden, dtype=np.float64)
+    inner = np.quantile(burden, np.arange(1, n_bins) / n_bins) if n_bins > 1 else np.empty(0)
+    edges = np.unique(inner[inner < burden.max()]) if burden.size else np.empty(0)
+    return np.searchsorted(edges, burden, side="left").astype(np.int64), edges
+
+
+@dataclass(frozen=True)
+class PermutedExperiment:
+    """An experiment whose guide sets were permuted within strata.
+
+    Attributes
+    ----------
+    experiment
+        The permuted experiment (fate probabilities, days and replicates unchanged).
+    source
+        (N,) index of the cell whose guide set each cell received.
+    strata
+        (N,) stratum of each cell (day x replicate x burden bin).
+    bin_edges
+        Inner edges of the burden bins.
+    """
+
+    experiment: Experiment
+    source: np.ndarray
+    strata: np.ndarray
+    bin_edges: np.ndarray
+
+    @property
+    def n_strata(self) -> int:
+        return int(np.unique(self.strata).size)
+
+    @property
+    def n_moved(self) -> int:
+        """Cells that received another cell's guide set."""
+        return int((self.source != np.arange(self.source.size)).sum())
+
+    def fingerprint(self) -> str:
+        """Hash of the permuted data (guide sets, burden, fates, days, replicates)."""
+        h = hashlib.sha256()
+        c, g = self.experiment.cells, self.experiment.guides
+        for a in (g.guide_ids, g.mask, c.burden, c.fate_probs, c.day, c.rep):
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()[:16]
+
+
+def permute_guide_sets(experiment: Experiment, n_bins: int, seed: int) -> PermutedExperiment:
+    """Permute whole guide sets among the cells of each day x replicate x burden-bin stratum.
+
+    Every permutation within a stratum is equally likely. A guide set keeps its burden
+    (its number of guides); the burden is re-centred within day. Fate probabilities,
+    days and replicates stay with their cells.
+
+    Parameters
+    ----------
+    experiment
+        The experiment to permute.
+    n_bins
+        Quantile bins of the burden (:func:`burden_bins`).
+    seed
+        Seed of the permutation.
+    """
+    cells, guides = experiment.cells, experiment.guides
+    bins, edges = burden_bins(cells.burden, n_bins)
+    strata = (cells.day.astype(np.int64) * cells.n_reps + cells.rep) * (len(edges) + 1) + bins
+    rng = np.random.default_rng(seed)
+    # Cells sorted by stratum, once in index order and once in random order within each
+    # stratum: position j of both lists is the same stratum, so receiver j gets donor j.
+    receivers = np.argsort(strata, kind="stable")
+    donors = np.lexsort((rng.random(strata.size), strata))
+    source = np.empty_like(receivers)
+    source[receivers] = donors
+    burden = cells.burden[source]
+    new_cells = replace(cells, burden=burden, burden_centered=center_by_group(burden, cells.day, cells.n_days))
+    new_guides = replace(guides, guide_ids=guides.guide_ids[source], mask=guides.mask[source])
+    summary = replace(experiment.summary, source=f"{experiment.summary.source} (guide sets permuted, seed {seed})")
+    return PermutedExperiment(Experiment(new_cells, new_guides, summary), source, strata, edges)
+
+
+@dataclass
+class PermutationResult:
+    """The permutation negative control: the permutation and the hits of the rerun chain."""
+
+    seed: int
+    n_burden_bins: int
+    bin_edges: list[float]
+    n_strata: int
+    n_cells_moved: int
+    n_cells_burden_changed: int
+    out_dir: Path
+    n_genes: int
+    n_hits: int
+    hit_genes: list[str]
+    n_gene_days_called: int
+    hits_by_mode: dict[str, int]
+    n_hits_real: int | None
+    runtime_s: float
+
+    @property
+    def allowed_hits(self) -> int:
+        """Most hits that still count as collapsed: 5% of the real run's hits, at least 1."""
+        real = self.n_hits_real or 0
+        return max(1, int(math.floor(PERM_HIT_FRACTION * real)))
+
+    @property
+    def passed(self) -> bool:
+        return self.n_hits <= self.allowed_hits
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["out_dir"] = str(self.out_dir)
+        d["allowed_hits"] = self.allowed_hits
+        d["passed"] = self.passed
+        return d
+
+
+def _reset_if_changed(folder: Path, fingerprint: str) -> None:
+    """Forget a previous permutation run in ``folder`` made from different permuted data.
+
+    The inner chain's manifest versions steps by settings and input files, which a new
+    ``perm_seed`` or ``perm_burden_bins`` does not change; its records (and a fit
+    checkpoint) are only valid for the permuted data they were made from.
+    """
+    marker = folder / FINGERPRINT_FILE
+    try:
+        previous = json.loads(marker.read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        previous = None
+    if previous != fingerprint:
+        (folder / "fatebias_manifest.json").unlink(missing_ok=True)
+        fit_dir = folder / "fit"
+        if fit_dir.is_dir():
+            shutil.rmtree(fit_dir)
+
+
+def permutation_control(experiment: Experiment, config: FatebiasConfig, out_dir: str | Path) -> PermutationResult:
+    """Permute guide sets within strata and rerun the chain into ``<out_dir>/permutation``.
+
+    Uses ``perm_burden_bins`` and ``perm_seed``; the inner run has ``run_diagnostics``
+    off. Steps of an earlier permutation run on the same permuted data are reused.
+    """
+    from .pipeline import run_chain
+
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    perm = permute_guide_sets(experiment, config.perm_burden_bins, config.perm_seed)
+    folder = out / PERMUTATION_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    fingerprint = perm.fingerprint()
+    _reset_if_changed(folder, fingerprint)
+    write_json(
+        {"fingerprint": fingerprint, "perm_seed": config.perm_seed, "perm_burden_bins": config.perm_burden_bins},
+        folder / FINGERPRINT_FILE,
+    )
+    inner = make_config({**config.model_dump(), "out_dir": str(folder), "run_diagnostics": False}, source="permutation run")
+    log.info(
+        "permutation control: guide sets permuted within %d strata (%d cells moved); rerunning the chain in %s",
+        perm.n_strata, perm.n_moved, folder,
+    )
+    chain = run_chain(inner, experiment=perm.experiment)
+    hits = chain.hits
+    hit = hits["hit_anyday"].to_numpy(dtype=bool)
+    comparison = read_csv(folder / "mash_mode_comparison.csv", what="mode comparison")
+    real_path = out / "hits_ranked.csv"
+    n_real = None
+    if real_path.exists():
+        n_real = int(read_csv(real_path, what="hits table", usecols=["hit_anyday"])["hit_anyday"].astype(bool).sum())
+    return PermutationResult(
+        seed=config.perm_seed,
+        n_burden_bins=len(perm.bin_edges) + 1,
+        bin_edges=perm.bin_edges.tolist(),
+        n_strata=perm.n_strata,
+        n_cells_moved=perm.n_moved,
+        n_cells_burden_changed=int((perm.experiment.cells.burden != experiment.cells.burden).sum()),
+        out_dir=folder,
+        n_genes=len(hits),
+        n_hits=int(hit.sum()),
+        hit_genes=hits.loc[hit, "gene"].astype(str).tolist(),
+        n_gene_days_called=int(pd.to_numeric(hits["n_active_days"]).sum()),
+        hits_by_mode={str(m): int(n) for m, n in zip(comparison["mode"], comparison["n_hits"], strict=True)},
+        n_hits_real=n_real,
+        runtime_s=round(time.perf_counter() - t0, 3),
+    )
+
+
+# --------------------------------------------------------------------------- sanity checks
+@dataclass(frozen=True)
+class GenePosterior:
+    """Per-gene, per-day effects of the primary contrast used by the sanity checks.
+
+    Attributes
+    ----------
+    genes
+        Gene names (rows).
+    daywise
+        Posterior mean, SD and lfsr per gene and day.
+    summary_mean, summary_lfsr
+        Across-day summary per gene (None when unavailable).
+    source
+        Where the numbers come from (a file name or the held-out fit).
+    lfsr_from
+        ``mash`` (lfsr of the mash fit) or ``posterior z`` (``Phi(-|mean| / sd)``).
+    """
+
+    genes: pd.Series
+    daywise: DaywisePosterior
+    summary_mean: np.ndarray | None
+    summary_lfsr: np.ndarray | None
+    source: str
+    lfsr_from: str
+
+
+def _summary_from_files(out: Path, config: FatebiasConfig, genes: pd.Series) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
+    """Across-day summary (mean, lfsr) aligned to ``genes``: ash output, else the unshrunk export."""
+    from .pipeline import mash_outputs
+    from .posterior import export_paths
+
+    ash = mash_outputs(config, out).ash_files.get(config.contrast_fate)
+    exported = export_paths(config, out, [config.contrast_fate])[config.contrast_fate].get("ash_summary")
+    if ash is not None and ash.exists():
+        t = read_csv(ash, what="ash summary", dtype={"gene": str}).set_index("gene").reindex(genes)
+        return t["postmean"].to_numpy(float), t["lfsr"].to_numpy(float), ash.name
+    if exported is not None and exported.exists():
+        t = read_csv(exported, what="across-day summary", dtype={"gene": str}).set_index("gene").reindex(genes)
+        mean, sd = t["betahat"].to_numpy(float), t["sebetahat"].to_numpy(float)
+        return mean, normal_lfsr(mean, sd), exported.name
+    return None, None, None
+
+
+def gene_posterior(config: FatebiasConfig, out_dir: str | Path, fallback: FitResult | None = None) -> GenePosterior | None:
+    """The primary contrast's gene effects from the run folder, else from ``fallback``.
+
+    Order: ``mash_gene_<mash_default_mode>.csv``; the posterior export
+    ``gene_daywise_for_mash.csv`` (lfsr from the posterior z); posterior draws of
+    ``fallback`` (the held-out full fit). None when none is available.
+    """
+    from .pipeline import mash_outputs
+    from .posterior import export_paths, summarise_posterior
+
+    out = Path(out_dir)
+    mash_path = mash_outputs(config, out).path("gene", config.mash_default_mode)
+    export = export_paths(config, out, [config.contrast_fate])[config.contrast_fate]["gene_daywise"]
+    if mash_path.exists():
+        table = read_csv(mash_path, what="mash gene table", dtype={"gene": str})
+        genes = name_column(table, "gene", str(mash_path))
+        post = read_posterior(table, what=str(mash_path))
+        mean, lfsr, src = _summary_from_files(out, config, genes)
+        source = mash_path.name + (f" (+ {src})" if src else "")
+        return GenePosterior(genes, post, mean, lfsr, source, "mash")
+    if export.exists():
+        table = read_csv(export, what="gene export", dtype={"gene": str})
+        genes = name_column(table, "gene", str(export))
+        axis = day_axis(table.columns, "betahat", str(export))
+        mean = table[axis.columns("betahat")].to_numpy(float)
+        sd = table[axis.columns("se")].to_numpy(float)
+        s_mean, s_lfsr, src = _summary_from_files(out, config, genes)
+        source = export.name + (f" (+ {src})" if src else "")
+        return GenePosterior(genes, DaywisePosterior(axis, mean, sd, normal_lfsr(mean, sd)), s_mean, s_lfsr, source, "posterior z")
+    if fallback is not None and fallback.guide_effects:
+        summary = summarise_posterior(fallback, config)
+        c = summary.contrasts[summary.primary]
+        axis = DayAxis(tuple(summary.suffixes), tuple(range(len(summary.suffixes))))
+        daywise = DaywisePosterior(axis, c.theta_mean, c.theta_sd, normal_lfsr(c.theta_mean, c.theta_sd))
+        return GenePosterior(
+            pd.Series(summary.gene_names), daywise, c.sum_mean, normal_lfsr(c.sum_mean, c.sum_sd),
+            "held-out full fit (training cells)", "posterior z",
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class RegulatorCheck:
+    """The sanity check of one known regulator.
+
+    ``status`` is ``pass`` (at least one day with lfsr below the threshold, all of them
+    with the expected sign), ``wrong_sign`` (a significant day with the opposite sign),
+    ``not_detected`` (no significant day) or ``missing`` (gene not in the table).
+    """
+
+    gene: str
+    expected_sign: int
+    status: str
+    postmean: dict[str, float] = field(default_factory=dict)
+    lfsr: dict[str, float] = field(default_factory=dict)
+    significant_days: list[str] = field(default_factory=list)
+    best_day: str | None = None
+    min_lfsr: float | None = None
+    summary_mean: float | None = None
+    summary_lfsr: float | None = None
+    summary_sign_ok: bool | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "pass"
+
+
+@dataclass
+class SanityResult:
+    """Sanity checks of the configured known regulators."""
+
+    checks: list[RegulatorCheck]
+    source: str | None
+    lfsr_from: str | None
+    lfsr_thresh: float
+    note: str = ""
+
+    def count(self, status: str) -> int:
+        return sum(c.status == status for c in self.checks)
+
+    @property
+    def missing(self) -> list[str]:
+        return [c.gene for c in self.checks if c.status == "missing"]
+
+    @property
+    def all_passed(self) -> bool | None:
+        """True when every configured regulator passed; None when none is configured or no posterior exists."""
+        if not self.checks or self.source is None:
+            return None
+        return all(c.passed for c in self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "lfsr_from": self.lfsr_from,
+            "lfsr_thresh": self.lfsr_thresh,
+            "note": self.note,
+            "n_configured": len(self.checks),
+            "n_passed": self.count("pass"),
+            "n_wrong_sign": self.count("wrong_sign"),
+            "n_not_detected": self.count("not_detected"),
+            "n_missing": self.count("missing"),
+            "missing": self.missing,
+            "all_passed": self.all_passed,
+            "checks": [asdict(c) | {"passed": c.passed} for c in self.checks],
+        }
+
+
+def _nan_none(x: float) -> float | None:
+    return None if x is None or not math.isfinite(float(x)) else float(x)
+
+
+def check_regulators(known: Mapping[str, int], posterior: GenePosterior, lfsr_thresh: float) -> SanityResult:
+    """Check each known regulator's effect sign against the gene posterior.
+
+    Parameters
+    ----------
+    known
+        Gene -> expected sign (+1 or -1) of its primary-contrast effect.
+    posterior
+        Gene effects per day with lfsr (and an optional across-day summary).
+    lfsr_thresh
+        A day is significant when its lfsr is below this (``mash_lfsr_thresh_day``).
+    """
+    post, axis = posterior.daywise, posterior.daywise.axis
+    row_of = pd.Index(posterior.genes.astype(str)).get_indexer(list(known))
+    checks = []
+    for (gene, expected), row in zip(known.items(), row_of, strict=True):
+        if row < 0:
+            checks.append(RegulatorCheck(str(gene), int(expected), "missing"))
+            continue
+        mean, lfsr = post.postmean[row], post.lfsr[row]
+        sig = lfsr < lfsr_thresh
+        wrong = sig & (np.sign(mean) != expected)
+        status = "not_detected" if not sig.any() else "wrong_sign" if wrong.any() else "pass"
+        best = int(np.argmin(lfsr))
+        s_mean = None if posterior.summary_mean is None else _nan_none(posterior.summary_mean[row])
+        s_lfsr = None if posterior.summary_lfsr is None else _nan_none(posterior.summary_lfsr[row])
+        checks.append(
+            RegulatorCheck(
+                gene=str(gene),
+                expected_sign=int(expected),
+                status=status,
+                postmean=dict(zip(axis.labels, mean.astype(float).tolist(), strict=True)),
+                lfsr=dict(zip(axis.labels, lfsr.astype(float).tolist(), strict=True)),
+                significant_days=[lab for lab, s in zip(axis.labels, sig, strict=True) if s],
+                best_day=axis.labels[best],
+                min_lfsr=float(lfsr[best]),
+                summary_mean=s_mean,
+                summary_lfsr=s_lfsr,
+                summary_sign_ok=None if s_mean is None else bool(np.sign(s_mean) == expected),
+            )
+        )
+    return SanityResult(checks, posterior.source, posterior.lfsr_from, lfsr_thresh)
+
+
+def sanity_checks(config: FatebiasConfig, out_dir: str | Path, fallback: FitResult | None = None) -> SanityResult:
+    """:func:`check_regulators` of ``known_regulators`` against :func:`gene_posterior`."""
+    thresh = config.mash_lfsr_thresh_day
+    if not config.known_regulators:
+        return SanityResult([], None, None, thresh, note="no known_regulators configured")
+    posterior = gene_posterior(config, out_dir, fallback)
+    if posterior is None:
+        checks = [RegulatorCheck(g, s, "not_detected") for g, s in config.known_regulators.items()]
+        return SanityResult(checks, None, None, thresh, note="no gene posterior: run the chain or the held-out check first")
+    result = check_regulators(config.known_regulators, posterior, thresh)
+    if result.missing:
+        result.note = f"{len(result.missing)} configured regulator(s) not among the {len(posterior.genes)} genes: {', '.join(result.missing)}"
+    return result
+
+
+# --------------------------------------------------------------------------- all
+@dataclass
+class DiagnosticsResult:
+    """Everything :func:`run_diagnostics` found; ``diagnostics.json`` holds :meth:`to_dict`."""
+
+    heldout: HeldOutResult | None
+    permutation: PermutationResult | None
+    sanity: SanityResult | None
+    path: Path
+    runtime_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "heldout": None if self.heldout is None else self.heldout.to_dict(),
+            "permutation": None if self.permutation is None else self.permutation.to_dict(),
+            "sanity": None if self.sanity is None else self.sanity.to_dict(),
+            "runtime_s": round(self.runtime_s, 3),
+        }
+
+    def describe(self) -> str:
+        """A few human-readable lines per check."""
+        lines = [f"diagnostics ({self.runtime_s:.0f} s): {self.path}"]
+        if self.heldout is not None:
+            s = self.heldout.scores
+            verdict = "full model better" if s.full_better else "full model NOT better"
+            lines.append(
+                f"  held-out cross-entropy ({s.n_cells} cells): full {s.ce_full:.5f}, nuisance-only {s.ce_nuisance:.5f}, "
+                f"difference {s.difference:.5f} +/- {s.difference_se:.5f} ({verdict}; floor {s.entropy:.5f})"
+            )
+            per_day = ", ".join(f"{r.day} {r.difference:+.4f}" for r in s.per_day.itertuples())
+            lines.append(f"    per day (nuisance - full): {per_day}")
+        if self.permutation is not None:
+            p = self.permutation
+            real = "" if p.n_hits_real is None else f" (real run: {p.n_hits_real})"
+            modes = ", ".join(f"{m} {n}" for m, n in p.hits_by_mode.items())
+            lines.append(
+                f"  permutation control ({p.n_strata} strata, {p.n_cells_moved} cells moved): {p.n_hits} hits{real}, "
+                f"{p.n_gene_days_called} gene-days called; by mode: {modes}; "
+                + ("passed" if p.passed else f"FAILED (more than {p.allowed_hits} hits)")
+            )
+            if p.hit_genes:
+                lines.append(f"    permuted hits: {', '.join(p.hit_genes[:20])}" + (" ..." if len(p.hit_genes) > 20 else ""))
+        if self.sanity is not None:
+            san = self.sanity
+            if not san.checks or san.source is None:
+                lines.append(f"  sanity checks: {san.note}")
+            else:
+                lines.append(
+                    f"  sanity checks ({san.source}, lfsr from {san.lfsr_from}): {san.count('pass')} of "
+                    f"{len(san.checks)} pass, {san.count('wrong_sign')} wrong sign, "
+                    f"{san.count('not_detected')} not detected, {san.count('missing')} missing"
+                )
+                for c in san.checks:
+                    if c.status != "missing":
+                        lines.append(
+                            f"    {c.gene:<14} expected {c.expected_sign:+d}: {c.status} "
+                            f"(best day {c.best_day}, lfsr {c.min_lfsr:.2g}, mean {c.postmean[c.best_day]:+.3f})"
+                        )
+                if san.note:
+                    lines.append(f"    note: {san.note}")
+        return "\n".join(lines)
+
+
+def run_diagnostics(
+    experiment: Experiment,
+    config: FatebiasConfig,
+    out_dir: Path,
+    *,
+    parts: Sequence[str] = PARTS,
+) -> DiagnosticsResult:
+    """Run the diagnostics of MODEL.md 10 and write ``<out_dir>/diagnostics.json``.
+
+    Parameters
+    ----------
+    experiment
+        The loaded experiment.
+    config
+        Settings: the diagnostics group, plus everything the fits and the chain use.
+    out_dir
+        The run folder: ``diagnostics.json`` and ``permutation/`` go here, and the
+        sanity checks read the run's mash or export tables from it when present.
+    parts
+        Which checks to run (``heldout``, ``permutation``, ``sanity``); the others are
+        ``null`` in the file.
+
+    Returns
+    -------
+    DiagnosticsResult
+    """
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise ConfigError(f"unknown diagnostics part(s) {unknown}; choose from {list(PARTS)}")
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    heldout = heldout_comparison(experiment, config) if "heldout" in parts else None
+    permutation = permutation_control(experiment, config, out) if "permutation" in parts else None
+    fallback = heldout.full_fit if heldout is not None else None
+    sanity = sanity_checks(config, out, fallback) if "sanity" in parts else None
+    path = out / "diagnostics.json"
+    result = DiagnosticsResult(heldout, permutation, sanity, path)
+    result.runtime_s = time.perf_counter() - t0
+    write_json(_json_ready(result.to_dict()), path)
+    return result
+
+
+def _json_ready(value: Any) -> Any:
+    """NaN and inf -> None, numpy scalars -> Python, recursively (strict JSON)."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
