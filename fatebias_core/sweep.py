@@ -73,12 +73,12 @@ SCORE_COLUMNS = (
     "n_true_active_genes",
     "n_true_active_gene_days",
 )
-PLOTTED = (
-    ("daywise_recall", "daywise recall", "C0", "-"),
-    ("daywise_precision", "daywise precision", "C1", "-"),
-    ("anyday_recall", "any-day recall", "C0", "--"),
-    ("anyday_precision", "any-day precision", "C1", "--"),
-    ("anyday_fpr", "any-day FPR", "C3", ":"),
+PLOTTED = (  # column, label, colour, line style, marker
+    ("daywise_recall", "daywise recall", "C0", "-", "o"),
+    ("daywise_precision", "daywise precision", "C1", "-", "s"),
+    ("anyday_recall", "any-day recall", "C0", "--", "^"),
+    ("anyday_precision", "any-day precision", "C1", "--", "v"),
+    ("anyday_fpr", "any-day FPR", "C3", ":", "D"),
 )
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -418,10 +418,13 @@ def plot_sweep(table: pd.DataFrame, spec: SweepSpec, path: str | Path) -> Path:
             pos = {v: float(i) for i, v in enumerate(values)}
             ax.set_xticks(list(pos.values()), [str(v) for v in values], rotation=30, ha="right")
         x = col.map(pos).to_numpy(dtype=float)
-        for metric, label, color, style in PLOTTED:
-            y = pd.to_numeric(table.get(metric), errors="coerce").to_numpy(dtype=float)
+        for metric, label, color, style, marker in PLOTTED:
+            if metric not in table:
+                continue
+            y = pd.to_numeric(table[metric], errors="coerce").to_numpy(dtype=float)
             mean = pd.Series(y).groupby(x).mean()
-            ax.plot(mean.index, mean.to_numpy(), color=color, ls=style, marker="o", ms=4, label=label)
+            # Lines only join numeric settings; categories (scenarios) get markers alone.
+            ax.plot(mean.index, mean.to_numpy(), color=color, ls=style if numeric else "none", marker=marker, ms=5, label=label)
             ax.scatter(x, y, color=color, s=9, alpha=0.35, lw=0)
         ax.set_xlabel(dim)
         ax.set_ylim(-0.03, 1.03)
