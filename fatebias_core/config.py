@@ -68,7 +68,7 @@ class FatebiasConfig(BaseModel):
     s_tau: float = _f(1.0, "HalfNormal scale of tau[f], the spread of gene effects on the first day.", "model", gt=0)
     s_time: float = _f(0.5, "HalfNormal scale of sigma_time[f, d], the per-interval random-walk step of gene effects.", "model", gt=0)
     s_guide: float = _f(0.5, "HalfNormal scale of sigma_guide[f], the spread of guide deviations within a gene.", "model", gt=0)
-    likelihood_weight: float = _f(1.0, "Weight w of the soft-label cross-entropy log-likelihood.", "model", gt=0)
+    likelihood_weight: float | Literal["auto"] = _f("auto", "Weight w of the soft-label cross-entropy; auto: 1 / (Pearson dispersion of the fate probabilities), estimated during the fit.", "model")
 
     # ------------------------------------------------------------------ inference (5)
     batch_size: int = _f(8192, "Cells per SVI minibatch (the whole data set when larger).", "inference", ge=1)
@@ -81,6 +81,9 @@ class FatebiasConfig(BaseModel):
     num_posterior_draws: int = _f(1000, "Posterior draws S taken from the fitted guide.", "inference", ge=10)
     seed: int = _f(0, "Random seed: the same seed gives the same numbers on CPU.", "inference")
     device: Literal["auto", "cpu", "cuda"] = _f("auto", "Torch device for the fit: auto picks cuda when available.", "inference")
+    posterior_method: Literal["meanfield", "laplace"] = _f("laplace", "Posterior of the effects: the SVI mean-field guide, or a Laplace approximation at the conditional mode that keeps their correlations.", "inference")
+    laplace_effect_scales: Literal["configured", "fitted"] = _f("configured", "Laplace prior scales of theta: the configured s_tau/s_time (weakly informative: mash does the shrinkage) or the SVI-fitted tau/sigma_time.", "inference")
+    dispersion_warmup_frac: float = _f(0.25, "With likelihood_weight auto: fraction of the steps fitted with w = 1 before the dispersion is estimated.", "inference", gt=0, lt=1)
     progress: bool = _f(True, "Show a progress bar with the ELBO and steps/s.", "inference")
 
     # ------------------------------------------------------------------ exports (6)
@@ -155,6 +158,13 @@ class FatebiasConfig(BaseModel):
             raise ValueError(f"needs at least 2 fates, got {len(v)}")
         if len(set(v)) != len(v):
             raise ValueError(f"fates must be distinct, got {v}")
+        return v
+
+    @field_validator("likelihood_weight")
+    @classmethod
+    def _positive_weight(cls, v: float | str) -> float | str:
+        if v != "auto" and not v > 0:
+            raise ValueError(f"must be a positive number or 'auto', got {v}")
         return v
 
     @field_validator("known_regulators")

@@ -13,7 +13,7 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 
-from .model import POSITIVE_SITES, FateModel
+from .model import POSITIVE_SITES, FateModel, delta_from, theta_from
 
 
 def initial_values(model: FateModel) -> dict[str, torch.Tensor]:
@@ -121,4 +121,25 @@ class MeanFieldPosterior:
         for name in self.sites:
             loc = self.params[f"{name}_loc"]
             out[name] = np.exp(loc) if name in POSITIVE_SITES else loc
+        return out
+
+    @staticmethod
+    def _effects(values: dict[str, np.ndarray], gene_of_guide: np.ndarray, n_genes: int) -> tuple[np.ndarray, np.ndarray]:
+        v = {k: torch.from_numpy(np.asarray(x, dtype=np.float64)) for k, x in values.items()}
+        g = torch.from_numpy(gene_of_guide)
+        per_gene = torch.bincount(g, minlength=n_genes).double()
+        theta = theta_from(v["tau"], v["z"], v["sigma_time"], v["eps"])
+        delta = delta_from(v["sigma_guide"], v["u"], g, per_gene)
+        return theta.numpy(), delta.numpy()
+
+    def sample_effects(self, n: int, rng: np.random.Generator, gene_of_guide: np.ndarray, n_genes: int) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` draws of theta (n, L, K, D) and delta (n, G, K)."""
+        return self._effects(self.sample_sites(n, rng), gene_of_guide, n_genes)
+
+    def point(self, gene_of_guide: np.ndarray, n_genes: int) -> dict[str, np.ndarray]:
+        """Point values (posterior medians) of a, b, c, theta (L, K, D) and delta (G, K)."""
+        m = self.median_sites()
+        out = {k: m[k] for k in ("a", "b", "c")}
+        if "z" in m:
+            out["theta"], out["delta"] = self._effects(m, gene_of_guide, n_genes)
         return out

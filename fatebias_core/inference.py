@@ -17,6 +17,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -34,13 +35,14 @@ from .model import (
     ModelData,
     Priors,
     beta_from,
-    delta_from,
     effect_table,
     full_logits,
     linear_predictor,
-    theta_from,
 )
 from .types import Experiment
+
+if TYPE_CHECKING:
+    from .laplace import LaplacePosterior
 
 log = logging.getLogger("fatebias.inference")
 
@@ -95,7 +97,7 @@ class FitResult:
         Run facts: steps, runtime, device, convergence, settings.
     """
 
-    posterior: MeanFieldPosterior
+    posterior: MeanFieldPosterior | LaplacePosterior
     elbo: np.ndarray
     fates: list[str]
     ref_fate: str
@@ -115,40 +117,27 @@ class FitResult:
         if not self.guide_effects:
             raise FitError("this fit is the nuisance-only model: it has no gene or guide effects")
         rng = np.random.default_rng(seed)
-        s = {k: torch.from_numpy(v) for k, v in self.posterior.sample_sites(n_draws, rng).items()}
-        g = torch.from_numpy(self.gene_of_guide)
-        per_gene = torch.bincount(g, minlength=len(self.gene_names)).double()
-        theta = theta_from(s["tau"], s["z"], s["sigma_time"], s["eps"]).numpy()
-        delta = delta_from(s["sigma_guide"], s["u"], g, per_gene).numpy()
+        theta, delta = self.posterior.sample_effects(n_draws, rng, self.gene_of_guide, len(self.gene_names))
         return EffectDraws(theta=theta, delta=delta, gene_of_guide=self.gene_of_guide)
 
+    def point(self) -> dict[str, np.ndarray]:
+        """Point values (posterior median or mode) of a, b, c and, with guide effects, theta and delta."""
+        return self.posterior.point(self.gene_of_guide, len(self.gene_names))
+
     def median_effects(self) -> tuple[np.ndarray, np.ndarray]:
-        """theta (L, K, D) and beta (G, K, D) at the posterior median of every site."""
-        m = {k: torch.from_numpy(v) for k, v in self.posterior.median_sites().items()}
-        g = torch.from_numpy(self.gene_of_guide)
-        per_gene = torch.bincount(g, minlength=len(self.gene_names)).double()
-        theta = theta_from(m["tau"], m["z"], m["sigma_time"], m["eps"])
-        delta = delta_from(m["sigma_guide"], m["u"], g, per_gene)
-        return theta.numpy(), beta_from(theta, delta, g).numpy()
+        """theta (L, K, D) and beta (G, K, D) at the point values."""
+        p = self.point()
+        return p["theta"], p["theta"][self.gene_of_guide] + p["delta"][..., None]
 
     def predict(self, experiment: Experiment) -> np.ndarray:
-        """Fate probabilities (N, F) of ``experiment``'s cells at the posterior median.
+        """Fate probabilities (N, F) of ``experiment``'s cells at the point values.
 
         The cells must share this fit's fates, days, replicates and guide ids (a held-out
         split of the fitted experiment, for instance).
         """
-        m = {k: torch.from_numpy(v) for k, v in self.posterior.median_sites().items()}
         data = ModelData.from_experiment(experiment, self.ref_fate, self.contrast_fates, dtype=torch.float64)
-        with torch.no_grad():
-            table = None
-            if self.guide_effects:
-                g = torch.from_numpy(self.gene_of_guide)
-                per_gene = torch.bincount(g, minlength=len(self.gene_names)).double()
-                theta = theta_from(m["tau"], m["z"], m["sigma_time"], m["eps"])
-                delta = delta_from(m["sigma_guide"], m["u"], g, per_gene)
-                table = effect_table(beta_from(theta, delta, g))
-            eta = linear_predictor(data, None, m["a"], m["b"], m["c"], table)
-            return torch.softmax(full_logits(data, eta), dim=-1).numpy()
+        model = FateModel(data, Priors(), guide_effects=self.guide_effects)
+        return fitted_probs(data, model, self.point()).numpy()
 
     # ----------------------------------------------------------------- persistence
     def save(self, folder: str | Path) -> Path:
@@ -195,8 +184,11 @@ def load_fit(folder: str | Path) -> FitResult:
         raise FitError(f"saved fit in {folder} has format {meta.get('format')}, expected {FIT_FORMAT}")
     gene_of_guide = arrays.pop("gene_of_guide")
     day_counts = arrays.pop("day_counts")
+    families = {"meanfield": MeanFieldPosterior, "laplace": _laplace_class()}
+    if meta.get("family") not in families:
+        raise FitError(f"saved fit in {folder} has unknown posterior family {meta.get('family')!r}")
     return FitResult(
-        posterior=MeanFieldPosterior(arrays),
+        posterior=families[meta["family"]](arrays),
         elbo=elbo,
         fates=meta["fates"],
         ref_fate=meta["ref_fate"],
@@ -275,7 +267,9 @@ def steps_to_convergence(elbo: np.ndarray, window: int, tol: float) -> int | Non
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-def _save_checkpoint(path: Path, step: int, elbo: list[float], optim: ClippedAdam, sampler: BatchSampler, settings_hash: str) -> None:
+def _save_checkpoint(
+    path: Path, step: int, elbo: list[float], optim: ClippedAdam, sampler: BatchSampler, settings_hash: str, weight: float
+) -> None:
     state = {
         "format": FIT_FORMAT,
         "settings_hash": settings_hash,
@@ -285,6 +279,7 @@ def _save_checkpoint(path: Path, step: int, elbo: list[float], optim: ClippedAda
         "optim": optim.get_state(),
         "sampler": sampler.state(),
         "torch_rng": torch.get_rng_state(),
+        "likelihood_weight": weight,
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -304,6 +299,30 @@ def _load_checkpoint(path: Path, settings_hash: str) -> dict | None:
 
 
 # --------------------------------------------------------------------------- fit
+def fitted_probs(data: ModelData, model: FateModel, point: dict[str, np.ndarray]) -> torch.Tensor:
+    """Fate probabilities (N, F) of every cell at point values of the latents."""
+    v = {k: torch.as_tensor(np.asarray(x), dtype=data.fate_probs.dtype, device=data.fate_probs.device) for k, x in point.items()}
+    with torch.no_grad():
+        table = None
+        if model.guide_effects:
+            table = effect_table(beta_from(v["theta"], v["delta"], data.gene_of_guide))
+        eta = linear_predictor(data, None, v["a"], v["b"], v["c"], table)
+        return torch.softmax(full_logits(data, eta), dim=-1)
+
+
+def dispersion(data: ModelData, model: FateModel, point: dict[str, np.ndarray]) -> float:
+    """Pearson dispersion of the fate probabilities around the fitted ones (see laplace.pearson_dispersion)."""
+    from .laplace import pearson_dispersion
+
+    pi = fitted_probs(data, model, point).double().cpu().numpy()
+    return pearson_dispersion(data.fate_probs.double().cpu().numpy(), pi)
+
+
+def _point_from_store(model: FateModel, experiment: Experiment) -> dict[str, np.ndarray]:
+    gene0 = experiment.guides.gene_of_guide[1:].astype(np.int64) - 1
+    return MeanFieldPosterior.from_param_store(model.site_shapes()).point(gene0, experiment.guides.n_genes)
+
+
 def fit(
     experiment: Experiment,
     config: FatebiasConfig,
@@ -314,7 +333,15 @@ def fit(
     num_steps: int | None = None,
     seed: int | None = None,
 ) -> FitResult:
-    """Fit the fate model to ``experiment`` by SVI.
+    """Fit the fate model to ``experiment``.
+
+    SVI with the mean-field guide fits every latent, hyperparameters included. With
+    ``likelihood_weight: auto`` the first ``dispersion_warmup_frac`` of the steps use
+    w = 1, then w is set to 1 / the Pearson dispersion of the fate probabilities around
+    the current fit (the quasi-likelihood weight that makes the soft-label curvature
+    match the data's actual spread). With ``posterior_method: laplace`` the effects'
+    posterior is then replaced by the Laplace approximation at the conditional mode
+    given the fitted variance hyperparameters (see :mod:`fatebias_core.laplace`).
 
     Parameters
     ----------
@@ -322,7 +349,7 @@ def fit(
         The loaded experiment.
     config
         Settings: priors, likelihood weight, batch size, learning-rate schedule, steps,
-        seed, device, progress.
+        seed, device, progress, posterior method.
     guide_effects
         False fits the nuisance-only model (day, replicate, burden terms only).
     checkpoint_dir
@@ -342,9 +369,15 @@ def fit(
     device = resolve_device(config.device)
     contrast_fates = config.contrast_fates
     data = ModelData.from_experiment(experiment, config.ref_fate, contrast_fates, device=device)
-    model = FateModel(data, Priors.from_config(config), config.likelihood_weight, guide_effects=guide_effects)
+    auto_weight = config.likelihood_weight == "auto"
+    model = FateModel(data, Priors.from_config(config), 1.0 if auto_weight else config.likelihood_weight, guide_effects=guide_effects)
+    warmup = max(1, int(steps * config.dispersion_warmup_frac)) if auto_weight else 0
 
-    settings = config.model_dump(include=set(FIT_SETTINGS)) | {"num_steps": steps, "seed": seed, "guide_effects": guide_effects, "n_cells": data.n_cells}
+    settings = config.model_dump(include=set(FIT_SETTINGS)) | {
+        "num_steps": steps, "seed": seed, "guide_effects": guide_effects, "n_cells": data.n_cells,
+        "posterior_method": config.posterior_method, "dispersion_warmup_frac": config.dispersion_warmup_frac,
+        "laplace_effect_scales": config.laplace_effect_scales,
+    }
     settings_hash = _hash(settings)
 
     pyro.clear_param_store()
@@ -366,6 +399,7 @@ def fit(
             optim.set_state(state["optim"])
             sampler.set_state(state["sampler"])
             torch.set_rng_state(state["torch_rng"])
+            model.likelihood_weight = float(state["likelihood_weight"])
             elbo = state["elbo"].tolist()
             start_step = int(state["step"])
             log.info("resuming fit from step %d of %d (%s)", start_step, steps, ckpt_path)
@@ -373,15 +407,21 @@ def fit(
     scale = 1.0 / data.n_cells
     t0 = time.perf_counter()
     last_good = start_step
+    desc = "fit" if guide_effects else "fit (nuisance)"
     with contextlib.ExitStack() as stack:
         # Argument validation costs ~1 ms a step; the inputs were validated at load.
         stack.enter_context(pyro.validation_enabled(False))
-        bar = _progress(config.progress and steps > start_step, steps, start_step, "fit" if guide_effects else "fit (nuisance)")
+        bar = _progress(config.progress and steps > start_step, steps, start_step, desc)
         if bar is not None:
             stack.callback(bar.close)
         for step in range(start_step, steps):
+            if auto_weight and step == warmup:
+                phi = dispersion(data, model, _point_from_store(model, experiment))
+                model.likelihood_weight = 1.0 / phi
+                log.info("dispersion %.4g after %d steps: likelihood weight set to %.4g", phi, step, model.likelihood_weight)
             loss = svi.step(sampler.next())
-            if not math.isfinite(loss) or (len(elbo) > 50 and loss > 1e3 * max(abs(np.median(elbo[-50:])), 1.0)):
+            recent = elbo[max(warmup, len(elbo) - 50):] if step >= warmup else elbo[-50:]
+            if not math.isfinite(loss) or (len(recent) >= 50 and loss > 1e3 * max(abs(float(np.median(recent))), 1.0)):
                 raise FitError(
                     f"the ELBO became {'non-finite' if not math.isfinite(loss) else 'explosive'} at step {step + 1} "
                     f"(loss {loss:.4g}); last good checkpoint: step {last_good}. Lower lr (now {config.lr}) or clip_norm."
@@ -391,13 +431,18 @@ def fit(
                 bar.set_postfix_str(f"ELBO {-loss:.5g} ({-loss * scale:.4f}/cell)", refresh=False)
                 bar.update(step + 1 - bar.n)
             if ckpt_path is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
-                _save_checkpoint(ckpt_path, step + 1, elbo, optim, sampler, settings_hash)
+                _save_checkpoint(ckpt_path, step + 1, elbo, optim, sampler, settings_hash, model.likelihood_weight)
                 last_good = step + 1
     runtime = time.perf_counter() - t0
 
     trace = np.asarray(elbo)
-    window = min(config.convergence_window, max(len(trace) // 4, 1))
-    conv_step = steps_to_convergence(trace, window, config.convergence_tol)
+    tail = trace[warmup:] if auto_weight else trace
+    window = min(config.convergence_window, max(len(tail) // 4, 1))
+    conv = steps_to_convergence(tail, window, config.convergence_tol)
+    conv_step = None if conv is None else conv + (warmup if auto_weight else 0)
+    posterior = MeanFieldPosterior.from_param_store(model.site_shapes())
+    gene0 = experiment.guides.gene_of_guide[1:].astype(np.int64) - 1
+    final_phi = dispersion(data, model, posterior.point(gene0, experiment.guides.n_genes))
     info = {
         "steps": steps,
         "resumed_from": start_step,
@@ -408,8 +453,11 @@ def fit(
         "batch_size": sampler.batch_size,
         "converged": conv_step is not None,
         "steps_to_convergence": conv_step,
-        "final_loss_per_cell": float(trace[-window:].mean() * scale),
-        "relative_change_last_window": _windowed_change(trace, window),
+        "final_loss_per_cell": float(tail[-window:].mean() * scale),
+        "relative_change_last_window": _windowed_change(tail, window),
+        "likelihood_weight": model.likelihood_weight,
+        "dispersion_final": final_phi,
+        "posterior_method": "meanfield",
         "settings": settings,
         "settings_hash": settings_hash,
     }
@@ -418,11 +466,34 @@ def fit(
             "the ELBO did not converge in %d steps (relative change %.2g over the last %d steps > %g); consider more num_steps",
             steps, info["relative_change_last_window"], window, config.convergence_tol,
         )
+    if guide_effects and config.posterior_method == "laplace":
+        from .laplace import laplace_posterior
+
+        t1 = time.perf_counter()
+        median = posterior.median_sites()
+        point = posterior.point(gene0, experiment.guides.n_genes)
+        weight = 1.0 / final_phi if auto_weight else model.likelihood_weight
+        hyper = {k: median[k] for k in ("tau", "sigma_time", "sigma_guide")}
+        if config.laplace_effect_scales == "configured":
+            hyper["tau"] = np.full_like(hyper["tau"], config.s_tau)
+            hyper["sigma_time"] = np.full_like(hyper["sigma_time"], config.s_time)
+        posterior = laplace_posterior(
+            experiment, contrast_fates, config.ref_fate, model.priors,
+            start={**point, "u": median["u"]},
+            hyper=hyper,
+            weight=weight,
+        )
+        info.update(
+            posterior_method="laplace", likelihood_weight=weight,
+            laplace_runtime_s=round(time.perf_counter() - t1, 3),
+            laplace_newton_iterations=int(posterior.params["newton_iterations"]),
+            laplace_converged=bool(posterior.params["converged"]),
+        )
     if ckpt_path is not None and ckpt_path.exists():
         ckpt_path.unlink()
     cells = experiment.cells
     return FitResult(
-        posterior=MeanFieldPosterior.from_param_store(model.site_shapes()),
+        posterior=posterior,
         elbo=trace,
         fates=list(cells.fates),
         ref_fate=config.ref_fate,
@@ -431,11 +502,17 @@ def fit(
         rep_labels=list(cells.rep_labels),
         gene_names=list(experiment.guides.gene_names),
         guide_names=list(experiment.guides.guide_names),
-        gene_of_guide=experiment.guides.gene_of_guide[1:].astype(np.int64) - 1,
+        gene_of_guide=gene0,
         day_counts=cells.day_counts(),
         guide_effects=guide_effects,
         info=info,
     )
+
+
+def _laplace_class():
+    from .laplace import LaplacePosterior
+
+    return LaplacePosterior
 
 
 def _hash(obj: dict) -> str:

@@ -145,15 +145,23 @@ class LaplaceProblem:
 
     # ----------------------------------------------------------------- centring of u
     def _centre_rows(self, m: np.ndarray, k: int) -> np.ndarray:
-        """Apply T_k^T from the left on the u rows: sigma_k (I - M)."""
+        """Apply T_k^T from the left on the u rows: sigma_k (I - M), M the within-gene mean."""
         u = self.layout.u
         block = m[u]
-        means = np.zeros((self.layout.n_genes,) + block.shape[1:])
-        np.add.at(means, self.gene_of_guide, block)
-        means /= self.guides_per_gene.reshape((-1,) + (1,) * (block.ndim - 1))
+        flat = block.reshape(block.shape[0], -1)
+        means = (self._onehot @ flat) / self.guides_per_gene[:, None]
         out = m.copy()
-        out[u] = self.sigma_guide[k] * (block - means[self.gene_of_guide])
+        out[u] = (self.sigma_guide[k] * (flat - means[self.gene_of_guide])).reshape(block.shape)
         return out
+
+    @property
+    def _onehot(self) -> sp.csr_matrix:
+        if not hasattr(self, "_onehot_cache"):
+            G = self.gene_of_guide.size
+            self._onehot_cache = sp.csr_matrix(
+                (np.ones(G), (self.gene_of_guide, np.arange(G))), shape=(self.layout.n_genes, G)
+            )
+        return self._onehot_cache
 
     def _centre_cols(self, m: np.ndarray, k: int) -> np.ndarray:
         return self._centre_rows(m.T, k).T
@@ -285,13 +293,10 @@ def gene_blocks(layout: Layout, gene_of_guide: np.ndarray, n_contrasts: int) -> 
     contrasts. Returns ``index`` (L, B) and a validity ``mask`` (L, B).
     """
     L, D, P, K = layout.n_genes, layout.n_days, layout.size, n_contrasts
-    order = np.argsort(gene_of_guide, kind="stable")
     counts = np.bincount(gene_of_guide, minlength=L)
     n_max = int(counts.max()) if counts.size else 0
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    slot = np.arange(order.size) - starts[gene_of_guide[order]]
     guides_by_gene = np.full((L, n_max), -1)
-    guides_by_gene[gene_of_guide[order], slot] = order
+    guides_by_gene[gene_of_guide, guide_slots(gene_of_guide, L)] = np.arange(gene_of_guide.size)
     k_off = (np.arange(K) * P)[:, None]
     theta_idx = (k_off[None] + layout.theta.start + np.arange(L)[:, None, None] * D + np.arange(D)[None, None, :])
     theta_idx = theta_idx.reshape(L, K * D)
@@ -301,3 +306,158 @@ def gene_blocks(layout: Layout, gene_of_guide: np.ndarray, n_contrasts: int) -> 
     index = np.concatenate([theta_idx, u_idx], axis=1)
     mask = np.concatenate([np.ones_like(theta_idx, dtype=bool), u_mask], axis=1)
     return index, mask
+
+
+# --------------------------------------------------------------------------- the fitted posterior
+class LaplacePosterior:
+    """A Gaussian posterior of the effects: the conditional mode and each gene's joint covariance.
+
+    Stores, per gene, the covariance of its theta (contrasts x days) jointly with its
+    guides' u (contrasts x guides): enough to draw every gene/day and guide/day effect,
+    and any within-gene combination (across-day sums, beta = theta + delta), exactly
+    under the Gaussian approximation. Cross-gene covariances are not kept: nothing
+    downstream uses them.
+    """
+
+    family = "laplace"
+
+    def __init__(self, params: dict[str, np.ndarray]):
+        self.params = params
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_result(cls, res: LaplaceResult, problem: LaplaceProblem, hyper: dict[str, np.ndarray]) -> LaplacePosterior:
+        lay, K = problem.layout, problem.n_contrasts
+        index, mask = gene_blocks(lay, problem.gene_of_guide, K)
+        blocks = res.cov[index[:, :, None], index[:, None, :]]
+        # Padding entries get unit variance and no correlation so every block is PD.
+        pad = ~mask
+        blocks[pad[:, :, None] | pad[:, None, :]] = 0.0
+        eye = np.broadcast_to(np.eye(index.shape[1], dtype=bool), blocks.shape)
+        blocks[eye & pad[:, :, None]] = 1.0
+        psi = res.psi
+        params = {
+            "a": psi[:, lay.a],
+            "b": psi[:, lay.b],
+            "c": psi[:, lay.c],
+            "theta": psi[:, lay.theta].reshape(K, lay.n_genes, lay.n_days).transpose(1, 0, 2),
+            "u": psi[:, lay.u].T,
+            "block_cov": blocks,
+            "block_mask": mask,
+            "sigma_guide": problem.sigma_guide,
+            "weight": np.asarray(problem.weight),
+            "newton_iterations": np.asarray(res.n_iter),
+            "converged": np.asarray(res.converged),
+            **{f"hyper_{k}": v for k, v in hyper.items()},
+        }
+        return cls(params)
+
+    # ----------------------------------------------------------------- effects
+    def _delta(self, u: np.ndarray, gene_of_guide: np.ndarray, n_genes: int) -> np.ndarray:
+        """delta = sigma_guide (u - gene mean of u) for u of shape (..., G, K)."""
+        return self.params["sigma_guide"] * centre_within_gene(u, gene_of_guide, n_genes)
+
+    def point(self, gene_of_guide: np.ndarray, n_genes: int) -> dict[str, np.ndarray]:
+        """Mode values of a, b, c, theta (L, K, D) and delta (G, K)."""
+        p = self.params
+        return {
+            "a": p["a"], "b": p["b"], "c": p["c"], "theta": p["theta"],
+            "delta": self._delta(p["u"], gene_of_guide, n_genes),
+        }
+
+    def sample_effects(self, n: int, rng: np.random.Generator, gene_of_guide: np.ndarray, n_genes: int) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` draws of theta (n, L, K, D) and delta (n, G, K) from the per-gene Gaussians."""
+        p = self.params
+        theta0, u0 = p["theta"], p["u"]
+        L, K, D = theta0.shape
+        chol = np.linalg.cholesky(p["block_cov"])  # (L, B, B)
+        dev = np.einsum("lij,slj->sli", chol, rng.standard_normal((n, L, chol.shape[1])))
+        theta = theta0[None] + dev[:, :, : K * D].reshape(n, L, K, D)
+        u_dev = dev[:, :, K * D :].reshape(n, L, K, -1)  # (n, L, K, slots)
+        slot = guide_slots(gene_of_guide, n_genes)
+        u = u0[None] + u_dev[:, gene_of_guide, :, slot].transpose(1, 0, 2)
+        return theta, self._delta(u, gene_of_guide, n_genes)
+
+
+def guide_slots(gene_of_guide: np.ndarray, n_genes: int) -> np.ndarray:
+    """Position of each guide among its gene's guides (in guide order)."""
+    order = np.argsort(gene_of_guide, kind="stable")
+    counts = np.bincount(gene_of_guide, minlength=n_genes)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    slot = np.empty(gene_of_guide.size, dtype=np.int64)
+    slot[order] = np.arange(order.size) - starts[gene_of_guide[order]]
+    return slot
+
+
+def centre_within_gene(x: np.ndarray, gene_of_guide: np.ndarray, n_genes: int) -> np.ndarray:
+    """``x`` (..., G, K) minus the mean over each gene's guides."""
+    counts = np.bincount(gene_of_guide, minlength=n_genes).astype(np.float64)
+    onehot = sp.csr_matrix((np.ones(gene_of_guide.size), (gene_of_guide, np.arange(gene_of_guide.size))), shape=(n_genes, gene_of_guide.size))
+    lead = x.shape[:-2]
+    flat = np.moveaxis(x, -2, 0).reshape(x.shape[-2], -1)  # (G, rest)
+    means = (onehot @ flat) / np.maximum(counts, 1)[:, None]
+    centred = flat - means[gene_of_guide]
+    return np.moveaxis(centred.reshape((x.shape[-2], *lead, x.shape[-1])), 0, -2)
+
+
+# --------------------------------------------------------------------------- entry point
+def laplace_posterior(
+    experiment: Experiment,
+    contrast_fates: list[str],
+    ref_fate: str,
+    priors,
+    start: dict[str, np.ndarray],
+    hyper: dict[str, np.ndarray],
+    weight: float,
+    max_iter: int = 30,
+) -> LaplacePosterior:
+    """The Laplace posterior of the linear latents given the variance hyperparameters.
+
+    Parameters
+    ----------
+    experiment
+        The data.
+    contrast_fates, ref_fate
+        Contrast order and the reference fate.
+    priors
+        :class:`fatebias_core.model.Priors` (s_alpha, s_rep, s_gamma).
+    start
+        Starting values: a (K, D), b (K, R), c (K,), theta (L, K, D), u (G, K).
+    hyper
+        tau (K,), sigma_time (K, D-1), sigma_guide (K,): fixed at their fitted values.
+    weight
+        Likelihood weight w.
+    """
+    cells, guides = experiment.cells, experiment.guides
+    lay = Layout(cells.n_days, cells.n_reps, guides.n_genes, guides.n_guides)
+    K = len(contrast_fates)
+    fates = list(cells.fates)
+    gene0 = guides.gene_of_guide[1:].astype(np.int64) - 1
+    prior_diag = np.zeros((K, lay.size))
+    prior_diag[:, lay.a] = 1.0 / priors.s_alpha**2
+    prior_diag[:, lay.b] = 1.0 / priors.s_rep**2
+    prior_diag[:, lay.c] = 1.0 / priors.s_gamma**2
+    prior_diag[:, lay.u] = 1.0
+    problem = LaplaceProblem(
+        X=design_matrix(experiment),
+        layout=lay,
+        p=cells.fate_probs.astype(np.float64),
+        ref_index=fates.index(ref_fate),
+        contrast_index=np.asarray([fates.index(f) for f in contrast_fates]),
+        gene_of_guide=gene0,
+        guides_per_gene=np.bincount(gene0, minlength=lay.n_genes).astype(np.float64),
+        sigma_guide=np.asarray(hyper["sigma_guide"], dtype=np.float64),
+        prior_diag=prior_diag,
+        rw_precision=np.stack([random_walk_precision(hyper["tau"][k], hyper["sigma_time"][k]) for k in range(K)]),
+        weight=float(weight),
+    )
+    psi0 = np.zeros((K, lay.size))
+    psi0[:, lay.a] = start["a"]
+    psi0[:, lay.b] = start["b"]
+    psi0[:, lay.c] = start["c"]
+    psi0[:, lay.theta] = np.asarray(start["theta"]).transpose(1, 0, 2).reshape(K, -1)
+    psi0[:, lay.u] = np.asarray(start["u"]).T
+    res = newton_mode(problem, psi0, max_iter=max_iter)
+    if not res.converged:
+        log.warning("Laplace: Newton did not converge in %d iterations", res.n_iter)
+    return LaplacePosterior.from_result(res, problem, hyper)
