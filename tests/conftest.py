@@ -139,3 +139,47 @@ def make_inputs(
 def small_inputs() -> Callable[..., SmallInputs]:
     """Factory of small experiments: ``small_inputs(fate_layout=..., guide_layout=..., ...)``."""
     return make_inputs
+
+
+# --------------------------------------------------------------------------- tiny simulations
+TINY_SIM = dict(
+    sim_n_cells=3000,
+    sim_n_genes=12,
+    sim_n_guides=48,
+    sim_n_ntc_guides=6,
+    sim_kmax=5,
+    sim_active_frac=0.34,
+    sim_effect_min=0.6,
+    sim_effect_max=1.0,
+    sim_seed=3,
+)
+TINY_FIT = dict(num_steps=300, batch_size=1024, num_posterior_draws=200, progress=False, device="cpu", run_diagnostics=False)
+
+
+@dataclass
+class TinySim:
+    """A small simulated experiment, loaded, with its truth and a matching config."""
+
+    config: Any
+    experiment: Any
+    sim: Any
+
+
+@pytest.fixture(scope="session")
+def tiny_sim() -> TinySim:
+    from fatebias_core.config import make_config
+    from fatebias_core.data import load_experiment
+    from fatebias_core.simulate import simulate_experiment
+
+    cfg = make_config(**TINY_SIM, **TINY_FIT)
+    sim = simulate_experiment(cfg)
+    exp = load_experiment(cfg, verbose=False, adata=sim.adata, guide_map=sim.guide_map)
+    return TinySim(cfg, exp, sim)
+
+
+@pytest.fixture(scope="session")
+def tiny_fit(tiny_sim):
+    """The default (Laplace) fit of the tiny simulation."""
+    from fatebias_core.inference import fit
+
+    return fit(tiny_sim.experiment, tiny_sim.config)
