@@ -10,6 +10,7 @@ that make an interrupted fit resume with the same numbers, and returns a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -184,7 +185,7 @@ def load_fit(folder: str | Path) -> FitResult:
         raise FitError(f"saved fit in {folder} has format {meta.get('format')}, expected {FIT_FORMAT}")
     gene_of_guide = arrays.pop("gene_of_guide")
     day_counts = arrays.pop("day_counts")
-    families = {"meanfield": MeanFieldPosterior, "laplace": _laplace_class()}
+    families = {"meanfield": MeanFieldPosterior, **_laplace_classes()}
     if meta.get("family") not in families:
         raise FitError(f"saved fit in {folder} has unknown posterior family {meta.get('family')!r}")
     return FitResult(
@@ -377,6 +378,7 @@ def fit(
         "num_steps": steps, "seed": seed, "guide_effects": guide_effects, "n_cells": data.n_cells,
         "posterior_method": config.posterior_method, "dispersion_warmup_frac": config.dispersion_warmup_frac,
         "laplace_effect_scales": config.laplace_effect_scales,
+        "bootstrap_replicates": config.bootstrap_replicates if config.posterior_method == "bootstrap" else 0,
     }
     settings_hash = _hash(settings)
 
@@ -466,33 +468,10 @@ def fit(
             "the ELBO did not converge in %d steps (relative change %.2g over the last %d steps > %g); consider more num_steps",
             steps, info["relative_change_last_window"], window, config.convergence_tol,
         )
-    if guide_effects and config.posterior_method == "laplace":
-        from .laplace import laplace_posterior
-
-        t1 = time.perf_counter()
-        median = posterior.median_sites()
-        point = posterior.point(gene0, experiment.guides.n_genes)
-        weight = 1.0 / final_phi if auto_weight else model.likelihood_weight
-        hyper = {k: median[k] for k in ("tau", "sigma_time", "sigma_guide")}
-        if config.laplace_effect_scales == "configured":
-            hyper["tau"] = np.full_like(hyper["tau"], config.s_tau)
-            hyper["sigma_time"] = np.full_like(hyper["sigma_time"], config.s_time)
-        posterior = laplace_posterior(
-            experiment, contrast_fates, config.ref_fate, model.priors,
-            start={**point, "u": median["u"]},
-            hyper=hyper,
-            weight=weight,
-        )
-        info.update(
-            posterior_method="laplace", likelihood_weight=weight,
-            laplace_runtime_s=round(time.perf_counter() - t1, 3),
-            laplace_newton_iterations=int(posterior.params["newton_iterations"]),
-            laplace_converged=bool(posterior.params["converged"]),
-        )
     if ckpt_path is not None and ckpt_path.exists():
         ckpt_path.unlink()
     cells = experiment.cells
-    return FitResult(
+    result = FitResult(
         posterior=posterior,
         elbo=trace,
         fates=list(cells.fates),
@@ -507,12 +486,66 @@ def fit(
         guide_effects=guide_effects,
         info=info,
     )
+    if guide_effects and config.posterior_method != "meanfield":
+        result = refine_posterior(result, experiment, config, config.posterior_method)
+    return result
 
 
-def _laplace_class():
-    from .laplace import LaplacePosterior
+def refine_posterior(fit_result: FitResult, experiment: Experiment, config: FatebiasConfig, method: str) -> FitResult:
+    """Replace a mean-field fit's effect posterior by its Laplace or bootstrap refinement.
 
-    return LaplacePosterior
+    The variance hyperparameters come from the SVI fit (tau and sigma_time only with
+    ``laplace_effect_scales: fitted``; else the configured s_tau, s_time); the
+    likelihood weight is the configured one, or with ``auto`` 1 / the dispersion at the
+    end of the fit.
+
+    Parameters
+    ----------
+    fit_result
+        A mean-field fit of ``experiment`` (with guide effects).
+    experiment
+        The fitted experiment.
+    config
+        Settings (priors, weight, scales, bootstrap replicates, seed).
+    method
+        ``laplace`` or ``bootstrap``.
+    """
+    from .laplace import laplace_posterior
+
+    if fit_result.posterior.family != "meanfield":
+        raise FitError(f"refine_posterior needs a mean-field fit, got {fit_result.posterior.family}")
+    t0 = time.perf_counter()
+    mf = fit_result.posterior
+    median = mf.median_sites()
+    point = mf.point(fit_result.gene_of_guide, len(fit_result.gene_names))
+    info = dict(fit_result.info)
+    weight = 1.0 / info["dispersion_final"] if config.likelihood_weight == "auto" else float(config.likelihood_weight)
+    hyper = {k: median[k] for k in ("tau", "sigma_time", "sigma_guide")}
+    if config.laplace_effect_scales == "configured":
+        hyper["tau"] = np.full_like(hyper["tau"], config.s_tau)
+        hyper["sigma_time"] = np.full_like(hyper["sigma_time"], config.s_time)
+    posterior = laplace_posterior(
+        experiment, fit_result.contrast_fates, fit_result.ref_fate, Priors.from_config(config),
+        start={**point, "u": median["u"]},
+        hyper=hyper,
+        weight=weight,
+        bootstrap=config.bootstrap_replicates if method == "bootstrap" else 0,
+        seed=config.seed,
+    )
+    info.update(
+        posterior_method=method,
+        likelihood_weight=weight,
+        laplace_runtime_s=round(time.perf_counter() - t0, 3),
+        laplace_newton_iterations=int(posterior.params["newton_iterations"]),
+        laplace_converged=bool(posterior.params["converged"]),
+    )
+    return dataclasses.replace(fit_result, posterior=posterior, info=info)
+
+
+def _laplace_classes() -> dict[str, type]:
+    from .laplace import BootstrapPosterior, LaplacePosterior
+
+    return {"laplace": LaplacePosterior, "bootstrap": BootstrapPosterior}
 
 
 def _hash(obj: dict) -> str:

@@ -144,7 +144,7 @@ class LaplaceProblem:
         return int(self.contrast_index.size)
 
     # ----------------------------------------------------------------- centring of u
-    def _centre_rows(self, m: np.ndarray, k: int) -> np.ndarray:
+    def centre_rows(self, m: np.ndarray, k: int) -> np.ndarray:
         """Apply T_k^T from the left on the u rows: sigma_k (I - M), M the within-gene mean."""
         u = self.layout.u
         block = m[u]
@@ -163,12 +163,12 @@ class LaplaceProblem:
             )
         return self._onehot_cache
 
-    def _centre_cols(self, m: np.ndarray, k: int) -> np.ndarray:
-        return self._centre_rows(m.T, k).T
+    def centre_cols(self, m: np.ndarray, k: int) -> np.ndarray:
+        return self.centre_rows(m.T, k).T
 
     def effective(self, psi: np.ndarray) -> np.ndarray:
         """(K, P) parameters with u replaced by delta = sigma (u - gene mean)."""
-        return np.stack([self._centre_rows(psi[k], k) for k in range(self.n_contrasts)])
+        return np.stack([self.centre_rows(psi[k], k) for k in range(self.n_contrasts)])
 
     # ----------------------------------------------------------------- objective
     def logits(self, psi: np.ndarray) -> np.ndarray:
@@ -205,7 +205,7 @@ class LaplaceProblem:
         grad = np.empty((K, P))
         for k in range(K):
             g = np.asarray(self.X.T @ (self.weight * (pk[:, k] - qk[:, k])))
-            grad[k] = self._centre_rows(g, k)
+            grad[k] = self.centre_rows(g, k)
         grad += self.prior_grad(psi)
         hess = np.zeros((K * P, K * P))
         XT = self.X.T.tocsr()
@@ -213,7 +213,7 @@ class LaplaceProblem:
             for j in range(k, K):
                 wkj = self.weight * pk[:, k] * ((k == j) - pk[:, j])
                 block = (XT.multiply(wkj) @ self.X).toarray()
-                block = self._centre_cols(self._centre_rows(block, k), j)
+                block = self.centre_cols(self.centre_rows(block, k), j)
                 hess[k * P : (k + 1) * P, j * P : (j + 1) * P] = block
                 if j != k:
                     hess[j * P : (j + 1) * P, k * P : (k + 1) * P] = block.T
@@ -400,6 +400,53 @@ def centre_within_gene(x: np.ndarray, gene_of_guide: np.ndarray, n_genes: int) -
     return np.moveaxis(centred.reshape((x.shape[-2], *lead, x.shape[-1])), 0, -2)
 
 
+def one_step_bootstrap(problem: LaplaceProblem, res: LaplaceResult, n_boot: int, seed: int, chunk: int = 50) -> np.ndarray:
+    """One-step Newton bootstrap of the conditional mode: (B, K, P) replicate parameters.
+
+    Each replicate reweights the cells by Poisson(1) counts and takes one Newton step from
+    the full-data mode with the full-data Hessian: ``psi_b = psi - H^-1 (g_b(psi) - g(psi))``
+    (g(psi) = 0 at the mode). Its covariance tends to the sandwich ``H^-1 J H^-1`` with J
+    the sum of the cells' score outer products, so it stays right when the soft labels'
+    spread is not the multinomial one the likelihood assumes.
+    """
+    K, P = res.psi.shape
+    resid = problem.weight * (res.pi[:, problem.contrast_index] - problem.p[:, problem.contrast_index])  # (N, K)
+    rng = np.random.default_rng(seed)
+    XT = problem.X.T.tocsr()
+    out = np.empty((n_boot, K, P))
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        m = rng.poisson(1.0, size=(resid.shape[0], b)) - 1.0  # (N, b)
+        dg = np.empty((K, P, b))
+        for k in range(K):
+            dg[k] = problem.centre_rows(np.asarray(XT @ (m * resid[:, k : k + 1])), k)
+        step = -res.cov @ dg.reshape(K * P, b)
+        out[start : start + b] = res.psi[None] + step.T.reshape(b, K, P)
+    return out
+
+
+class BootstrapPosterior(LaplacePosterior):
+    """Replicates of the one-step Newton bootstrap; draws resample the replicates."""
+
+    family = "bootstrap"
+
+    @classmethod
+    def from_replicates(cls, res: LaplaceResult, problem: LaplaceProblem, hyper: dict[str, np.ndarray], reps: np.ndarray) -> BootstrapPosterior:
+        base = LaplacePosterior.from_result(res, problem, hyper).params
+        lay, K = problem.layout, problem.n_contrasts
+        B = reps.shape[0]
+        base.pop("block_cov")
+        base.pop("block_mask")
+        base["theta_draws"] = reps[:, :, lay.theta].reshape(B, K, lay.n_genes, lay.n_days).transpose(0, 2, 1, 3)
+        base["u_draws"] = reps[:, :, lay.u].transpose(0, 2, 1)
+        return cls(base)
+
+    def sample_effects(self, n: int, rng: np.random.Generator, gene_of_guide: np.ndarray, n_genes: int) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` draws resampled from the bootstrap replicates."""
+        idx = rng.integers(0, self.params["theta_draws"].shape[0], size=n)
+        return self.params["theta_draws"][idx], self._delta(self.params["u_draws"][idx], gene_of_guide, n_genes)
+
+
 # --------------------------------------------------------------------------- entry point
 def laplace_posterior(
     experiment: Experiment,
@@ -410,6 +457,8 @@ def laplace_posterior(
     hyper: dict[str, np.ndarray],
     weight: float,
     max_iter: int = 30,
+    bootstrap: int = 0,
+    seed: int = 0,
 ) -> LaplacePosterior:
     """The Laplace posterior of the linear latents given the variance hyperparameters.
 
@@ -427,6 +476,11 @@ def laplace_posterior(
         tau (K,), sigma_time (K, D-1), sigma_guide (K,): fixed at their fitted values.
     weight
         Likelihood weight w.
+    bootstrap
+        When positive, the number of one-step bootstrap replicates: the posterior is then
+        the bootstrap distribution (:class:`BootstrapPosterior`).
+    seed
+        Seed of the bootstrap weights.
     """
     cells, guides = experiment.cells, experiment.guides
     lay = Layout(cells.n_days, cells.n_reps, guides.n_genes, guides.n_guides)
@@ -460,4 +514,7 @@ def laplace_posterior(
     res = newton_mode(problem, psi0, max_iter=max_iter)
     if not res.converged:
         log.warning("Laplace: Newton did not converge in %d iterations", res.n_iter)
+    if bootstrap > 0:
+        reps = one_step_bootstrap(problem, res, bootstrap, seed)
+        return BootstrapPosterior.from_replicates(res, problem, hyper, reps)
     return LaplacePosterior.from_result(res, problem, hyper)
