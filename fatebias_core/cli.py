@@ -83,16 +83,24 @@ def _run_simulate(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- demo
+def _add_engine(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine", choices=["auto", "dagster", "local"], default="auto",
+        help="dagster: materialise the asset graph in-process (lineage recorded); local: plain in-process chain; auto: dagster when installed",
+    )
+
+
 def _build_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="fatebias_demo", help="output folder (default ./fatebias_demo)")
     p.add_argument("--config", "-c", help="optional YAML overriding the demo's settings")
+    _add_engine(p)
 
 
 @command("demo", "simulate a modest experiment and run every step of the chain on it")(_build_demo)
 def _run_demo(args: argparse.Namespace) -> int:
     from .pipeline import run_demo
 
-    result = run_demo(args.out, config_path=args.config)
+    result = run_demo(args.out, config_path=args.config, engine=args.engine)
     print(result.describe())
     return 0
 
@@ -101,14 +109,15 @@ def _run_demo(args: argparse.Namespace) -> int:
 def _build_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", required=True, help="YAML configuration file")
     p.add_argument("--out", help="output folder (overrides out_dir)")
+    _add_engine(p)
 
 
 @command("run", "run the whole chain: fit, export, mash, aggregate, rank, diagnostics")(_build_run)
 def _run_run(args: argparse.Namespace) -> int:
-    from .pipeline import run_chain
+    from .pipeline import chain_engine
 
     cfg = _config(args, out_dir=args.out)
-    result = run_chain(cfg)
+    result = chain_engine(args.engine)(cfg)
     print(result.describe())
     return 0
 
@@ -230,6 +239,30 @@ def _run_sweep(args: argparse.Namespace) -> int:
     result = run_sweep(spec, args.out, _config(args))
     print(result.describe())
     return 0 if result.n_failed == 0 else 1
+
+
+# --------------------------------------------------------------------------- calibrate
+def _build_calibrate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="folder for calibration_results.csv, calibration_summary.csv and figures")
+    p.add_argument("--config", "-c", help="YAML base settings (simulation and inference)")
+    p.add_argument("--scenarios", help="comma-separated scenarios (default: all)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--methods", help="comma-separated inference methods (default: all)")
+
+
+@command("calibrate", "calibration study: interval coverage, false sign rate and power over simulated scenarios")(_build_calibrate)
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from .calibration import METHODS, run_calibration
+
+    cfg = _config(args)
+    split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
+    try:
+        seeds = [int(x) for x in split(args.seeds)]
+    except ValueError:
+        raise FatebiasError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    res = run_calibration(args.out, cfg, scenarios=split(args.scenarios), seeds=seeds, methods=split(args.methods) or METHODS)
+    print(res.describe())
+    return 0
 
 
 # --------------------------------------------------------------------------- config

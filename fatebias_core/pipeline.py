@@ -330,7 +330,28 @@ def load_experiment_checked(config: FatebiasConfig, verbose: bool = True) -> Exp
 DEMO_RESULTS = "results"
 
 
-def run_demo(out_dir: str | Path = "fatebias_demo", config_path: str | Path | None = None) -> ChainResult:
+def chain_engine(name: str = "auto"):
+    """The function that runs the whole chain: ``local`` (:func:`run_chain`) or a plugin.
+
+    Plugins register under the entry-point group ``fatebias.engines`` (fatebias_dagster
+    registers ``dagster``, which materialises the asset graph). ``auto`` picks ``dagster``
+    when installed, else ``local``.
+    """
+    from importlib.metadata import entry_points
+
+    if name == "local":
+        return run_chain
+    engines = {ep.name: ep for ep in entry_points(group="fatebias.engines")}
+    if name == "auto":
+        if "dagster" not in engines:
+            return run_chain
+        name = "dagster"
+    if name not in engines:
+        raise ConfigError(f"engine {name!r} is not installed (available: local{''.join(', ' + n for n in engines)})")
+    return engines[name].load()
+
+
+def run_demo(out_dir: str | Path = "fatebias_demo", config_path: str | Path | None = None, engine: str = "auto") -> ChainResult:
     """Simulate a modest experiment with known truth and run every step of the chain on it.
 
     The simulation (``sim_*`` defaults: 20,000 cells, 100 genes, 600 guides, Kmax 9)
@@ -346,7 +367,7 @@ def run_demo(out_dir: str | Path = "fatebias_demo", config_path: str | Path | No
     sim = simulate(base, out)
     _say(sim.describe())
     run_cfg = load_config(sim.paths["config"])
-    result = run_chain(run_cfg)
+    result = chain_engine(engine)(run_cfg)
     ev = evaluate_files(result.out_dir / "hits_ranked.csv", sim.paths["truth_daywise"], result.out_dir, truth_thresh=run_cfg.sim_truth_thresh, config=run_cfg)
     s = ev.summary
     result.notes.append(

@@ -71,3 +71,54 @@ def plot_effects_by_day(
     ax.legend(frameon=False, fontsize=7, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_calibration_coverage(summary, path: str | Path, source: str = "model") -> Path:
+    """Interval coverage against the nominal level, one panel per truth group, a line per method.
+
+    Thin lines are single scenarios, thick lines their mean.
+    """
+    df = summary[(summary["metric"] == "coverage") & (summary["source"] == source)]
+    groups = [g for g in ("all", "effects", "nulls") if g in set(df["group"])]
+    fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(4.2 * max(len(groups), 1), 3.8), squeeze=False)
+    for ax, group in zip(axes[0], groups, strict=False):
+        sub = df[df["group"] == group]
+        for i, (method, m) in enumerate(sub.groupby("method", sort=False)):
+            color = f"C{i}"
+            for _, sc in m.groupby("scenario"):
+                sc = sc.sort_values("level")
+                ax.plot(sc["level"], sc["value"], color=color, lw=0.6, alpha=0.35)
+            mean = m.groupby("level")["value"].mean()
+            ax.plot(mean.index, mean.values, color=color, lw=2, marker="o", ms=3, label=method)
+        ax.plot([0.45, 1], [0.45, 1], color="0.4", ls="--", lw=0.8)
+        ax.set_xlim(0.45, 1)
+        ax.set_ylim(0.2, 1.01)
+        ax.set_xlabel("nominal level")
+        ax.set_title(f"{source}: {group}")
+    axes[0][0].set_ylabel("coverage")
+    axes[0][0].legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_calibration_fsr(summary, path: str | Path) -> Path:
+    """Realised false sign rate of lfsr calls against the threshold, a panel per mash source."""
+    df = summary[summary["metric"] == "fsr"]
+    sources = sorted(set(df["source"]))
+    fig, axes = plt.subplots(1, max(len(sources), 1), figsize=(3.6 * max(len(sources), 1), 3.6), squeeze=False, sharey=True)
+    for ax, source in zip(axes[0], sources, strict=False):
+        sub = df[df["source"] == source]
+        for i, (method, m) in enumerate(sub.groupby("method", sort=False)):
+            color = f"C{i}"
+            for _, sc in m.groupby("scenario"):
+                sc = sc.sort_values("level")
+                ax.plot(sc["level"], sc["value"], color=color, lw=0.6, alpha=0.35)
+            worst = m.groupby("level")["value"].max()
+            ax.plot(worst.index, worst.values, color=color, lw=2, marker="o", ms=3, label=f"{method} (worst)")
+        ax.plot([0, 0.1], [0, 0.1], color="0.4", ls="--", lw=0.8)
+        ax.set_xlabel("lfsr threshold")
+        ax.set_title(source.removeprefix("mash:"), fontsize=9)
+    axes[0][0].set_ylabel("realised false sign rate")
+    axes[0][0].legend(frameon=False, fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,261 @@
+"""Calibration study: do the credible intervals cover and do the calls keep their false sign rate?
+
+For every scenario (a set of simulation settings) and seed, :func:`calibration_run`
+simulates an experiment with known truth, fits it once by SVI with the seed pipeline's
+settings (mean-field, likelihood weight 1) and once with the dispersion weight, derives
+the Laplace and bootstrap posteriors from the latter, runs mash on each method's gene
+table (with and without the seed's SE inflation) and measures, for the primary contrast:
+
+* coverage of the 50/80/90/95% credible intervals of theta (model) and of the mash
+  posteriors, separately over all gene/days, true effects (|theta| > truth threshold)
+  and true nulls (theta = 0);
+* the realised false sign rate among mash calls at lfsr < 0.01/0.05/0.1 (a call is a
+  false sign when the true effect is zero or of the other sign), the fraction of null
+  gene/days called, and power (true effects called with the right sign);
+* runtime.
+
+:func:`run_calibration` runs the grid, writes the tidy table ``calibration_results.csv``,
+the per-scenario summary ``calibration_summary.csv`` and the figures
+``calibration_coverage.png`` and ``calibration_fsr.png``. Each (scenario, seed) run is
+independent, so the platform runs the grid as a backfill of partitions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+
+from .config import FatebiasConfig
+from .errors import ConfigError
+from .io import write_csv
+
+log = logging.getLogger("fatebias.calibration")
+
+LEVELS = (0.5, 0.8, 0.9, 0.95)
+LFSR_THRESHOLDS = (0.01, 0.05, 0.1)
+
+SCENARIOS: dict[str, dict] = {
+    "baseline": {},
+    "noisy": {"sim_concentration": 10.0},
+    "clean": {"sim_concentration": 200.0},
+    "low_moi": {"sim_kmax": 4},
+    "high_moi": {"sim_kmax": 20},
+    "no_guide_sd": {"sim_s_guide": 0.0},
+    "guide_sd_0.5": {"sim_s_guide": 0.5},
+    "small_effects": {"sim_effect_min": 0.2, "sim_effect_max": 0.5},
+    "dense": {"sim_active_frac": 0.3},
+    "few_cells": {"sim_n_cells": 5000},
+    "null": {"sim_active_frac": 0.0},
+}
+"""Scenario name -> simulation settings that differ from the defaults."""
+
+METHODS = ("meanfield_w1", "meanfield", "laplace", "bootstrap")
+"""Inference methods compared: the seed's mean-field with w = 1; mean-field with the
+dispersion weight; its Laplace refinement; its one-step bootstrap."""
+
+MASH_VARIANTS = {
+    "se_inflated": {"mash_se_inflate": 1.5, "mash_se_floor": 0.02},
+    "plain_se": {"mash_se_inflate": 1.0, "mash_se_floor": 0.0},
+}
+"""mash settings compared: the seed's SE inflation and floor, or the SEs as exported."""
+
+
+def _interval_coverage(lo: np.ndarray, hi: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    return (truth >= lo) & (truth <= hi)
+
+
+def _groups(truth: np.ndarray, thresh: float) -> dict[str, np.ndarray]:
+    return {"all": np.ones(truth.shape, dtype=bool), "effects": np.abs(truth) > thresh, "nulls": truth == 0}
+
+
+def coverage_rows(lower: dict[float, np.ndarray], upper: dict[float, np.ndarray], truth: np.ndarray, thresh: float) -> list[dict]:
+    """Coverage of intervals per level and truth group (rows of metric, group, level, value, n)."""
+    rows = []
+    for group, mask in _groups(truth, thresh).items():
+        for level in lower:
+            n = int(mask.sum())
+            cov = float(_interval_coverage(lower[level], upper[level], truth)[mask].mean()) if n else np.nan
+            rows.append({"metric": "coverage", "group": group, "level": level, "value": cov, "n": n})
+    return rows
+
+
+def call_rows(postmean: np.ndarray, lfsr: np.ndarray, truth: np.ndarray, thresh: float) -> list[dict]:
+    """False sign rate, null calls and power of lfsr calls at each threshold."""
+    rows = []
+    effects, nulls = np.abs(truth) > thresh, truth == 0
+    for t in LFSR_THRESHOLDS:
+        called = lfsr < t
+        false_sign = called & (np.sign(postmean) != np.sign(truth))
+        n_called = int(called.sum())
+        rows += [
+            {"metric": "fsr", "group": "calls", "level": t, "value": false_sign.sum() / n_called if n_called else np.nan, "n": n_called},
+            {"metric": "null_called", "group": "nulls", "level": t, "value": called[nulls].mean() if nulls.any() else np.nan, "n": int(nulls.sum())},
+            {
+                "metric": "power", "group": "effects", "level": t,
+                "value": (called & ~false_sign)[effects].mean() if effects.any() else np.nan, "n": int(effects.sum()),
+            },
+        ]
+    return rows
+
+
+def _quantile_bounds(quantiles: np.ndarray, levels_q: tuple[float, ...]) -> tuple[dict, dict]:
+    q = dict(zip(levels_q, quantiles, strict=True))
+    lower = {lv: q[round((1 - lv) / 2, 4)] for lv in LEVELS}
+    upper = {lv: q[round(1 - (1 - lv) / 2, 4)] for lv in LEVELS}
+    return lower, upper
+
+
+def _normal_bounds(mean: np.ndarray, sd: np.ndarray) -> tuple[dict, dict]:
+    z = {lv: norm.ppf(0.5 + lv / 2) for lv in LEVELS}
+    return {lv: mean - z[lv] * sd for lv in LEVELS}, {lv: mean + z[lv] * sd for lv in LEVELS}
+
+
+def scenario_config(base: FatebiasConfig, scenario: str, seed: int) -> FatebiasConfig:
+    """The base settings with the scenario's simulation settings and the seed applied."""
+    if scenario not in SCENARIOS:
+        raise ConfigError(f"unknown calibration scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
+    return base.model_copy(update={**SCENARIOS[scenario], "sim_seed": seed, "seed": seed, "progress": False})
+
+
+def calibration_run(scenario: str, seed: int, base: FatebiasConfig, methods: Iterable[str] = METHODS) -> pd.DataFrame:
+    """One (scenario, seed) cell of the study: every method's coverage, FSR, power and runtime.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Tidy rows: scenario, seed, method, source (``model`` or ``mash:<variant>:<mode>``),
+        metric, group, level, value, n, runtime_s.
+    """
+    from .data import load_experiment
+    from .inference import fit, refine_posterior
+    from .mash import mash_table
+    from .posterior import QUANTILES, summarise_posterior
+    from .simulate import simulate_experiment
+
+    methods = list(methods)
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ConfigError(f"unknown calibration method(s) {unknown}; known: {', '.join(METHODS)}")
+    cfg = scenario_config(base, scenario, seed)
+    sim = simulate_experiment(cfg)
+    exp = load_experiment(cfg, verbose=False, adata=sim.adata, guide_map=sim.guide_map)
+    fate = cfg.contrast_fate
+    fits: dict[str, tuple] = {}
+    if "meanfield_w1" in methods:
+        t0 = time.perf_counter()
+        c1 = cfg.model_copy(update={"likelihood_weight": 1.0, "posterior_method": "meanfield"})
+        fits["meanfield_w1"] = (fit(exp, c1), c1, time.perf_counter() - t0)
+    if set(methods) & {"meanfield", "laplace", "bootstrap"}:
+        t0 = time.perf_counter()
+        cm = cfg.model_copy(update={"posterior_method": "meanfield"})
+        mf = fit(exp, cm)
+        t_mf = time.perf_counter() - t0
+        fits["meanfield"] = (mf, cm, t_mf)
+        for method in ("laplace", "bootstrap"):
+            if method in methods:
+                t1 = time.perf_counter()
+                cr = cfg.model_copy(update={"posterior_method": method})
+                fits[method] = (refine_posterior(mf, exp, cr, method), cr, t_mf + time.perf_counter() - t1)
+    rows: list[dict] = []
+    for method in methods:
+        res, c, runtime = fits[method]
+        summary = summarise_posterior(res, c)
+        truth = sim.truth_daywise[fate].set_index("gene").loc[summary.gene_names].to_numpy()
+        cs = summary.contrasts[fate]
+        lower, upper = _quantile_bounds(cs.theta_quantiles, QUANTILES)
+        for r in coverage_rows(lower, upper, truth, cfg.sim_truth_thresh):
+            rows.append({**r, "method": method, "source": "model", "runtime_s": runtime})
+        table = summary.gene_daywise(fate)
+        for variant, settings in MASH_VARIANTS.items():
+            mcfg = c.model_copy(update=settings)
+            for mode in ("conservative", "enriched"):
+                t2 = time.perf_counter()
+                out = mash_table(table, mode, mcfg).table
+                days = summary.suffixes
+                pm = out[[f"postmean_{d}" for d in days]].to_numpy()
+                ps = out[[f"postsd_{d}" for d in days]].to_numpy()
+                lf = out[[f"lfsr_{d}" for d in days]].to_numpy()
+                lo, hi = _normal_bounds(pm, ps)
+                src = f"mash:{variant}:{mode}"
+                extra = {"method": method, "source": src, "runtime_s": runtime + time.perf_counter() - t2}
+                rows += [{**r, **extra} for r in coverage_rows(lo, hi, truth, cfg.sim_truth_thresh)]
+                rows += [{**r, **extra} for r in call_rows(pm, lf, truth, cfg.sim_truth_thresh)]
+    df = pd.DataFrame(rows)
+    df.insert(0, "seed", seed)
+    df.insert(0, "scenario", scenario)
+    return df[["scenario", "seed", "method", "source", "metric", "group", "level", "value", "n", "runtime_s"]]
+
+
+@dataclass
+class CalibrationResult:
+    """The study's tidy results, its summary and the files written."""
+
+    results: pd.DataFrame
+    summary: pd.DataFrame
+    paths: dict[str, Path]
+
+    def describe(self) -> str:
+        s = self.summary
+        lines = [f"calibration: {self.results['scenario'].nunique()} scenarios x {self.results['seed'].nunique()} seeds"]
+        key = s[(s["source"] == "model") & (s["metric"] == "coverage") & (s["level"] == 0.9)]
+        if len(key):
+            piv = key.pivot_table(index="method", columns="group", values="value", aggfunc="mean")
+            lines.append("model 90% interval coverage (mean over scenarios):\n" + piv.round(3).to_string())
+        fsr = s[(s["metric"] == "fsr") & (s["level"] == 0.05) & s["source"].str.endswith(":conservative")]
+        if len(fsr):
+            piv = fsr.pivot_table(index="method", columns="source", values="value", aggfunc="max")
+            lines.append("worst-scenario FSR at lfsr < 0.05 (conservative mash):\n" + piv.round(3).to_string())
+        lines.append("files: " + ", ".join(str(p) for p in self.paths.values()))
+        return "\n".join(lines)
+
+
+def summarise_calibration(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean (and SD) over seeds of every metric, per scenario, method and source."""
+    keys = ["scenario", "method", "source", "metric", "group", "level"]
+    agg = results.groupby(keys, sort=False).agg(value=("value", "mean"), sd=("value", "std"), n=("n", "sum"), seeds=("seed", "nunique"), runtime_s=("runtime_s", "mean"))
+    return agg.reset_index()
+
+
+def run_calibration(
+    out_dir: str | Path,
+    base: FatebiasConfig,
+    scenarios: Iterable[str] | None = None,
+    seeds: Iterable[int] = (0, 1, 2),
+    methods: Iterable[str] = METHODS,
+) -> CalibrationResult:
+    """Run the calibration grid and write its table, summary and figures into ``out_dir``."""
+    scenarios = list(scenarios or SCENARIOS)
+    for s in scenarios:
+        if s not in SCENARIOS:
+            raise ConfigError(f"unknown calibration scenario {s!r}; known: {', '.join(SCENARIOS)}")
+    out = Path(out_dir)
+    frames = []
+    for scenario in scenarios:
+        for seed in seeds:
+            t0 = time.perf_counter()
+            frames.append(calibration_run(scenario, int(seed), base, methods))
+            log.info("calibration %s seed %d: %.0f s", scenario, seed, time.perf_counter() - t0)
+    results = pd.concat(frames, ignore_index=True)
+    return write_calibration(results, out)
+
+
+def write_calibration(results: pd.DataFrame, out_dir: str | Path) -> CalibrationResult:
+    """Write the tidy results, the summary and the figures (also used by the platform)."""
+    from .plots import plot_calibration_coverage, plot_calibration_fsr
+
+    out = Path(out_dir)
+    summary = summarise_calibration(results)
+    paths = {
+        "results": write_csv(results, out / "calibration_results.csv"),
+        "summary": write_csv(summary, out / "calibration_summary.csv"),
+        "coverage": plot_calibration_coverage(summary, out / "calibration_coverage.png"),
+        "fsr": plot_calibration_fsr(summary, out / "calibration_fsr.png"),
+    }
+    return CalibrationResult(results, summary, paths)
