@@ -265,6 +265,21 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- report
+def _build_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="run folder (out_dir of a finished run); report.html is written there")
+    p.add_argument("--config", "-c", help="the run's YAML settings (default: the folder's config_used.yaml)")
+
+
+@command("report", "write the HTML report of a finished run (report.html, self-contained)")(_build_report)
+def _run_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    cfg = _config(args) if args.config else None
+    print(build_report(args.out, cfg).describe())
+    return 0
+
+
 # --------------------------------------------------------------------------- config
 def _build_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["check", "show", "reference"], help="check a file, show resolved settings, or print the reference")

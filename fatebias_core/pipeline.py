@@ -197,6 +197,19 @@ def diagnose(config: FatebiasConfig):
     return diagnostics_step(experiment, config)
 
 
+# --------------------------------------------------------------------------- report
+def report_step(config: FatebiasConfig, out_dir: str | Path | None = None):
+    """Write ``report.html``, the self-contained HTML report of the run folder's files.
+
+    Returns
+    -------
+    fatebias_core.report.ReportResult
+    """
+    from .report import build_report
+
+    return build_report(_out(config, out_dir), config)
+
+
 # --------------------------------------------------------------------------- whole chain
 @dataclass
 class ChainResult:
@@ -240,7 +253,7 @@ def fit_and_export(config: FatebiasConfig) -> ChainResult:
     return run_chain(config, until="export")
 
 
-CHAIN = ("fit", "export", "mash", "aggregate", "rank", "diagnostics")
+CHAIN = ("fit", "export", "mash", "aggregate", "rank", "diagnostics", "report")
 
 
 def run_chain(config: FatebiasConfig, until: str | None = None, experiment: Experiment | None = None) -> ChainResult:
@@ -274,8 +287,8 @@ def run_chain(config: FatebiasConfig, until: str | None = None, experiment: Expe
     result = ChainResult(out_dir=out, config=config)
     steps = CHAIN if until is None else CHAIN[: CHAIN.index(until) + 1]
 
-    def run(step: str, make, outputs, metrics=None) -> bool:
-        if manifest.is_current(step, versions[step]):
+    def run(step: str, make, outputs, metrics=None, force: bool = False) -> bool:
+        if not force and manifest.is_current(step, versions[step]):
             result.reused.append(step)
             return False
         value = make()
@@ -312,6 +325,12 @@ def run_chain(config: FatebiasConfig, until: str | None = None, experiment: Expe
         result.hits = read_csv(out / "hits_ranked.csv", what="hits", dtype={"gene": str})
     if "diagnostics" in steps and config.run_diagnostics:
         run("diagnostics", lambda: diagnostics_step(experiment, config, out), lambda: [out / "diagnostics.json"])
+    if "report" in steps:  # rerun whenever any step before it ran: the page shows them all
+        from .report import REPORT_FILE
+
+        run("report", lambda: report_step(config, out), lambda: [out / REPORT_FILE],
+            lambda r: {"size_bytes": r.size_bytes, "n_figures": r.n_figures}, force=bool(result.ran))
+        result.notes.append(f"report: {out / REPORT_FILE}")
     result.runtime_s = time.perf_counter() - t0
     return result
 
@@ -376,6 +395,9 @@ def run_demo(out_dir: str | Path = "fatebias_demo", config_path: str | Path | No
             _num(s.get("daywise_precision")), _num(s.get("daywise_recall")), _num(s.get("anyday_precision")), _num(s.get("anyday_recall"))
         )
     )
+    report = report_step(run_cfg, result.out_dir)  # again, now with the recovery scores
+    if f"report: {report.path}" not in result.notes:
+        result.notes.append(f"report: {report.path}")
     return result
 
 

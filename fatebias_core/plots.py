@@ -122,3 +122,241 @@ def plot_calibration_fsr(summary, path: str | Path) -> Path:
     axes[0][0].legend(frameon=False, fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- report figures
+#: lfsr levels of the stars drawn on effect heatmaps: * < 0.05, ** < 0.01, *** < 0.001.
+STAR_LEVELS = (0.05, 0.01, 0.001)
+
+
+def lfsr_stars(lfsr: np.ndarray, levels: tuple[float, ...] = STAR_LEVELS) -> np.ndarray:
+    """``"*"`` per level of ``levels`` that ``lfsr`` is strictly below (``""``, ``"*"``, ...)."""
+    lfsr = np.asarray(lfsr, dtype=float)
+    n = sum((lfsr < lev).astype(int) for lev in levels)
+    return np.array(["*" * k for k in range(len(levels) + 1)], dtype=object)[n]
+
+
+def plot_effect_heatmap(
+    mean: np.ndarray,
+    lfsr: np.ndarray,
+    genes: list[str],
+    days: list[str],
+    path: str | Path,
+    called: np.ndarray | None = None,
+    emphasise: np.ndarray | None = None,
+    title: str = "Posterior effects by gene and day",
+    dpi: int = 110,
+) -> Path:
+    """Genes x days heatmap of posterior mean effects, diverging colours centred at 0.
+
+    Each cell shows the mean and lfsr stars (:data:`STAR_LEVELS`); cells of ``called``
+    (n, D) gene-days are outlined. Gene labels of ``emphasise`` (n,) rows are bold, the
+    others grey (hits vs top-ranked non-hits).
+    """
+    mean, lfsr = np.asarray(mean, dtype=float), np.asarray(lfsr, dtype=float)
+    n, n_days = mean.shape
+    vmax = float(np.nanmax(np.abs(mean))) if mean.size else 1.0
+    vmax = vmax if vmax > 0 else 1.0
+    fig, ax = plt.subplots(figsize=(1.0 * n_days + 3.2, 0.3 * n + 1.6))
+    im = ax.imshow(mean, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto", interpolation="nearest")
+    stars = lfsr_stars(lfsr)
+    shown = np.where(np.abs(mean) < 0.005, 0.0, mean)  # no "-0.00"
+    for (i, j), m in np.ndenumerate(shown):
+        ax.text(j, i, f"{m:+.2f}{stars[i, j]}" if m else "0", ha="center", va="center", fontsize=7,
+                color="white" if abs(m) > 0.6 * vmax else "black")
+    if called is not None:
+        for i, j in zip(*np.nonzero(np.asarray(called, dtype=bool)), strict=True):
+            ax.add_patch(plt.Rectangle((j - 0.48, i - 0.48), 0.96, 0.96, fill=False, lw=1.4, ec="black"))
+    ax.set_xticks(np.arange(n_days), days)
+    ax.set_yticks(np.arange(n), genes, fontsize=8)
+    if emphasise is not None:
+        for lab, strong in zip(ax.get_yticklabels(), np.asarray(emphasise, dtype=bool), strict=True):
+            lab.set_fontweight("bold" if strong else "normal")
+            lab.set_color("black" if strong else "0.45")
+    ax.tick_params(length=0)
+    ax.set_xlabel("day")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, shrink=min(1.0, 6 / max(n, 1) + 0.3), label="posterior mean (logit scale)")
+    fig.tight_layout()
+    return _save(fig, path, dpi=dpi)
+
+
+def plot_volcano(
+    mean: np.ndarray,
+    lfsr: np.ndarray,
+    days: list[str],
+    path: str | Path,
+    called: np.ndarray | None = None,
+    genes: list[str] | None = None,
+    lfsr_thresh: float = 0.05,
+    eps: float = 0.2,
+    label_top: int = 4,
+    lfsr_floor: float = 1e-10,
+    dpi: int = 110,
+) -> Path:
+    """One panel per day: posterior mean against -log10 lfsr.
+
+    Called gene-days (``called``, (n, D)) are coloured by sign and the ``label_top``
+    with the smallest lfsr are named; dashed lines mark the lfsr threshold and the
+    effect size ``eps`` of the probability gate. lfsr below ``lfsr_floor`` is drawn at
+    the floor as a triangle.
+    """
+    mean, lfsr = np.asarray(mean, dtype=float), np.asarray(lfsr, dtype=float)
+    called = np.zeros(mean.shape, dtype=bool) if called is None else np.asarray(called, dtype=bool)
+    y = -np.log10(np.maximum(lfsr, lfsr_floor))
+    clipped = lfsr < lfsr_floor
+    top = max(float(y.max()) if y.size else 1.0, -np.log10(lfsr_thresh)) * 1.08
+    xmax = max(float(np.abs(mean).max()) if mean.size else 0.0, 2 * eps) * 1.15
+    n_days = mean.shape[1]
+    fig, axes = plt.subplots(1, n_days, figsize=(2.9 * n_days + 0.6, 3.2), sharey=True, squeeze=False)
+    for j, ax in enumerate(axes[0]):
+        colour = np.where(~called[:, j], "0.7", np.where(mean[:, j] > 0, "#b2182b", "#2166ac"))
+        for shape, sel in (("o", ~clipped[:, j]), ("^", clipped[:, j])):
+            ax.scatter(mean[sel, j], y[sel, j], c=colour[sel], s=np.where(called[sel, j], 22, 10), marker=shape, lw=0)
+        ax.axhline(-np.log10(lfsr_thresh), color="0.3", ls="--", lw=0.8)
+        for x in (-eps, eps):
+            ax.axvline(x, color="0.3", ls=":", lw=0.8)
+        if genes is not None and called[:, j].any():
+            idx = np.flatnonzero(called[:, j])
+            for k, i in enumerate(idx[np.argsort(lfsr[idx, j], kind="stable")][:label_top]):
+                # staggered downwards: labels of genes at the lfsr floor would overlap
+                ax.annotate(genes[i], (mean[i, j], y[i, j]), xytext=(4, -9 * k), textcoords="offset points", fontsize=7)
+        ax.set_xlim(-xmax, xmax)
+        ax.set_ylim(0, top)
+        ax.set_title(f"{days[j]}: {int(called[:, j].sum())} called", fontsize=9)
+        ax.set_xlabel("posterior mean")
+    axes[0][0].set_ylabel("-log10 lfsr")
+    fig.tight_layout()
+    return _save(fig, path, dpi=dpi)
+
+
+def plot_guide_concordance(
+    genes: list[str],
+    days: list[str],
+    gene_mean: np.ndarray,
+    gene_sd: np.ndarray,
+    guide_gene: np.ndarray,
+    guide_mean: np.ndarray,
+    path: str | Path,
+    titles: list[str] | None = None,
+    ncols: int = 4,
+    dpi: int = 110,
+) -> Path:
+    """For each gene a panel: its guides' effects by day beside the gene's mean +/- 2 SD.
+
+    Parameters
+    ----------
+    genes
+        Genes to draw, one panel each.
+    days
+        Day labels.
+    gene_mean, gene_sd
+        (len(genes), D) posterior mean and SD of each gene.
+    guide_gene
+        (G,) gene of each guide.
+    guide_mean
+        (G, D) posterior mean of each guide; guides of genes not drawn are ignored.
+    titles
+        Panel titles (default: the gene names).
+    """
+    gene_mean, gene_sd = np.asarray(gene_mean, dtype=float), np.asarray(gene_sd, dtype=float)
+    guide_gene, guide_mean = np.asarray(guide_gene).astype(str), np.asarray(guide_mean, dtype=float)
+    k = len(genes)
+    ncols = max(1, min(ncols, k))
+    nrows = -(-k // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.1 * ncols, 2.5 * nrows + 0.4), squeeze=False)
+    x = np.arange(len(days))
+    for ax, (i, gene) in zip(axes.flat, enumerate(genes), strict=False):
+        lo, hi = gene_mean[i] - 2 * gene_sd[i], gene_mean[i] + 2 * gene_sd[i]
+        ax.fill_between(x, lo, hi, color="0.85", lw=0)
+        rows = guide_mean[guide_gene == gene]
+        offsets = np.linspace(-0.12, 0.12, len(rows)) if len(rows) > 1 else np.zeros(len(rows))
+        if len(rows):
+            ax.plot((x[None, :] + offsets[:, None]).T, rows.T, "-o", lw=0.8, ms=3, alpha=0.8, color="C1")
+        ax.plot(x, gene_mean[i], "-o", color="black", lw=1.8, ms=4)
+        ax.axhline(0, color="0.5", lw=0.6)
+        ax.set_xticks(x, days, fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.set_title(titles[i] if titles else gene, fontsize=8.5)
+    for ax in list(axes.flat)[k:]:
+        ax.set_visible(False)
+    handles = [
+        plt.Line2D([], [], color="black", marker="o", lw=1.8, ms=4, label="gene: posterior mean"),
+        plt.Rectangle((0, 0), 1, 1, color="0.85", label="gene: +/- 2 SD"),
+        plt.Line2D([], [], color="C1", marker="o", lw=0.8, ms=3, label="its guides: posterior mean"),
+    ]
+    fig.legend(handles=handles, loc="upper center", ncol=3, frameon=False, fontsize=8)
+    fig.supylabel("effect (logit scale)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (2.5 * nrows + 0.4)))
+    return _save(fig, path, dpi=dpi)
+
+
+def plot_qc_offsets(offsets: dict[str, np.ndarray], tol: float, path: str | Path, floor: float = 1e-18, dpi: int = 110) -> Path:
+    """Histograms of log10 |value| of each QC quantity, with the tolerance marked.
+
+    ``offsets`` maps a quantity's name to its values (any shape); exact zeros and values
+    below ``floor`` are drawn at the floor.
+    """
+    names = list(offsets)
+    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(4.2 * max(len(names), 1), 2.9), squeeze=False)
+    lo = np.log10(floor)
+    for ax, name in zip(axes[0], names, strict=False):
+        v = np.abs(np.asarray(offsets[name], dtype=float).ravel())
+        v = v[np.isfinite(v)]
+        logv = np.log10(np.maximum(v, floor))
+        hi = max(float(logv.max()) if v.size else lo, np.log10(tol)) + 1
+        ax.hist(logv, bins=np.linspace(lo - 0.5, hi, 40), color="C0")
+        ax.axvline(np.log10(tol), color="#b2182b", lw=1.2, ls="--", label=f"tolerance {tol:g}")
+        ax.set_xlabel("log10 |value|")
+        ax.set_title(f"{name}: {int((v > tol).sum())} of {v.size} above tolerance", fontsize=9)
+        ax.legend(frameon=False, fontsize=8)
+    axes[0][0].set_ylabel("count")
+    fig.tight_layout()
+    return _save(fig, path, dpi=dpi)
+
+
+def plot_mode_comparison(comparison, path: str | Path, dpi: int = 110) -> Path:
+    """Hits per mash mode (``mash_mode_comparison.csv``), with the hits both modes share."""
+    df = comparison.reset_index(drop=True)
+    x = np.arange(len(df))
+    n_hits = df["n_hits"].to_numpy(dtype=float)
+    shared = np.nan_to_num(df["n_shared_hits"].to_numpy(dtype=float))
+    fig, ax = plt.subplots(figsize=(1.6 * len(df) + 2.4, 3.0))
+    ax.bar(x, n_hits, width=0.6, color="0.8", label="hits")
+    ax.bar(x, shared, width=0.6, color="C0", label="hits shared with the other mode")
+    for xi, n in zip(x, n_hits, strict=True):
+        ax.text(xi, n, f"{int(n)}", ha="center", va="bottom", fontsize=9)
+    ax.set_xticks(x, [f"{m}\n({int(r)} rows)" for m, r in zip(df["mode"], df["n_rows"], strict=True)])
+    ax.set_ylabel("genes")
+    ax.set_ylim(0, max(float(n_hits.max()) if len(df) else 1.0, 1.0) * 1.45)
+    jac = df["jaccard_hits"].to_numpy(dtype=float)
+    ax.set_title("Hits by mash mode" + (f" (Jaccard {jac[0]:.2f})" if len(jac) and np.isfinite(jac[0]) else ""), fontsize=10)
+    ax.legend(frameon=False, fontsize=8, loc="upper center", ncol=2)
+    fig.tight_layout()
+    return _save(fig, path, dpi=dpi)
+
+
+def plot_recovery(confusion, path: str | Path, dpi: int = 110) -> Path:
+    """Recovery of a simulation's truth (``daywise_confusion.csv``): rates and counts per level."""
+    df = confusion.reset_index(drop=True)
+    x = np.arange(len(df))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(7.0, 1.3 * len(df) * 2 + 1.5), 3.2))
+    for k, (col, colour) in enumerate((("precision", "C0"), ("recall", "C2"), ("f1", "C4"))):
+        vals = df[col].to_numpy(dtype=float)
+        ax1.bar(x + (k - 1) * 0.26, np.nan_to_num(vals), width=0.26, color=colour, label=col)
+        for xi in x[np.isnan(vals)]:
+            ax1.text(xi + (k - 1) * 0.26, 0.02, "n/a", ha="center", va="bottom", fontsize=6, rotation=90)
+    ax1.set_ylim(0, 1.12)
+    ax1.set_xticks(x, df["level"])
+    ax1.set_title("precision, recall, F1", fontsize=10)
+    ax1.legend(frameon=False, fontsize=8, ncol=3, loc="upper center")
+    bottom = np.zeros(len(df))
+    for col, colour in (("tp", "C2"), ("fp", "#b2182b"), ("fn", "0.6")):
+        vals = df[col].to_numpy(dtype=float)
+        ax2.bar(x, vals, bottom=bottom, width=0.6, color=colour, label=col.upper())
+        bottom += vals
+    ax2.set_xticks(x, df["level"])
+    ax2.set_title("true positives, false positives, false negatives", fontsize=10)
+    ax2.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path, dpi=dpi)

@@ -1,0 +1,285 @@
+"""The HTML report: sections, hits, embedded figures, no external links, absent inputs, CLI, browser."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import norm
+
+from fatebias_core.calls import rank_and_compare, rank_hits
+from fatebias_core.cli import main
+from fatebias_core.config import FatebiasConfig, make_config
+from fatebias_core.diagnostics import (
+    DiagnosticsResult,
+    HeldOutResult,
+    PermutationResult,
+    sanity_checks,
+    score_heldout,
+)
+from fatebias_core.errors import InputDataError
+from fatebias_core.evaluate import evaluate_files
+from fatebias_core.io import write_csv, write_json, write_text
+from fatebias_core.pipeline import report_step
+from fatebias_core.report import build_report
+from fatebias_core.steps import Manifest
+from fatebias_core.types import LoadSummary
+
+DAYS = ("d0", "d1", "d2", "d3")
+N_GENES, GUIDES_PER_GENE = 30, 3
+# A name that must be escaped; it is also a hit (the truth gives it a large effect).
+ODD_GENE = 'G<b>&"30'
+GENES = [f"G{i:02d}" for i in range(1, N_GENES)] + [ODD_GENE]
+ACTIVE = {0: (1.0, [1, 2, 3]), 1: (-0.8, [0, 1]), 2: (0.6, [3]), 3: (-1.2, [2, 3]), N_GENES - 1: (0.9, [0, 1, 2, 3])}
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+def _daywise(names: pd.DataFrame, truth: np.ndarray, se: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
+    betahat = truth + se * rng.standard_normal(truth.shape)
+    cols = {f"betahat_{d}": betahat[:, j] for j, d in enumerate(DAYS)} | {f"se_{d}": se[:, j] for j, d in enumerate(DAYS)}
+    return pd.concat([names.reset_index(drop=True), pd.DataFrame(cols)], axis=1)
+
+
+def _mash_like(table: pd.DataFrame, shrink: float) -> pd.DataFrame:
+    """A mash-shaped table: shrunken means, normal lfsr (exactly 0 for huge effects, as mash gives)."""
+    out = table.copy()
+    b = table[[f"betahat_{d}" for d in DAYS]].to_numpy()
+    s = table[[f"se_{d}" for d in DAYS]].to_numpy()
+    z = np.abs(b / s)
+    mean = np.where(z > 2.5, b * shrink, b * 0.05)
+    sd = s * shrink
+    lfsr = np.where(z > 2.5, norm.cdf(-np.abs(mean) / sd), 0.6)
+    lfsr = np.where(z > 30, 0.0, lfsr)
+    for j, d in enumerate(DAYS):
+        out[f"postmean_{d}"], out[f"postsd_{d}"], out[f"lfsr_{d}"] = mean[:, j], sd[:, j], lfsr[:, j]
+    out["lfsr_min"] = lfsr.min(axis=1)
+    out["best_day"] = lfsr.argmin(axis=1)
+    return out
+
+
+def _config(out: Path, **extra) -> FatebiasConfig:
+    return make_config(
+        {"out_dir": str(out), "adata_path": str(out.parent / "adata.h5ad"), "guide_map_csv": str(out.parent / "guide_map.csv"),
+         "known_regulators": {"G01": 1, "G02": 1}, "num_steps": 120, **extra}
+    )
+
+
+def make_run_folder(out: Path) -> FatebiasConfig:
+    """A small finished run, its files written by the project's own writers where they exist."""
+    rng = np.random.default_rng(0)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = _config(out)
+    write_text(cfg.to_yaml(), out / "config_used.yaml")
+    summary = LoadSummary(
+        source=cfg.adata_path, n_cells_in=1210, n_cells_kept=1200, dropped={"cells with more than Kmax=20 guides": 10},
+        guides_per_cell={"mean": 3.1, "median": 3.0, "max": 9.0}, n_guides_matrix=100, n_guides_mapped=90, n_ntc_guides=10,
+        unmapped_guides=("X_1",), guides_per_gene={"min": 3.0, "median": 3.0, "max": 3.0},
+        fate_names_source="obs['term_states_fwd'] categories (CellRank 2)", cells_per_day=dict.fromkeys(DAYS, 300),
+    )
+    write_json(summary.to_dict(), out / "load_summary.json")
+    loss = np.r_[np.full(30, 1.1), 40 + 5 * np.exp(-np.arange(90) / 20)] + 0.05 * rng.standard_normal(120)
+    write_csv(pd.DataFrame({"step": np.arange(1, 121), "loss": loss * 1200}), out / "fit" / "elbo_trace.csv")
+    info = {"steps": 120, "runtime_s": 3.2, "ms_per_step": 26.7, "device": "cpu", "n_cells": 1200, "batch_size": 1024,
+            "converged": True, "steps_to_convergence": 100, "final_loss_per_cell": 40.1, "likelihood_weight": 41.0,
+            "dispersion_final": 0.0244, "posterior_method": "laplace", "laplace_runtime_s": 0.8,
+            "laplace_newton_iterations": 4, "laplace_converged": True}
+    write_json({"format": 1, "family": "laplace", "fates": cfg.fates, "ref_fate": "EC", "info": info}, out / "fit" / "fit.json")
+
+    truth = np.zeros((N_GENES, len(DAYS)))
+    for g, (effect, days) in ACTIVE.items():
+        truth[g, days] = effect
+    write_csv(pd.DataFrame({"gene": GENES} | {f"true_{d}": truth[:, j] for j, d in enumerate(DAYS)}), out.parent / "truth_daywise.csv")
+    gene_names = pd.DataFrame({"gene": GENES})
+    guide_names = pd.DataFrame({
+        "guide": [f"{g}_sg{k}" for g in GENES for k in range(1, GUIDES_PER_GENE + 1)],
+        "gene": np.repeat(GENES, GUIDES_PER_GENE),
+    })
+    gene_se = np.full((N_GENES, len(DAYS)), 0.05)
+    guide_truth = np.repeat(truth, GUIDES_PER_GENE, axis=0) + 0.05 * rng.standard_normal((len(guide_names), 1))
+    gene_table = _daywise(gene_names, truth, gene_se, rng)
+    guide_table = _daywise(guide_names, guide_truth, np.full(guide_truth.shape, 0.08), rng)
+    write_csv(gene_table, out / "gene_daywise_for_mash.csv")
+    write_csv(guide_table, out / "guide_daywise_for_mash.csv")
+    for mode, shrink in (("conservative", 0.85), ("enriched", 0.95)):
+        write_csv(_mash_like(gene_table, shrink), out / f"mash_gene_{mode}.csv")
+        write_csv(_mash_like(guide_table, shrink), out / f"mash_guide_{mode}.csv")
+    neu = _daywise(gene_names, np.roll(truth, 5, axis=0), gene_se, rng)
+    write_csv(_mash_like(neu, 0.85), out / "mash_gene_conservative_NEU.csv")
+    rank_and_compare({m: out / f"mash_gene_{m}.csv" for m in ("conservative", "enriched")}, out, cfg)
+    for sfx in ("", "_NEU"):
+        write_csv(pd.DataFrame({"gene": GENES, "n_guides": 3, "mean_delta": 1e-17 * rng.standard_normal(N_GENES)}),
+                  out / f"qc_delta_mean_by_gene{sfx}.csv")
+        write_csv(pd.DataFrame({"gene": GENES} | {f"offset_{d}": 1e-16 * rng.standard_normal(N_GENES) for d in DAYS}),
+                  out / f"qc_theta_beta_offset_by_gene{sfx}.csv")
+
+    n = 120
+    p = rng.dirichlet(np.ones(3) * 20, n)
+    day = np.repeat(np.arange(len(DAYS)), n // len(DAYS))
+    scores = score_heldout(p, 0.9 * p + 0.1 / 3, np.full((n, 3), 1 / 3), day, list(DAYS))
+    heldout = HeldOutResult(frac=0.1, seed=1, steps=120, n_train=1080, scores=scores, fit_info={})
+    perm = PermutationResult(
+        seed=2, n_burden_bins=4, bin_edges=[2.0, 3.0, 4.0], n_strata=32, n_cells_moved=1100, n_cells_burden_changed=0,
+        out_dir=out / "permutation", n_genes=N_GENES, n_hits=0, hit_genes=[], n_gene_days_called=0,
+        hits_by_mode={"conservative": 0, "enriched": 1}, n_hits_real=len(ACTIVE), runtime_s=4.0,
+    )
+    diag = DiagnosticsResult(heldout, perm, sanity_checks(cfg, out), out / "diagnostics.json", runtime_s=9.0)
+    write_json(diag.to_dict(), out / "diagnostics.json")
+    evaluate_files(out / "hits_ranked.csv", out.parent / "truth_daywise.csv", out, truth_thresh=0.2, config=cfg)
+
+    manifest = Manifest.open(out)
+    for step, files in (("fit", ["fit/fit.json"]), ("export", ["gene_daywise_for_mash.csv"]), ("mash", ["mash_gene_conservative.csv"]),
+                        ("rank", ["hits_ranked.csv"]), ("diagnostics", ["diagnostics.json"])):
+        manifest.record(step, "v1", [out / f for f in files], {"converged": True} if step == "fit" else None)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory) -> tuple[Path, FatebiasConfig]:
+    out = tmp_path_factory.mktemp("report") / "results"
+    return out, make_run_folder(out)
+
+
+@pytest.fixture(scope="module")
+def report(run_folder):
+    out, _ = run_folder
+    result = build_report(out)
+    return result, result.path.read_text()
+
+
+def test_report_shows_every_section(report, run_folder):
+    result, page = report
+    out, _ = run_folder
+    assert result.path == out / "report.html"
+    for heading in ("1. The run", "2. The fit", "3. The answer", "4. Can we trust it?", "Held-out cross-entropy",
+                    "Effects by gene and day", "Per-day volcano plots", "Guide concordance", "Other contrasts",
+                    "QC: guide deviations", "Permutation negative control", "Sanity checks", "mash modes",
+                    "recovery of the truth"):
+        assert heading in page, heading
+    for part in ("load summary", "steps", "fit", "ELBO trace", "held-out cross-entropy", "hits table", "effect heatmap",
+                 "volcano plots", "guide concordance", "other contrasts", "QC offsets", "permutation control",
+                 "sanity checks", "mode comparison", "recovery"):
+        assert part in result.sections, part
+    # A run folder has no calibration study: the one part that says it is absent.
+    assert list(result.absent) == ["calibration"]
+    assert "no calibration study in this folder" in page
+    # The run's facts.
+    assert "1210 in, 1200 kept" in page and "10 cells with more than Kmax=20 guides" in page
+    assert "mean 3.1, median 3, max 9" in page
+    for version in ("torch", "pyro", "numpy", "python", "fatebias"):
+        assert f"<th>{version}</th>" in page
+    assert "full model better" in page and "passed: hits collapse" in page
+
+
+def test_report_lists_the_hits(report, run_folder):
+    result, page = report
+    out, cfg = run_folder
+    hits = pd.read_csv(out / "hits_ranked.csv", dtype={"gene": str})
+    hit_genes = hits.loc[hits["hit_anyday"], "gene"].tolist()
+    assert len(hit_genes) >= 4
+    table = page[page.index("id='hits-table'"):]
+    table = table[: table.index("</table>")]
+    assert table.count('<tr class="hit"') == len(hit_genes)
+    assert table.count("<tr class=") == N_GENES
+    for gene in hit_genes:
+        assert f"<td>{__import__('html').escape(gene)}</td>" in table
+    # The strangely named gene is escaped everywhere, never written raw.
+    assert ODD_GENE not in page and "G&lt;b&gt;&amp;&quot;30" in page
+    # G01 is active on d1-d3 (positive): its called days read as labels.
+    g01 = table[table.index("<td>G01</td>"):]
+    assert g01[: g01.index("</tr>")].count("d1, d2, d3") == 1
+    assert "table class='grid sortable'" in page and "addEventListener('click'" in page
+
+
+def test_report_is_self_contained_and_small(report):
+    result, page = report
+    images = re.findall(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == result.n_figures == 7  # ELBO, heatmap, volcano, concordance, QC, modes, recovery
+    assert all(len(b) > 1000 for b in images)
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:|//)""", page, flags=re.IGNORECASE)
+    assert "http://" not in page and "https://" not in page
+    assert result.size_bytes == result.path.stat().st_size < 5 * 1024 * 1024
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+
+
+def test_absent_inputs_are_said_not_fatal(run_folder, tmp_path):
+    src, _ = run_folder
+    out = tmp_path / "results"
+    shutil.copytree(src, out)
+    for name in ("diagnostics.json", "daywise_confusion.csv", "pred_call_summary.json", "mash_guide_conservative.csv",
+                 "mash_mode_comparison.csv", "fit/elbo_trace.csv"):
+        (out / name).unlink()
+    (out / "load_summary.json").write_text("{not json")
+    result = build_report(out)
+    page = result.path.read_text()
+    assert {"held-out cross-entropy", "permutation control", "sanity checks", "recovery", "guide concordance",
+            "mode comparison", "ELBO trace", "load summary"} <= set(result.absent)
+    assert "diagnostics.json not found" in page
+    assert "mash_guide_conservative.csv not found" in page
+    assert "load_summary.json could not be read" in page
+    assert "hits table" in result.sections and "effect heatmap" in result.sections
+
+
+def test_diagnostics_off_and_no_hits_table(run_folder, tmp_path):
+    src, cfg = run_folder
+    out = tmp_path / "results"
+    out.mkdir()
+    shutil.copy(src / "config_used.yaml", out)
+    result = report_step(cfg.model_copy(update={"run_diagnostics": False}), out)
+    page = result.path.read_text()
+    assert "diagnostics were not run (run_diagnostics: false)" in page
+    assert "hits_ranked.csv not found" in page
+    assert result.n_figures == 0
+
+
+def test_ash_discovery_takes_daywise_effects_from_mash(run_folder, tmp_path):
+    src, _ = run_folder
+    out = tmp_path / "results"
+    shutil.copytree(src, out)
+    mash = pd.read_csv(src / "mash_gene_conservative.csv", dtype={"gene": str})
+    mean, sd = mash[[f"postmean_{d}" for d in DAYS]].mean(axis=1), mash[[f"postsd_{d}" for d in DAYS]].mean(axis=1) / 2
+    lfsr = norm.cdf(-np.abs(mean) / sd)
+    ash = pd.DataFrame({"gene": mash["gene"], "betahat": mean, "sebetahat": sd, "postmean": mean, "postsd": sd, "lfsr": lfsr, "qvalue": lfsr})
+    cfg = _config(out, discovery_source="ash")
+    write_csv(rank_hits(ash, cfg, source="ash"), out / "hits_ranked.csv")
+    result = build_report(out, cfg)
+    page = result.path.read_text()
+    assert "hits from the across-day ash summary" in page
+    assert {"hits table", "effect heatmap", "volcano plots"} <= set(result.sections)
+
+
+def test_cli_report(run_folder, tmp_path, capsys):
+    out, _ = run_folder
+    assert main(["report", "--out", str(out)]) == 0
+    assert "report.html" in capsys.readouterr().out
+    assert main(["report", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a fatebias run folder" in err[0]
+    assert not (tmp_path / "report.html").exists()
+    with pytest.raises(InputDataError, match="is not a folder"):
+        build_report(tmp_path / "missing")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium)")
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    result, _ = report
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "report_screenshot.png"
+    shot.unlink(missing_ok=True)
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,2400",
+           result.path.resolve().as_uri()]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    import matplotlib.image as mpimg
+
+    pixels = mpimg.imread(shot)
+    assert pixels.shape[:2] == (2400, 1280)
+    # Not a blank page: text, tables and figures give many distinct shades.
+    assert pixels.std() > 0.05
+    assert len(np.unique(pixels.reshape(-1, pixels.shape[-1]).round(2), axis=0)) > 50
