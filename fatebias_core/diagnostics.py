@@ -431,8 +431,9 @@ def _reset_if_changed(folder: Path, fingerprint: str) -> None:
 def permutation_control(experiment: Experiment, config: FatebiasConfig, out_dir: str | Path) -> PermutationResult:
     """Permute guide sets within strata and rerun the chain into ``<out_dir>/permutation``.
 
-    Uses ``perm_burden_bins`` and ``perm_seed``; the inner run has ``run_diagnostics``
-    off. Steps of an earlier permutation run on the same permuted data are reused.
+    Uses ``perm_burden_bins`` and ``perm_seed``; the inner run stops after ranking (no
+    diagnostics, no report). Steps of an earlier permutation run on the same permuted
+    data are reused.
     """
     from .pipeline import run_chain
 
@@ -452,7 +453,7 @@ def permutation_control(experiment: Experiment, config: FatebiasConfig, out_dir:
         "permutation control: guide sets permuted within %d strata (%d cells moved); rerunning the chain in %s",
         perm.n_strata, perm.n_moved, folder,
     )
-    chain = run_chain(inner, experiment=perm.experiment)
+    chain = run_chain(inner, until="rank", experiment=perm.experiment)
     hits = chain.hits
     hit = hits["hit_anyday"].to_numpy(dtype=bool)
     comparison = read_csv(folder / "mash_mode_comparison.csv", what="mode comparison")
@@ -729,7 +730,8 @@ class DiagnosticsResult:
             real = "" if p.n_hits_real is None else f" (real run: {p.n_hits_real})"
             modes = ", ".join(f"{m} {n}" for m, n in p.hits_by_mode.items())
             lines.append(
-                f"  permutation control ({p.n_strata} strata, {p.n_cells_moved} cells moved): {p.n_hits} hits{real}, "
+                f"  permutation control ({p.n_strata} strata, {p.n_cells_moved} cells moved, "
+                f"{p.n_cells_burden_changed} with a new burden): {p.n_hits} hits{real}, "
                 f"{p.n_gene_days_called} gene-days called; by mode: {modes}; "
                 + ("passed" if p.passed else f"FAILED (more than {p.allowed_hits} hits)")
             )

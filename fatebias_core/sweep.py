@@ -257,7 +257,8 @@ def preset(name: str) -> SweepSpec:
 def run_one(run: SweepRun, config: FatebiasConfig, run_dir: str | Path) -> dict[str, Any]:
     """Simulate, run the chain and score one run; returns its row of the results table.
 
-    The row holds the scores of :func:`~fatebias_core.evaluate.score_calls` (pooled
+    The chain stops after ranking (``fatebias report --out <run>/results`` makes a
+    run's report). The row holds the scores of :func:`~fatebias_core.evaluate.score_calls` (pooled
     daywise and any-day precision, recall, F1, FPR; counts), the fit's steps,
     convergence and runtime, and this call's wall time ``runtime_s`` (short when the
     steps were reused).
@@ -270,7 +271,7 @@ def run_one(run: SweepRun, config: FatebiasConfig, run_dir: str | Path) -> dict[
     t0 = time.perf_counter()
     sim = simulate(config, run_dir)
     run_cfg = load_config(sim.paths["config"])
-    chain = run_chain(run_cfg)
+    chain = run_chain(run_cfg, until="rank")
     ev = evaluate_files(
         chain.out_dir / "hits_ranked.csv", sim.paths["truth_daywise"], chain.out_dir,
         truth_thresh=run_cfg.sim_truth_thresh, config=run_cfg,
