@@ -340,13 +340,13 @@ def plot_recovery(confusion, path: str | Path, dpi: int = 110) -> Path:
     """Recovery of a simulation's truth (``daywise_confusion.csv``): rates and counts per level."""
     df = confusion.reset_index(drop=True)
     x = np.arange(len(df))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(7.0, 1.3 * len(df) * 2 + 1.5), 3.2))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(4.5 + 1.1 * len(df), 3.2))
     for k, (col, colour) in enumerate((("precision", "C0"), ("recall", "C2"), ("f1", "C4"))):
         vals = df[col].to_numpy(dtype=float)
         ax1.bar(x + (k - 1) * 0.26, np.nan_to_num(vals), width=0.26, color=colour, label=col)
         for xi in x[np.isnan(vals)]:
             ax1.text(xi + (k - 1) * 0.26, 0.02, "n/a", ha="center", va="bottom", fontsize=6, rotation=90)
-    ax1.set_ylim(0, 1.12)
+    ax1.set_ylim(0, 1.25)
     ax1.set_xticks(x, df["level"])
     ax1.set_title("precision, recall, F1", fontsize=10)
     ax1.legend(frameon=False, fontsize=8, ncol=3, loc="upper center")

@@ -33,7 +33,7 @@ import pandas as pd
 
 from .config import FatebiasConfig
 from .errors import FatebiasError, InputDataError
-from .io import write_text
+from .io import read_csv, write_text
 from .tables import DayAxis, bool_column, parse_day_lists, read_posterior, require_columns
 
 log = logging.getLogger("fatebias")
@@ -164,11 +164,17 @@ class _Run:
         self.out = out
         self.config = config
         self.problems: dict[str, str] = {}
+        self._json: dict[str, dict | None] = {}
 
     def path(self, name: str) -> Path:
         return self.out / name
 
     def json(self, name: str) -> dict | None:
+        if name not in self._json:
+            self._json[name] = self._read_json(name)
+        return self._json[name]
+
+    def _read_json(self, name: str) -> dict | None:
         p = self.path(name)
         if not p.is_file():
             return None
@@ -177,14 +183,15 @@ class _Run:
         except (OSError, ValueError) as exc:
             self.problems[name] = f"{name} could not be read ({exc.__class__.__name__}: {exc})"
             return None
-        return data if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            self.problems[name] = f"{name} holds a {type(data).__name__}, not a JSON object"
+            return None
+        return data
 
     def csv(self, name: str, columns: Sequence[str] = (), **kwargs: Any) -> pd.DataFrame | None:
         p = self.path(name)
         if not p.is_file():
             return None
-        from .io import read_csv
-
         try:
             df = read_csv(p, what=name, **kwargs)
             require_columns(df, list(columns), name)
@@ -365,8 +372,8 @@ def _section_run(run: _Run, page: _Page, manifest: dict | None, fit_info: dict) 
             ("guides", f"{load.get('n_guides_matrix')} in the matrix; {load.get('n_guides_mapped')} targeting and "
                        f"{load.get('n_ntc_guides')} non-targeting mapped"),
             ("guides per gene", ", ".join(f"{k} {_num(v)}" for k, v in per_gene.items())),
-            ("guides not in the map (ignored)", f"{len(unmapped)}" + (f": {', '.join(unmapped[:8])}" + (" ..." if len(unmapped) > 8 else "") if unmapped else "")),
-            ("map guides absent from the matrix", f"{len(absent_map)}" + (f": {', '.join(absent_map[:8])}" + (" ..." if len(absent_map) > 8 else "") if absent_map else "")),
+            ("guides not in the map (ignored)", _count_and_names(unmapped)),
+            ("map guides absent from the matrix", _count_and_names(absent_map)),
             ("fate names from", load.get("fate_names_source", "–")
              + (f"; {load['n_renormalised']} rows renormalised" if load.get("n_renormalised") else "")),
         ]))
@@ -391,15 +398,24 @@ def _section_run(run: _Run, page: _Page, manifest: dict | None, fit_info: dict) 
         for step, rec in manifest.items():
             metrics = ", ".join(f"{k} {_num(v) if isinstance(v, float) else v}" for k, v in (rec.get("metrics") or {}).items())
             rows.append((step, rec.get("finished", "–"), len(rec.get("outputs", [])), metrics or "–"))
-        runtime = [("fit (SVI)", fit_info.get("runtime_s")), ("posterior refinement", fit_info.get("laplace_runtime_s"))]
-        diag = run.json("diagnostics.json") or {}
-        runtime.append(("diagnostics", diag.get("runtime_s")))
         parts.append(_table(["step", "finished", "outputs", "metrics"], rows))
-        parts.append(_para("Seconds: " + "; ".join(f"{k} {_num(v, '.1f')}" for k, v in runtime if v is not None) + ".", "note"))
     else:
         parts.append(page.missing("steps", run.why_absent("fatebias_manifest.json", "fatebias_manifest.json not found: the steps that made this folder are unknown")))
+    seconds = {
+        "fit (SVI)": fit_info.get("runtime_s"),
+        "posterior refinement": fit_info.get("laplace_runtime_s"),
+        "diagnostics": (run.json("diagnostics.json") or {}).get("runtime_s"),
+    }
+    if any(v is not None for v in seconds.values()):
+        parts.append(_para("Seconds: " + "; ".join(f"{k} {_num(v, '.1f')}" for k, v in seconds.items() if v is not None) + ".", "note"))
     page.shown("run")
     return "\n".join(parts)
+
+
+def _count_and_names(names: Sequence[str], shown: int = 8) -> str:
+    if not names:
+        return "0"
+    return f"{len(names)}: {', '.join(names[:shown])}" + (" ..." if len(names) > shown else "")
 
 
 def _setting(value: Any) -> str:
@@ -429,10 +445,15 @@ def _section_fit(run: _Run, page: _Page, fit_info: dict) -> str:
     if elbo is not None and len(elbo):
         page.shown("ELBO trace")
         loss = elbo["loss"].to_numpy(dtype=float)
+        jump = (
+            f" The jump after the first {run.config.dispersion_warmup_frac:.0%} of the steps is where the likelihood "
+            "weight is set from the dispersion (likelihood_weight: auto): the loss changes scale there, as expected."
+            if run.config.likelihood_weight == "auto" else ""
+        )
         parts.append(page.figure(
             lambda p: plot_elbo(loss, p, n_cells=fit_info.get("n_cells")), "ELBO trace",
             "The loss SVI minimised (negative ELBO per cell) by step; the right panel zooms into the second half. "
-            "It should fall and flatten; a jump where the likelihood weight is set (after the warm-up) is expected.",
+            "It should fall and flatten." + jump,
         ))
     else:
         parts.append(page.missing("ELBO trace", run.why_absent("fit/elbo_trace.csv", "fit/elbo_trace.csv not found")))
@@ -651,9 +672,9 @@ def _other_contrasts(run: _Run, page: _Page) -> str:
             continue
         hit = ranked["hit_anyday"].to_numpy(dtype=bool)
         axis = read_posterior(ranked, what=name).axis
-        shown = ranked.loc[hit].head(12)
+        shown = ranked.loc[hit].head(10)
         top = ", ".join(f"{g} ({_days_text(d, axis)})" for g, d in zip(shown["gene"], shown["active_days"], strict=True))
-        top += " ..." if hit.sum() > 12 else ""
+        top += " ..." if hit.sum() > 10 else ""
         rows.append((f"{fate} vs {cfg.ref_fate}", f"{int(hit.sum())} of {len(ranked)}", top or "none"))
     page.shown("other contrasts")
     return _para(
@@ -873,11 +894,11 @@ nav a{margin-right:18px;color:#1f5fa8;text-decoration:none;font-weight:600}
 table{border-collapse:collapse;font-size:13px;margin:6px 0 10px}
 table.kv th{text-align:left;font-weight:600;padding:3px 14px 3px 0;vertical-align:top;color:#333;white-space:nowrap}
 table.kv td{padding:3px 0}
-table.grid th,table.grid td{border:1px solid #e2e2e2;padding:3px 7px;text-align:left;white-space:nowrap}
-table.grid td.n{text-align:right;font-variant-numeric:tabular-nums}
+table.grid th,table.grid td{border:1px solid #e2e2e2;padding:3px 7px;text-align:left;max-width:640px}
+table.grid td.n{text-align:right;font-variant-numeric:tabular-nums}table.grid td.n,#hits-table td{white-space:nowrap}
 td.day small{display:block;font-size:11px;color:#444}td.day.sig{font-weight:700}td.day.sig small{color:#000}
 table.grid thead th{background:#f0f0f0;position:sticky;top:0}
-table.sortable th{cursor:pointer;user-select:none}table.sortable th:hover{background:#e4e4e4}
+table.sortable th{cursor:pointer;user-select:none;white-space:normal;vertical-align:bottom;min-width:44px}table.sortable th:hover{background:#e4e4e4}
 table.sortable th.asc::after{content:" \\25B2"}table.sortable th.desc::after{content:" \\25BC"}
 tr.hit td:nth-child(2){font-weight:600}
 .scroll{max-height:640px;overflow:auto;border:1px solid #eee}

@@ -253,6 +253,28 @@ def test_ash_discovery_takes_daywise_effects_from_mash(run_folder, tmp_path):
     assert {"hits table", "effect heatmap", "volcano plots"} <= set(result.sections)
 
 
+def test_calibration_curves_when_present(run_folder, tmp_path):
+    from fatebias_core.calibration import LEVELS, LFSR_THRESHOLDS, summarise_calibration
+
+    src, _ = run_folder
+    out = tmp_path / "results"
+    shutil.copytree(src, out)
+    rows = []
+    for scenario in ("baseline", "noisy"):
+        for seed in (0, 1):
+            for method in ("meanfield", "laplace"):
+                base = {"scenario": scenario, "seed": seed, "method": method, "n": 100, "runtime_s": 1.0}
+                rows += [{**base, "source": "model", "metric": "coverage", "group": group, "level": lev, "value": lev - 0.03 * seed}
+                         for group in ("all", "effects", "nulls") for lev in LEVELS]
+                rows += [{**base, "source": "mash:se_inflated:conservative", "metric": "fsr", "group": "calls", "level": lev,
+                          "value": lev / 2} for lev in LFSR_THRESHOLDS]
+    write_csv(summarise_calibration(pd.DataFrame(rows)), out / "calibration_summary.csv")
+    result = build_report(out)
+    assert "calibration" in result.sections and "calibration" not in result.absent
+    assert result.n_figures == 9
+    assert "Coverage of the credible intervals" in result.path.read_text()
+
+
 def test_cli_report(run_folder, tmp_path, capsys):
     out, _ = run_folder
     assert main(["report", "--out", str(out)]) == 0
@@ -283,3 +305,25 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     # Not a blank page: text, tables and figures give many distinct shades.
     assert pixels.std() > 0.05
     assert len(np.unique(pixels.reshape(-1, pixels.shape[-1]).round(2), axis=0)) > 50
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium)")
+def test_hits_table_sorts_and_filters_in_chromium(report, tmp_path):
+    """Click a header twice (descending) and untick "hits only" in the browser; read back the DOM."""
+    result, page = report
+    click = """<script>
+    var th = document.querySelectorAll('#hits-table th')[7]; th.click(); th.click();
+    var box = document.getElementById('hits-only'); box.checked = false; box.dispatchEvent(new Event('change'));
+    </script></body>"""
+    copy = tmp_path / "clicked.html"
+    copy.write_text(page.replace("</body>", click))
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+           copy.as_uri()]
+    dom = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120).stdout
+    table = dom[dom.index('id="hits-table"'):]
+    rows = re.findall(r'<tr class="(?:hit|nohit)"([^>]*)>(.*?)</tr>', table[: table.index("</table>")])
+    assert len(rows) == N_GENES and not any("hidden" in attrs for attrs, _ in rows)
+    # data-v of rank, hit, best day, effect, lfsr, max |effect| (the gene and day-list cells have none)
+    biggest = [float(re.findall(r'data-v="([^"]*)"', cells)[5]) for _, cells in rows]
+    assert biggest == sorted(biggest, reverse=True)
