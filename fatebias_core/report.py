@@ -749,7 +749,7 @@ def _permutation(run: _Run, page: _Page) -> str:
         ("verdict", _badge(None if passed is None else bool(passed), "passed: hits collapse" if passed else "FAILED: hits survive permutation")),
         ("permuted hits", ", ".join(hit_genes[:30]) + (" ..." if len(hit_genes) > 30 else "") or "none"),
         ("permutation", f"within {p.get('n_strata')} strata of day x replicate x burden bin ({p.get('n_burden_bins')} bins), "
-                        f"{p.get('n_cells_moved')} cells moved, seed {p.get('seed')}"),
+                        f"{p.get('n_cells_moved')} cells moved ({p.get('n_cells_burden_changed', '–')} with a new burden), seed {p.get('seed')}"),
     ]
     text = _para(
         "Guide sets are shuffled among cells of the same day, replicate and guide burden, which keeps everything but "
