@@ -458,6 +458,7 @@ def fit(
         "final_loss_per_cell": float(tail[-window:].mean() * scale),
         "relative_change_last_window": _windowed_change(tail, window),
         "likelihood_weight": model.likelihood_weight,
+        "weight_switch_step": warmup if auto_weight else None,
         "dispersion_final": final_phi,
         "posterior_method": "meanfield",
         "settings": settings,

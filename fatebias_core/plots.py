@@ -25,23 +25,40 @@ def _save(fig: plt.Figure, path: str | Path, dpi: int = 110) -> Path:
     return path
 
 
-def plot_elbo(loss: np.ndarray, path: str | Path, n_cells: int | None = None, title: str = "SVI loss (negative ELBO)") -> Path:
-    """The loss trace with a running mean; per cell when ``n_cells`` is given."""
+def plot_elbo(
+    loss: np.ndarray,
+    path: str | Path,
+    n_cells: int | None = None,
+    switch_step: int | None = None,
+    title: str = "SVI loss (negative ELBO)",
+) -> Path:
+    """The loss trace with a running mean; per cell when ``n_cells`` is given.
+
+    With ``switch_step`` (the step where ``likelihood_weight: auto`` set the weight, which
+    rescales the loss), the left panel marks it and the right panel shows the steps after
+    it; otherwise the right panel is the second half of the run.
+    """
     loss = np.asarray(loss, dtype=float)
     y = loss / n_cells if n_cells else loss
     steps = np.arange(1, len(y) + 1)
     w = max(len(y) // 50, 1)
     smooth = np.convolve(y, np.ones(w) / w, mode="valid")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-    for ax, start in zip(axes, (0, len(y) // 2), strict=True):
+    zoom = switch_step if switch_step else len(y) // 2
+    for ax, start in zip(axes, (0, zoom), strict=True):
         ax.plot(steps[start:], y[start:], lw=0.5, color="0.7", label="per step")
-        s0 = max(start - w + 1, 0)
+        s0 = max(start - w + 1, 0) if start == 0 else start
         ax.plot(steps[w - 1 :][s0:], smooth[s0:], lw=1.5, color="C0", label=f"running mean ({w})")
         ax.set_xlabel("step")
         ax.set_ylabel("loss per cell" if n_cells else "loss")
+    if switch_step:
+        axes[0].axvline(switch_step, color="C3", lw=0.8, ls="--", label="likelihood weight set")
+        axes[0].set_yscale("log")
+        axes[1].set_title("after the weight was set")
+    else:
+        axes[1].set_title("second half")
     axes[0].set_title(title)
-    axes[1].set_title("second half")
-    axes[0].legend(frameon=False)
+    axes[0].legend(frameon=False, fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -451,7 +451,7 @@ def _section_fit(run: _Run, page: _Page, fit_info: dict) -> str:
             if run.config.likelihood_weight == "auto" else ""
         )
         parts.append(page.figure(
-            lambda p: plot_elbo(loss, p, n_cells=fit_info.get("n_cells")), "ELBO trace",
+            lambda p: plot_elbo(loss, p, n_cells=fit_info.get("n_cells"), switch_step=fit_info.get("weight_switch_step")), "ELBO trace",
             "The loss SVI minimised (negative ELBO per cell) by step; the right panel zooms into the second half. "
             "It should fall and flatten." + jump,
         ))
