@@ -1,0 +1,322 @@
+"""The chain's software-defined assets (PLATFORM.md), each a thin call into fatebias_core.
+
+:func:`build_chain` makes one copy of the chain for a :class:`ChainLayout`: the main
+chain (keys ``filtered_cells`` ... ``diagnostics``) and the simulation study's
+partitioned copy (keys ``study/...``) are the same code. Files keep the seed's names in
+the run folder; the values handed from asset to asset are fatebias_core's own typed
+objects (:class:`FilteredCells` with its :class:`LoadSummary`, :class:`GuideEmbedding`,
+:class:`FitResult`); the later steps read and write files in the run folder.
+"""
+
+
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+from dagster import AssetExecutionContext
+
+from fatebias_core.config import FatebiasConfig
+from fatebias_core.io import read_csv, write_text
+from fatebias_core.pipeline import (
+    FIT_DIR,
+    MASH_MODES,
+    aggregate_paths,
+    aggregate_step,
+    diagnostics_step,
+    export_step,
+    fit_step,
+    load_step,
+    mash_outputs,
+    mash_step,
+    rank_outputs,
+    rank_step,
+)
+from fatebias_core.posterior import export_paths
+from fatebias_core.types import Experiment, FilteredCells, GuideEmbedding, LoadSummary
+
+from .. import metadata as meta
+from ..runner import CHAIN_RESOURCES, ChainLayout, StepRun
+from ..versions import CODE_VERSIONS, input_files, input_version
+
+# Data versions on Output are beta in this Dagster version; they are what the platform rests on.
+warnings.filterwarnings("ignore", category=dg.BetaWarning, module=r"fatebias_dagster\.")
+
+DESCRIPTIONS = {
+    "filtered_cells": "Cells kept after validation and the Kmax filter: fate probabilities, day, replicate, "
+    "burden and burden centred within day, with the loading summary (MODEL.md 1-2). Writes load_summary.json.",
+    "guide_embeddings": "The padded embedding-sum representation of each cell's guides: guide_ids, mask, "
+    "gene_of_guide, guide and gene names (MODEL.md 2).",
+    "fitted_posterior": "The fitted variational posterior, ELBO trace and fit settings (MODEL.md 3-5): the "
+    "GPU-resourced step. Writes fit/variational_params.npz, fit/elbo_trace.csv, fit/fit.json, elbo_trace.png.",
+    "daywise_exports": "Posterior summaries for mash (MODEL.md 6): gene_daywise_for_mash.csv, "
+    "guide_daywise_for_mash.csv, theta/delta npz summaries, QC tables, gene_summary_for_ash.csv.",
+    "mash_outputs": "mash on the gene and guide tables in both modes (MODEL.md 7): mash_gene_<mode>.csv, "
+    "mash_guide_<mode>.csv, ash_gene_summary.csv.",
+    "aggregated_genes": "Guide-to-gene inverse-variance aggregation of the guide-level mash posteriors "
+    "(MODEL.md 8): gene_from_guide_mash_<mode>.csv.",
+    "ranked_hits": "Called and ranked hits (MODEL.md 9): hits_ranked.csv (mash_default_mode) and "
+    "mash_mode_comparison.csv.",
+    "diagnostics": "Held-out cross-entropy, permutation negative control and sanity checks (MODEL.md 10): "
+    "diagnostics.json. Not materialized when run_diagnostics is false.",
+}
+
+#: The chain's assets share one group, so that its page in the UI shows the whole graph.
+CHAIN_GROUP = "chain"
+
+KINDS = {
+    "filtered_cells": {"numpy", "anndata"},
+    "guide_embeddings": {"numpy"},
+    "fitted_posterior": {"pytorch", "pyro"},
+    "daywise_exports": {"pandas", "csv"},
+    "mash_outputs": {"scipy", "csv"},
+    "aggregated_genes": {"pandas", "csv"},
+    "ranked_hits": {"pandas", "csv"},
+    "diagnostics": {"pytorch", "json"},
+}
+
+
+def _export_files(config: FatebiasConfig, run: StepRun) -> list:
+    return [p for files in export_paths(config, run.out_dir, config.contrast_fates).values() for p in files.values()]
+
+
+def build_chain(
+    layout: ChainLayout,
+    *,
+    partitions_def: dg.PartitionsDefinition | None = None,
+    automation_condition: dg.AutomationCondition | None = None,
+    group_name: str | None = None,
+    fit_op_tags: Mapping[str, Any] | None = None,
+    include_diagnostics: bool = True,
+) -> list[dg.AssetsDefinition]:
+    """The chain's assets for ``layout``.
+
+    Parameters
+    ----------
+    layout
+        Key prefix, root asset and whether the steps depend on settings sources.
+    partitions_def
+        Partitions of every asset (the simulation study's scenario x seed).
+    automation_condition
+        Declarative automation of every asset (the main chain reruns on new data).
+    group_name
+        Group of every asset (default ``chain``).
+    fit_op_tags
+        Tags of the fit's op (the GPU request of a Kubernetes or Dask deployment).
+    include_diagnostics
+        Whether the chain has the diagnostics asset.
+    """
+
+    def spec(name: str, step: str) -> dict[str, Any]:
+        return {
+            "description": DESCRIPTIONS[name],
+            "code_version": CODE_VERSIONS[step],
+            "group_name": group_name or CHAIN_GROUP,
+            "kinds": KINDS[name],
+            "automation_condition": automation_condition,
+        }
+
+    common = {"partitions_def": partitions_def, "required_resource_keys": set(CHAIN_RESOURCES)}
+    key = layout.key
+
+    # ------------------------------------------------------------------ load
+    @dg.multi_asset(
+        name=layout.op_name("load_experiment"),
+        outs={
+            "filtered_cells": dg.AssetOut(key=key("filtered_cells"), **spec("filtered_cells", "load")),
+            "guide_embeddings": dg.AssetOut(key=key("guide_embeddings"), **spec("guide_embeddings", "load")),
+        },
+        deps=[layout.root, *layout.settings_deps("load")],
+        **common,
+    )
+    def load_experiment(context: AssetExecutionContext):
+        run = StepRun.start(context, "load", layout)
+        cfg = run.config
+        done = run.execute(
+            lambda: load_step(cfg, run.out_dir),
+            outputs=lambda: [run.out_dir / "load_summary.json", run.out_dir / "config_used.yaml"],
+            metrics=lambda e: {"input_version": input_version(cfg), "input_files": input_files(cfg), "n_cells": e.n_cells},
+            always=True,
+        )
+        experiment: Experiment = done.value
+        write_text(cfg.to_yaml(), run.out_dir / "config_used.yaml")
+        common_md = run.record(done.reused, [run.out_dir / "load_summary.json"], metrics={"n_cells": experiment.n_cells})
+        version = dg.DataVersion(run.version)
+        yield dg.Output(
+            (experiment.cells, experiment.summary), "filtered_cells", data_version=version,
+            metadata={**common_md, **meta.load_metadata(experiment.summary, cfg)},
+        )
+        yield dg.Output(
+            experiment.guides, "guide_embeddings", data_version=version,
+            metadata={**common_md, **meta.guides_metadata(experiment.guides, experiment.summary)},
+        )
+
+    # ------------------------------------------------------------------ fit
+    @dg.asset(
+        key=key("fitted_posterior"),
+        ins={"filtered_cells": dg.AssetIn(key("filtered_cells")), "guide_embeddings": dg.AssetIn(key("guide_embeddings"))},
+        deps=layout.settings_deps("fit"),
+        op_tags=dict(fit_op_tags or {}),
+        pool="gpu",
+        **spec("fitted_posterior", "fit"),
+        **common,
+    )
+    def fitted_posterior(
+        context: AssetExecutionContext,
+        filtered_cells: tuple[FilteredCells, LoadSummary],
+        guide_embeddings: GuideEmbedding,
+    ):
+        from fatebias_core.inference import load_fit
+
+        run = StepRun.start(context, "fit", layout)
+        fit_dir = run.out_dir / FIT_DIR
+        experiment = Experiment(filtered_cells[0], guide_embeddings, filtered_cells[1])
+        done = run.execute(
+            lambda: fit_step(experiment, run.config, run.out_dir),
+            outputs=lambda: [fit_dir / "fit.json", fit_dir / "variational_params.npz"],
+            reuse=lambda: load_fit(fit_dir),
+            metrics=lambda r: {"final_loss_per_cell": r.info["final_loss_per_cell"], "converged": r.info["converged"]},
+        )
+        fit = done.value
+        info = fit.info
+        headline = {k: info.get(k) for k in ("steps", "converged", "final_loss_per_cell", "ms_per_step", "device", "runtime_s")}
+        outputs = [fit_dir / n for n in ("fit.json", "variational_params.npz", "elbo_trace.csv")]
+        common_md = run.record(done.reused, outputs, metrics=headline, row_counts=meta.row_counts(outputs))
+        return dg.Output(fit, data_version=dg.DataVersion(run.version), metadata={**common_md, **meta.fit_metadata(info, run.out_dir)})
+
+    # ------------------------------------------------------------------ exports
+    @dg.asset(
+        key=key("daywise_exports"),
+        ins={"fitted_posterior": dg.AssetIn(key("fitted_posterior"))},
+        deps=layout.settings_deps("export"),
+        **spec("daywise_exports", "export"),
+        **common,
+    )
+    def daywise_exports(context: AssetExecutionContext, fitted_posterior) -> dg.MaterializeResult:
+        run = StepRun.start(context, "export", layout)
+        cfg = run.config
+        done = run.execute(lambda: export_step(fitted_posterior, cfg, run.out_dir), outputs=lambda: _export_files(cfg, run))
+        files = export_paths(cfg, run.out_dir, cfg.contrast_fates)
+        md = meta.export_metadata(files, cfg.contrast_fate)
+        outputs = _export_files(cfg, run)
+        common_md = run.record(done.reused, outputs, metrics={"qc": md["QC offsets"].value}, row_counts=meta.row_counts(outputs))
+        return dg.MaterializeResult(data_version=dg.DataVersion(run.version), metadata={**common_md, **md})
+
+    # ------------------------------------------------------------------ mash
+    @dg.asset(
+        key=key("mash_outputs"),
+        deps=[key("daywise_exports"), *layout.settings_deps("mash")],
+        **spec("mash_outputs", "mash"),
+        **common,
+    )
+    def mash_outputs_asset(context: AssetExecutionContext) -> dg.MaterializeResult:
+        run = StepRun.start(context, "mash", layout)
+        cfg = run.config
+        planned = mash_outputs(cfg, run.out_dir)
+        done = run.execute(lambda: mash_step(cfg, run.out_dir), outputs=lambda: planned.all_paths)
+        messages = done.value.messages if done.value is not None else []
+        tables = {}
+        if not done.reused:
+            for (level, mode, fate), path in planned.files.items():
+                df = read_csv(path, what="mash table", dtype={"gene": str, "guide": str})
+                tables.setdefault(f"mash_{level}", []).append(df.assign(mode=mode, fate=fate))
+            for fate, path in planned.ash_files.items():
+                tables.setdefault("ash_gene_summary", []).append(read_csv(path, dtype={"gene": str}).assign(fate=fate))
+        joined = {name: pd.concat(parts, ignore_index=True) for name, parts in tables.items()}
+        counts = meta.row_counts(planned.all_paths)
+        sig = {f"{level}_{mode}_{fate}": meta.significant_rows(p, cfg.mash_lfsr_thresh_day) for (level, mode, fate), p in planned.files.items()}
+        common_md = run.record(done.reused, planned.all_paths, metrics={"significant_rows": sig}, row_counts=counts, tables=joined)
+        md = meta.mash_metadata(planned.files, cfg.mash_lfsr_thresh_day, messages)
+        return dg.MaterializeResult(data_version=dg.DataVersion(run.version), metadata={**common_md, **md})
+
+    # ------------------------------------------------------------------ aggregate
+    @dg.asset(
+        key=key("aggregated_genes"),
+        deps=[key("mash_outputs"), *layout.settings_deps("aggregate")],
+        **spec("aggregated_genes", "aggregate"),
+        **common,
+    )
+    def aggregated_genes(context: AssetExecutionContext) -> dg.MaterializeResult:
+        run = StepRun.start(context, "aggregate", layout)
+        cfg = run.config
+        paths = aggregate_paths(cfg, run.out_dir)
+        done = run.execute(lambda: aggregate_step(cfg, run.out_dir), outputs=lambda: list(paths.values()))
+        md = meta.aggregate_metadata(paths)
+        tables = {}
+        if not done.reused:
+            tables["gene_from_guide_mash"] = pd.concat(
+                [read_csv(p, dtype={"gene": str, "active_days": str}).assign(mode=m) for m, p in paths.items()], ignore_index=True
+            )
+        metrics = {k: v.value for k, v in md.items()}
+        common_md = run.record(done.reused, list(paths.values()), metrics=metrics, row_counts=meta.row_counts(paths.values()), tables=tables)
+        return dg.MaterializeResult(data_version=dg.DataVersion(run.version), metadata={**common_md, **md})
+
+    # ------------------------------------------------------------------ rank
+    @dg.asset(
+        key=key("ranked_hits"),
+        deps=[key("mash_outputs"), key("aggregated_genes"), key("daywise_exports"), *layout.settings_deps("rank")],
+        **spec("ranked_hits", "rank"),
+        **common,
+    )
+    def ranked_hits(context: AssetExecutionContext) -> dg.MaterializeResult:
+        run = StepRun.start(context, "rank", layout)
+        cfg = run.config
+        outputs = rank_outputs(cfg, run.out_dir)
+        done = run.execute(
+            lambda: rank_step(cfg, run.out_dir),
+            outputs=lambda: outputs,
+            metrics=lambda r: {"n_hits": int(r.hits["hit_anyday"].sum())},
+        )
+        hits = read_csv(outputs[0], what="hits", dtype={"gene": str, "active_days": str, "active_days_any": str})
+        comparison = read_csv(outputs[1], what="mode comparison")
+        n_hits = int(hits["hit_anyday"].astype(bool).sum())
+        tables = {} if done.reused else {"hits": hits, "mash_mode_comparison": comparison}
+        common_md = run.record(
+            done.reused, outputs, metrics={"n_hits": n_hits, "n_genes": len(hits)}, row_counts=meta.row_counts(outputs), tables=tables
+        )
+        md = meta.rank_metadata(hits, comparison, cfg.mash_default_mode)
+        return dg.MaterializeResult(data_version=dg.DataVersion(run.version), metadata={**common_md, **md})
+
+    assets = [load_experiment, fitted_posterior, daywise_exports, mash_outputs_asset, aggregated_genes, ranked_hits]
+
+    # ------------------------------------------------------------------ diagnostics
+    if include_diagnostics:
+
+        @dg.asset(
+            key=key("diagnostics"),
+            ins={"filtered_cells": dg.AssetIn(key("filtered_cells")), "guide_embeddings": dg.AssetIn(key("guide_embeddings"))},
+            deps=layout.settings_deps("diagnostics"),
+            output_required=False,
+            **spec("diagnostics", "diagnostics"),
+            **common,
+        )
+        def diagnostics(context: AssetExecutionContext, filtered_cells, guide_embeddings):
+            run = StepRun.start(context, "diagnostics", layout)
+            cfg = run.config
+            if not cfg.run_diagnostics:
+                context.log.info("run_diagnostics is false: diagnostics not materialized")
+                return
+            experiment = Experiment(filtered_cells[0], guide_embeddings, filtered_cells[1])
+            path = run.out_dir / "diagnostics.json"
+            done = run.execute(lambda: diagnostics_step(experiment, cfg, run.out_dir), outputs=lambda: [path])
+            summary = json.loads(path.read_text())
+            common_md = run.record(done.reused, [path], metrics=summary if isinstance(summary, dict) else {})
+            yield dg.MaterializeResult(
+                data_version=dg.DataVersion(run.version),
+                metadata={**common_md, "summary": dg.MetadataValue.json(summary)},
+            )
+
+        assets.append(diagnostics)
+    return assets
+
+
+def chain_asset_names(include_diagnostics: bool = True) -> Sequence[str]:
+    """Names of the chain's assets in chain order."""
+    names = ["filtered_cells", "guide_embeddings", "fitted_posterior", "daywise_exports", "mash_outputs",
+             "aggregated_genes", "ranked_hits"]
+    return [*names, "diagnostics"] if include_diagnostics else names
+
+
+__all__ = ["DESCRIPTIONS", "MASH_MODES", "build_chain", "chain_asset_names"]

@@ -1,0 +1,172 @@
+"""The simulation study: the chain on many simulations, scored against the truth.
+
+Every asset but ``recovery_summary`` is partitioned by ``<variant>|<seed>``
+(:class:`~fatebias_dagster.resources.study.Study`); a backfill over partitions runs many
+simulations at once. Per partition: ``study/simulated_experiment`` simulates with known
+truth, the chain (the same assets as the main chain, keys ``study/...``) analyses it,
+and ``study/recovery_scores`` scores the ranked hits against the truth
+(:func:`fatebias_core.evaluate.evaluate_files`). ``recovery_summary`` gathers every
+scored partition into one table and figure, in the format of ``fatebias sweep``
+(``sweep_results.csv``/``.png``, :func:`fatebias_core.sweep.plot_sweep`).
+"""
+
+import dataclasses
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+from dagster import AssetExecutionContext
+
+from fatebias_core.evaluate import evaluate_files
+from fatebias_core.io import read_csv, write_csv
+from fatebias_core.steps import file_hash
+from fatebias_core.sweep import plot_sweep
+
+from .. import metadata as meta
+from ..executors import fit_op_tags
+from ..lineage import utcnow
+from ..resources.study import Study
+from ..runner import CHAIN_RESOURCES, ChainLayout, append_lineage, manifest_lock
+from ..versions import input_files, step_versions
+from .chain import build_chain
+from .sources import build_simulated_experiment
+
+GROUP = "recovery_study"
+LAYOUT = ChainLayout(prefix=("study",), root=dg.AssetKey(["study", "simulated_experiment"]), settings_sources=False)
+SCORES_KEY = dg.AssetKey(["study", "recovery_scores"])
+SUMMARY_KEY = dg.AssetKey("recovery_summary")
+EVALUATE_CODE_VERSION = "1"
+SUMMARY_CODE_VERSION = "1"
+SCORE_FILES = ("daywise_confusion.csv", "pred_call_summary.json")
+
+
+def _nan(x: Any) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def score_row(summary: dict[str, Any]) -> dict[str, Any]:
+    """The scores of one run, in the columns of ``fatebias sweep``'s results table."""
+    row: dict[str, Any] = {}
+    for level, prefix in (("overall", "daywise"), ("anyday", "anyday")):
+        for metric in ("precision", "recall", "f1", "fpr"):
+            row[f"{prefix}_{metric}"] = _nan(summary["scores"].get(level, {}).get(metric))
+    counts = summary["counts"]
+    row.update(
+        n_hits=summary["n_hits"],
+        n_called_gene_days=counts["n_called_gene_days"],
+        n_true_active_genes=counts["n_true_active_genes"],
+        n_true_active_gene_days=counts["n_true_active_gene_days"],
+    )
+    return row
+
+
+def build_recovery_assets(study: Study) -> list[dg.AssetsDefinition]:
+    """The study's assets for ``study``'s partitions."""
+    partitions = study.partitions_def()
+    sim = build_simulated_experiment(LAYOUT.root, partitions_def=partitions, group_name=GROUP)
+    chain = build_chain(LAYOUT, partitions_def=partitions, group_name=GROUP, fit_op_tags=fit_op_tags(), include_diagnostics=False)
+
+    @dg.asset(
+        key=SCORES_KEY,
+        deps=[LAYOUT.key("ranked_hits"), LAYOUT.root],
+        partitions_def=partitions,
+        group_name=GROUP,
+        code_version=EVALUATE_CODE_VERSION,
+        kinds={"pandas", "csv"},
+        description="Recovery of the simulated truth by one partition's ranked hits (MODEL.md 11): TP, FP, FN, TN, "
+        "precision, recall, F1 and FPR per day, pooled and any-day: daywise_confusion.csv, pred_call_summary.json.",
+        required_resource_keys=set(CHAIN_RESOURCES),
+    )
+    def recovery_scores(context: AssetExecutionContext) -> dg.MaterializeResult:
+        started = utcnow()
+        r = context.resources
+        key = context.partition_key
+        folder = r.experiment.run_folder(key, **r.compute.overrides(), **r.mash.overrides())
+        run, _ = r.experiment.sweep_run(key)
+        truth = r.experiment.partition_dir(key) / "truth_daywise.csv"
+        hits = folder.out_dir / "hits_ranked.csv"
+        cfg = folder.config
+        ev = evaluate_files(hits, truth, folder.out_dir, truth_thresh=cfg.sim_truth_thresh, config=cfg)
+        with manifest_lock(folder.out_dir) as manifest:
+            rank_version = manifest.steps.get("rank", {}).get("version") or step_versions(cfg)["rank"]
+        payload = [EVALUATE_CODE_VERSION, rank_version, file_hash(truth), cfg.sim_truth_thresh]
+        version = hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
+        row = {"partition": str(key), "scenario": Study.variant(run), "seed": run.seed, **score_row(ev.summary)}
+        with manifest_lock(folder.out_dir) as manifest:
+            manifest.record("evaluate", version, [folder.out_dir / n for n in SCORE_FILES], row)
+        confusion = ev.confusion.assign(scenario=row["scenario"], seed=run.seed)
+        common = append_lineage(
+            context, folder, asset_key=SCORES_KEY, step="evaluate", started_at=started, data_version=version,
+            code_version=EVALUATE_CODE_VERSION, settings={"sim_truth_thresh": cfg.sim_truth_thresh},
+            upstream_versions={LAYOUT.key("ranked_hits").to_user_string(): rank_version},
+            lineage={SCORES_KEY.to_user_string(): version, LAYOUT.key("ranked_hits").to_user_string(): rank_version},
+            input_files=input_files(cfg) + [str(truth)], input_version=file_hash(truth),
+            outputs=list(ev.paths.values()), metrics={k: v for k, v in row.items() if not _is_nan(v)},
+            tables={"recovery_scores": confusion},
+        )
+        md = {k: dg.MetadataValue.float(float(v)) for k, v in row.items() if k.endswith(("precision", "recall", "f1")) and not _is_nan(v)}
+        md["confusion"] = dg.MetadataValue.md(meta.markdown_table(ev.confusion, max_rows=len(ev.confusion)))
+        return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={**common, **md})
+
+    @dg.asset(
+        key=SUMMARY_KEY,
+        deps=[dg.AssetDep(SCORES_KEY, partition_mapping=dg.AllPartitionMapping())],
+        group_name=GROUP,
+        code_version=SUMMARY_CODE_VERSION,
+        kinds={"pandas", "matplotlib"},
+        description="Every scored partition of the study in one table and figure: recovery_summary.csv (one row "
+        "per simulation: variant, seed, daywise and any-day precision, recall, F1, FPR) and recovery_summary.png.",
+        required_resource_keys=set(CHAIN_RESOURCES),
+    )
+    def recovery_summary(context: AssetExecutionContext) -> dg.MaterializeResult:
+        started = utcnow()
+        res = context.resources.experiment
+        study = res.load()
+        rows, versions = [], {}
+        for key in partitions.get_partition_keys():
+            out = Path(res.run_folder(key).out_dir)
+            with manifest_lock(out) as manifest:
+                rec = manifest.steps.get("evaluate")
+            if rec and all((out / n).exists() for n in SCORE_FILES):
+                rows.append(rec["metrics"])
+                versions[f"{SCORES_KEY.to_user_string()}[{key}]"] = rec["version"]
+        if not rows:
+            raise dg.Failure("no partition of study/recovery_scores is materialized yet: backfill some partitions first")
+        table = pd.DataFrame(rows)
+        for dim in study.spec.varied:
+            if dim != "scenario" and dim not in table:
+                # Grid values are part of the variant label: spell them out as columns for the figure.
+                table[dim] = [dict(p.split("=", 1) for p in v.split("+") if "=" in p).get(dim) for v in table["scenario"]]
+                table[dim] = pd.to_numeric(table[dim], errors="ignore")
+        root = res.study_root()
+        csv = write_csv(table, root / "recovery_summary.csv")
+        png = plot_sweep(table, study.spec, root / "recovery_summary.png")
+        version = hashlib.sha256(json.dumps([SUMMARY_CODE_VERSION, sorted(versions.items())]).encode()).hexdigest()[:16]
+        first = res.run_folder(partitions.get_partition_keys()[0])
+        summary_folder = dataclasses.replace(first, out_dir=root, partition_key=None)
+        common = append_lineage(
+            context, summary_folder, asset_key=SUMMARY_KEY, step="summarise", started_at=started, data_version=version,
+            code_version=SUMMARY_CODE_VERSION, settings={"study": study.spec.to_dict()}, upstream_versions=versions,
+            lineage={SUMMARY_KEY.to_user_string(): version, **versions}, input_files=[], input_version="",
+            outputs=[csv, png], row_counts={csv.name: len(table)}, metrics={"partitions": len(table)},
+            tables={"recovery_summary": table},
+        )
+        shown = read_csv(csv, what="recovery summary")
+        cols = [c for c in ("scenario", "seed", "daywise_precision", "daywise_recall", "anyday_precision", "anyday_recall", "anyday_fpr") if c in shown]
+        md = {
+            "partitions scored": dg.MetadataValue.int(len(table)),
+            "of": dg.MetadataValue.int(len(partitions.get_partition_keys())),
+            "scores": dg.MetadataValue.md(meta.markdown_table(shown[cols], max_rows=50)),
+            "figure": meta.image_markdown(png, "recovery summary"),
+        }
+        return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={**common, **md})
+
+    return [sim, *chain, recovery_scores, recovery_summary]
+
+
+def _is_nan(v: Any) -> bool:
+    return isinstance(v, float) and math.isnan(v)

@@ -1,0 +1,82 @@
+"""The main code location: the chain on the experiment named by ``FATEBIAS_CONFIG``.
+
+Environment (every variable optional):
+
+=============================  ==============================================================
+``FATEBIAS_CONFIG``            fatebias YAML. Unset, or naming no ``adata_path``: the simulated
+                               demo (``simulated_experiment`` writes it to ``FATEBIAS_DEMO_DIR``,
+                               default ``./fatebias_demo``).
+``FATEBIAS_DEVICE``            torch device of the fit (auto | cpu | cuda).
+``FATEBIAS_MASH_BACKEND``      native | r.
+``FATEBIAS_LINEAGE_DB``        lineage DuckDB file (default ``<out_dir>/lineage.duckdb``).
+``FATEBIAS_EXECUTOR``          multiprocess | in_process | dask (:mod:`.executors`).
+``FATEBIAS_OBSERVE_INTERVAL``  seconds between checks of the files and settings (30).
+``FATEBIAS_AUTOMATION_INTERVAL``  seconds between automation evaluations (30).
+=============================  ==============================================================
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from .assets.chain import build_chain
+from .assets.sources import build_sources
+from .automation import (
+    RERUN_ON_NEW_DATA,
+    build_automation_sensor,
+    build_change_sensor,
+    build_schedule,
+)
+from .executors import executor_from_env, fit_op_tags
+from .jobs import build_chain_job, build_observe_job
+from .resources import ComputeResource, ExperimentConfig, LineageStore, MashBackend
+from .runner import ChainLayout
+from .versions import EXPERIMENT_KEY, SIMULATED_KEY
+
+
+def chain_resources(experiment: ExperimentConfig | None = None) -> dict[str, object]:
+    """The resources of the main chain, from the environment unless ``experiment`` is given."""
+    return {
+        "experiment": experiment or ExperimentConfig.from_env(),
+        "compute": ComputeResource.from_env(),
+        "mash": MashBackend.from_env(),
+        "lineage": LineageStore.from_env(),
+    }
+
+
+def chain_assets(demo: bool, automation: bool = True) -> list:
+    """Sources and chain assets of the main code location."""
+    layout = ChainLayout(root=SIMULATED_KEY if demo else EXPERIMENT_KEY)
+    return [
+        *build_sources(demo),
+        *build_chain(layout, automation_condition=RERUN_ON_NEW_DATA if automation else None, fit_op_tags=fit_op_tags()),
+    ]
+
+
+def build_definitions(
+    experiment: ExperimentConfig | None = None, automation: bool = True, executor: dg.ExecutorDefinition | None = None
+) -> dg.Definitions:
+    """The main code location's definitions.
+
+    Parameters
+    ----------
+    experiment
+        The experiment resource (default: from the environment).
+    automation
+        Whether the chain assets carry the rerun-on-new-data automation condition.
+    executor
+        The executor (default: from ``FATEBIAS_EXECUTOR``).
+    """
+    resources = chain_resources(experiment)
+    demo = resources["experiment"].is_demo()
+    assets = chain_assets(demo, automation=automation)
+    chain_job = build_chain_job()
+    return dg.Definitions(
+        assets=assets,
+        resources=resources,
+        jobs=[chain_job, build_observe_job()],
+        schedules=[build_schedule(chain_job)],
+        sensors=[build_change_sensor(), build_automation_sensor(dg.AssetSelection.all())],
+        executor=executor or executor_from_env(),
+    )
+

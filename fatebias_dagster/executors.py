@@ -1,0 +1,91 @@
+"""The executor and GPU request of a deployment, chosen by environment variables.
+
+==========================  ==================================================================
+``FATEBIAS_EXECUTOR``       ``multiprocess`` (default: one process per step on this machine),
+                            ``in_process`` or ``dask`` (each step a task on a Dask cluster).
+``FATEBIAS_DASK_CLUSTER``   YAML file holding the dagster-dask ``cluster`` block, e.g.
+                            ``local: {n_workers: 2}``, ``existing: {address: tcp://host:8786}``
+                            or ``slurm: {cores: 8, memory: 32GB, ...}`` (dask-jobqueue).
+                            Default: a local cluster of 2 single-threaded worker processes.
+``FATEBIAS_GPU_REQUEST``    ``1``: the fit asks the executor for a GPU: the Dask task needs a
+                            worker resource ``GPU=1`` and the Kubernetes executor's pod
+                            requests ``nvidia.com/gpu: 1``.
+==========================  ==================================================================
+
+The same assets run under every executor; only this configuration differs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import yaml
+
+from fatebias_core.errors import ConfigError
+
+EXECUTOR_ENV = "FATEBIAS_EXECUTOR"
+DASK_CLUSTER_ENV = "FATEBIAS_DASK_CLUSTER"
+GPU_REQUEST_ENV = "FATEBIAS_GPU_REQUEST"
+
+DEFAULT_DASK_CLUSTER: dict[str, Any] = {"local": {"n_workers": 2, "processes": True}}
+
+#: The Kubernetes executor/run launcher reads this op tag for the fit's pod.
+K8S_GPU_TAG = {
+    "dagster-k8s/config": {
+        "container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}}},
+        "pod_spec_config": {"node_selector": {"nvidia.com/gpu.present": "true"}},
+    }
+}
+#: The Dask executor submits the fit only to workers started with ``--resources GPU=1``.
+DASK_GPU_TAG = {"dagster-dask/resource_requirements": json.dumps({"GPU": 1})}
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def dask_cluster_config() -> dict[str, Any]:
+    """The dagster-dask ``cluster`` block from ``FATEBIAS_DASK_CLUSTER`` (or the local default)."""
+    path = os.environ.get(DASK_CLUSTER_ENV)
+    if not path:
+        return DEFAULT_DASK_CLUSTER
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{DASK_CLUSTER_ENV}: file not found: {p}")
+    raw = yaml.safe_load(p.read_text())
+    raw = raw.get("cluster", raw) if isinstance(raw, dict) else raw
+    if not isinstance(raw, dict) or len(raw) != 1:
+        raise ConfigError(f"{p}: expected one cluster type, e.g. 'local: {{n_workers: 2}}' or 'slurm: {{...}}'")
+    return raw
+
+
+def executor_from_env() -> dg.ExecutorDefinition:
+    """The deployment's executor (``FATEBIAS_EXECUTOR``)."""
+    kind = (os.environ.get(EXECUTOR_ENV) or "multiprocess").strip().lower()
+    if kind == "multiprocess":
+        # forkserver with the chain's imports (torch, pyro) preloaded: steps start in
+        # milliseconds rather than seconds.
+        preload = ["dagster", "fatebias_dagster.assets.chain"]
+        return dg.multiprocess_executor.configured(
+            {"start_method": {"forkserver": {"preload_modules": preload}}}, name="multiprocess"
+        )
+    if kind == "in_process":
+        return dg.in_process_executor
+    if kind == "dask":
+        from dagster_dask import dask_executor
+
+        return dask_executor.configured({"cluster": dask_cluster_config()}, name="dask")
+    raise ConfigError(f"{EXECUTOR_ENV} must be multiprocess, in_process or dask, got {kind!r}")
+
+
+def fit_op_tags() -> dict[str, Any]:
+    """Op tags of the fit: always ``gpu``; the executors' GPU requests when ``FATEBIAS_GPU_REQUEST`` is set."""
+    tags: dict[str, Any] = {"gpu": "1"}
+    if _truthy(os.environ.get(GPU_REQUEST_ENV)):
+        tags.update(K8S_GPU_TAG)
+        tags.update(DASK_GPU_TAG)
+    return tags

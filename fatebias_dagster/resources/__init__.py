@@ -1,0 +1,17 @@
+"""Resources of the platform: experiment configuration, compute device, mash backend, lineage store."""
+
+from .compute import ComputeResource
+from .experiment import ExperimentConfig, RunFolder
+from .lineage import LineageStore
+from .mash import MashBackend
+from .study import Study, StudyConfig
+
+__all__ = [
+    "ComputeResource",
+    "ExperimentConfig",
+    "LineageStore",
+    "MashBackend",
+    "RunFolder",
+    "Study",
+    "StudyConfig",
+]

@@ -1,0 +1,109 @@
+"""Data versions: the same step versions ``fatebias run`` uses, reported to Dagster.
+
+fatebias_core.steps defines a step's *version* as a hash of its code version, the
+settings it reads, its upstream steps' versions and (for loading) the input files'
+content hash. The platform reports exactly that as each asset's data version, and
+models the two kinds of change that make a step stale as observable sources:
+
+* ``experiment``: the input files, data version = their content hash;
+* ``settings/<step>``: the settings one step reads, data version = their hash.
+
+Editing only a ranking threshold therefore gives ``settings/rank`` (and
+``settings/aggregate``, which calls days with the same thresholds) a new data version,
+and Dagster marks ``aggregated_genes`` and ``ranked_hits`` stale, not the fit.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from fatebias_core.config import FatebiasConfig
+from fatebias_core.steps import CODE_VERSIONS, UPSTREAM, input_version, step_settings
+from fatebias_core.steps import step_versions as core_step_versions
+
+#: Chain assets of each fatebias_core step, in chain order.
+STEP_ASSETS: dict[str, tuple[str, ...]] = {
+    "load": ("filtered_cells", "guide_embeddings"),
+    "fit": ("fitted_posterior",),
+    "export": ("daywise_exports",),
+    "mash": ("mash_outputs",),
+    "aggregate": ("aggregated_genes",),
+    "rank": ("ranked_hits",),
+    "diagnostics": ("diagnostics",),
+}
+ASSET_STEP = {name: step for step, names in STEP_ASSETS.items() for name in names}
+
+#: Steps with a settings source (every chain step).
+SETTINGS_STEPS = tuple(STEP_ASSETS)
+
+EXPERIMENT_KEY = dg.AssetKey("experiment")
+SIMULATED_KEY = dg.AssetKey("simulated_experiment")
+
+#: Settings that shape the simulated demo's files.
+SIMULATION_SETTINGS = "simulation"
+
+
+def settings_key(step: str) -> dg.AssetKey:
+    """The observable source of ``step``'s settings."""
+    return dg.AssetKey(["settings", step])
+
+
+def simulation_settings() -> list[str]:
+    """Settings the simulator reads: every ``sim_*`` setting and the file layout keys."""
+    layout = ["fates", "ref_fate", "contrast_fate", "fate_prob_key", "guide_key", "covar_key", "rep_key", "day_key"]
+    return [f for f in FatebiasConfig.model_fields if f.startswith("sim_")] + layout
+
+
+def settings_fields(step: str) -> list[str]:
+    """Names of the settings ``step`` reads (``simulation`` included)."""
+    return simulation_settings() if step == SIMULATION_SETTINGS else step_settings(step)
+
+
+def settings_version(config: FatebiasConfig, step: str) -> str:
+    """Data version of ``settings/<step>``: the hash of the settings the step reads."""
+    return config.hash(settings_fields(step))
+
+
+def settings_values(config: FatebiasConfig, step: str) -> dict[str, object]:
+    """The settings ``step`` reads, name -> value."""
+    data = config.model_dump(mode="json")
+    return {k: data[k] for k in settings_fields(step)}
+
+
+def input_files(config: FatebiasConfig) -> list[str]:
+    """The experiment's input files (AnnData and guide map)."""
+    return [str(p) for p in (config.adata_path, config.guide_map_csv) if p]
+
+
+def step_versions(config: FatebiasConfig) -> dict[str, str]:
+    """Every step's version for the current settings and files (fatebias_core.steps)."""
+    return core_step_versions(config, input_version(config))
+
+
+def upstream_closure(step: str) -> list[str]:
+    """``step`` and every step it reads from, transitively."""
+    seen: list[str] = []
+    stack = [step]
+    while stack:
+        s = stack.pop()
+        if s not in seen:
+            seen.append(s)
+            stack.extend(UPSTREAM[s])
+    return seen
+
+
+__all__ = [
+    "ASSET_STEP",
+    "CODE_VERSIONS",
+    "EXPERIMENT_KEY",
+    "SETTINGS_STEPS",
+    "SIMULATED_KEY",
+    "STEP_ASSETS",
+    "input_files",
+    "input_version",
+    "settings_key",
+    "settings_values",
+    "settings_version",
+    "step_versions",
+    "upstream_closure",
+]

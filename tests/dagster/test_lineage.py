@@ -1,0 +1,134 @@
+"""The DuckDB lineage store: rows, results tables, many writers, a database held open elsewhere."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from datetime import timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fatebias_dagster.lineage import CHANGES_SQL, PROVENANCE_SQL, LineageDB, LineageRow, utcnow
+
+
+def make_row(asset: str = "ranked_hits", version: str = "v1", run: str = "r1", **kw) -> LineageRow:
+    now = utcnow()
+    data = dict(
+        asset_key=asset, run_id=run, step="rank", started_at=now, finished_at=now, data_version=version,
+        code_version="1", config_hash="c1", settings={"mash_lfsr_thresh_day": 0.05},
+        upstream_versions={"mash_outputs": "m1"}, lineage={asset: version}, input_files=["/d/adata.h5ad"],
+        input_version="i1", out_dir="/out", output_paths=["/out/hits_ranked.csv"], row_counts={"hits_ranked.csv": 3},
+        metrics={"n_hits": 2, "nan": float("nan")}, config={"seed": 0},
+    )
+    data.update(kw)
+    return LineageRow(**data)
+
+
+def test_append_row_and_results_table(tmp_path: Path) -> None:
+    db = LineageDB(tmp_path / "lineage.duckdb")
+    hits = pd.DataFrame({"gene": ["A", "B"], "hit_anyday": [True, False], "active_days": ["d0", None]})
+    assert db.append(make_row(), {"hits": hits})
+    rows = db.query("SELECT asset_key, run_id, data_version, metrics ->> 'n_hits' AS n, metrics ->> 'nan' AS nan, "
+                    "input_files[1] AS f FROM materializations")
+    assert rows.to_dict("records") == [{"asset_key": "ranked_hits", "run_id": "r1", "data_version": "v1", "n": "2",
+                                        "nan": None, "f": "/d/adata.h5ad"}]
+    got = db.query("SELECT run_id, data_version, gene, hit_anyday FROM hits ORDER BY gene")
+    assert got["gene"].tolist() == ["A", "B"] and set(got["run_id"]) == {"r1"} and got["hit_anyday"].tolist() == [True, False]
+
+
+def test_results_table_gains_columns_and_text(tmp_path: Path) -> None:
+    """A later run's table with a new column, or text where there were only missing values, is appended."""
+    db = LineageDB(tmp_path / "lineage.duckdb")
+    db.append(make_row(run="r1"), {"hits": pd.DataFrame({"gene": ["A"], "active_days": [float("nan")]})})
+    db.append(make_row(run="r2"), {"hits": pd.DataFrame({"gene": ["B"], "active_days": ["d1"], "extra": [1.5]})})
+    got = db.query("SELECT run_id, gene, active_days, extra FROM hits ORDER BY run_id")
+    assert got["active_days"].tolist()[1] == "d1" and got["extra"].isna().tolist() == [True, False]
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from tests.dagster.test_lineage import make_row
+    from fatebias_dagster.lineage import LineageDB
+    import pandas as pd
+    db = LineageDB(sys.argv[1])
+    for i in range(int(sys.argv[3])):
+        db.append(make_row(run=f"{sys.argv[2]}-{i}"), {"hits": pd.DataFrame({"gene": ["A", "B"]})})
+    """
+)
+
+
+def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
+    """Two processes appending at the same time: every row and every results row arrives."""
+    path = tmp_path / "lineage.duckdb"
+    n = 25
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(path), name, str(n)], cwd=Path(__file__).parents[2])
+        for name in ("a", "b")
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    db = LineageDB(path)
+    counts = db.query("SELECT split_part(run_id, '-', 1) AS w, count(*) AS n FROM materializations GROUP BY 1 ORDER BY 1")
+    assert counts["n"].tolist() == [n, n]
+    assert db.query("SELECT count(DISTINCT run_id) AS n FROM materializations")["n"][0] == 2 * n
+    assert db.query("SELECT count(*) AS n FROM hits")["n"][0] == 4 * n
+
+
+HOLDER = textwrap.dedent(
+    """
+    import sys, time, duckdb
+    con = duckdb.connect(sys.argv[1])
+    print("holding", flush=True)
+    sys.stdin.readline()
+    con.close()
+    """
+)
+
+
+def test_database_held_by_another_program_spools_then_flushes(tmp_path: Path) -> None:
+    """A DuckDB shell holding the file: the row is spooled, not lost, and written on the next access."""
+    path = tmp_path / "lineage.duckdb"
+    db = LineageDB(path, timeout_s=0.5)
+    db.append(make_row(run="before"))
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        assert db.append(make_row(run="while-held"), {"hits": pd.DataFrame({"gene": ["A"]})}) is False
+        assert len(list(db.spool_dir.glob("*.json"))) == 1
+    finally:
+        holder.communicate("\n", timeout=30)
+    runs = db.query("SELECT run_id FROM materializations ORDER BY recorded_at")["run_id"].tolist()
+    assert runs == ["before", "while-held"]
+    assert db.query("SELECT count(*) AS n FROM hits")["n"][0] == 1
+    assert not list(db.spool_dir.glob("*.json"))
+
+
+def test_readme_queries(tmp_path: Path) -> None:
+    """The provenance query follows the hit list's lineage; the changes query compares with a week ago."""
+    db = LineageDB(tmp_path / "lineage.duckdb")
+    week_ago = utcnow() - timedelta(days=8)
+    lineage = {"filtered_cells": "L", "fitted_posterior": "F", "ranked_hits": "R2"}
+    db.append(make_row("filtered_cells", "L", step="load", lineage={"filtered_cells": "L"}, input_files=["/d/a.h5ad", "/d/map.csv"]))
+    db.append(make_row("fitted_posterior", "F", step="fit", lineage={"filtered_cells": "L", "fitted_posterior": "F"},
+                       settings={"num_steps": 150}))
+    db.append(make_row("fitted_posterior", "OTHER", step="fit", lineage={"fitted_posterior": "OTHER"}))
+    db.append(make_row("ranked_hits", "R1", config={"seed": 0, "mash_lfsr_thresh_day": 0.05}, input_version="i0",
+                       started_at=week_ago, finished_at=week_ago))
+    db.append(make_row("ranked_hits", "R2", lineage=lineage, config={"seed": 0, "mash_lfsr_thresh_day": 0.01}))
+    prov = db.query(PROVENANCE_SQL)
+    assert prov["asset_key"].tolist() == ["filtered_cells", "fitted_posterior", "ranked_hits"]
+    assert prov["data_version"].tolist() == ["L", "F", "R2"]
+    assert list(prov["input_files"][0]) == ["/d/a.h5ad", "/d/map.csv"]
+    changes = db.query(CHANGES_SQL)
+    assert dict(zip(changes["what"], zip(changes["last_week"], changes["now"], strict=True), strict=True)) == {
+        "input files": ("i0", "i1"),
+        "mash_lfsr_thresh_day": ("0.05", "0.01"),
+    }
+
+
+def test_query_without_database(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no lineage database"):
+        LineageDB(tmp_path / "none.duckdb").query("SELECT 1")
