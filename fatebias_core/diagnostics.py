@@ -790,6 +790,12 @@ def run_diagnostics(
     t0 = time.perf_counter()
     out = Path(out_dir)
     heldout = heldout_comparison(experiment, config) if "heldout" in parts else None
+    if heldout is not None:  # shown now: the permutation control that follows takes as long again
+        s = heldout.scores
+        log.info(
+            "held-out cross-entropy: full %.5f, nuisance-only %.5f, difference %.5f +/- %.5f",
+            s.ce_full, s.ce_nuisance, s.difference, s.difference_se,
+        )
     permutation = permutation_control(experiment, config, out) if "permutation" in parts else None
     fallback = heldout.full_fit if heldout is not None else None
     sanity = sanity_checks(config, out, fallback) if "sanity" in parts else None
