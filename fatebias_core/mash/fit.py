@@ -112,7 +112,7 @@ def mash(
         grid = autoselect_grid(data.Bhat, data.Shat, gridmult)
     U = normalize_covariances(covariances) if normalize_u else covariances
     xprior = expand_covariances(U, grid, usepointmass)
-    ll = loglik_matrix(data, xprior.matrices, chunk_rows)
+    ll = loglik_matrix(data, xprior, chunk_rows)
     lfactors = ll.max(axis=1)
     null_ll = ll[:, 0].copy() if usepointmass else None
     ll -= lfactors[:, None]
@@ -123,9 +123,9 @@ def mash(
     if not res.converged:
         raise FitError(f"mixture weights did not converge (KKT residual {res.kkt_residual:.2e})")
     pi = res.x
-    keep = pi > pi_thresh
+    keep = np.flatnonzero(pi > pi_thresh)
     post_w = compute_posterior_weights(pi[keep], lik[:, keep])
-    posterior = compute_posterior_matrices(data, xprior.matrices[keep], post_w, chunk_rows)
+    posterior = compute_posterior_matrices(data, xprior, keep, post_w, chunk_rows)
     loglik = float(np.sum(np.log(lik @ pi) + lfactors))
     null_loglik = float(null_ll.sum()) if null_ll is not None else None
     if not math.isfinite(loglik):

@@ -3,8 +3,9 @@
 For component p with prior covariance U and marginal covariance A = U + Sigma_j
 (Sigma_j = diag(s_j) V diag(s_j)), the posterior of b_j is normal with mean
 U A^{-1} bhat_j and covariance U - U A^{-1} U. A condition where the component's
-posterior variance is exactly zero (the point mass; a singleton's other conditions)
-contributes to the probability of zero (lfdr), not to the negative probability.
+posterior variance is exactly zero (the point mass; a condition on which U is zero,
+such as a singleton's other conditions) contributes to the probability of zero
+(lfdr), not to the negative probability, as in mashr.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from .data import MashData
-from .likelihood import block_cholesky, row_blocks
+from .likelihood import MixturePrior, row_blocks, whiten
 
 
 @dataclass(frozen=True)
@@ -56,45 +57,57 @@ def compute_posterior_weights(pi: np.ndarray, lik: np.ndarray) -> np.ndarray:
 
 def compute_posterior_matrices(
     data: MashData,
-    matrices: np.ndarray,
+    prior: MixturePrior,
+    components: np.ndarray,
     posterior_weights: np.ndarray,
     chunk_rows: int = 50_000,
 ) -> PosteriorMatrices:
     """Posterior mean, SD, lfsr, lfdr and negative probability per unit and condition.
 
+    In the whitened frame of :mod:`.likelihood`, component (omega, U_k) gives the
+    posterior mean G s.z and variances G^2 s with s = omega^2 lambda / (1 + omega^2
+    lambda), G = C Q; there is no difference of large numbers, so no cancellation.
+
     Parameters
     ----------
     data
         The mash data.
-    matrices
-        (P, R, R) prior covariances of the components kept.
+    prior
+        The expanded prior.
+    components
+        (P',) indices of the components kept (weight above ``pi_thresh``).
     posterior_weights
-        (J, P) posterior component probabilities.
+        (J, P') posterior component probabilities, columns matching ``components``.
     chunk_rows
         Upper bound on the rows per block.
     """
     J, R = data.Bhat.shape
-    P = matrices.shape[0]
-    mean = np.empty((J, R))
-    mean2 = np.empty((J, R))
-    zero = np.empty((J, R))
-    neg = np.empty((J, R))
-    Ucols = [[matrices[None, :, i, c] for i in range(R)] for c in range(R)]
-    for rows in row_blocks(J, P, chunk_rows):
-        chol = block_cholesky(data, rows, matrices)
-        z = chol.solve([data.Bhat[rows, r][:, None] for r in range(R)])  # A^{-1} bhat
+    K = len(prior.covariances)
+    mean = np.zeros((J, R))
+    mean2 = np.zeros((J, R))
+    zero = np.zeros((J, R))
+    neg = np.zeros((J, R))
+    parts = [prior.component(int(p)) for p in components]
+    for rows in row_blocks(J, K * R * R, chunk_rows):
+        wb = whiten(data, rows, prior.covariances, with_G=True)
         wts = posterior_weights[rows]
-        for c in range(R):
-            mu = sum(matrices[None, :, c, i] * z[i] for i in range(R))
-            W = chol.forward(Ucols[c])  # L^{-1} U[:, c]
-            var = matrices[None, :, c, c] - sum(v * v for v in W)
-            var = np.maximum(var, 0.0)
-            is_zero = var == 0.0
+        for c, (g, k) in enumerate(parts):
+            w = wts[:, c][:, None]
+            if k < 0:  # the point mass: exactly zero in every condition
+                zero[rows] += w
+                continue
+            o2 = prior.grid[g] ** 2
+            shrink = o2 * wb.lam[k] / (1.0 + o2 * wb.lam[k])  # (m, R)
+            mu = np.einsum("mrs,ms->mr", wb.G[k], shrink * wb.z[k])
+            var = np.einsum("mrs,ms->mr", wb.G[k] ** 2, shrink)
+            is_zero = np.broadcast_to(wb.zero[k][None, :], mu.shape) | (var <= 0.0)
+            mu = np.where(is_zero, 0.0, mu)
+            var = np.where(is_zero, 0.0, var)
             with np.errstate(divide="ignore", invalid="ignore"):
                 pneg = np.where(is_zero, 0.0, ndtr(-mu / np.sqrt(var)))
-            mean[rows, c] = (wts * mu).sum(axis=1)
-            mean2[rows, c] = (wts * (mu * mu + var)).sum(axis=1)
-            zero[rows, c] = (wts * is_zero).sum(axis=1)
-            neg[rows, c] = (wts * pneg).sum(axis=1)
+            mean[rows] += w * mu
+            mean2[rows] += w * (mu * mu + var)
+            zero[rows] += w * is_zero
+            neg[rows] += w * pneg
     sd = np.sqrt(np.maximum(mean2 - mean**2, 0.0))
     return PosteriorMatrices(mean, sd, compute_lfsr(neg, zero), zero, neg)

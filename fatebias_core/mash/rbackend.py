@@ -1,0 +1,170 @@
+"""The ``r`` mash backend: the same modes run by R mashr through rpy2 (``mash_backend: r``).
+
+Needs the optional extra ``pip install fatebias[r]`` (rpy2) and an R with the mashr
+package. Standard-error inflation, the V regularisation and the fallback logic stay in
+:mod:`fatebias_core.mash.modes`, shared with the native backend; R runs
+``estimate_null_correlation_simple``, ``cov_canonical``, ``mash_1by1``,
+``cov_pca``, ``cov_ed`` and ``mash``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import FatebiasError, FitError
+from .data import MashData
+from .modes import BackendFit, ModeSettings
+from .null_correlation import NotEnoughNullDataError
+from .posterior import PosteriorMatrices
+
+_R_FIT = r"""
+function(B, S, V, conditions, prior, nullweight, usepointmass, datadriven,
+         npc, strong_thresh, min_strong) {
+  colnames(B) <- conditions
+  colnames(S) <- conditions
+  data <- mashr::mash_set_data(B, S, V = V)
+  U <- mashr::cov_canonical(data)
+  n_strong <- -1L
+  if (datadriven) {
+    m1 <- mashr::mash_1by1(data)
+    strong <- mashr::get_significant_results(m1, strong_thresh)
+    n_strong <- length(strong)
+    if (n_strong >= min_strong) {
+      U.pca <- mashr::cov_pca(data, npc, subset = strong)
+      U.ed <- mashr::cov_ed(data, U.pca, subset = strong)
+      U <- c(U, U.ed)
+    }
+  }
+  args <- list(data, U, prior = prior, usepointmass = usepointmass, verbose = FALSE)
+  if ("nullweight" %in% names(formals(mashr::mash))) args$nullweight <- nullweight
+  m <- do.call(mashr::mash, args)
+  pi <- mashr::get_estimated_pi(m)
+  list(mean = unname(mashr::get_pm(m)), sd = unname(mashr::get_psd(m)),
+       lfsr = unname(mashr::get_lfsr(m)), lfdr = unname(m$result$lfdr),
+       neg = unname(m$result$NegativeProb), loglik = mashr::get_loglik(m),
+       pi = unname(pi), pi_names = names(pi), cov_names = names(U),
+       n_strong = n_strong)
+}
+"""
+
+_R_NULLCOR = r"""
+function(B, S) mashr::estimate_null_correlation_simple(mashr::mash_set_data(B, S))
+"""
+
+
+def r_backend_available() -> tuple[bool, str]:
+    """Whether rpy2 imports and R loads mashr; the reason when not."""
+    try:
+        _r_session()
+    except FatebiasError as exc:
+        return False, str(exc)
+    return True, ""
+
+
+def _r_session() -> Any:
+    """Import rpy2, start R and load mashr, or raise one clear FatebiasError."""
+    try:
+        import rpy2.robjects as ro
+        from rpy2.robjects.packages import isinstalled
+    except Exception as exc:  # ImportError, or R itself missing/misconfigured
+        raise FatebiasError(
+            f"mash_backend 'r' needs rpy2 and R (pip install 'fatebias[r]'): {type(exc).__name__}: {exc}"
+        ) from None
+    if not isinstalled("mashr"):
+        raise FatebiasError("mash_backend 'r': the R package mashr is not installed in this R")
+    return ro
+
+
+class RBackend:
+    """R mashr through rpy2."""
+
+    name = "r"
+
+    def __init__(self) -> None:
+        ro = _r_session()
+        from rpy2.robjects import numpy2ri
+        from rpy2.robjects.conversion import localconverter
+
+        self._ro = ro
+        self._numpy2ri = numpy2ri
+        self._localconverter = localconverter
+        self._fit = ro.r(_R_FIT)
+        self._nullcor = ro.r(_R_NULLCOR)
+        self._error = _rpy2_error_type()
+
+    def _to_r(self, x: Any) -> Any:
+        """A numpy array as an R matrix/vector (inputs only; outputs are read explicitly)."""
+        if not isinstance(x, np.ndarray):
+            return x
+        conv = self._ro.default_converter + self._numpy2ri.converter
+        with self._localconverter(conv):
+            return self._ro.conversion.get_conversion().py2rpy(x)
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        return fn(*(self._to_r(a) for a in args))
+
+    def null_correlation(self, data: MashData) -> np.ndarray:
+        try:
+            V = self._call(self._nullcor, data.Bhat, data.Shat)
+        except self._error as exc:
+            if "not enough null data" in str(exc):
+                raise NotEnoughNullDataError(f"R mashr: {str(exc).strip()}") from None
+            raise FitError(f"R mashr estimate_null_correlation_simple failed: {str(exc).strip()}") from None
+        R = data.n_conditions
+        return _r_numeric(V).reshape((R, R), order="F")
+
+    def fit(self, data: MashData, settings: ModeSettings, datadriven: bool) -> BackendFit:
+        ro = self._ro
+        args = (
+            data.Bhat,
+            data.Shat,
+            data.V,
+            ro.StrVector(list(data.conditions)),
+            settings.prior,
+            float(settings.nullweight),
+            bool(settings.usepointmass),
+            bool(datadriven),
+            int(min(settings.npc, data.n_conditions)),
+            float(settings.strong_lfsr),
+            int(settings.min_strong),
+        )
+        try:
+            res = self._call(self._fit, *args)
+        except self._error as exc:
+            raise FitError(f"R mashr fit failed: {str(exc).strip()}") from None
+        J, R = data.Bhat.shape
+
+        def mat(name: str) -> np.ndarray:
+            # R matrices are stored column-major
+            return _r_numeric(res.rx2(name)).reshape((J, R), order="F")
+
+        posterior = PosteriorMatrices(mat("mean"), mat("sd"), mat("lfsr"), mat("lfdr"), mat("neg"))
+        pi = _r_numeric(res.rx2("pi"))
+        pi_names = [str(s) for s in res.rx2("pi_names")]
+        n_strong_raw = _r_numeric(res.rx2("n_strong"))[0]
+        n_strong = None if n_strong_raw < 0 else int(n_strong_raw)
+        return BackendFit(
+            posterior=posterior,
+            loglik=float(_r_numeric(res.rx2("loglik"))[0]),
+            weights=dict(zip(pi_names, (float(v) for v in pi), strict=True)),
+            covariance_names=tuple(str(s) for s in res.rx2("cov_names")),
+            n_strong=n_strong,
+        )
+
+
+def _r_numeric(x: Any) -> np.ndarray:
+    """An R numeric or integer vector or matrix as a flat float64 array."""
+    return np.array([float(v) for v in x], dtype=np.float64)
+
+
+def _rpy2_error_type() -> type[Exception]:
+    try:
+        from rpy2.rinterface_lib.embedded import RRuntimeError
+
+        return RRuntimeError
+    except ImportError:  # pragma: no cover - older rpy2
+        from rpy2.rinterface import RRuntimeError  # type: ignore[attr-defined,no-redef]
+
+        return RRuntimeError
