@@ -59,11 +59,17 @@ def mixsqp(
     L: np.ndarray,
     w: np.ndarray | None = None,
     x0: np.ndarray | None = None,
+    penalty: np.ndarray | None = None,
     tol: float = 1e-10,
     maxiter: int = 1000,
     numiter_em: int = 10,
 ) -> MixtureWeightsResult:
     """Maximum-likelihood mixture weights for a likelihood matrix.
+
+    Minimises ``-sum_i w_i log((L x)_i) - sum_k a_k log x_k + sum_k x_k`` over x >= 0,
+    with the row weights w and the penalty weights a normalised together. The penalty
+    is the contribution of ashr's extra identity rows (see :func:`fit_mixture_weights`),
+    handled analytically so that the likelihood matrix is never copied.
 
     Parameters
     ----------
@@ -73,6 +79,8 @@ def mixsqp(
         (n,) non-negative row weights; equal when ``None``.
     x0
         Starting weights; uniform when ``None``.
+    penalty
+        (m,) non-negative weights a_k of the log x_k terms; none when ``None``.
     tol
         Convergence threshold on the KKT residual.
     maxiter
@@ -84,38 +92,41 @@ def mixsqp(
     -------
     MixtureWeightsResult
     """
-    L = np.asarray(L, dtype=np.float64)
     n, m = L.shape
-    w = np.full(n, 1.0 / n) if w is None else np.asarray(w, dtype=np.float64) / float(np.sum(w))
+    w = np.ones(n) if w is None else np.asarray(w, dtype=np.float64)
+    a = np.zeros(m) if penalty is None else np.asarray(penalty, dtype=np.float64)
+    total = float(w.sum() + a.sum())
+    w, a = w / total, a / total
     x = np.full(m, 1.0 / m) if x0 is None else np.asarray(x0, dtype=np.float64) / float(np.sum(x0))
-    if not np.all(np.isfinite(L)) or (L < 0).any():
+    # sum and min instead of elementwise masks: no n x m temporaries
+    if not np.isfinite(L.sum()) or L.min() < 0:
         raise FitError("mixture likelihood matrix has negative or non-finite entries")
     if m == 1:
-        return MixtureWeightsResult(np.ones(1), _objective(L, w, np.ones(1)), 0, 0.0, True)
+        return MixtureWeightsResult(np.ones(1), _objective(L, w, a, np.ones(1)), 0, 0.0, True)
     if not (L @ x > 0).all():
         raise FitError("mixture likelihood matrix has a row of zeros: some unit fits no component")
     with single_threaded_blas():
-        return _sqp(L, w, x, tol, maxiter, numiter_em)
+        return _sqp(L, w, a, x, tol, maxiter, numiter_em)
 
 
-def _sqp(L: np.ndarray, w: np.ndarray, x: np.ndarray, tol: float, maxiter: int, numiter_em: int) -> MixtureWeightsResult:
+def _sqp(
+    L: np.ndarray, w: np.ndarray, a: np.ndarray, x: np.ndarray, tol: float, maxiter: int, numiter_em: int
+) -> MixtureWeightsResult:
     for _ in range(numiter_em):
-        x = x * (L.T @ (w / (L @ x)))
+        x = x * (L.T @ (w / (L @ x))) + a
         x /= x.sum()
-    sqrt_w = np.sqrt(w)
     u = L @ x
-    fx = _objective_u(w, u, x)
+    fx = _objective_u(w, a, u, x)
     it = 0
     while it < maxiter:
-        g = 1.0 - L.T @ (w / u)
+        g = _gradient(L, w, a, u, x)
         if _kkt_residual(x, g) <= tol:
             break
         it += 1
         # The quadratic model is restricted to coordinates that are positive or have a
         # negative gradient; the others satisfy their optimality condition at zero.
         S = np.flatnonzero((x > 0) | (g < 0))
-        A = L[:, S] * (sqrt_w / u)[:, None]
-        H = A.T @ A
+        H = _hessian(L, w, a, u, x, S)
         y = _active_set_qp(H, g[S] - H @ x[S], x[S])
         p = -x
         p[S] += y
@@ -126,17 +137,37 @@ def _sqp(L: np.ndarray, w: np.ndarray, x: np.ndarray, tol: float, maxiter: int, 
         while True:
             xn = np.maximum(x + step * p, 0.0)
             un = L @ xn
-            fn = _objective_u(w, un, xn) if (un > 0).all() else np.inf
+            fn = _objective_u(w, a, un, xn)
             if fn <= fx + 0.01 * step * slope or step < 1e-10:
                 break
             step *= 0.75
         if not fn <= fx:
             break  # the decrease is below floating-point resolution
         x, u, fx = xn, un, fn
-    g = 1.0 - L.T @ (w / u)
-    kkt = _kkt_residual(x, g)
+    kkt = _kkt_residual(x, _gradient(L, w, a, u, x))
     x = x / x.sum()
-    return MixtureWeightsResult(x, _objective(L, w, x), it, float(kkt), bool(kkt <= max(tol, 1e-8)))
+    return MixtureWeightsResult(x, _objective(L, w, a, x), it, float(kkt), bool(kkt <= max(tol, 1e-8)))
+
+
+def _gradient(L: np.ndarray, w: np.ndarray, a: np.ndarray, u: np.ndarray, x: np.ndarray) -> np.ndarray:
+    g = 1.0 - L.T @ (w / u)
+    pen = a > 0
+    g[pen] -= a[pen] / x[pen]
+    return g
+
+
+def _hessian(L: np.ndarray, w: np.ndarray, a: np.ndarray, u: np.ndarray, x: np.ndarray, S: np.ndarray) -> np.ndarray:
+    """L_S' diag(w / u^2) L_S + diag(a / x^2), accumulated over row blocks (bounded memory)."""
+    scale = np.sqrt(w) / u
+    H = np.zeros((S.size, S.size))
+    step = max(1, (1 << 22) // max(1, S.size))
+    for r0 in range(0, L.shape[0], step):
+        A = L[r0 : r0 + step, S] * scale[r0 : r0 + step, None]
+        H += A.T @ A
+    pen = a[S] > 0
+    with np.errstate(divide="ignore"):
+        H[np.flatnonzero(pen), np.flatnonzero(pen)] += a[S][pen] / x[S][pen] ** 2
+    return H
 
 
 def _active_set_qp(H: np.ndarray, c: np.ndarray, y0: np.ndarray) -> np.ndarray:
@@ -199,8 +230,9 @@ def set_prior(K: int, prior: str | np.ndarray, nullweight: float = 10.0, null_in
 def fit_mixture_weights(lik: np.ndarray, prior: np.ndarray, tol: float = 1e-10) -> MixtureWeightsResult:
     """Penalised mixture weights: maximise sum_j log(sum_k pi_k lik_jk) + sum_k (prior_k - 1) log pi_k.
 
-    As ashr's ``mixSQP`` wrapper: identity rows weighted ``prior - 1`` are stacked on
-    the likelihood matrix (rows with weight 0 dropped) and the result is solved exactly.
+    ashr's ``mixSQP`` wrapper stacks identity rows weighted ``prior - 1`` on the
+    likelihood matrix; row e_k contributes (prior_k - 1) log pi_k, which :func:`mixsqp`
+    takes as its ``penalty`` without copying the matrix.
 
     Parameters
     ----------
@@ -212,27 +244,20 @@ def fit_mixture_weights(lik: np.ndarray, prior: np.ndarray, tol: float = 1e-10) 
     prior = np.asarray(prior, dtype=np.float64)
     if (prior < 1).any():
         raise ValueError("prior must all be >= 1")
-    J, K = lik.shape
-    extra = np.flatnonzero(prior != 1)
-    if extra.size:
-        rows = np.zeros((extra.size, K))
-        rows[np.arange(extra.size), extra] = 1.0
-        A = np.concatenate([rows, lik])
-        w = np.concatenate([prior[extra] - 1.0, np.ones(J)])
-    else:
-        A, w = lik, np.ones(J)
-    return mixsqp(A, w, tol=tol)
+    return mixsqp(lik, penalty=prior - 1.0, tol=tol)
 
 
-def _objective(L: np.ndarray, w: np.ndarray, x: np.ndarray) -> float:
-    u = L @ x
+def _objective(L: np.ndarray, w: np.ndarray, a: np.ndarray, x: np.ndarray) -> float:
+    return _objective_u(w, a, L @ x, x)
+
+
+def _objective_u(w: np.ndarray, a: np.ndarray, u: np.ndarray, x: np.ndarray) -> float:
     if not (u > 0).all():
         return np.inf
-    return _objective_u(w, u, x)
-
-
-def _objective_u(w: np.ndarray, u: np.ndarray, x: np.ndarray) -> float:
-    return float(-(w @ np.log(u)) + x.sum())
+    pen = a > 0
+    if (x[pen] <= 0).any():
+        return np.inf
+    return float(-(w @ np.log(u)) - (a[pen] @ np.log(x[pen])) + x.sum())
 
 
 def _kkt_residual(x: np.ndarray, g: np.ndarray) -> float:
