@@ -339,7 +339,7 @@ def fit(
     SVI with the mean-field guide fits every latent, hyperparameters included. With
     ``likelihood_weight: auto`` the first ``dispersion_warmup_frac`` of the steps use
     w = 1, then w is set to 1 / the Pearson dispersion of the fate probabilities around
-    the current fit (the quasi-likelihood weight that makes the soft-label curvature
+    the current fit, and set again after as many steps more (the fit is closer then) (the quasi-likelihood weight that makes the soft-label curvature
     match the data's actual spread). With ``posterior_method: laplace`` the effects'
     posterior is then replaced by the Laplace approximation at the conditional mode
     given the fitted variance hyperparameters (see :mod:`fatebias_core.laplace`).
@@ -373,6 +373,10 @@ def fit(
     auto_weight = config.likelihood_weight == "auto"
     model = FateModel(data, Priors.from_config(config), 1.0 if auto_weight else config.likelihood_weight, guide_effects=guide_effects)
     warmup = max(1, int(steps * config.dispersion_warmup_frac)) if auto_weight else 0
+    # The weight is estimated at the end of the warm-up and re-estimated once more, later,
+    # when the effects are closer to fitted; the loss is compared from the last update on.
+    updates = {warmup, min(2 * warmup, steps - 1)} if auto_weight else set()
+    settled = max(updates) if updates else 0
 
     settings = config.model_dump(include=set(FIT_SETTINGS)) | {
         "num_steps": steps, "seed": seed, "guide_effects": guide_effects, "n_cells": data.n_cells,
@@ -417,12 +421,12 @@ def fit(
         if bar is not None:
             stack.callback(bar.close)
         for step in range(start_step, steps):
-            if auto_weight and step == warmup:
+            if step in updates:
                 phi = dispersion(data, model, _point_from_store(model, experiment))
                 model.likelihood_weight = 1.0 / phi
                 log.info("dispersion %.4g after %d steps: likelihood weight set to %.4g", phi, step, model.likelihood_weight)
             loss = svi.step(sampler.next())
-            recent = elbo[max(warmup, len(elbo) - 50):] if step >= warmup else elbo[-50:]
+            recent = elbo[max(settled, len(elbo) - 50):] if step >= settled else elbo[-50:]
             if not math.isfinite(loss) or (len(recent) >= 50 and loss > 1e3 * max(abs(float(np.median(recent))), 1.0)):
                 raise FitError(
                     f"the ELBO became {'non-finite' if not math.isfinite(loss) else 'explosive'} at step {step + 1} "
@@ -438,10 +442,10 @@ def fit(
     runtime = time.perf_counter() - t0
 
     trace = np.asarray(elbo)
-    tail = trace[warmup:] if auto_weight else trace
+    tail = trace[settled:]
     window = min(config.convergence_window, max(len(tail) // 4, 1))
     conv = steps_to_convergence(tail, window, config.convergence_tol)
-    conv_step = None if conv is None else conv + (warmup if auto_weight else 0)
+    conv_step = None if conv is None else conv + settled
     posterior = MeanFieldPosterior.from_param_store(model.site_shapes())
     gene0 = experiment.guides.gene_of_guide[1:].astype(np.int64) - 1
     final_phi = dispersion(data, model, posterior.point(gene0, experiment.guides.n_genes))
@@ -458,7 +462,7 @@ def fit(
         "final_loss_per_cell": float(tail[-window:].mean() * scale),
         "relative_change_last_window": _windowed_change(tail, window),
         "likelihood_weight": model.likelihood_weight,
-        "weight_switch_step": warmup if auto_weight else None,
+        "weight_switch_step": settled if auto_weight else None,
         "dispersion_final": final_phi,
         "posterior_method": "meanfield",
         "settings": settings,
