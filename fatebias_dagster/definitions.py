@@ -27,7 +27,7 @@ from .automation import (
     build_change_sensor,
     build_schedule,
 )
-from .executors import executor_from_env, fit_op_tags
+from .executors import executor_from_env, fit_op_tags, fit_pool
 from .jobs import build_chain_job, build_observe_job
 from .resources import ComputeResource, ExperimentConfig, LineageStore, MashBackend
 from .runner import ChainLayout
@@ -49,7 +49,12 @@ def chain_assets(demo: bool, automation: bool = True) -> list:
     layout = ChainLayout(root=SIMULATED_KEY if demo else EXPERIMENT_KEY)
     return [
         *build_sources(demo),
-        *build_chain(layout, automation_condition=RERUN_ON_NEW_DATA if automation else None, fit_op_tags=fit_op_tags()),
+        *build_chain(
+            layout,
+            automation_condition=RERUN_ON_NEW_DATA if automation else None,
+            fit_op_tags=fit_op_tags(),
+            fit_pool=fit_pool(),
+        ),
     ]
 
 

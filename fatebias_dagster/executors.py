@@ -2,7 +2,8 @@
 
 ==========================  ==================================================================
 ``FATEBIAS_EXECUTOR``       ``multiprocess`` (default: one process per step on this machine),
-                            ``in_process`` or ``dask`` (each step a task on a Dask cluster).
+                            ``in_process``, ``dask`` (each step a task on a Dask cluster) or
+                            ``k8s`` (each step a Kubernetes job; needs ``dagster-k8s``).
 ``FATEBIAS_DASK_CLUSTER``   YAML file holding the dagster-dask ``cluster`` block, e.g.
                             ``local: {n_workers: 2}``, ``existing: {address: tcp://host:8786}``
                             or ``slurm: {cores: 8, memory: 32GB, ...}`` (dask-jobqueue).
@@ -65,7 +66,7 @@ def dask_cluster_config() -> dict[str, Any]:
 
 def executor_from_env() -> dg.ExecutorDefinition:
     """The deployment's executor (``FATEBIAS_EXECUTOR``)."""
-    kind = (os.environ.get(EXECUTOR_ENV) or "multiprocess").strip().lower()
+    kind = executor_kind()
     if kind == "multiprocess":
         # forkserver with the chain's imports (torch, pyro) preloaded: steps start in
         # milliseconds rather than seconds.
@@ -79,7 +80,30 @@ def executor_from_env() -> dg.ExecutorDefinition:
         from dagster_dask import dask_executor
 
         return dask_executor.configured({"cluster": dask_cluster_config()}, name="dask")
-    raise ConfigError(f"{EXECUTOR_ENV} must be multiprocess, in_process or dask, got {kind!r}")
+    if kind == "k8s":
+        try:
+            from dagster_k8s import k8s_job_executor
+        except ImportError:
+            raise ConfigError(
+                f"{EXECUTOR_ENV}=k8s needs dagster-k8s: pip install dagster-k8s (the version paired with dagster)"
+            ) from None
+        return k8s_job_executor
+    raise ConfigError(f"{EXECUTOR_ENV} must be multiprocess, in_process, dask or k8s, got {kind!r}")
+
+
+def executor_kind() -> str:
+    """``FATEBIAS_EXECUTOR``, lower-cased (default ``multiprocess``)."""
+    return (os.environ.get(EXECUTOR_ENV) or "multiprocess").strip().lower()
+
+
+def fit_pool() -> str | None:
+    """The fit's concurrency pool: ``gpu``, except on Dask.
+
+    On Dask the worker resource ``GPU`` decides where and how many fits run; and
+    dagster-dask cannot hand a run whose plan has pools to its workers (dask parses the
+    plan's pool record as a task argument and fails).
+    """
+    return None if executor_kind() == "dask" else "gpu"
 
 
 def fit_op_tags() -> dict[str, Any]:

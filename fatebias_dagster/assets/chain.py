@@ -41,9 +41,6 @@ from .. import metadata as meta
 from ..runner import CHAIN_RESOURCES, ChainLayout, StepRun
 from ..versions import CODE_VERSIONS, input_files, input_version
 
-# Data versions on Output are beta in this Dagster version; they are what the platform rests on.
-warnings.filterwarnings("ignore", category=dg.BetaWarning, module=r"fatebias_dagster\.")
-
 DESCRIPTIONS = {
     "filtered_cells": "Cells kept after validation and the Kmax filter: fate probabilities, day, replicate, "
     "burden and burden centred within day, with the loading summary (MODEL.md 1-2). Writes load_summary.json.",
@@ -78,6 +75,13 @@ KINDS = {
 }
 
 
+def versioned_output(value: Any, version: str, metadata: Mapping[str, Any], output_name: str = "result") -> dg.Output:
+    """An output carrying its data version (a beta parameter in this Dagster version; warning silenced)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return dg.Output(value, output_name, data_version=dg.DataVersion(version), metadata=dict(metadata))
+
+
 def _export_files(config: FatebiasConfig, run: StepRun) -> list:
     return [p for files in export_paths(config, run.out_dir, config.contrast_fates).values() for p in files.values()]
 
@@ -89,6 +93,7 @@ def build_chain(
     automation_condition: dg.AutomationCondition | None = None,
     group_name: str | None = None,
     fit_op_tags: Mapping[str, Any] | None = None,
+    fit_pool: str | None = "gpu",
     include_diagnostics: bool = True,
 ) -> list[dg.AssetsDefinition]:
     """The chain's assets for ``layout``.
@@ -105,6 +110,8 @@ def build_chain(
         Group of every asset (default ``chain``).
     fit_op_tags
         Tags of the fit's op (the GPU request of a Kubernetes or Dask deployment).
+    fit_pool
+        Concurrency pool of the fit (``dagster.yaml`` limits pool ``gpu``).
     include_diagnostics
         Whether the chain has the diagnostics asset.
     """
@@ -143,14 +150,13 @@ def build_chain(
         experiment: Experiment = done.value
         write_text(cfg.to_yaml(), run.out_dir / "config_used.yaml")
         common_md = run.record(done.reused, [run.out_dir / "load_summary.json"], metrics={"n_cells": experiment.n_cells})
-        version = dg.DataVersion(run.version)
-        yield dg.Output(
-            (experiment.cells, experiment.summary), "filtered_cells", data_version=version,
-            metadata={**common_md, **meta.load_metadata(experiment.summary, cfg)},
+        yield versioned_output(
+            (experiment.cells, experiment.summary), run.version,
+            {**common_md, **meta.load_metadata(experiment.summary, cfg)}, "filtered_cells",
         )
-        yield dg.Output(
-            experiment.guides, "guide_embeddings", data_version=version,
-            metadata={**common_md, **meta.guides_metadata(experiment.guides, experiment.summary)},
+        yield versioned_output(
+            experiment.guides, run.version,
+            {**common_md, **meta.guides_metadata(experiment.guides, experiment.summary)}, "guide_embeddings",
         )
 
     # ------------------------------------------------------------------ fit
@@ -159,7 +165,7 @@ def build_chain(
         ins={"filtered_cells": dg.AssetIn(key("filtered_cells")), "guide_embeddings": dg.AssetIn(key("guide_embeddings"))},
         deps=layout.settings_deps("fit"),
         op_tags=dict(fit_op_tags or {}),
-        pool="gpu",
+        pool=fit_pool,
         **spec("fitted_posterior", "fit"),
         **common,
     )
@@ -184,7 +190,7 @@ def build_chain(
         headline = {k: info.get(k) for k in ("steps", "converged", "final_loss_per_cell", "ms_per_step", "device", "runtime_s")}
         outputs = [fit_dir / n for n in ("fit.json", "variational_params.npz", "elbo_trace.csv")]
         common_md = run.record(done.reused, outputs, metrics=headline, row_counts=meta.row_counts(outputs))
-        return dg.Output(fit, data_version=dg.DataVersion(run.version), metadata={**common_md, **meta.fit_metadata(info, run.out_dir)})
+        return versioned_output(fit, run.version, {**common_md, **meta.fit_metadata(info, run.out_dir)})
 
     # ------------------------------------------------------------------ exports
     @dg.asset(

@@ -27,7 +27,7 @@ from fatebias_core.steps import file_hash
 from fatebias_core.sweep import plot_sweep
 
 from .. import metadata as meta
-from ..executors import fit_op_tags
+from ..executors import fit_op_tags, fit_pool
 from ..lineage import utcnow
 from ..resources.study import Study
 from ..runner import CHAIN_RESOURCES, ChainLayout, append_lineage, manifest_lock
@@ -68,7 +68,10 @@ def build_recovery_assets(study: Study) -> list[dg.AssetsDefinition]:
     """The study's assets for ``study``'s partitions."""
     partitions = study.partitions_def()
     sim = build_simulated_experiment(LAYOUT.root, partitions_def=partitions, group_name=GROUP)
-    chain = build_chain(LAYOUT, partitions_def=partitions, group_name=GROUP, fit_op_tags=fit_op_tags(), include_diagnostics=False)
+    chain = build_chain(
+        LAYOUT, partitions_def=partitions, group_name=GROUP, fit_op_tags=fit_op_tags(), fit_pool=fit_pool(),
+        include_diagnostics=False,
+    )
 
     @dg.asset(
         key=SCORES_KEY,

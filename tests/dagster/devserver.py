@@ -151,18 +151,33 @@ class DagsterDev:
         )
         return {"/".join(n["assetKey"]["path"]): n["staleStatus"] for n in data["assetNodes"]}
 
-    def launch_backfill(self, partitions: list[str], assets: list[str]) -> str:
+    def launch_job_backfill(self, location: str, job: str, partitions: list[str]) -> tuple[str, list[str]]:
+        """A backfill of ``job`` over ``partitions``, its runs submitted at once; (backfill id, run ids)."""
         data = self.graphql(
             """mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) { __typename
-                 ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message }
-                 ... on PartitionSetNotFoundError { message } ... on InvalidSubsetError { message } } }""",
-            {"p": {"partitionNames": partitions, "assetSelection": [{"path": a.split("/")} for a in assets]}},
+                 ... on LaunchBackfillSuccess { backfillId launchedRunIds } ... on PythonError { message }
+                 ... on PartitionSetNotFoundError { message } } }""",
+            {"p": {
+                "selector": {
+                    "partitionSetName": f"{job}_partition_set",
+                    "repositorySelector": {"repositoryLocationName": location, "repositoryName": "__repository__"},
+                },
+                "partitionNames": partitions,
+                "forceSynchronousSubmission": True,
+            }},
         )["launchPartitionBackfill"]
         assert data["__typename"] == "LaunchBackfillSuccess", data
-        return data["backfillId"]
+        return data["backfillId"], data["launchedRunIds"]
 
-    def backfill_status(self, backfill_id: str) -> str:
-        return self.graphql(
-            "query($id: String!) { partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { status } } }",
-            {"id": backfill_id},
-        )["partitionBackfillOrError"]["status"]
+    def launch_assets(self, location: str, assets: list[str]) -> str:
+        """Materialize ``assets`` (unpartitioned) in one run; return its id."""
+        data = self.graphql(
+            """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { __typename
+                 ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }""",
+            {"p": {"selector": {
+                "repositoryLocationName": location, "repositoryName": "__repository__", "jobName": "__ASSET_JOB",
+                "assetSelection": [{"path": a.split("/")} for a in assets],
+            }}},
+        )["launchRun"]
+        assert data["__typename"] == "LaunchRunSuccess", data
+        return data["run"]["runId"]

@@ -86,7 +86,7 @@ def test_executor_from_env(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> Non
     clean_env.setenv("FATEBIAS_DASK_CLUSTER", str(cluster))
     assert dask_cluster_config() == {"slurm": {"cores": 8, "memory": "32GB"}}
     clean_env.setenv("FATEBIAS_EXECUTOR", "spark")
-    with pytest.raises(Exception, match="multiprocess, in_process or dask"):
+    with pytest.raises(Exception, match="multiprocess, in_process, dask or k8s"):
         executor_from_env()
 
 
