@@ -76,7 +76,7 @@ class MashResult:
         lines = [
             f"mash {f.settings.mode} ({f.backend}): {self.table.shape[0]} rows x {len(f.conditions)} days "
             f"({', '.join(f.conditions)})",
-            f"  V: {f.V_source}; SE x {f.settings.se_inflate:g}, floor {f.settings.se_floor:g}",
+            f"  V: {f.V_source}{_offdiag(f.V)}; SE x {f.settings.se_inflate:g}, floor {f.settings.se_floor:g}",
             f"  prior: {f.settings.prior}" + (f" (nullweight {f.settings.nullweight:g})" if f.settings.prior == "nullbiased" else "")
             + f", point mass {'on' if f.settings.usepointmass else 'off'}; {covs}",
         ]
@@ -112,6 +112,13 @@ class AshResult:
             f"ash: {n} rows; null weight {self.fit.pi[0]:.4f} over {self.fit.pi.size} components; "
             f"lfsr < 0.05: {n_lfsr}; lfsr < 0.05 and q < 0.10: {n_hit}"
         )
+
+
+def _offdiag(V: np.ndarray) -> str:
+    off = V[~np.eye(V.shape[0], dtype=bool)]
+    if off.size == 0 or not np.any(off):
+        return ""
+    return f" (off-diagonal {off.min():.3f} to {off.max():.3f})"
 
 
 def mash_table(df: pd.DataFrame, mode: str, config: FatebiasConfig) -> MashResult:

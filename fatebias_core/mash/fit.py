@@ -13,7 +13,7 @@ from .data import MashData
 from .grid import GRIDMULT, autoselect_grid
 from .likelihood import MixturePrior, expand_covariances, loglik_matrix
 from .mixture_weights import fit_mixture_weights, set_prior
-from .posterior import PosteriorMatrices, compute_posterior_matrices, compute_posterior_weights
+from .posterior import PosteriorMatrices, compute_posterior_matrices
 
 
 @dataclass(frozen=True)
@@ -123,9 +123,7 @@ def mash(
     if not res.converged:
         raise FitError(f"mixture weights did not converge (KKT residual {res.kkt_residual:.2e})")
     pi = res.x
-    keep = np.flatnonzero(pi > pi_thresh)
-    post_w = compute_posterior_weights(pi[keep], lik[:, keep])
-    posterior = compute_posterior_matrices(data, xprior, keep, post_w, chunk_rows)
+    posterior = compute_posterior_matrices(data, xprior, pi, lik, pi_thresh, chunk_rows)
     loglik = float(np.sum(np.log(lik @ pi) + lfactors))
     null_loglik = float(null_ll.sum()) if null_ll is not None else None
     if not math.isfinite(loglik):

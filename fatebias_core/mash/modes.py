@@ -62,6 +62,10 @@ class ModeSettings:
         if mode not in MODES:
             raise ConfigError(f"mash mode must be one of {', '.join(MODES)}, got {mode!r}")
         enriched = mode == "enriched"
+        if enriched and config.mash_add_datadriven_cov and config.mash_cov_pca_npc < 2:
+            raise ConfigError(
+                f"mash_cov_pca_npc must be at least 2 (mashr's cov_pca), got {config.mash_cov_pca_npc}"
+            )
         return cls(
             mode=mode,
             se_inflate=config.mash_se_inflate,

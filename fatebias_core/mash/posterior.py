@@ -58,8 +58,9 @@ def compute_posterior_weights(pi: np.ndarray, lik: np.ndarray) -> np.ndarray:
 def compute_posterior_matrices(
     data: MashData,
     prior: MixturePrior,
-    components: np.ndarray,
-    posterior_weights: np.ndarray,
+    pi: np.ndarray,
+    lik: np.ndarray,
+    pi_thresh: float = 1e-10,
     chunk_rows: int = 50_000,
 ) -> PosteriorMatrices:
     """Posterior mean, SD, lfsr, lfdr and negative probability per unit and condition.
@@ -74,10 +75,13 @@ def compute_posterior_matrices(
         The mash data.
     prior
         The expanded prior.
-    components
-        (P',) indices of the components kept (weight above ``pi_thresh``).
-    posterior_weights
-        (J, P') posterior component probabilities, columns matching ``components``.
+    pi
+        (P,) mixture weights.
+    lik
+        (J, P) (relative) likelihoods; the posterior component probabilities are
+        formed block by block from it.
+    pi_thresh
+        Components with weight at or below this are left out (mashr's ``pi_thresh``).
     chunk_rows
         Upper bound on the rows per block.
     """
@@ -87,10 +91,11 @@ def compute_posterior_matrices(
     mean2 = np.zeros((J, R))
     zero = np.zeros((J, R))
     neg = np.zeros((J, R))
+    components = np.flatnonzero(pi > pi_thresh)
     parts = [prior.component(int(p)) for p in components]
     for rows in row_blocks(J, K * R * R, chunk_rows):
         wb = whiten(data, rows, prior.covariances, with_G=True)
-        wts = posterior_weights[rows]
+        wts = compute_posterior_weights(pi[components], lik[rows][:, components])
         for c, (g, k) in enumerate(parts):
             w = wts[:, c][:, None]
             if k < 0:  # the point mass: exactly zero in every condition
