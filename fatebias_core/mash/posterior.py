@@ -46,7 +46,9 @@ class PosteriorMatrices:
 
 def compute_lfsr(negative_prob: np.ndarray, zero_prob: np.ndarray) -> np.ndarray:
     """ashr ``compute_lfsr``: 1 - P(negative) when the negative side dominates, else P(negative) + P(zero)."""
-    return np.where(negative_prob > 0.5 * (1.0 - zero_prob), 1.0 - negative_prob, negative_prob + zero_prob)
+    lfsr = np.where(negative_prob > 0.5 * (1.0 - zero_prob), 1.0 - negative_prob, negative_prob + zero_prob)
+    # Rounding can push P(negative) a hair above 1 (lfsr -1e-16); a probability is clipped.
+    return np.clip(lfsr, 0.0, 1.0)
 
 
 def compute_posterior_weights(pi: np.ndarray, lik: np.ndarray) -> np.ndarray:
