@@ -23,7 +23,7 @@ CODE_VERSIONS = {
     "load": "1",
     "fit": "1",
     "export": "1",
-    "mash": "1",
+    "mash": "2",
     "aggregate": "1",
     "rank": "1",
     "diagnostics": "1",
