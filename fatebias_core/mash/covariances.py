@@ -158,8 +158,10 @@ def cov_ed(
     Fits a zero-mean Gaussian mixture sum_k pi_k N(0, U_k) to the rows of ``Bhat``
     observed with per-row error covariance diag(s_j) V diag(s_j), by EM started from
     ``init`` with equal proportions, stopping when the average log-likelihood rises by
-    no more than ``tol`` (mashr's defaults: ``tol = 1e-6``, no split-and-merge, no
-    regularisation).
+    no more than ``tol`` (mashr's ``bovy_wrapper`` defaults: ``tol = 1e-6``, fixed
+    zero means, no split-and-merge, no regularisation). As in Bovy's C code the
+    M-step follows the last E-step, and the EM keeps each U_k in the span of its
+    start (a rank-one start stays rank one).
 
     Parameters
     ----------

@@ -118,9 +118,16 @@ def _sqp(
     u = L @ x
     fx = _objective_u(w, a, u, x)
     it = 0
+    history: list[float] = []
     while it < maxiter:
         g = _gradient(L, w, a, u, x)
-        if _kkt_residual(x, g) <= tol:
+        kkt = _kkt_residual(x, g)
+        if kkt <= tol:
+            break
+        # With very many rows the gradient's own rounding error can exceed tol: below
+        # mixsqp's tolerance (1e-8), stop once five iterations have not halved it.
+        history.append(kkt)
+        if kkt < 1e-8 and len(history) > 5 and kkt > 0.5 * history[-6]:
             break
         it += 1
         # The quadratic model is restricted to coordinates that are positive or have a
@@ -133,16 +140,23 @@ def _sqp(
         slope = float(g @ p)
         if slope >= 0:
             break  # no descent direction left: optimal to machine precision
+        # Backtracking line search; a decrease below the resolution of f (near the
+        # optimum) is accepted for the full step, where the quadratic model is exact.
+        resolution = 1e-15 * max(1.0, abs(fx))
         step = 1.0
         while True:
             xn = np.maximum(x + step * p, 0.0)
             un = L @ xn
             fn = _objective_u(w, a, un, xn)
-            if fn <= fx + 0.01 * step * slope or step < 1e-10:
+            if fn <= fx + 0.01 * step * slope:
                 break
-            step *= 0.75
-        if not fn <= fx:
-            break  # the decrease is below floating-point resolution
+            if step == 1.0 and -slope < resolution and fn <= fx + resolution:
+                break
+            step *= 0.5
+            if step < 1e-10:
+                break
+        if not fn <= fx + resolution:
+            break  # no acceptable step: at the optimum to floating-point precision
         x, u, fx = xn, un, fn
     kkt = _kkt_residual(x, _gradient(L, w, a, u, x))
     x = x / x.sum()

@@ -336,3 +336,10 @@ def test_diagonal_V_singletons_reduce_mash_to_univariate_conjugate(sim) -> None:
     np.testing.assert_allclose(fit.posterior.mean[:, 0], a.postmean, rtol=1e-10)
     np.testing.assert_allclose(fit.posterior.sd[:, 1], a.postsd, rtol=1e-10)
     np.testing.assert_allclose(fit.posterior.lfsr[:, 0], a.lfsr, rtol=1e-8, atol=1e-14)
+
+
+def test_mixsqp_stops_when_the_tolerance_is_below_rounding() -> None:
+    rng = np.random.default_rng(7)
+    L = np.exp(rng.normal(size=(3000, 12)))
+    res = mixsqp(L, tol=1e-30)  # unattainable: must stop on stalled progress, not spin
+    assert res.converged and res.kkt_residual < 1e-9 and res.n_iter < 60
