@@ -37,7 +37,7 @@ UPSTREAM = {
     "mash": ("export",),
     "aggregate": ("mash",),
     "rank": ("mash", "aggregate", "export"),
-    "diagnostics": ("load",),
+    "diagnostics": ("load", "rank"),  # sanity checks and the permutation verdict read the ranked results
     "report": ("rank", "diagnostics"),
 }
 
