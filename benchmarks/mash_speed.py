@@ -66,7 +66,7 @@ def main() -> None:
     df = simulate(args.rows, args.days)
     cfg = FatebiasConfig()
     print(f"{args.rows} rows x {args.days} days; load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print(f"{'step':<14}{'best s':>9}{'all runs (s)':>28}{'vs R':>10}  notes")
+    print(f"{'step':<20}{'best s':>8}  {'all runs (s)':<34}{'R / best':>9}  notes")
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
         times = []
         for _ in range(args.repeats):
@@ -77,14 +77,15 @@ def main() -> None:
         ratio = f"{R_SECONDS[mode] / best:.1f}x" if args.rows == 20_000 and args.days == 4 else "-"
         n_cov = len(res.covariance_names)
         note = f"{n_cov} covariances, strong={res.fit.result.n_strong}, hits={(res.table['lfsr_min'] < 0.05).sum()}"
-        print(f"{'mash ' + mode:<14}{best:>9.2f}{', '.join(f'{t:.2f}' for t in times):>28}{ratio:>10}  {note}")
+        runs = ", ".join(f"{t:.2f}" for t in times)
+        print(f"{'mash ' + mode:<20}{best:>8.2f}  {runs:<34}{ratio:>9}  {note}")
     summary = pd.DataFrame(
         {"gene": df["gene"], "betahat": df[[c for c in df if c.startswith("betahat_")]].mean(axis=1),
          "sebetahat": np.sqrt((df[[c for c in df if c.startswith("se_")]] ** 2).sum(axis=1)) / args.days}
     )
     t0 = time.perf_counter()
     ash_table(summary, cfg)
-    print(f"{'ash':<14}{time.perf_counter() - t0:>9.2f}")
+    print(f"{'ash':<20}{time.perf_counter() - t0:>8.2f}")
     print(f"peak RSS {peak_rss_mib():.0f} MiB; load average after: {os.getloadavg()[0]:.2f}")
 
 
