@@ -28,6 +28,7 @@ from .automation import (
     build_schedule,
 )
 from .executors import executor_from_env, fit_op_tags, fit_pool
+from .io_manager import run_folder_io_manager
 from .jobs import build_chain_job, build_observe_job
 from .resources import ComputeResource, ExperimentConfig, LineageStore, MashBackend
 from .runner import ChainLayout
@@ -41,17 +42,19 @@ def chain_resources(experiment: ExperimentConfig | None = None) -> dict[str, obj
         "compute": ComputeResource.from_env(),
         "mash": MashBackend.from_env(),
         "lineage": LineageStore.from_env(),
+        "io_manager": run_folder_io_manager,
     }
 
 
 def chain_assets(demo: bool, automation: bool = True) -> list:
     """Sources and chain assets of the main code location."""
     layout = ChainLayout(root=SIMULATED_KEY if demo else EXPERIMENT_KEY)
+    condition = RERUN_ON_NEW_DATA if automation else None
     return [
-        *build_sources(demo),
+        *build_sources(demo, automation_condition=condition),
         *build_chain(
             layout,
-            automation_condition=RERUN_ON_NEW_DATA if automation else None,
+            automation_condition=condition,
             fit_op_tags=fit_op_tags(),
             fit_pool=fit_pool(),
         ),

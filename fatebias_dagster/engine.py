@@ -10,6 +10,7 @@ the same lineage rows, and is recorded in the Dagster instance named by
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -96,6 +97,8 @@ def run_chain(config: FatebiasConfig, instance: dg.DagsterInstance | None = None
         missing = [k for k in ("adata_path", "guide_map_csv") if not getattr(config, k)]
         raise ConfigError(f"the configuration does not name {' and '.join(missing)}")
     t0 = time.perf_counter()
+    # Dagster's instance storage migrates with alembic, which logs every step at INFO.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     config = _absolute(config)
     with tempfile.TemporaryDirectory(prefix="fatebias-engine-") as tmp:
         path = Path(tmp) / "config.yaml"

@@ -26,7 +26,7 @@ import dagster as dg
 import pandas as pd
 
 from fatebias_core.config import FatebiasConfig
-from fatebias_core.steps import Manifest
+from fatebias_core.steps import UPSTREAM, Manifest
 
 from .lineage import LineageRow, utcnow
 from .resources.experiment import RunFolder
@@ -187,8 +187,6 @@ class StepRun:
 
     def upstream_versions(self, steps: Mapping[str, dict]) -> dict[str, str]:
         """Data versions of the direct upstream assets (chain assets as made on disk, sources now)."""
-        from fatebias_core.steps import UPSTREAM
-
         out: dict[str, str] = {}
         for up in UPSTREAM[self.step]:
             version = steps.get(up, {}).get("version", self.versions[up])

@@ -18,6 +18,7 @@ import dagster as dg
 
 from .assets.recovery import GROUP, build_recovery_assets
 from .executors import executor_from_env
+from .io_manager import run_folder_io_manager
 from .resources import ComputeResource, ExperimentConfig, LineageStore, MashBackend, StudyConfig
 
 STUDY_JOB = "simulation_study"
@@ -35,6 +36,7 @@ def build_study_definitions(study: StudyConfig | None = None) -> dg.Definitions:
             "compute": ComputeResource.from_env(),
             "mash": MashBackend.from_env(),
             "lineage": LineageStore.from_env(),
+            "io_manager": run_folder_io_manager,
         },
         jobs=[
             dg.define_asset_job(

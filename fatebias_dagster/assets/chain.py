@@ -11,18 +11,16 @@ objects (:class:`FilteredCells` with its :class:`LoadSummary`, :class:`GuideEmbe
 
 import json
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
-import pandas as pd
 from dagster import AssetExecutionContext
 
 from fatebias_core.config import FatebiasConfig
-from fatebias_core.io import read_csv, write_text
+from fatebias_core.io import write_text
 from fatebias_core.pipeline import (
     FIT_DIR,
-    MASH_MODES,
     aggregate_paths,
     aggregate_step,
     diagnostics_step,
@@ -38,6 +36,7 @@ from fatebias_core.posterior import export_paths
 from fatebias_core.types import Experiment, FilteredCells, GuideEmbedding, LoadSummary
 
 from .. import metadata as meta
+from .. import results
 from ..runner import CHAIN_RESOURCES, ChainLayout, StepRun
 from ..versions import CODE_VERSIONS, input_files, input_version
 
@@ -223,17 +222,12 @@ def build_chain(
         planned = mash_outputs(cfg, run.out_dir)
         done = run.execute(lambda: mash_step(cfg, run.out_dir), outputs=lambda: planned.all_paths)
         messages = done.value.messages if done.value is not None else []
-        tables = {}
-        if not done.reused:
-            for (level, mode, fate), path in planned.files.items():
-                df = read_csv(path, what="mash table", dtype={"gene": str, "guide": str})
-                tables.setdefault(f"mash_{level}", []).append(df.assign(mode=mode, fate=fate))
-            for fate, path in planned.ash_files.items():
-                tables.setdefault("ash_gene_summary", []).append(read_csv(path, dtype={"gene": str}).assign(fate=fate))
-        joined = {name: pd.concat(parts, ignore_index=True) for name, parts in tables.items()}
-        counts = meta.row_counts(planned.all_paths)
+        tables = {} if done.reused else results.mash_tables(planned)
         sig = {f"{level}_{mode}_{fate}": meta.significant_rows(p, cfg.mash_lfsr_thresh_day) for (level, mode, fate), p in planned.files.items()}
-        common_md = run.record(done.reused, planned.all_paths, metrics={"significant_rows": sig}, row_counts=counts, tables=joined)
+        common_md = run.record(
+            done.reused, planned.all_paths, metrics={"significant_rows": sig},
+            row_counts=meta.row_counts(planned.all_paths), tables=tables,
+        )
         md = meta.mash_metadata(planned.files, cfg.mash_lfsr_thresh_day, messages)
         return dg.MaterializeResult(data_version=dg.DataVersion(run.version), metadata={**common_md, **md})
 
@@ -250,11 +244,7 @@ def build_chain(
         paths = aggregate_paths(cfg, run.out_dir)
         done = run.execute(lambda: aggregate_step(cfg, run.out_dir), outputs=lambda: list(paths.values()))
         md = meta.aggregate_metadata(paths)
-        tables = {}
-        if not done.reused:
-            tables["gene_from_guide_mash"] = pd.concat(
-                [read_csv(p, dtype={"gene": str, "active_days": str}).assign(mode=m) for m, p in paths.items()], ignore_index=True
-            )
+        tables = {} if done.reused else results.aggregate_tables(paths)
         metrics = {k: v.value for k, v in md.items()}
         common_md = run.record(done.reused, list(paths.values()), metrics=metrics, row_counts=meta.row_counts(paths.values()), tables=tables)
         return dg.MaterializeResult(data_version=dg.DataVersion(run.version), metadata={**common_md, **md})
@@ -275,12 +265,11 @@ def build_chain(
             outputs=lambda: outputs,
             metrics=lambda r: {"n_hits": int(r.hits["hit_anyday"].sum())},
         )
-        hits = read_csv(outputs[0], what="hits", dtype={"gene": str, "active_days": str, "active_days_any": str})
-        comparison = read_csv(outputs[1], what="mode comparison")
-        n_hits = int(hits["hit_anyday"].astype(bool).sum())
-        tables = {} if done.reused else {"hits": hits, "mash_mode_comparison": comparison}
+        tables = results.rank_tables(*outputs)
+        hits, comparison = tables["hits"], tables["mash_mode_comparison"]
+        metrics = {"n_hits": int(hits["hit_anyday"].astype(bool).sum()), "n_genes": len(hits)}
         common_md = run.record(
-            done.reused, outputs, metrics={"n_hits": n_hits, "n_genes": len(hits)}, row_counts=meta.row_counts(outputs), tables=tables
+            done.reused, outputs, metrics=metrics, row_counts=meta.row_counts(outputs), tables={} if done.reused else tables
         )
         md = meta.rank_metadata(hits, comparison, cfg.mash_default_mode)
         return dg.MaterializeResult(data_version=dg.DataVersion(run.version), metadata={**common_md, **md})
@@ -318,11 +307,4 @@ def build_chain(
     return assets
 
 
-def chain_asset_names(include_diagnostics: bool = True) -> Sequence[str]:
-    """Names of the chain's assets in chain order."""
-    names = ["filtered_cells", "guide_embeddings", "fitted_posterior", "daywise_exports", "mash_outputs",
-             "aggregated_genes", "ranked_hits"]
-    return [*names, "diagnostics"] if include_diagnostics else names
-
-
-__all__ = ["DESCRIPTIONS", "MASH_MODES", "build_chain", "chain_asset_names"]
+__all__ = ["CHAIN_GROUP", "DESCRIPTIONS", "build_chain", "versioned_output"]

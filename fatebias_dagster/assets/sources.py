@@ -104,15 +104,20 @@ def _source(experiment: ExperimentConfig) -> dg.MetadataValue:
     return dg.MetadataValue.text(experiment.config_path or "built-in demo defaults")
 
 
-def build_sources(demo: bool) -> list[Any]:
-    """The observable sources of the main chain (and the demo's simulated experiment)."""
+def build_sources(demo: bool, automation_condition: dg.AutomationCondition | None = None) -> list[Any]:
+    """The observable sources of the main chain (and the demo's simulated experiment, with
+    ``automation_condition``)."""
     steps = [*SETTINGS_STEPS, SIMULATION_SETTINGS] if demo else list(SETTINGS_STEPS)
 
     # One observation op per source: a multi-spec observable source is not executed by
     # asset jobs in this Dagster version.
     sources: list[Any] = [_settings_source(step) for step in steps]
     if demo:
-        sources.append(build_simulated_experiment(SIMULATED_KEY, settings_dep=settings_key(SIMULATION_SETTINGS)))
+        sources.append(
+            build_simulated_experiment(
+                SIMULATED_KEY, settings_dep=settings_key(SIMULATION_SETTINGS), automation_condition=automation_condition
+            )
+        )
         return sources
 
     @_observable(

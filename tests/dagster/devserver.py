@@ -67,7 +67,7 @@ class DagsterDev:
         if self.proc is None or self.proc.poll() is not None:
             return
         pgid = os.getpgid(self.proc.pid)
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
+        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
             try:
                 os.killpg(pgid, sig)
             except ProcessLookupError:

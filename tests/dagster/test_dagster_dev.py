@@ -64,10 +64,10 @@ class Deployment:
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     base = tmp_path_factory.mktemp("dagster_dev")
-    config = simulate_tiny(base / "experiment")
+    config = simulate_tiny(base / "experiment", num_steps=80)  # the server's runs show the platform, not the fit
     study = base / "study.yaml"
     # The backfill shows partitions, the gpu pool and the summary; smaller simulations do.
-    sim_settings = {**{k: v for k, v in TINY.items() if k != "run_diagnostics"}, "sim_n_cells": 1000, "num_steps": 100}
+    sim_settings = {**{k: v for k, v in TINY.items() if k != "run_diagnostics"}, "sim_n_cells": 1000, "num_steps": 60}
     study.write_text(yaml.safe_dump(
         {"name": "test", "seeds": [0], "scenarios": {"baseline": {}, "noisy": {"sim_concentration": 10.0}}, **sim_settings}
     ))

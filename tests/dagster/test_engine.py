@@ -12,8 +12,10 @@ import pytest
 import yaml
 
 from fatebias_core.config import load_config
+from fatebias_dagster.definitions import build_definitions
 from fatebias_dagster.engine import run_chain
 from fatebias_dagster.lineage import PROVENANCE_SQL, LineageDB
+from fatebias_dagster.resources import ExperimentConfig
 
 from .conftest import TINY, subprocess_env, write_tiny_sim_config
 
@@ -74,6 +76,17 @@ def test_demo_and_run_at_once_then_threshold_edit(tmp_path: Path, tiny_experimen
         "aggregated_genes": False, "daywise_exports": True, "filtered_cells": True, "fitted_posterior": True,
         "guide_embeddings": True, "mash_outputs": True, "ranked_hits": False,
     }
+
+    # The values handed between assets live in the run folder: a fresh instance materializes
+    # daywise_exports alone from the fit kept there.
+    defs = build_definitions(ExperimentConfig(config_path=str(cfg_path)), executor=dg.in_process_executor)
+    with dg.DagsterInstance.ephemeral() as instance:
+        alone = defs.resolve_job_def("fatebias_chain").execute_in_process(
+            instance=instance, asset_selection=[dg.AssetKey("daywise_exports")]
+        )
+    assert alone.success
+    [mat] = alone.get_asset_materialization_events()
+    assert mat.step_materialization_data.materialization.metadata["reused"].value is True
 
 
 def test_engine_reports_bad_input_in_one_line(tmp_path: Path, clean_env) -> None:
