@@ -85,6 +85,7 @@ class FatebiasConfig(BaseModel):
     bootstrap_replicates: int = _f(200, "Replicates of posterior_method: bootstrap.", "inference", ge=10)
     laplace_effect_scales: Literal["configured", "fitted"] = _f("configured", "Laplace prior scales of theta: the configured s_tau/s_time (weakly informative: mash does the shrinkage) or the SVI-fitted tau/sigma_time.", "inference")
     dispersion_warmup_frac: float = _f(0.25, "With likelihood_weight auto: fraction of the steps fitted with w = 1 before the dispersion is estimated.", "inference", gt=0, lt=1)
+    checkpoint_every: int = _f(500, "SVI steps between checkpoints of fatebias fit/run (an interrupted fit resumes from the last).", "inference", ge=1)
     progress: bool = _f(True, "Show a progress bar with the ELBO and steps/s.", "inference")
 
     # ------------------------------------------------------------------ exports (6)

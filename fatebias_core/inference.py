@@ -330,7 +330,7 @@ def fit(
     *,
     guide_effects: bool = True,
     checkpoint_dir: str | Path | None = None,
-    checkpoint_every: int = 500,
+    checkpoint_every: int | None = None,
     num_steps: int | None = None,
     seed: int | None = None,
 ) -> FitResult:
@@ -357,7 +357,7 @@ def fit(
         Folder for ``checkpoint.pt``; when it holds a checkpoint made with the same
         settings, the fit resumes from it (same numbers as an uninterrupted run).
     checkpoint_every
-        Steps between checkpoints.
+        Steps between checkpoints (default ``config.checkpoint_every``).
     num_steps, seed
         Override the configured values (used by diagnostics).
 
@@ -367,6 +367,7 @@ def fit(
     """
     steps = int(num_steps or config.num_steps)
     seed = config.seed if seed is None else int(seed)
+    checkpoint_every = int(checkpoint_every or config.checkpoint_every)
     device = resolve_device(config.device)
     contrast_fates = config.contrast_fates
     data = ModelData.from_experiment(experiment, config.ref_fate, contrast_fates, device=device)

@@ -42,7 +42,7 @@ UPSTREAM = {
 }
 
 # Settings that never change results.
-_COSMETIC = {"progress", "out_dir", "device"}
+_COSMETIC = {"progress", "out_dir", "device", "checkpoint_every"}
 
 
 def _group(name: str) -> list[str]:

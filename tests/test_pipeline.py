@@ -1,0 +1,135 @@
+"""The whole chain: fatebias run end to end, step reuse, interrupted fits, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from fatebias_core.cli import main
+from fatebias_core.config import load_config
+from fatebias_core.pipeline import run_chain
+
+from .conftest import TINY_FIT, TINY_SIM
+
+RUN_SETTINGS = {k: v for k, v in TINY_FIT.items() if k != "device"}
+
+
+@pytest.fixture(scope="module")
+def sim_folder(tmp_path_factory) -> Path:
+    from fatebias_core.config import make_config
+    from fatebias_core.simulate import simulate
+
+    folder = tmp_path_factory.mktemp("sim")
+    simulate(make_config(**TINY_SIM), folder)
+    cfg = yaml.safe_load((folder / "config.yaml").read_text())
+    cfg.update(RUN_SETTINGS)
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def chain(sim_folder):
+    cfg = load_config(sim_folder / "config.yaml")
+    assert main(["run", "--config", str(sim_folder / "config.yaml"), "--engine", "local"]) == 0
+    return cfg
+
+
+def test_run_writes_every_output_with_the_seed_names(chain):
+    out = Path(chain.out_dir)
+    for name in [
+        "gene_daywise_for_mash.csv", "guide_daywise_for_mash.csv", "theta_posterior_summary.npz",
+        "delta_posterior_summary.npz", "qc_delta_mean_by_gene.csv", "qc_theta_beta_offset_by_gene.csv",
+        "gene_summary_for_ash.csv", "ash_gene_summary.csv", "mash_gene_conservative.csv", "mash_gene_enriched.csv",
+        "mash_guide_conservative.csv", "mash_guide_enriched.csv", "gene_from_guide_mash_conservative.csv",
+        "gene_from_guide_mash_enriched.csv", "hits_ranked.csv", "mash_mode_comparison.csv", "report.html",
+        "gene_daywise_for_mash_NEU.csv", "mash_gene_conservative_NEU.csv", "fit/fit.json", "elbo_trace.png",
+    ]:
+        assert (out / name).exists(), name
+    gene = pd.read_csv(out / "gene_daywise_for_mash.csv")
+    assert list(gene.columns) == ["gene"] + [f"betahat_d{d}" for d in range(4)] + [f"se_d{d}" for d in range(4)]
+    mash = pd.read_csv(out / "mash_gene_conservative.csv")
+    assert {"postmean_d0", "postsd_d3", "lfsr_d2", "lfsr_min", "best_day"} <= set(mash.columns)
+    qc = pd.read_csv(out / "qc_theta_beta_offset_by_gene.csv")
+    assert np.abs(qc.filter(like="offset_").to_numpy()).max() < 1e-6
+
+
+def test_run_finds_the_true_hits(chain, sim_folder):
+    from fatebias_core.evaluate import score_calls
+
+    hits = pd.read_csv(Path(chain.out_dir) / "hits_ranked.csv")
+    truth = pd.read_csv(sim_folder / "truth_daywise.csv")
+    ev = score_calls(hits, truth, 0.2)
+    assert ev.summary["anyday_precision"] == 1.0
+    assert ev.summary["anyday_recall"] >= 0.75
+    # hits first, then by lfsr among active days
+    flags = hits["hit_anyday"].to_numpy()
+    assert not np.any(~flags[:-1] & flags[1:])
+
+
+def test_rerun_reuses_every_step(chain):
+    res = run_chain(chain)
+    assert res.ran == []
+    assert {"fit", "export", "mash", "aggregate", "rank"} <= set(res.reused)
+
+
+def test_changing_a_threshold_reruns_ranking_not_the_fit(chain):
+    cfg = chain.model_copy(update={"mash_lfsr_thresh_day": 0.01})
+    fit_json = Path(cfg.out_dir) / "fit" / "fit.json"
+    before = fit_json.stat().st_mtime_ns
+    res = run_chain(cfg)
+    assert {"aggregate", "rank", "report"} <= set(res.ran)
+    assert {"fit", "export", "mash"} <= set(res.reused)
+    assert fit_json.stat().st_mtime_ns == before
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, sim_folder, capsys):
+    cfg = yaml.safe_load((sim_folder / "config.yaml").read_text())
+    cfg.update(adata_path=str(tmp_path / "missing.h5ad"), guide_map_csv=str(sim_folder / "guide_map.csv"), out_dir=str(tmp_path / "out"))
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", "--config", str(path), "--engine", "local"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing.h5ad" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def _fit_cmd(config: Path) -> list[str]:
+    return [sys.executable, "-m", "fatebias_core.cli", "fit", "--config", str(config)]
+
+
+def test_a_killed_fit_resumes_with_the_same_numbers(tmp_path, sim_folder):
+    cfg = yaml.safe_load((sim_folder / "config.yaml").read_text())
+    base = {**cfg, "adata_path": str(sim_folder / cfg["adata_path"]), "guide_map_csv": str(sim_folder / cfg["guide_map_csv"]),
+            "num_steps": 600, "checkpoint_every": 50, "posterior_method": "meanfield", "num_posterior_draws": 50}
+    killed, clean = tmp_path / "killed.yaml", tmp_path / "clean.yaml"
+    killed.write_text(yaml.safe_dump({**base, "out_dir": str(tmp_path / "killed")}))
+    clean.write_text(yaml.safe_dump({**base, "out_dir": str(tmp_path / "clean")}))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(_fit_cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / "fit" / "checkpoint.pt"
+    deadline = time.time() + 240
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert ckpt.exists(), "no checkpoint appeared"
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "fit" / "fit.json").exists()
+    assert subprocess.run(_fit_cmd(killed), env=env, capture_output=True).returncode == 0
+    assert subprocess.run(_fit_cmd(clean), env=env, capture_output=True).returncode == 0
+    a = json.loads((tmp_path / "killed" / "fit" / "fit.json").read_text())
+    b = json.loads((tmp_path / "clean" / "fit" / "fit.json").read_text())
+    assert a["info"]["resumed_from"] >= 50 and b["info"]["resumed_from"] == 0
+    ta = pd.read_csv(tmp_path / "killed" / "gene_daywise_for_mash.csv")
+    tb = pd.read_csv(tmp_path / "clean" / "gene_daywise_for_mash.csv")
+    pd.testing.assert_frame_equal(ta, tb, rtol=1e-5)
