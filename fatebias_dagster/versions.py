@@ -15,10 +15,15 @@ and Dagster marks ``aggregated_genes`` and ``ranked_hits`` stale, not the fit.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import os
+from pathlib import Path
+
 import dagster as dg
 
 from fatebias_core.config import FatebiasConfig
-from fatebias_core.steps import CODE_VERSIONS, UPSTREAM, input_version, step_settings
+from fatebias_core.steps import CODE_VERSIONS, UPSTREAM, file_hash, input_version, step_settings
 from fatebias_core.steps import step_versions as core_step_versions
 
 #: Chain assets of each fatebias_core step, in chain order.
@@ -75,6 +80,24 @@ def input_files(config: FatebiasConfig) -> list[str]:
     return [str(p) for p in (config.adata_path, config.guide_map_csv) if p]
 
 
+@functools.lru_cache(maxsize=32)
+def _file_hash(path: str, size: int, mtime_ns: int) -> str:
+    return file_hash(path)
+
+
+def watched_input_version(config: FatebiasConfig) -> str:
+    """:func:`fatebias_core.steps.input_version`, each file's hash cached on (path, size, mtime).
+
+    The change sensor asks every few seconds; a multi-gigabyte AnnData is hashed again
+    only when it changed on disk.
+    """
+    parts = []
+    for p in input_files(config):
+        st = os.stat(p)
+        parts.append(_file_hash(str(Path(p).resolve()), st.st_size, st.st_mtime_ns))
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
 def step_versions(config: FatebiasConfig) -> dict[str, str]:
     """Every step's version for the current settings and files (fatebias_core.steps)."""
     return core_step_versions(config, input_version(config))
@@ -106,4 +129,5 @@ __all__ = [
     "settings_version",
     "step_versions",
     "upstream_closure",
+    "watched_input_version",
 ]

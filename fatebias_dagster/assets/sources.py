@@ -41,6 +41,7 @@ from ..versions import (
     settings_key,
     settings_values,
     settings_version,
+    watched_input_version,
 )
 
 SOURCE_CODE_VERSION = "1"
@@ -91,7 +92,7 @@ def source_versions(
         missing = [f for f in files if not Path(f).exists()]
         if not missing:
             out[EXPERIMENT_KEY] = SourceVersion(
-                input_version(config),
+                watched_input_version(config),
                 {
                     "files": dg.MetadataValue.json(files),
                     "bytes": dg.MetadataValue.json({Path(f).name: Path(f).stat().st_size for f in files}),

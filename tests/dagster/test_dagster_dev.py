@@ -2,7 +2,8 @@
 assets through the daemon, and a simulation backfill.
 
 One server (webserver + daemon, loopback, its own DAGSTER_HOME with the repository's dagster.yaml)
-serves the module; each test also works alone (it materializes what it needs first).
+serves these tests (session-scoped: with ``-n 2 --dist loadfile`` they share one); each test also
+works alone (it materializes what it needs first).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from fatebias_dagster.lineage import PROVENANCE_SQL, LineageDB
 from .conftest import TINY, simulate_tiny, subprocess_env
 from .devserver import ROOT, DagsterDev
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dagster_dev")]
+pytestmark = pytest.mark.slow
 
 CHAIN = ["filtered_cells", "guide_embeddings", "fitted_posterior", "daywise_exports", "mash_outputs",
          "aggregated_genes", "ranked_hits"]
@@ -61,7 +62,7 @@ class Deployment:
             time.sleep(1)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # one server per pytest worker, whatever order its tests come in
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     base = tmp_path_factory.mktemp("dagster_dev")
     config = simulate_tiny(base / "experiment", num_steps=80)  # the server's runs show the platform, not the fit
