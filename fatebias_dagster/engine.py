@@ -131,6 +131,9 @@ def _chain_result(config: FatebiasConfig, result: dg.ExecuteInProcessResult, run
         mat = event.step_materialization_data.materialization
         step = ASSET_STEP.get(mat.asset_key.path[-1])
         reused = mat.metadata.get("reused")
+        disabled = mat.metadata.get("run_diagnostics")
+        if disabled is not None and not disabled.value:
+            continue  # diagnostics switched off: recorded, nothing computed
         if step and step in CHAIN:
             status[step] = bool(reused.value) if reused is not None else False
     chain.ran = [s for s in CHAIN if s in status and not status[s]]

@@ -80,9 +80,9 @@ class ChainLayout:
 
     def settings_deps(self, step: str) -> list[dg.AssetKey]:
         """The settings source ``step`` depends on (none without settings sources)."""
-        from .versions import settings_key
+        from .versions import SETTINGS_STEPS, settings_key
 
-        return [settings_key(step)] if self.settings_sources else []
+        return [settings_key(step)] if self.settings_sources and step in SETTINGS_STEPS else []
 
 
 @contextlib.contextmanager

@@ -35,11 +35,12 @@ STEP_ASSETS: dict[str, tuple[str, ...]] = {
     "aggregate": ("aggregated_genes",),
     "rank": ("ranked_hits",),
     "diagnostics": ("diagnostics",),
+    "report": ("report",),
 }
 ASSET_STEP = {name: step for step, names in STEP_ASSETS.items() for name in names}
 
-#: Steps with a settings source (every chain step).
-SETTINGS_STEPS = tuple(STEP_ASSETS)
+#: Steps with a settings source (every chain step that reads settings; the report reads none).
+SETTINGS_STEPS = tuple(step for step in STEP_ASSETS if step_settings(step))
 
 EXPERIMENT_KEY = dg.AssetKey("experiment")
 SIMULATED_KEY = dg.AssetKey("simulated_experiment")

@@ -31,8 +31,10 @@ from fatebias_core.pipeline import (
     mash_step,
     rank_outputs,
     rank_step,
+    report_step,
 )
 from fatebias_core.posterior import export_paths
+from fatebias_core.report import REPORT_FILE
 from fatebias_core.types import Experiment, FilteredCells, GuideEmbedding, LoadSummary
 
 from .. import metadata as meta
@@ -56,7 +58,9 @@ DESCRIPTIONS = {
     "ranked_hits": "Called and ranked hits (MODEL.md 9): hits_ranked.csv (mash_default_mode) and "
     "mash_mode_comparison.csv.",
     "diagnostics": "Held-out cross-entropy, permutation negative control and sanity checks (MODEL.md 10): "
-    "diagnostics.json. Not materialized when run_diagnostics is false.",
+    "diagnostics.json. With run_diagnostics false it is recorded as disabled and nothing is computed.",
+    "report": "The run as one self-contained HTML page with figures (report.html): inputs, fit, hits, "
+    "effects by day, guide concordance, QC, negative control, mode comparison, recovery. Linked below.",
 }
 
 #: The chain's assets share one group, so that its page in the UI shows the whole graph.
@@ -71,6 +75,7 @@ KINDS = {
     "aggregated_genes": {"pandas", "csv"},
     "ranked_hits": {"pandas", "csv"},
     "diagnostics": {"pytorch", "json"},
+    "report": {"html"},
 }
 
 
@@ -282,7 +287,8 @@ def build_chain(
         @dg.asset(
             key=key("diagnostics"),
             ins={"filtered_cells": dg.AssetIn(key("filtered_cells")), "guide_embeddings": dg.AssetIn(key("guide_embeddings"))},
-            deps=layout.settings_deps("diagnostics"),
+            # The sanity checks and the permutation verdict read the ranked results.
+            deps=[key("ranked_hits"), *layout.settings_deps("diagnostics")],
             output_required=False,
             **spec("diagnostics", "diagnostics"),
             **common,
@@ -291,7 +297,12 @@ def build_chain(
             run = StepRun.start(context, "diagnostics", layout)
             cfg = run.config
             if not cfg.run_diagnostics:
-                context.log.info("run_diagnostics is false: diagnostics not materialized")
+                # Recorded (not skipped) so that the report downstream still runs.
+                context.log.info("run_diagnostics is false: diagnostics disabled, nothing computed")
+                yield dg.MaterializeResult(
+                    data_version=dg.DataVersion(run.version),
+                    metadata={"run_diagnostics": dg.MetadataValue.bool(False)},
+                )
                 return
             experiment = Experiment(filtered_cells[0], guide_embeddings, filtered_cells[1])
             path = run.out_dir / "diagnostics.json"
@@ -304,6 +315,34 @@ def build_chain(
             )
 
         assets.append(diagnostics)
+
+    # ------------------------------------------------------------------ report
+    @dg.asset(
+        key=key("report"),
+        deps=[key("ranked_hits"), *([key("diagnostics")] if include_diagnostics else [])],
+        **spec("report", "report"),
+        **common,
+    )
+    def report(context: AssetExecutionContext) -> dg.MaterializeResult:
+        run = StepRun.start(context, "report", layout)
+        path = run.out_dir / REPORT_FILE
+        done = run.execute(
+            lambda: report_step(run.config, run.out_dir),
+            outputs=lambda: [path],
+            metrics=lambda r: {"size_bytes": r.size_bytes, "n_figures": r.n_figures},
+        )
+        common_md = run.record(done.reused, [path], metrics={"size_bytes": path.stat().st_size})
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(run.version),
+            metadata={
+                **common_md,
+                "report": dg.MetadataValue.url(path.resolve().as_uri()),
+                "report path": dg.MetadataValue.path(str(path.resolve())),
+                "size (KiB)": dg.MetadataValue.int(path.stat().st_size // 1024),
+            },
+        )
+
+    assets.append(report)
     return assets
 
 

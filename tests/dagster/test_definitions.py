@@ -19,7 +19,7 @@ from .conftest import subprocess_env, write_tiny_sim_config
 
 ROOT = Path(__file__).parents[2]
 CHAIN = ["filtered_cells", "guide_embeddings", "fitted_posterior", "daywise_exports", "mash_outputs",
-         "aggregated_genes", "ranked_hits", "diagnostics"]
+         "aggregated_genes", "ranked_hits", "diagnostics", "report"]
 
 
 def nodes(defs: dg.Definitions) -> dict[str, object]:
@@ -40,7 +40,8 @@ def test_real_experiment_graph(tiny_experiment: Path) -> None:
     assert parents(got["filtered_cells"]) == {"experiment", "settings/load"}
     assert parents(got["fitted_posterior"]) == {"filtered_cells", "guide_embeddings", "settings/fit"}
     assert parents(got["ranked_hits"]) == {"mash_outputs", "aggregated_genes", "daywise_exports", "settings/rank"}
-    assert parents(got["diagnostics"]) == {"filtered_cells", "guide_embeddings", "settings/diagnostics"}
+    assert parents(got["diagnostics"]) == {"filtered_cells", "guide_embeddings", "ranked_hits", "settings/diagnostics"}
+    assert parents(got["report"]) == {"ranked_hits", "diagnostics"}
     assert {got[k].group_name for k in CHAIN} == {"chain"}
 
 

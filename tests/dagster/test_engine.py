@@ -21,7 +21,7 @@ from .conftest import TINY, subprocess_env, write_tiny_sim_config
 
 ROOT = Path(__file__).parents[2]
 CHAIN_ROWS = {"filtered_cells", "guide_embeddings", "fitted_posterior", "daywise_exports", "mash_outputs",
-              "aggregated_genes", "ranked_hits"}
+              "aggregated_genes", "ranked_hits", "report"}
 
 
 @pytest.mark.slow
@@ -41,7 +41,7 @@ def test_demo_and_run_at_once_then_threshold_edit(tmp_path: Path, tiny_experimen
     outs = [p.communicate(timeout=420)[0] for p in (demo, run)]
     assert [demo.returncode, run.returncode] == [0, 0], "\n".join(o[-3000:] for o in outs)
     for out in outs:
-        assert "ran: fit, export, mash, aggregate, rank" in out and "Dagster run" in out, out[-2000:]
+        assert "ran: fit, export, mash, aggregate, rank, report" in out and "Dagster run" in out, out[-2000:]
 
     db = LineageDB(db_path)
     rows = db.query("SELECT out_dir, asset_key, run_id, reused FROM materializations")
@@ -51,7 +51,7 @@ def test_demo_and_run_at_once_then_threshold_edit(tmp_path: Path, tiny_experimen
     assert db.query("SELECT count(DISTINCT run_id) AS runs, count(*) AS n FROM hits").iloc[0].tolist() == [2, 2 * TINY["sim_n_genes"]]
 
     prov = db.query(PROVENANCE_SQL)
-    assert set(prov["asset_key"]) == CHAIN_ROWS
+    assert set(prov["asset_key"]) == CHAIN_ROWS - {"report"}  # what the hit list was built from
     latest = rows.loc[rows["asset_key"] == "ranked_hits"]
     load = prov.set_index("asset_key").loc["filtered_cells"]
     assert load["input_files"][0].endswith("adata.h5ad") and load["input_files"][1].endswith("guide_map.csv")
@@ -65,7 +65,7 @@ def test_demo_and_run_at_once_then_threshold_edit(tmp_path: Path, tiny_experimen
     clean_env.setenv("FATEBIAS_LINEAGE_DB", str(db_path))
     with dg.DagsterInstance.ephemeral() as instance:
         result = run_chain(load_config(cfg_path), instance=instance)
-    assert result.ran == ["aggregate", "rank"]
+    assert result.ran == ["aggregate", "rank", "report"]
     assert result.reused == ["fit", "export", "mash"]
     assert result.hits is not None and len(result.hits) == TINY["sim_n_genes"]
     reran = db.query(
@@ -74,7 +74,7 @@ def test_demo_and_run_at_once_then_threshold_edit(tmp_path: Path, tiny_experimen
     )
     assert reran.set_index("asset_key")["reused"].to_dict() == {
         "aggregated_genes": False, "daywise_exports": True, "filtered_cells": True, "fitted_posterior": True,
-        "guide_embeddings": True, "mash_outputs": True, "ranked_hits": False,
+        "guide_embeddings": True, "mash_outputs": True, "ranked_hits": False, "report": False,
     }
 
     # The values handed between assets live in the run folder: a fresh instance materializes
