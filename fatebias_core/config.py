@@ -272,6 +272,19 @@ def make_config(values: dict[str, Any] | None = None, source: str = "config", **
         raise ConfigError(_format_validation_error(exc, source)) from None
 
 
+def read_yaml(path: str | Path, what: str = "YAML file") -> Any:
+    """Parse a YAML file; a missing file or invalid YAML is a one-line :class:`ConfigError`."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+
+
 def load_config(path: str | Path | None = None, **overrides: Any) -> FatebiasConfig:
     """Read and validate a YAML configuration file.
 
@@ -288,14 +301,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> FatebiasCon
     if path is None:
         return make_config(None, **overrides)
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    raw = read_yaml(path, what="config file")
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -132,8 +132,6 @@ def mash_step(config: FatebiasConfig, out_dir: str | Path | None = None) -> Mash
         if fate in result.ash_files:
             summary = read_csv(files["ash_summary"], what="across-day summary", dtype={"gene": str})
             write_csv(ash_table(summary, config).table, result.ash_files[fate])
-    for m in result.messages:
-        log.info(m)
     return result
 
 

@@ -45,7 +45,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from .config import FatebiasConfig, make_config
+from .config import FatebiasConfig, make_config, read_yaml
 from .errors import ConfigError, FatebiasError
 from .io import write_csv, write_text
 
@@ -234,15 +234,7 @@ def _check_key(key: Any, where: str) -> None:
 
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate a sweep spec YAML file."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"sweep spec not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    raw = read_yaml(path, what="sweep spec")
     return SweepSpec.from_dict(raw or {}, source=str(path))
 
 
@@ -276,23 +268,33 @@ def run_one(run: SweepRun, config: FatebiasConfig, run_dir: str | Path) -> dict[
         chain.out_dir / "hits_ranked.csv", sim.paths["truth_daywise"], chain.out_dir,
         truth_thresh=run_cfg.sim_truth_thresh, config=run_cfg,
     )
-    s = ev.summary
-    scores = s["scores"]
-    row: dict[str, Any] = {}
-    for level, prefix in (("overall", "daywise"), ("anyday", "anyday")):
-        for metric in ("precision", "recall", "f1", "fpr"):
-            row[f"{prefix}_{metric}"] = _nan(scores.get(level, {}).get(metric))
-    counts = s["counts"]
+    row = score_row(ev.summary)
     row.update(
-        n_hits=s["n_hits"],
-        n_called_gene_days=counts["n_called_gene_days"],
-        n_true_active_genes=counts["n_true_active_genes"],
-        n_true_active_gene_days=counts["n_true_active_gene_days"],
         fit_steps=chain.fit_info.get("steps"),
         converged=chain.fit_info.get("converged"),
         fit_runtime_s=chain.fit_info.get("runtime_s"),
         reused_fit="fit" in chain.reused,
         runtime_s=round(time.perf_counter() - t0, 3),
+    )
+    return row
+
+
+def score_row(summary: dict[str, Any]) -> dict[str, Any]:
+    """The recovery scores of one run (a ``pred_call_summary.json``) as a results-table row.
+
+    Columns: daywise (pooled) and any-day precision, recall, F1 and FPR; hits; called
+    gene/days; truly active genes and gene/days.
+    """
+    row: dict[str, Any] = {}
+    for level, prefix in (("overall", "daywise"), ("anyday", "anyday")):
+        for metric in ("precision", "recall", "f1", "fpr"):
+            row[f"{prefix}_{metric}"] = _nan(summary["scores"].get(level, {}).get(metric))
+    counts = summary["counts"]
+    row.update(
+        n_hits=summary["n_hits"],
+        n_called_gene_days=counts["n_called_gene_days"],
+        n_true_active_genes=counts["n_true_active_genes"],
+        n_true_active_gene_days=counts["n_true_active_gene_days"],
     )
     return row
 

@@ -24,7 +24,7 @@ from dagster import AssetExecutionContext
 from fatebias_core.evaluate import evaluate_files
 from fatebias_core.io import read_csv, write_csv
 from fatebias_core.steps import file_hash
-from fatebias_core.sweep import plot_sweep
+from fatebias_core.sweep import plot_sweep, score_row
 
 from .. import metadata as meta
 from ..executors import fit_op_tags, fit_pool
@@ -42,26 +42,6 @@ SUMMARY_KEY = dg.AssetKey("recovery_summary")
 EVALUATE_CODE_VERSION = "1"
 SUMMARY_CODE_VERSION = "1"
 SCORE_FILES = ("daywise_confusion.csv", "pred_call_summary.json")
-
-
-def _nan(x: Any) -> float:
-    return float("nan") if x is None else float(x)
-
-
-def score_row(summary: dict[str, Any]) -> dict[str, Any]:
-    """The scores of one run, in the columns of ``fatebias sweep``'s results table."""
-    row: dict[str, Any] = {}
-    for level, prefix in (("overall", "daywise"), ("anyday", "anyday")):
-        for metric in ("precision", "recall", "f1", "fpr"):
-            row[f"{prefix}_{metric}"] = _nan(summary["scores"].get(level, {}).get(metric))
-    counts = summary["counts"]
-    row.update(
-        n_hits=summary["n_hits"],
-        n_called_gene_days=counts["n_called_gene_days"],
-        n_true_active_genes=counts["n_true_active_genes"],
-        n_true_active_gene_days=counts["n_true_active_gene_days"],
-    )
-    return row
 
 
 def build_recovery_assets(study: Study) -> list[dg.AssetsDefinition]:
