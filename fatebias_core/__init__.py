@@ -39,6 +39,14 @@ _EXPORTS = {
     "compare_modes": "calls",
     "score_calls": "evaluate",
     "run_chain": "pipeline",
+    "run_demo": "pipeline",
+    "mash_table": "mash",
+    "ash_table": "mash",
+    "run_diagnostics": "diagnostics",
+    "run_sweep": "sweep",
+    "run_calibration": "calibration",
+    "build_report": "report",
+    "refine_posterior": "inference",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
