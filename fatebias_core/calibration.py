@@ -52,7 +52,7 @@ SCENARIOS: dict[str, dict] = {
     "small_effects": {"sim_effect_min": 0.2, "sim_effect_max": 0.5},
     "dense": {"sim_active_frac": 0.3},
     "few_cells": {"sim_n_cells": 5000},
-    "null": {"sim_active_frac": 0.0},
+    "no_effects": {"sim_active_frac": 0.0},
 }
 """Scenario name -> simulation settings that differ from the defaults."""
 
