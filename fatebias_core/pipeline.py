@@ -283,54 +283,79 @@ def run_chain(config: FatebiasConfig, until: str | None = None, experiment: Expe
     versions = step_versions(config, input_version(config))
     manifest = Manifest.open(out)
     result = ChainResult(out_dir=out, config=config)
-    steps = CHAIN if until is None else CHAIN[: CHAIN.index(until) + 1]
-
-    def run(step: str, make, outputs, metrics=None, force: bool = False) -> bool:
-        if not force and manifest.is_current(step, versions[step]):
-            result.reused.append(step)
-            return False
-        value = make()
-        manifest.record(step, versions[step], outputs(), metrics(value) if metrics else None)
-        result.ran.append(step)
-        return True
-
-    from .posterior import export_paths
-
-    fit_box: dict[str, FitResult] = {}
-
-    def do_fit() -> FitResult:
-        fit_box["fit"] = fit_step(experiment, config, out)
-        return fit_box["fit"]
-
-    run("fit", do_fit, lambda: [out / FIT_DIR / "fit.json", out / FIT_DIR / "variational_params.npz"],
-        lambda r: {"final_loss_per_cell": r.info["final_loss_per_cell"], "converged": r.info["converged"]})
+    fitted: list[FitResult] = []
 
     def fit_result() -> FitResult:
-        if "fit" not in fit_box:
-            fit_box["fit"] = load_fit(out / FIT_DIR)
-        return fit_box["fit"]
+        if not fitted:
+            fitted.append(load_fit(out / FIT_DIR))
+        return fitted[0]
 
-    result.fit_info = fit_result().info
-    exp_files = lambda: [p for files in export_paths(config, out, config.contrast_fates).values() for p in files.values()]  # noqa: E731
-    run("export", lambda: export_step(fit_result(), config, out), exp_files)
-    if "mash" in steps:
-        run("mash", lambda: mash_step(config, out), lambda: mash_outputs(config, out).all_paths)
-    if "aggregate" in steps:
-        run("aggregate", lambda: aggregate_step(config, out), lambda: list(aggregate_paths(config, out).values()))
-    if "rank" in steps:
-        run("rank", lambda: rank_step(config, out), lambda: rank_outputs(config, out),
-            lambda r: {"n_hits": int(r.hits["hit_anyday"].sum())})
-        result.hits = read_csv(out / "hits_ranked.csv", what="hits", dtype={"gene": str})
-    if "diagnostics" in steps and config.run_diagnostics:
-        run("diagnostics", lambda: diagnostics_step(experiment, config, out), lambda: [out / "diagnostics.json"])
-    if "report" in steps:  # rerun whenever any step before it ran: the page shows them all
-        from .report import REPORT_FILE
+    def do_fit() -> FitResult:
+        fitted[:] = [fit_step(experiment, config, out)]
+        return fitted[0]
 
-        run("report", lambda: report_step(config, out), lambda: [out / REPORT_FILE],
-            lambda r: {"size_bytes": r.size_bytes, "n_figures": r.n_figures}, force=bool(result.ran))
-        result.notes.append(f"report: {out / REPORT_FILE}")
+    make = {
+        "fit": do_fit,
+        "export": lambda: export_step(fit_result(), config, out),
+        "mash": lambda: mash_step(config, out),
+        "aggregate": lambda: aggregate_step(config, out),
+        "rank": lambda: rank_step(config, out),
+        "diagnostics": lambda: diagnostics_step(experiment, config, out),
+        "report": lambda: report_step(config, out),
+    }
+    for step in CHAIN if until is None else CHAIN[: CHAIN.index(until) + 1]:
+        if step == "diagnostics" and not config.run_diagnostics:
+            continue
+        # The report reruns whenever any step before it ran: the page shows them all.
+        force = step == "report" and bool(result.ran)
+        if not force and manifest.is_current(step, versions[step]):
+            result.reused.append(step)
+        else:
+            value = make[step]()
+            manifest.record(step, versions[step], step_outputs(step, config, out), step_metrics(step, value))
+            result.ran.append(step)
+        if step == "fit":
+            result.fit_info = fit_result().info
+        elif step == "rank":
+            result.hits = read_csv(out / "hits_ranked.csv", what="hits", dtype={"gene": str})
+        elif step == "report":
+            result.notes.append(f"report: {out / 'report.html'}")
     result.runtime_s = time.perf_counter() - t0
     return result
+
+
+def step_outputs(step: str, config: FatebiasConfig, out_dir: str | Path | None = None) -> list[Path]:
+    """The files ``step`` writes into the run folder (what the manifest checks still exist)."""
+    from .posterior import export_paths
+    from .report import REPORT_FILE
+
+    out = _out(config, out_dir)
+    if step == "fit":
+        return [out / FIT_DIR / "fit.json", out / FIT_DIR / "variational_params.npz"]
+    if step == "export":
+        return [p for files in export_paths(config, out, config.contrast_fates).values() for p in files.values()]
+    if step == "mash":
+        return mash_outputs(config, out).all_paths
+    if step == "aggregate":
+        return list(aggregate_paths(config, out).values())
+    if step == "rank":
+        return rank_outputs(config, out)
+    if step == "diagnostics":
+        return [out / "diagnostics.json"]
+    if step == "report":
+        return [out / REPORT_FILE]
+    raise ValueError(f"no such step: {step}")
+
+
+def step_metrics(step: str, value) -> dict:
+    """Headline numbers of a finished step, kept in the manifest."""
+    if step == "fit":
+        return {"final_loss_per_cell": value.info["final_loss_per_cell"], "converged": value.info["converged"]}
+    if step == "rank":
+        return {"n_hits": int(value.hits["hit_anyday"].sum())}
+    if step == "report":
+        return {"size_bytes": value.size_bytes, "n_figures": value.n_figures}
+    return {}
 
 
 def load_experiment_checked(config: FatebiasConfig, verbose: bool = True) -> Experiment:
