@@ -17,7 +17,6 @@ from typing import Any
 import dagster as dg
 from dagster import AssetExecutionContext
 
-from fatebias_core.config import FatebiasConfig
 from fatebias_core.io import write_text
 from fatebias_core.pipeline import (
     FIT_DIR,
@@ -32,6 +31,7 @@ from fatebias_core.pipeline import (
     rank_outputs,
     rank_step,
     report_step,
+    step_outputs,
 )
 from fatebias_core.posterior import export_paths
 from fatebias_core.report import REPORT_FILE
@@ -84,10 +84,6 @@ def versioned_output(value: Any, version: str, metadata: Mapping[str, Any], outp
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.BetaWarning)
         return dg.Output(value, output_name, data_version=dg.DataVersion(version), metadata=dict(metadata))
-
-
-def _export_files(config: FatebiasConfig, run: StepRun) -> list:
-    return [p for files in export_paths(config, run.out_dir, config.contrast_fates).values() for p in files.values()]
 
 
 def build_chain(
@@ -185,7 +181,7 @@ def build_chain(
         experiment = Experiment(filtered_cells[0], guide_embeddings, filtered_cells[1])
         done = run.execute(
             lambda: fit_step(experiment, run.config, run.out_dir),
-            outputs=lambda: [fit_dir / "fit.json", fit_dir / "variational_params.npz"],
+            outputs=lambda: step_outputs("fit", run.config, run.out_dir),
             reuse=lambda: load_fit(fit_dir),
             metrics=lambda r: {"final_loss_per_cell": r.info["final_loss_per_cell"], "converged": r.info["converged"]},
         )
@@ -207,10 +203,12 @@ def build_chain(
     def daywise_exports(context: AssetExecutionContext, fitted_posterior) -> dg.MaterializeResult:
         run = StepRun.start(context, "export", layout)
         cfg = run.config
-        done = run.execute(lambda: export_step(fitted_posterior, cfg, run.out_dir), outputs=lambda: _export_files(cfg, run))
+        done = run.execute(
+            lambda: export_step(fitted_posterior, cfg, run.out_dir), outputs=lambda: step_outputs("export", cfg, run.out_dir)
+        )
         files = export_paths(cfg, run.out_dir, cfg.contrast_fates)
         md = meta.export_metadata(files, cfg.contrast_fate)
-        outputs = _export_files(cfg, run)
+        outputs = step_outputs("export", cfg, run.out_dir)
         common_md = run.record(done.reused, outputs, metrics={"qc": md["QC offsets"].value}, row_counts=meta.row_counts(outputs))
         return dg.MaterializeResult(data_version=dg.DataVersion(run.version), metadata={**common_md, **md})
 
