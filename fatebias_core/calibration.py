@@ -34,7 +34,7 @@ from scipy.stats import norm
 
 from .config import FatebiasConfig
 from .errors import ConfigError
-from .io import write_csv
+from .io import write_csv, write_text
 
 log = logging.getLogger("fatebias.calibration")
 
@@ -246,6 +246,36 @@ def run_calibration(
     return write_calibration(results, out)
 
 
+def calibration_markdown(summary: pd.DataFrame) -> str:
+    """The study's key tables as Markdown: model interval coverage, mash FSR, null calls and power."""
+
+    def table(df: pd.DataFrame) -> str:
+        cols = list(df.columns)
+        lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + " --- |" * len(cols)]
+        for row in df.itertuples(index=False):
+            lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row) + " |")
+        return "\n".join(lines)
+
+    out = []
+    cov = summary[(summary["metric"] == "coverage") & (summary["source"] == "model")]
+    for level in LEVELS:
+        piv = cov[cov["level"] == level].pivot_table(index="scenario", columns=["method", "group"], values="value", sort=False)
+        piv.columns = [f"{m} {g}" for m, g in piv.columns]
+        out.append(f"#### Coverage of the model's {level:.0%} credible intervals of theta\n\n" + table(piv.reset_index()))
+    for source in sorted(s for s in summary["source"].unique() if s.startswith("mash:")):
+        sub = summary[(summary["source"] == source) & (summary["level"] == 0.05) & summary["metric"].isin(["fsr", "null_called", "power"])]
+        piv = sub.pivot_table(index="scenario", columns=["method", "metric"], values="value", sort=False)
+        piv.columns = [f"{m} {g}" for m, g in piv.columns]
+        out.append(f"#### {source}: false sign rate, null gene/days called and power at lfsr < 0.05\n\n" + table(piv.reset_index()))
+        sub = summary[(summary["source"] == source) & (summary["metric"] == "coverage") & (summary["level"] == 0.9)]
+        piv = sub.pivot_table(index="scenario", columns=["method", "group"], values="value", sort=False)
+        piv.columns = [f"{m} {g}" for m, g in piv.columns]
+        out.append(f"#### {source}: coverage of 90% posterior intervals\n\n" + table(piv.reset_index()))
+    rt = summary.groupby("method", sort=False)["runtime_s"].mean().round(1).reset_index()
+    out.append("#### Mean runtime per simulated experiment (s; fit + posterior + mash)\n\n" + table(rt))
+    return "\n\n".join(out) + "\n"
+
+
 def write_calibration(results: pd.DataFrame, out_dir: str | Path) -> CalibrationResult:
     """Write the tidy results, the summary and the figures (also used by the platform)."""
     from .plots import plot_calibration_coverage, plot_calibration_fsr
@@ -257,5 +287,6 @@ def write_calibration(results: pd.DataFrame, out_dir: str | Path) -> Calibration
         "summary": write_csv(summary, out / "calibration_summary.csv"),
         "coverage": plot_calibration_coverage(summary, out / "calibration_coverage.png"),
         "fsr": plot_calibration_fsr(summary, out / "calibration_fsr.png"),
+        "tables": write_text(calibration_markdown(summary), out / "calibration_tables.md"),
     }
     return CalibrationResult(results, summary, paths)
