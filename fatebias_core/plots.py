@@ -90,18 +90,24 @@ def plot_effects_by_day(
     return _save(fig, path)
 
 
+def _method_colors(summary) -> dict[str, str]:
+    """One colour per inference method, the same in every panel and figure."""
+    return {m: f"C{i}" for i, m in enumerate(dict.fromkeys(summary["method"]))}
+
+
 def plot_calibration_coverage(summary, path: str | Path, source: str = "model") -> Path:
     """Interval coverage against the nominal level, one panel per truth group, a line per method.
 
     Thin lines are single scenarios, thick lines their mean.
     """
     df = summary[(summary["metric"] == "coverage") & (summary["source"] == source)]
+    colors = _method_colors(summary)
     groups = [g for g in ("all", "effects", "nulls") if g in set(df["group"])]
     fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(4.2 * max(len(groups), 1), 3.8), squeeze=False)
     for ax, group in zip(axes[0], groups, strict=False):
         sub = df[df["group"] == group]
-        for i, (method, m) in enumerate(sub.groupby("method", sort=False)):
-            color = f"C{i}"
+        for method, m in sub.groupby("method", sort=False):
+            color = colors[method]
             for _, sc in m.groupby("scenario"):
                 sc = sc.sort_values("level")
                 ax.plot(sc["level"], sc["value"], color=color, lw=0.6, alpha=0.35)
@@ -119,19 +125,23 @@ def plot_calibration_coverage(summary, path: str | Path, source: str = "model") 
 
 
 def plot_calibration_fsr(summary, path: str | Path) -> Path:
-    """Realised false sign rate of lfsr calls against the threshold, a panel per mash source."""
+    """Realised false sign rate of lfsr calls against the threshold, a panel per mash source.
+
+    Thin lines are single scenarios (pooled over seeds), thick lines all scenarios pooled.
+    """
     df = summary[summary["metric"] == "fsr"]
+    colors = _method_colors(summary)
     sources = sorted(set(df["source"]))
     fig, axes = plt.subplots(1, max(len(sources), 1), figsize=(3.6 * max(len(sources), 1), 3.6), squeeze=False, sharey=True)
     for ax, source in zip(axes[0], sources, strict=False):
         sub = df[df["source"] == source]
-        for i, (method, m) in enumerate(sub.groupby("method", sort=False)):
-            color = f"C{i}"
+        for method, m in sub.groupby("method", sort=False):
+            color = colors[method]
             for _, sc in m.groupby("scenario"):
                 sc = sc.sort_values("level")
                 ax.plot(sc["level"], sc["value"], color=color, lw=0.6, alpha=0.35)
-            worst = m.groupby("level")["value"].max()
-            ax.plot(worst.index, worst.values, color=color, lw=2, marker="o", ms=3, label=f"{method} (worst)")
+            pooled = m.assign(w=m["value"] * m["n"]).groupby("level")[["w", "n"]].sum()
+            ax.plot(pooled.index, pooled["w"] / pooled["n"], color=color, lw=2, marker="o", ms=3, label=method)
         ax.plot([0, 0.1], [0, 0.1], color="0.4", ls="--", lw=0.8)
         ax.set_xlabel("lfsr threshold")
         ax.set_title(source.removeprefix("mash:"), fontsize=9)
