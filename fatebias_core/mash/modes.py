@@ -143,11 +143,6 @@ class NativeBackend:
                 if not ed.converged:
                     raise FitError(f"extreme deconvolution did not converge in {ed.n_iter} iterations")
                 covs = covs + ed.covariances
-            else:
-                log.info(
-                    "mash %s: %d strong rows (< %d): canonical covariances only",
-                    settings.mode, n_strong, settings.min_strong,
-                )
         fit = mash(
             data,
             covs,
