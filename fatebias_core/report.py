@@ -445,15 +445,18 @@ def _section_fit(run: _Run, page: _Page, fit_info: dict) -> str:
     if elbo is not None and len(elbo):
         page.shown("ELBO trace")
         loss = elbo["loss"].to_numpy(dtype=float)
-        jump = (
-            f" The jump after the first {run.config.dispersion_warmup_frac:.0%} of the steps is where the likelihood "
-            "weight is set from the dispersion (likelihood_weight: auto): the loss changes scale there, as expected."
-            if run.config.likelihood_weight == "auto" else ""
+        switch = fit_info.get("weight_switch_step")
+        caption = (
+            "The loss SVI minimised (negative ELBO per cell) by step. With likelihood_weight: auto the weight is "
+            f"set from the dispersion after the first {run.config.dispersion_warmup_frac:.0%} of the steps and once "
+            f"more at step {switch} (dashed line): the loss changes scale there, as expected; the right panel shows "
+            "the steps after it. It should fall and flatten."
+            if switch else
+            "The loss SVI minimised (negative ELBO per cell) by step; the right panel zooms into the second half. "
+            "It should fall and flatten."
         )
         parts.append(page.figure(
-            lambda p: plot_elbo(loss, p, n_cells=fit_info.get("n_cells"), switch_step=fit_info.get("weight_switch_step")), "ELBO trace",
-            "The loss SVI minimised (negative ELBO per cell) by step; the right panel zooms into the second half. "
-            "It should fall and flatten." + jump,
+            lambda p: plot_elbo(loss, p, n_cells=fit_info.get("n_cells"), switch_step=switch), "ELBO trace", caption,
         ))
     else:
         parts.append(page.missing("ELBO trace", run.why_absent("fit/elbo_trace.csv", "fit/elbo_trace.csv not found")))
