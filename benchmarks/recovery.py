@@ -47,7 +47,7 @@ def main() -> None:
         for seed in (int(s) for s in args.seeds.split(",")):
             t0 = time.perf_counter()
             folder = Path(args.out) / f"{name}_{seed}"
-            cfg = make_config(**SEED_LIKE, **SCENARIOS[name], sim_seed=seed, seed=seed, progress=False,
+            cfg = make_config({**SEED_LIKE, **SCENARIOS[name]}, sim_seed=seed, seed=seed, progress=False,
                               run_diagnostics=args.permutation and name == "seed")
             sim = simulate(cfg, folder)
             run_cfg = load_config(sim.paths["config"], progress=False, run_diagnostics=cfg.run_diagnostics)
