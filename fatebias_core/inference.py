@@ -370,6 +370,10 @@ def fit(
     checkpoint_every = int(checkpoint_every or config.checkpoint_every)
     device = resolve_device(config.device)
     contrast_fates = config.contrast_fates
+    if guide_effects and config.posterior_method != "meanfield":
+        from .laplace import check_laplace_size
+
+        check_laplace_size(experiment, len(contrast_fates))  # fail before a long fit, not after it
     data = ModelData.from_experiment(experiment, config.ref_fate, contrast_fates, device=device)
     auto_weight = config.likelihood_weight == "auto"
     model = FateModel(data, Priors.from_config(config), 1.0 if auto_weight else config.likelihood_weight, guide_effects=guide_effects)

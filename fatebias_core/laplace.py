@@ -74,6 +74,18 @@ class Layout:
         return self.u.stop
 
 
+def check_laplace_size(experiment: Experiment, n_contrasts: int) -> None:
+    """Raise a one-line error when the dense Laplace system would be too large."""
+    cells, guides = experiment.cells, experiment.guides
+    size = n_contrasts * Layout(cells.n_days, cells.n_reps, guides.n_genes, guides.n_guides).size
+    if size > MAX_LAPLACE_DIM:
+        raise FitError(
+            f"posterior_method laplace/bootstrap needs a dense {size} x {size} Hessian for {guides.n_guides} guides, "
+            f"{guides.n_genes} genes and {n_contrasts} contrasts (limit {MAX_LAPLACE_DIM}); "
+            "set posterior_method: meanfield for a screen this large"
+        )
+
+
 def design_matrix(experiment: Experiment) -> sp.csr_matrix:
     """The (N x P) sparse design of one contrast, with raw (uncentred) guide columns.
 

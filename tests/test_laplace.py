@@ -97,3 +97,13 @@ def test_gene_blocks_index_theta_then_guides():
     assert index[1, :2].tolist() == [t0 + 2, t0 + 3]
     assert index[0, 2:].tolist() == [lay.u.start + 0, lay.u.start + 2]
     assert mask[1].tolist() == [True, True, True, False]
+
+
+def test_too_large_a_screen_is_refused_before_fitting(tiny_sim, monkeypatch):
+    import fatebias_core.laplace as lap
+    from fatebias_core.errors import FitError
+    from fatebias_core.inference import fit
+
+    monkeypatch.setattr(lap, "MAX_LAPLACE_DIM", 10)
+    with pytest.raises(FitError, match="posterior_method: meanfield"):
+        fit(tiny_sim.experiment, tiny_sim.config)
