@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Callable, Sequence
 
 from .errors import FatebiasError
+from .steps import CHAIN
 
 log = logging.getLogger("fatebias")
 
@@ -109,14 +110,25 @@ def _run_demo(args: argparse.Namespace) -> int:
 def _build_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", required=True, help="YAML configuration file")
     p.add_argument("--out", help="output folder (overrides out_dir)")
+    p.add_argument(
+        "--rerun",
+        metavar="STEP",
+        choices=list(CHAIN),
+        help="remake STEP and every step after it even when their files are current "
+        f"(one of: {', '.join(CHAIN)}; 'fit' also discards the fit's checkpoint)",
+    )
     _add_engine(p)
 
 
 @command("run", "run the whole chain: fit, export, mash, aggregate, rank, diagnostics")(_build_run)
 def _run_run(args: argparse.Namespace) -> int:
-    from .pipeline import chain_engine
+    from .pipeline import chain_engine, forget_steps
 
     cfg = _config(args, out_dir=args.out)
+    if args.rerun:
+        dropped = forget_steps(cfg, args.rerun)
+        if dropped:
+            print(f"rerunning {', '.join(dropped)} in {cfg.out_dir}", file=sys.stderr)
     result = chain_engine(args.engine)(cfg)
     print(result.describe())
     return 0

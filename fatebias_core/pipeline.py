@@ -20,6 +20,7 @@ from .errors import ConfigError
 from .inference import FitResult, fit, load_fit
 from .io import read_csv, write_csv, write_json, write_text
 from .posterior import ExportResult, export_posterior
+from .steps import CHAIN
 from .types import Experiment
 
 log = logging.getLogger("fatebias")
@@ -251,7 +252,6 @@ def fit_and_export(config: FatebiasConfig) -> ChainResult:
     return run_chain(config, until="export")
 
 
-CHAIN = ("fit", "export", "mash", "aggregate", "rank", "diagnostics", "report")
 
 
 def run_chain(config: FatebiasConfig, until: str | None = None, experiment: Experiment | None = None) -> ChainResult:
@@ -322,6 +322,32 @@ def run_chain(config: FatebiasConfig, until: str | None = None, experiment: Expe
             result.notes.append(f"report: {out / 'report.html'}")
     result.runtime_s = time.perf_counter() - t0
     return result
+
+
+def forget_steps(config: FatebiasConfig, from_step: str, out_dir: str | Path | None = None) -> list[str]:
+    """Make ``from_step`` and every step after it rerun on the next ``fatebias run``.
+
+    Their records are dropped from the run folder's manifest (both engines read it);
+    forgetting ``fit`` also deletes its checkpoint, so the fit starts over rather than
+    resuming. Outputs stay in place until the rerun replaces them (atomically).
+
+    Returns
+    -------
+    list of str
+        The steps whose records were dropped.
+    """
+    from .inference import CHECKPOINT_NAME
+    from .steps import Manifest
+
+    if from_step not in CHAIN:
+        raise ConfigError(f"--rerun {from_step!r} is not a step (one of: {', '.join(CHAIN)})")
+    out = _out(config, out_dir)
+    steps = CHAIN[CHAIN.index(from_step) :]
+    if "fit" in steps:
+        (out / FIT_DIR / CHECKPOINT_NAME).unlink(missing_ok=True)
+    if not (out / "fatebias_manifest.json").exists():
+        return []
+    return Manifest.open(out).forget(steps)
 
 
 def step_outputs(step: str, config: FatebiasConfig, out_dir: str | Path | None = None) -> list[Path]:

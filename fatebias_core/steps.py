@@ -18,6 +18,9 @@ from pathlib import Path
 from .config import GROUPS, FatebiasConfig
 from .io import write_json
 
+# The steps of ``fatebias run``, in order (loading is part of fitting there).
+CHAIN = ("fit", "export", "mash", "aggregate", "rank", "diagnostics", "report")
+
 # Bump a step's code version when its computation changes meaning.
 CODE_VERSIONS = {
     "load": "1",
@@ -119,6 +122,13 @@ class Manifest:
         """True when ``step`` was last made at ``version`` and all its outputs still exist."""
         rec = self.steps.get(step)
         return bool(rec and rec.get("version") == version and all(Path(p).exists() for p in rec.get("outputs", [])))
+
+    def forget(self, steps: list[str] | tuple[str, ...]) -> list[str]:
+        """Drop the records of ``steps`` (so they are remade on the next run); return those dropped."""
+        dropped = [s for s in steps if self.steps.pop(s, None) is not None]
+        if dropped:
+            write_json({"steps": self.steps}, self.path)
+        return dropped
 
     def record(self, step: str, version: str, outputs: list[str | Path], metrics: dict | None = None) -> None:
         """Record that ``step`` was made at ``version`` with ``outputs``, and save."""

@@ -92,6 +92,22 @@ def test_changing_a_threshold_reruns_ranking_not_the_fit(chain):
     assert fit_json.stat().st_mtime_ns == before
 
 
+def test_rerun_flag_remakes_the_step_and_what_follows(chain, sim_folder, capsys):
+    fit_json = Path(chain.out_dir) / "fit" / "fit.json"
+    before = fit_json.stat().st_mtime_ns
+    mash_csv = Path(chain.out_dir) / "mash_gene_conservative.csv"
+    mash_before = mash_csv.stat().st_mtime_ns
+    args = ["run", "--config", str(sim_folder / "config.yaml"), "--engine", "local", "--rerun", "mash"]
+    assert main(args) == 0
+    assert "rerunning mash, aggregate, rank" in capsys.readouterr().err
+    assert fit_json.stat().st_mtime_ns == before
+    assert mash_csv.stat().st_mtime_ns > mash_before
+    assert run_chain(chain).ran == []  # and the remade steps are current again
+    with pytest.raises(SystemExit):
+        main(["run", "--config", str(sim_folder / "config.yaml"), "--rerun", "fitt"])
+    assert "invalid choice: 'fitt'" in capsys.readouterr().err
+
+
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, sim_folder, capsys):
     cfg = yaml.safe_load((sim_folder / "config.yaml").read_text())
     cfg.update(adata_path=str(tmp_path / "missing.h5ad"), guide_map_csv=str(sim_folder / "guide_map.csv"), out_dir=str(tmp_path / "out"))
