@@ -7,9 +7,9 @@ import pytest
 
 from fatebias_core.calibration import (
     SCENARIOS,
-    call_rows,
     calibration_markdown,
     calibration_run,
+    call_rows,
     coverage_rows,
     scenario_config,
     summarise_calibration,
