@@ -153,6 +153,21 @@ TINY_SIM = dict(
     sim_effect_max=1.0,
     sim_seed=3,
 )
+# A smaller simulation and shorter fit still, for tests that run the chain several times.
+TINY_CHAIN = {
+    "sim_n_cells": 1500,
+    "sim_n_genes": 12,
+    "sim_n_guides": 36,
+    "sim_kmax": 4,
+    "sim_active_frac": 0.25,
+    "sim_effect_min": 0.8,
+    "sim_effect_max": 1.2,
+    "num_steps": 150,
+    "num_posterior_draws": 100,
+    "convergence_window": 20,
+    "progress": False,
+    "device": "cpu",
+}
 TINY_FIT = dict(num_steps=300, batch_size=1024, num_posterior_draws=200, progress=False, device="cpu", run_diagnostics=False)
 
 

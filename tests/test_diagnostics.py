@@ -37,20 +37,7 @@ from fatebias_core.types import (
     center_by_group,
 )
 
-TINY = {
-    "sim_n_cells": 1500,
-    "sim_n_genes": 12,
-    "sim_n_guides": 36,
-    "sim_kmax": 4,
-    "sim_active_frac": 0.25,
-    "sim_effect_min": 0.8,
-    "sim_effect_max": 1.2,
-    "num_steps": 150,
-    "num_posterior_draws": 100,
-    "convergence_window": 20,
-    "progress": False,
-    "device": "cpu",
-}
+from .conftest import TINY_CHAIN as TINY
 
 
 def toy_experiment(n: int = 400, n_days: int = 3, n_reps: int = 2, kmax: int = 5, seed: int = 0) -> Experiment:

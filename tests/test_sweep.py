@@ -14,20 +14,7 @@ from fatebias_core.config import make_config
 from fatebias_core.errors import ConfigError, InputDataError
 from fatebias_core.sweep import PRESETS, SweepSpec, load_spec, preset, run_sweep
 
-TINY = {
-    "sim_n_cells": 1500,
-    "sim_n_genes": 12,
-    "sim_n_guides": 36,
-    "sim_kmax": 4,
-    "sim_active_frac": 0.25,
-    "sim_effect_min": 0.8,
-    "sim_effect_max": 1.2,
-    "num_steps": 150,
-    "num_posterior_draws": 100,
-    "convergence_window": 20,
-    "progress": False,
-    "device": "cpu",
-}
+from .conftest import TINY_CHAIN as TINY
 
 
 def test_spec_grid_scenarios_and_runs() -> None:
