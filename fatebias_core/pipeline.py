@@ -252,8 +252,6 @@ def fit_and_export(config: FatebiasConfig) -> ChainResult:
     return run_chain(config, until="export")
 
 
-
-
 def run_chain(config: FatebiasConfig, until: str | None = None, experiment: Experiment | None = None) -> ChainResult:
     """Run every step of the chain into ``config.out_dir``, reusing steps that are current.
 
