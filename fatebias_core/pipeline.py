@@ -327,13 +327,16 @@ def forget_steps(config: FatebiasConfig, from_step: str, out_dir: str | Path | N
 
     Their records are dropped from the run folder's manifest (both engines read it);
     forgetting ``fit`` also deletes its checkpoint, so the fit starts over rather than
-    resuming. Outputs stay in place until the rerun replaces them (atomically).
+    resuming. The permutation control's own run (``<out>/permutation``) forgets the same
+    steps, so rerunning diagnostics after the fit also refits its permuted data.
+    Outputs stay in place until the rerun replaces them (atomically).
 
     Returns
     -------
     list of str
         The steps whose records were dropped.
     """
+    from .diagnostics import PERMUTATION_DIR
     from .inference import CHECKPOINT_NAME
     from .steps import Manifest
 
@@ -341,11 +344,15 @@ def forget_steps(config: FatebiasConfig, from_step: str, out_dir: str | Path | N
         raise ConfigError(f"--rerun {from_step!r} is not a step (one of: {', '.join(CHAIN)})")
     out = _out(config, out_dir)
     steps = CHAIN[CHAIN.index(from_step) :]
-    if "fit" in steps:
-        (out / FIT_DIR / CHECKPOINT_NAME).unlink(missing_ok=True)
-    if not (out / "fatebias_manifest.json").exists():
-        return []
-    return Manifest.open(out).forget(steps)
+    dropped: list[str] = []
+    for folder in (out, out / PERMUTATION_DIR):
+        if "fit" in steps:
+            (folder / FIT_DIR / CHECKPOINT_NAME).unlink(missing_ok=True)
+        if (folder / "fatebias_manifest.json").exists():
+            forgot = Manifest.open(folder).forget(steps)
+            if folder == out:
+                dropped = forgot
+    return dropped
 
 
 def step_outputs(step: str, config: FatebiasConfig, out_dir: str | Path | None = None) -> list[Path]:

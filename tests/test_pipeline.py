@@ -108,6 +108,25 @@ def test_rerun_flag_remakes_the_step_and_what_follows(chain, sim_folder, capsys)
     assert "invalid choice: 'fitt'" in capsys.readouterr().err
 
 
+def test_forget_steps_reaches_the_permutation_run(chain, tmp_path):
+    from fatebias_core.pipeline import forget_steps
+    from fatebias_core.steps import Manifest
+
+    out = tmp_path / "run"
+    (out / "permutation" / "fit").mkdir(parents=True)
+    manifest = json.loads((Path(chain.out_dir) / "fatebias_manifest.json").read_text())
+    for folder in (out, out / "permutation"):
+        (folder / "fatebias_manifest.json").write_text(json.dumps(manifest))
+    (out / "permutation" / "fit" / "checkpoint.pt").write_bytes(b"x")
+    cfg = chain.model_copy(update={"out_dir": str(out)})
+    assert forget_steps(cfg, "aggregate") == ["aggregate", "rank", "report"]
+    assert set(Manifest.open(out / "permutation").steps) == {"fit", "export", "mash"}
+    assert (out / "permutation" / "fit" / "checkpoint.pt").exists()
+    assert forget_steps(cfg, "fit") == ["fit", "export", "mash"]
+    assert not Manifest.open(out / "permutation").steps
+    assert not (out / "permutation" / "fit" / "checkpoint.pt").exists()
+
+
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, sim_folder, capsys):
     cfg = yaml.safe_load((sim_folder / "config.yaml").read_text())
     cfg.update(adata_path=str(tmp_path / "missing.h5ad"), guide_map_csv=str(sim_folder / "guide_map.csv"), out_dir=str(tmp_path / "out"))
