@@ -108,9 +108,7 @@ def plot_calibration_coverage(summary, path: str | Path, source: str = "model") 
         sub = df[df["group"] == group]
         for method, m in sub.groupby("method", sort=False):
             color = colors[method]
-            for _, sc in m.groupby("scenario"):
-                sc = sc.sort_values("level")
-                ax.plot(sc["level"], sc["value"], color=color, lw=0.6, alpha=0.35)
+            _scenario_lines(ax, m, color)
             mean = m.groupby("level")["value"].mean()
             ax.plot(mean.index, mean.values, color=color, lw=2, marker="o", ms=3, label=method)
         ax.plot([0.45, 1], [0.45, 1], color="0.4", ls="--", lw=0.8)
@@ -122,6 +120,13 @@ def plot_calibration_coverage(summary, path: str | Path, source: str = "model") 
     axes[0][0].legend(frameon=False, fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _scenario_lines(ax, rows, color) -> None:
+    """One thin line per scenario of ``rows`` (value against level)."""
+    for _, sc in rows.groupby("scenario"):
+        sc = sc.sort_values("level")
+        ax.plot(sc["level"], sc["value"], color=color, lw=0.6, alpha=0.35)
 
 
 def plot_calibration_fsr(summary, path: str | Path) -> Path:
@@ -137,9 +142,7 @@ def plot_calibration_fsr(summary, path: str | Path) -> Path:
         sub = df[df["source"] == source]
         for method, m in sub.groupby("method", sort=False):
             color = colors[method]
-            for _, sc in m.groupby("scenario"):
-                sc = sc.sort_values("level")
-                ax.plot(sc["level"], sc["value"], color=color, lw=0.6, alpha=0.35)
+            _scenario_lines(ax, m, color)
             pooled = m.assign(w=m["value"] * m["n"]).groupby("level")[["w", "n"]].sum()
             ax.plot(pooled.index, pooled["w"] / pooled["n"], color=color, lw=2, marker="o", ms=3, label=method)
         ax.plot([0, 0.1], [0, 0.1], color="0.4", ls="--", lw=0.8)
