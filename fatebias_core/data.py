@@ -630,6 +630,8 @@ class _GuideIndex:
     """How the matrix columns map to guide ids (module docstring: id conventions)."""
 
     column_ids: np.ndarray  # (J,) -1 unmapped, 0 NTC, 1..G targeting
+    ntc_column_ids: np.ndarray  # (J,) 1..n_ntc for NTC columns, -1 otherwise
+    ntc_names: tuple[str, ...]
     gene_of_guide: np.ndarray  # (G + 1,)
     guide_names: tuple[str, ...]
     gene_names: tuple[str, ...]
@@ -655,9 +657,14 @@ def _index_guides(gmap: pd.DataFrame, matrix_guides: list[str], where: str) -> _
     ntc_names = in_matrix.loc[in_matrix["is_ntc"], "guide_name"]
     columns = pd.Index(matrix_guides)
     column_ids = guide_id.reindex(columns).fillna(-1).to_numpy(dtype=np.int64)
-    column_ids[columns.isin(ntc_names)] = 0
+    is_ntc = columns.isin(ntc_names)
+    column_ids[is_ntc] = 0
+    ntc_column_ids = np.full(len(columns), -1, dtype=np.int64)
+    ntc_column_ids[is_ntc] = np.arange(1, int(is_ntc.sum()) + 1)
     return _GuideIndex(
         column_ids=column_ids,
+        ntc_column_ids=ntc_column_ids,
+        ntc_names=tuple(columns[is_ntc]),
         gene_of_guide=gene_of_guide.astype(np.int64),
         guide_names=guide_names,
         gene_names=gene_names,
@@ -665,6 +672,49 @@ def _index_guides(gmap: pd.DataFrame, matrix_guides: list[str], where: str) -> _
         unmapped=tuple(columns[column_ids < 0]),
         map_absent=tuple(gmap.loc[~gmap["guide_name"].isin(matrix_guides), "guide_name"]),
     )
+
+
+def _mix64(x: np.ndarray, salt: int) -> np.ndarray:
+    """A splitmix64-style hash of non-negative integers (uint64 arithmetic wraps)."""
+    with np.errstate(over="ignore"):
+        z = x.astype(np.uint64) + np.uint64(salt) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def guide_set_clusters(guide_ids: np.ndarray, ntc_ids: np.ndarray, rep: np.ndarray) -> np.ndarray:
+    """Cluster ids of cells that share an identical guide set within a replicate.
+
+    At high MOI a transduced progenitor's guide set is close to unique, so its clone's
+    cells are the cells with that set. Each set is hashed order-free (a sum of hashed
+    guide ids, twice with different salts); cells without any detected guide are
+    clusters of their own.
+
+    Parameters
+    ----------
+    guide_ids
+        (N, K) targeting guide ids (0 = NTC or padding).
+    ntc_ids
+        (N, W) NTC ids (0 = padding).
+    rep
+        (N,) replicate index.
+
+    Returns
+    -------
+    numpy.ndarray
+        (N,) int64 cluster ids 0..C-1.
+    """
+    n = guide_ids.shape[0]
+    ids = np.concatenate([guide_ids.astype(np.int64), np.where(ntc_ids > 0, ntc_ids.astype(np.int64) + (1 << 40), 0)], axis=1)
+    present = ids > 0
+    with np.errstate(over="ignore"):
+        keys = [np.where(present, _mix64(ids, salt), np.uint64(0)).sum(axis=1, dtype=np.uint64) for salt in (1, 2)]
+    empty = ~present.any(axis=1)
+    keys[0] = np.where(empty, np.arange(n, dtype=np.uint64), keys[0])
+    keys[1] = np.where(empty, np.uint64(0), keys[1])
+    table = pd.DataFrame({"rep": rep, "k0": keys[0], "k1": keys[1], "empty": empty})
+    return table.groupby(["rep", "k0", "k1", "empty"], sort=False).ngroup().to_numpy(dtype=np.int64)
 
 
 # --------------------------------------------------------------------------- load
@@ -716,6 +766,7 @@ def load_experiment(
         csr, matrix_guides = _guide_matrix(src, config.guide_key)
         day_raw = src.require_obs(config.day_key, "day_key")
         rep_raw, rep_where = _replicates(src, config)
+        clone_raw = src.obs(config.clone_key) if config.clone_key in src.obs_keys() else None
         cell_names = src.obs_names()
     for what, series in ((f"obs[{config.day_key!r}]", day_raw), (rep_where, rep_raw)):
         if len(series) != n_in:
@@ -740,6 +791,19 @@ def load_experiment(
 
     guide_ids, mask, keep, burden_all = embed_guides(csr, index.column_ids, config.Kmax)
     day, rep, burden = day_all[keep], rep_all[keep], burden_all[keep]
+    ntc_ids = embed_guides(csr[keep], index.ntc_column_ids, csr.shape[1])[0]
+    if clone_raw is not None:
+        if len(clone_raw) != n_in:
+            raise InputDataError(f"{source}: obs[{config.clone_key!r}] has {len(clone_raw)} values for {n_in} cells")
+        if clone_raw.isna().any():
+            raise InputDataError(
+                f"{source}: obs[{config.clone_key!r}] (clone_key): {int(clone_raw.isna().sum())} cells have no clone label"
+            )
+        cluster = pd.factorize(clone_raw.astype(str).to_numpy()[keep])[0].astype(np.int64)
+        cluster_source = f"obs[{config.clone_key!r}]"
+    else:
+        cluster = guide_set_clusters(guide_ids, ntc_ids, rep)
+        cluster_source = "identical guide sets within a replicate"
     day_counts = np.bincount(day, minlength=len(day_labels))
     if (day_counts == 0).any():
         empty = [lab for lab, c in zip(day_labels, day_counts, strict=True) if c == 0]
@@ -757,6 +821,8 @@ def load_experiment(
         burden=burden,
         burden_centered=center_by_group(burden, day, len(day_labels)),
         cell_names=cell_names[keep],
+        cluster=cluster,
+        cluster_source=cluster_source,
     )
     guides = GuideEmbedding(
         guide_ids=guide_ids,
@@ -764,6 +830,8 @@ def load_experiment(
         gene_of_guide=index.gene_of_guide,
         guide_names=index.guide_names,
         gene_names=index.gene_names,
+        ntc_ids=ntc_ids,
+        ntc_names=index.ntc_names,
     )
     per_gene = np.bincount(index.gene_of_guide[1:], minlength=guides.n_genes + 1)[1:]
     summary = LoadSummary(
@@ -781,6 +849,8 @@ def load_experiment(
         fate_names_source=fate_origin,
         n_renormalised=n_renorm,
         cells_per_day={lab: int(c) for lab, c in zip(day_labels, day_counts, strict=True)},
+        n_clusters=int(cluster.max(initial=-1)) + 1,
+        cluster_source=cluster_source,
     )
     if verbose:
         print(summary.format())

@@ -1,6 +1,6 @@
 """Diagnostics of a fit (MODEL.md 10): held-out cross-entropy, permutation control, sanity checks.
 
-:func:`run_diagnostics` runs three checks and writes ``diagnostics.json``:
+:func:`run_diagnostics` runs four checks and writes ``diagnostics.json``:
 
 * **Held-out cross-entropy.** A fraction ``heldout_frac`` of the cells (drawn within
   every day x replicate stratum with ``heldout_seed``) is held out; the full model and
@@ -11,13 +11,18 @@
   held-out cells' burden is centred with the training cells' day means, the centring
   the fitted burden slope was learned on.
 * **Permutation negative control.** Whole guide sets (rows of ``guide_ids``/``mask``)
-  are permuted among the cells of each day x replicate x burden-bin stratum
+  are permuted among the clones of each replicate x burden-bin stratum (every cell of
+  a clone receives the same set, so the clone structure survives)
   (``perm_burden_bins`` quantile bins of the burden, ``perm_seed``); the chain is rerun
   on the permuted experiment in ``<out>/permutation/`` and its hits counted. Fate
   probabilities, days and replicates stay with their cells and a guide set carries its
   burden with it, so a cell's burden changes only within its bin (never, when every bin
   holds one burden value); guides are independent of fate given the strata, and hits
   must collapse to about zero.
+* **NTC calibration.** Non-targeting guides grouped into pseudo-genes are score-tested
+  at the run's fit like genes (:mod:`fatebias_core.ntc_check`); their z-scores should
+  be N(0, 1). ``ntc_calibration.csv`` holds them, ``diagnostics.json`` their SD and
+  share beyond +/-1.96 under the model-based and the cluster-robust variance.
 * **Sanity checks.** Each configured known regulator (``known_regulators``: gene ->
   expected sign of its primary-contrast effect) is looked up in the run's gene-level
   mash table of ``mash_default_mode`` (else the posterior exports, lfsr from the
@@ -51,7 +56,8 @@ from .types import Experiment, center_by_group
 
 log = logging.getLogger("fatebias.diagnostics")
 
-PARTS = ("heldout", "permutation", "sanity")
+PARTS = ("heldout", "permutation", "sanity", "ntc")
+NTC_TABLE = "ntc_calibration.csv"
 PERMUTATION_DIR = "permutation"
 FINGERPRINT_FILE = "permutation.json"
 PROB_FLOOR = 1e-300
@@ -311,7 +317,7 @@ class PermutedExperiment:
     source
         (N,) index of the cell whose guide set each cell received.
     strata
-        (N,) stratum of each cell (day x replicate x burden bin).
+        (N,) stratum of each cell (its clone's replicate x burden bin).
     bin_edges
         Inner edges of the burden bins.
     """
@@ -340,36 +346,51 @@ class PermutedExperiment:
 
 
 def permute_guide_sets(experiment: Experiment, n_bins: int, seed: int) -> PermutedExperiment:
-    """Permute whole guide sets among the cells of each day x replicate x burden-bin stratum.
+    """Permute whole guide sets among clones of the same replicate and burden bin.
 
-    Every permutation within a stratum is equally likely. A guide set keeps its burden
-    (its number of guides); the burden is re-centred within day. Fate probabilities,
-    days and replicates stay with their cells.
+    The unit is the clone (``cells.cluster``: a clone column, or the cells sharing a
+    guide set within a replicate): each clone receives the guide set of another clone of
+    its stratum (its replicate x burden bin), and every cell of the clone gets that set.
+    The clones' own fate biases thus stay shared by cells that share a guide set, as in
+    the real data, and only the link between guides and fate is broken. Permuting cells
+    instead would scatter a clone over many guide sets and hide exactly the dependence
+    that makes false hits. Every permutation within a stratum is equally likely; a guide
+    set keeps its burden, re-centred within day. Fate probabilities, days, replicates
+    and clone labels stay with their cells. With every cell its own clone this is the
+    cell-level permutation within replicate x burden bin.
 
     Parameters
     ----------
     experiment
         The experiment to permute.
     n_bins
-        Quantile bins of the burden (:func:`burden_bins`).
+        Quantile bins of the clones' burden (:func:`burden_bins`).
     seed
         Seed of the permutation.
     """
     cells, guides = experiment.cells, experiment.guides
-    bins, edges = burden_bins(cells.burden, n_bins)
-    strata = (cells.day.astype(np.int64) * cells.n_reps + cells.rep) * (len(edges) + 1) + bins
+    clone = cells.clusters()
+    first = np.unique(clone, return_index=True)[1]  # a representative cell per clone
+    bins, edges = burden_bins(cells.burden[first], n_bins)
+    strata = cells.rep[first].astype(np.int64) * (len(edges) + 1) + bins
     rng = np.random.default_rng(seed)
-    # Cells sorted by stratum, once in index order and once in random order within each
+    # Clones sorted by stratum, once in index order and once in random order within each
     # stratum: position j of both lists is the same stratum, so receiver j gets donor j.
     receivers = np.argsort(strata, kind="stable")
     donors = np.lexsort((rng.random(strata.size), strata))
-    source = np.empty_like(receivers)
-    source[receivers] = donors
+    donor_of = np.empty_like(receivers)
+    donor_of[receivers] = donors
+    source = first[donor_of[clone]]
     burden = cells.burden[source]
     new_cells = replace(cells, burden=burden, burden_centered=center_by_group(burden, cells.day, cells.n_days))
-    new_guides = replace(guides, guide_ids=guides.guide_ids[source], mask=guides.mask[source])
-    summary = replace(experiment.summary, source=f"{experiment.summary.source} (guide sets permuted, seed {seed})")
-    return PermutedExperiment(Experiment(new_cells, new_guides, summary), source, strata, edges)
+    new_guides = replace(
+        guides,
+        guide_ids=guides.guide_ids[source],
+        mask=guides.mask[source],
+        ntc_ids=None if guides.ntc_ids is None else guides.ntc_ids[source],
+    )
+    summary = replace(experiment.summary, source=f"{experiment.summary.source} (clones' guide sets permuted, seed {seed})")
+    return PermutedExperiment(Experiment(new_cells, new_guides, summary), source, strata[clone], edges)
 
 
 @dataclass
@@ -704,9 +725,11 @@ class DiagnosticsResult:
     sanity: SanityResult | None
     path: Path
     runtime_s: float = 0.0
+    ntc: Any = None  # ntc_check.NTCCalibration | None
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "ntc_calibration": None if self.ntc is None else self.ntc.to_dict(),
             "heldout": None if self.heldout is None else self.heldout.to_dict(),
             "permutation": None if self.permutation is None else self.permutation.to_dict(),
             "sanity": None if self.sanity is None else self.sanity.to_dict(),
@@ -716,6 +739,8 @@ class DiagnosticsResult:
     def describe(self) -> str:
         """A few human-readable lines per check."""
         lines = [f"diagnostics ({self.runtime_s:.0f} s): {self.path}"]
+        if self.ntc is not None:
+            lines.append("  " + self.ntc.describe())
         if self.heldout is not None:
             s = self.heldout.scores
             verdict = "full model better" if s.full_better else "full model NOT better"
@@ -789,6 +814,7 @@ def run_diagnostics(
         raise ConfigError(f"unknown diagnostics part(s) {unknown}; choose from {list(PARTS)}")
     t0 = time.perf_counter()
     out = Path(out_dir)
+    ntc = ntc_check(experiment, config, out) if "ntc" in parts else None
     heldout = heldout_comparison(experiment, config) if "heldout" in parts else None
     if heldout is not None:  # shown now: the permutation control that follows takes as long again
         s = heldout.scores
@@ -800,9 +826,37 @@ def run_diagnostics(
     fallback = heldout.full_fit if heldout is not None else None
     sanity = sanity_checks(config, out, fallback) if "sanity" in parts else None
     path = out / "diagnostics.json"
-    result = DiagnosticsResult(heldout, permutation, sanity, path)
+    result = DiagnosticsResult(heldout, permutation, sanity, path, ntc=ntc)
     result.runtime_s = time.perf_counter() - t0
     write_json(_json_ready(result.to_dict()), path)
+    return result
+
+
+def ntc_check(experiment: Experiment, config: FatebiasConfig, out_dir: Path):
+    """The NTC pseudo-gene calibration check of the run's fit; writes ``ntc_calibration.csv``.
+
+    Returns None (and logs why) when the run has no fit with a Laplace/bootstrap
+    posterior or the experiment has no NTC guide.
+    """
+    from .inference import load_fit
+    from .io import write_csv
+    from .ntc_check import ntc_calibration
+    from .pipeline import FIT_DIR
+
+    fit_dir = Path(out_dir) / FIT_DIR
+    if not (fit_dir / "fit.json").exists():
+        log.info("NTC calibration check skipped: no fit in %s", fit_dir)
+        return None
+    fit_result = load_fit(fit_dir)
+    if fit_result.posterior.family not in ("laplace", "bootstrap"):
+        log.info("NTC calibration check skipped: posterior_method %s", fit_result.posterior.family)
+        return None
+    result = ntc_calibration(experiment, fit_result, config)
+    if result is None:
+        log.info("NTC calibration check skipped: the experiment has no NTC guide")
+        return None
+    write_csv(result.table, Path(out_dir) / NTC_TABLE)
+    log.info(result.describe())
     return result
 
 

@@ -541,9 +541,13 @@ def refine_posterior(fit_result: FitResult, experiment: Experiment, config: Fate
         weight=weight,
         bootstrap=config.bootstrap_replicates if method == "bootstrap" else 0,
         seed=config.seed,
+        uncertainty=config.uncertainty,
     )
     info.update(
         posterior_method=method,
+        uncertainty=config.uncertainty,
+        n_clusters=int(experiment.cells.clusters().max()) + 1,
+        cluster_source=experiment.cells.cluster_source,
         likelihood_weight=weight,
         laplace_runtime_s=round(time.perf_counter() - t0, 3),
         laplace_newton_iterations=int(posterior.params["newton_iterations"]),

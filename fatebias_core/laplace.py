@@ -21,6 +21,7 @@ and the (K P) x (K P) system is dense but small (P = D + R + 1 + L D + G).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -150,6 +151,7 @@ class LaplaceProblem:
     prior_diag: np.ndarray  # (K, P) diagonal prior precision (theta entries 0)
     rw_precision: np.ndarray  # (K, D, D)
     weight: float
+    cluster: np.ndarray | None = None  # (N,) 0..C-1, the independent units (clones)
 
     @property
     def n_contrasts(self) -> int:
@@ -219,25 +221,53 @@ class LaplaceProblem:
             g = np.asarray(self.X.T @ (self.weight * (pk[:, k] - qk[:, k])))
             grad[k] = self.centre_rows(g, k)
         grad += self.prior_grad(psi)
-        hess = np.zeros((K * P, K * P))
         XT = self.X.T.tocsr()
+        hess = self._symmetric_blocks(lambda k, j: XT.multiply(self.weight * pk[:, k] * ((k == j) - pk[:, j])) @ self.X)
+        hess += self.prior_hessian()
+        return grad.ravel(), hess, pi
+
+    def _symmetric_blocks(self, block_of) -> np.ndarray:
+        """A (K P, K P) matrix from its raw (k, j) blocks, centred on the u rows and columns."""
+        K, P = self.n_contrasts, self.layout.size
+        out = np.zeros((K * P, K * P))
         for k in range(K):
             for j in range(k, K):
-                wkj = self.weight * pk[:, k] * ((k == j) - pk[:, j])
-                block = (XT.multiply(wkj) @ self.X).toarray()
-                block = self.centre_cols(self.centre_rows(block, k), j)
-                hess[k * P : (k + 1) * P, j * P : (j + 1) * P] = block
+                block = self.centre_cols(self.centre_rows(block_of(k, j).toarray(), k), j)
+                out[k * P : (k + 1) * P, j * P : (j + 1) * P] = block
                 if j != k:
-                    hess[j * P : (j + 1) * P, k * P : (k + 1) * P] = block.T
-        idx = np.arange(K * P)
-        hess[idx, idx] += self.prior_diag.ravel()
+                    out[j * P : (j + 1) * P, k * P : (k + 1) * P] = block.T
+        return out
+
+    def prior_hessian(self) -> np.ndarray:
+        """The prior precision Q (K P, K P): diagonal terms and each gene's random-walk block."""
+        K, P = self.n_contrasts, self.layout.size
+        q = np.diag(self.prior_diag.ravel())
         lay = self.layout
         D = lay.n_days
         for k in range(K):
             base = k * P + lay.theta.start + np.arange(lay.n_genes)[:, None] * D
             rows = (base[:, :, None] + np.arange(D)[None, None, :]).reshape(lay.n_genes, D)
-            hess[rows[:, :, None], rows[:, None, :]] += self.rw_precision[k]
-        return grad.ravel(), hess, pi
+            q[rows[:, :, None], rows[:, None, :]] += self.rw_precision[k]
+        return q
+
+    def cluster_score_outer(self, pi: np.ndarray) -> tuple[np.ndarray, int]:
+        """J = sum over clusters of the outer product of their summed likelihood scores.
+
+        A cell's score for contrast k is ``w (p_ik - pi_ik) x_i`` (centred like the
+        parameters); scores of cells in one clone are summed before the outer product,
+        so J measures how the data actually vary when a clone's cells move together.
+        Returns J (K P, K P) and the number of clusters.
+        """
+        n = self.p.shape[0]
+        cluster = np.arange(n) if self.cluster is None else np.asarray(self.cluster)
+        n_clusters = int(cluster.max()) + 1
+        resid = self.weight * (self.p[:, self.contrast_index] - pi[:, self.contrast_index])  # (N, K)
+        scores = []
+        for k in range(self.n_contrasts):
+            a = sp.csr_matrix((resid[:, k], (cluster, np.arange(n))), shape=(n_clusters, n))
+            scores.append((a @ self.X).tocsc())  # (C, P) raw scores summed per cluster
+        ST = [s.T.tocsr() for s in scores]
+        return self._symmetric_blocks(lambda k, j: ST[k] @ scores[j]), n_clusters
 
 
 @dataclass
@@ -296,6 +326,24 @@ def newton_mode(problem: LaplaceProblem, psi0: np.ndarray, max_iter: int = 30, t
     inv, info = sla.lapack.dpotri(chol, lower=1)
     cov = np.tril(inv) + np.tril(inv, -1).T
     return LaplaceResult(psi=psi, cov=cov, n_iter=it, converged=converged, objective=f, pi=pi)
+
+
+def robust_covariance(problem: LaplaceProblem, res: LaplaceResult) -> np.ndarray:
+    """Cluster-robust posterior covariance ``H^-1 (Q + c J) H^-1`` at the mode.
+
+    H is the posterior Hessian (likelihood curvature plus the prior precision Q), J the
+    clusters' score outer products (:meth:`LaplaceProblem.cluster_score_outer`) and
+    ``c = C / (C - 1)`` the usual small-sample factor. Where the likelihood describes
+    the data (independent cells, the right weight) J matches the likelihood curvature
+    and this is the model-based ``H^-1``; where clones, smoothing or extra noise make
+    the cells of a clone move together, J is larger and so are the intervals. The prior
+    term keeps weakly informed parameters at their prior spread instead of shrinking
+    their variance to zero, as a bare sandwich ``H^-1 J H^-1`` would.
+    """
+    j, n_clusters = problem.cluster_score_outer(res.pi)
+    middle = problem.prior_hessian() + j * (n_clusters / max(n_clusters - 1, 1))
+    cov = res.cov @ middle @ res.cov
+    return 0.5 * (cov + cov.T)
 
 
 def gene_blocks(layout: Layout, gene_of_guide: np.ndarray, n_contrasts: int) -> tuple[np.ndarray, np.ndarray]:
@@ -415,7 +463,8 @@ def centre_within_gene(x: np.ndarray, gene_of_guide: np.ndarray, n_genes: int) -
 def one_step_bootstrap(problem: LaplaceProblem, res: LaplaceResult, n_boot: int, seed: int, chunk: int = 50) -> np.ndarray:
     """One-step Newton bootstrap of the conditional mode: (B, K, P) replicate parameters.
 
-    Each replicate reweights the cells by Poisson(1) counts and takes one Newton step from
+    Each replicate reweights the cells (or, with ``problem.cluster``, whole clones) by
+    Poisson(1) counts and takes one Newton step from
     the full-data mode with the full-data Hessian: ``psi_b = psi - H^-1 (g_b(psi) - g(psi))``
     (g(psi) = 0 at the mode). Its covariance tends to the sandwich ``H^-1 J H^-1`` with J
     the sum of the cells' score outer products, so it stays right when the soft labels'
@@ -428,7 +477,10 @@ def one_step_bootstrap(problem: LaplaceProblem, res: LaplaceResult, n_boot: int,
     out = np.empty((n_boot, K, P))
     for start in range(0, n_boot, chunk):
         b = min(chunk, n_boot - start)
-        m = rng.poisson(1.0, size=(resid.shape[0], b)) - 1.0  # (N, b)
+        if problem.cluster is None:
+            m = rng.poisson(1.0, size=(resid.shape[0], b)) - 1.0  # (N, b)
+        else:  # every cell of a clone gets its clone's weight
+            m = (rng.poisson(1.0, size=(int(problem.cluster.max()) + 1, b)) - 1.0)[problem.cluster]
         dg = np.empty((K, P, b))
         for k in range(K):
             dg[k] = problem.centre_rows(np.asarray(XT @ (m * resid[:, k : k + 1])), k)
@@ -460,6 +512,66 @@ class BootstrapPosterior(LaplacePosterior):
 
 
 # --------------------------------------------------------------------------- entry point
+def build_problem(
+    experiment: Experiment,
+    contrast_fates: list[str],
+    ref_fate: str,
+    priors,
+    hyper: dict[str, np.ndarray],
+    weight: float,
+    uncertainty: str = "model",
+) -> LaplaceProblem:
+    """The conditional posterior of the linear latents of ``experiment`` (see :func:`laplace_posterior`)."""
+    cells, guides = experiment.cells, experiment.guides
+    lay = Layout(cells.n_days, cells.n_reps, guides.n_genes, guides.n_guides)
+    K = len(contrast_fates)
+    fates = list(cells.fates)
+    gene0 = guides.gene_of_guide[1:].astype(np.int64) - 1
+    prior_diag = np.zeros((K, lay.size))
+    prior_diag[:, lay.a] = 1.0 / priors.s_alpha**2
+    prior_diag[:, lay.b] = 1.0 / priors.s_rep**2
+    prior_diag[:, lay.c] = 1.0 / priors.s_gamma**2
+    prior_diag[:, lay.u] = 1.0
+    return LaplaceProblem(
+        X=design_matrix(experiment),
+        layout=lay,
+        p=cells.fate_probs.astype(np.float64),
+        ref_index=fates.index(ref_fate),
+        contrast_index=np.asarray([fates.index(f) for f in contrast_fates]),
+        gene_of_guide=gene0,
+        guides_per_gene=np.bincount(gene0, minlength=lay.n_genes).astype(np.float64),
+        sigma_guide=np.asarray(hyper["sigma_guide"], dtype=np.float64),
+        prior_diag=prior_diag,
+        rw_precision=np.stack([random_walk_precision(hyper["tau"][k], hyper["sigma_time"][k]) for k in range(K)]),
+        weight=float(weight),
+        cluster=experiment.cells.clusters() if uncertainty == "cluster_robust" else None,
+    )
+
+
+def problem_at_mode(experiment: Experiment, posterior: LaplacePosterior, contrast_fates: list[str], ref_fate: str, priors) -> tuple[LaplaceProblem, np.ndarray]:
+    """The problem a fitted Laplace/bootstrap posterior was computed from, and its mode psi (K, P).
+
+    Clusters are always attached (``problem.cluster``), so both model-based and
+    cluster-robust quantities can be computed from it.
+    """
+    p = posterior.params
+    hyper = {k: p[f"hyper_{k}"] for k in ("tau", "sigma_time", "sigma_guide")}
+    problem = build_problem(experiment, contrast_fates, ref_fate, priors, hyper, float(p["weight"]), "cluster_robust")
+    return problem, pack_psi(problem, p)
+
+
+def pack_psi(problem: LaplaceProblem, values: dict[str, np.ndarray]) -> np.ndarray:
+    """(K, P) parameter vector from a (K, D), b (K, R), c (K,), theta (L, K, D) and u (G, K)."""
+    lay, K = problem.layout, problem.n_contrasts
+    psi = np.zeros((K, lay.size))
+    psi[:, lay.a] = values["a"]
+    psi[:, lay.b] = values["b"]
+    psi[:, lay.c] = values["c"]
+    psi[:, lay.theta] = np.asarray(values["theta"]).transpose(1, 0, 2).reshape(K, -1)
+    psi[:, lay.u] = np.asarray(values["u"]).T
+    return psi
+
+
 def laplace_posterior(
     experiment: Experiment,
     contrast_fates: list[str],
@@ -471,6 +583,7 @@ def laplace_posterior(
     max_iter: int = 30,
     bootstrap: int = 0,
     seed: int = 0,
+    uncertainty: str = "model",
 ) -> LaplacePosterior:
     """The Laplace posterior of the linear latents given the variance hyperparameters.
 
@@ -493,39 +606,16 @@ def laplace_posterior(
         the bootstrap distribution (:class:`BootstrapPosterior`).
     seed
         Seed of the bootstrap weights.
+    uncertainty
+        ``model``: the inverse Hessian; ``cluster_robust``: :func:`robust_covariance`
+        over the experiment's clusters (and the bootstrap resamples clusters).
     """
-    cells, guides = experiment.cells, experiment.guides
-    lay = Layout(cells.n_days, cells.n_reps, guides.n_genes, guides.n_guides)
-    K = len(contrast_fates)
-    fates = list(cells.fates)
-    gene0 = guides.gene_of_guide[1:].astype(np.int64) - 1
-    prior_diag = np.zeros((K, lay.size))
-    prior_diag[:, lay.a] = 1.0 / priors.s_alpha**2
-    prior_diag[:, lay.b] = 1.0 / priors.s_rep**2
-    prior_diag[:, lay.c] = 1.0 / priors.s_gamma**2
-    prior_diag[:, lay.u] = 1.0
-    problem = LaplaceProblem(
-        X=design_matrix(experiment),
-        layout=lay,
-        p=cells.fate_probs.astype(np.float64),
-        ref_index=fates.index(ref_fate),
-        contrast_index=np.asarray([fates.index(f) for f in contrast_fates]),
-        gene_of_guide=gene0,
-        guides_per_gene=np.bincount(gene0, minlength=lay.n_genes).astype(np.float64),
-        sigma_guide=np.asarray(hyper["sigma_guide"], dtype=np.float64),
-        prior_diag=prior_diag,
-        rw_precision=np.stack([random_walk_precision(hyper["tau"][k], hyper["sigma_time"][k]) for k in range(K)]),
-        weight=float(weight),
-    )
-    psi0 = np.zeros((K, lay.size))
-    psi0[:, lay.a] = start["a"]
-    psi0[:, lay.b] = start["b"]
-    psi0[:, lay.c] = start["c"]
-    psi0[:, lay.theta] = np.asarray(start["theta"]).transpose(1, 0, 2).reshape(K, -1)
-    psi0[:, lay.u] = np.asarray(start["u"]).T
-    res = newton_mode(problem, psi0, max_iter=max_iter)
+    problem = build_problem(experiment, contrast_fates, ref_fate, priors, hyper, weight, uncertainty)
+    res = newton_mode(problem, pack_psi(problem, start), max_iter=max_iter)
     if not res.converged:
         log.warning("Laplace: Newton did not converge in %d iterations", res.n_iter)
+    if uncertainty == "cluster_robust" and bootstrap == 0:
+        res = dataclasses.replace(res, cov=robust_covariance(problem, res))
     if bootstrap > 0:
         reps = one_step_bootstrap(problem, res, bootstrap, seed)
         return BootstrapPosterior.from_replicates(res, problem, hyper, reps)

@@ -345,6 +345,39 @@ def plot_qc_offsets(offsets: dict[str, np.ndarray], tol: float, path: str | Path
     return _save(fig, path, dpi=dpi)
 
 
+def plot_ntc_qq(table, path: str | Path, dpi: int = 110) -> Path:
+    """QQ plot of NTC pseudo-gene z-scores against N(0, 1): model-based and cluster-robust.
+
+    ``table`` is ``ntc_calibration.csv`` (columns ``z_model``, ``z_robust``). Points on
+    the diagonal mean calibrated standard errors; a line steeper than it means SEs that
+    are too small (intervals too narrow, too many calls).
+    """
+    from scipy.stats import norm
+
+    fig, ax = plt.subplots(figsize=(4.4, 4.0))
+    lim = 0.0
+    for col, label, color in (("z_model", "model-based SE", "#b2182b"), ("z_robust", "cluster-robust SE", "#2166ac")):
+        z = np.sort(np.asarray(table[col], dtype=float))
+        z = z[np.isfinite(z)]
+        if not z.size:
+            continue
+        q = norm.ppf((np.arange(1, z.size + 1) - 0.5) / z.size)
+        sd = float(np.sqrt(np.mean(z**2)))
+        ax.plot(q, z, ".", ms=3, color=color, label=f"{label} (SD {sd:.2f})")
+        lim = max(lim, float(np.abs(z).max()), float(np.abs(q).max()))
+    lim = max(lim, 3.0) * 1.05
+    ax.plot([-lim, lim], [-lim, lim], color="0.4", ls="--", lw=0.8)
+    for v in (-1.96, 1.96):
+        ax.axhline(v, color="0.8", lw=0.6)
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_xlabel("N(0, 1) quantile")
+    ax.set_ylabel("NTC pseudo-gene z")
+    ax.legend(frameon=False, fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return _save(fig, path, dpi=dpi)
+
+
 def plot_mode_comparison(comparison, path: str | Path, dpi: int = 110) -> Path:
     """Hits per mash mode (``mash_mode_comparison.csv``), with the hits both modes share."""
     df = comparison.reset_index(drop=True)

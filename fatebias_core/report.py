@@ -689,6 +689,8 @@ def _section_trust(run: _Run, page: _Page) -> str:
     parts = ["<h2 id='trust'>4. Can we trust it?</h2>"]
     parts.append("<h3>QC: guide deviations and theta-beta offsets</h3>")
     parts.append(_qc(run, page))
+    parts.append("<h3>Calibration on this data: non-targeting pseudo-genes</h3>")
+    parts.append(_ntc(run, page))
     parts.append("<h3>Permutation negative control</h3>")
     parts.append(_permutation(run, page))
     parts.append("<h3>Sanity checks: known regulators</h3>")
@@ -736,6 +738,37 @@ def _qc(run: _Run, page: _Page) -> str:
     return text + fig + _table(["file", "values", "max |value|", "above tolerance", ""], rows)
 
 
+def _ntc(run: _Run, page: _Page) -> str:
+    from .plots import plot_ntc_qq
+
+    n, missing = _diagnostics_part(run, page, "ntc_calibration", "NTC calibration check")
+    if n is None:
+        return missing
+    table = run.csv("ntc_calibration.csv", ["z_model", "z_robust"])
+    head, mod, rob = n.get("headline") or {}, n.get("model") or {}, n.get("cluster_robust") or {}
+    ok = n.get("calibrated")
+    rows = [
+        ("verdict", _badge(None if ok is None else bool(ok),
+                           "calibrated: NTC z-scores look like N(0, 1)" if ok else f"NOT calibrated: SD above {n.get('sd_warn')}")),
+        (f"SD of z ({n.get('uncertainty')}, the run's intervals)", f"{_num(head.get('sd'), '.2f')} (expected 1)"),
+        ("share beyond +/-1.96", f"{_num(head.get('beyond_1.96'), '.3f')} (expected 0.05)"),
+        ("SD of z, model-based SE", _num(mod.get("sd"), ".2f")),
+        ("SD of z, cluster-robust SE", _num(rob.get("sd"), ".2f")),
+        ("pseudo-genes", f"{n.get('n_pseudo_genes')} of {n.get('pseudo_gene_size')} NTC guides each "
+                         f"(from {n.get('n_ntc_guides')} NTC guides), {head.get('n')} pseudo-gene/days x contrasts"),
+        ("independent units (clones)", n.get("n_clusters")),
+    ]
+    text = _para(
+        "Non-targeting guides have no effect. Grouped at random into pseudo-genes the size of a gene's guide set and "
+        "tested like genes, their z-scores should follow N(0, 1): SD 1, 5% beyond +/-1.96. An SD above 1 means the "
+        "standard errors are too small for this data (cells that are not independent: clones, smoothed fate "
+        "probabilities), and calls would be too many. The model-based SE trusts the likelihood; the cluster-robust SE "
+        "treats clones as the independent units.", "note")
+    fig = "" if table is None else page.figure(lambda p: plot_ntc_qq(table, p, dpi=FIG_DPI), "NTC QQ plot",
+                                                "NTC pseudo-gene z-scores against N(0, 1) quantiles (dashed: calibrated).")
+    return text + fig + _kv(rows)
+
+
 def _permutation(run: _Run, page: _Page) -> str:
     p, missing = _diagnostics_part(run, page, "permutation", "permutation control")
     if p is None:
@@ -751,11 +784,11 @@ def _permutation(run: _Run, page: _Page) -> str:
         ("allowed (5% of real hits, at least 1)", p.get("allowed_hits", "–")),
         ("verdict", _badge(None if passed is None else bool(passed), "passed: hits collapse" if passed else "FAILED: hits survive permutation")),
         ("permuted hits", ", ".join(hit_genes[:30]) + (" ..." if len(hit_genes) > 30 else "") or "none"),
-        ("permutation", f"within {p.get('n_strata')} strata of day x replicate x burden bin ({p.get('n_burden_bins')} bins), "
+        ("permutation", f"clones' guide sets within {p.get('n_strata')} strata of replicate x burden bin ({p.get('n_burden_bins')} bins), "
                         f"{p.get('n_cells_moved')} cells moved ({p.get('n_cells_burden_changed', '–')} with a new burden), seed {p.get('seed')}"),
     ]
     text = _para(
-        "Guide sets are shuffled among cells of the same day, replicate and guide burden, which keeps everything but "
+        "Guide sets are shuffled among clones of the same replicate and guide burden (every cell of a clone gets the same set, so clones stay intact), which keeps everything but "
         "the link between guides and fate; the whole chain is rerun on the shuffled data. Any hit there is a false "
         "positive.", "note")
     return text + _kv(rows)
@@ -866,6 +899,11 @@ def _glance(run: _Run, ans: _Answer | None, fit_info: dict) -> str:
     if h:
         card("held-out fit", "full model better" if h.get("full_better") else "full model not better",
              f"z = {_num(h.get('difference_z'), '.1f')}", bool(h.get("full_better")))
+    n = diag.get("ntc_calibration")
+    if n:
+        head = n.get("headline") or {}
+        card("NTC calibration", f"z SD {_num(head.get('sd'), '.2f')}",
+             f"{_num(head.get('beyond_1.96'), '.3f')} beyond +/-1.96 (expected 1 and 0.05)", bool(n.get("calibrated")))
     p = diag.get("permutation")
     if p:
         card("negative control", "passed" if p.get("passed") else "FAILED", f"{p.get('n_hits')} hits after permutation", bool(p.get("passed")))

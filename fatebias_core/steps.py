@@ -23,13 +23,13 @@ CHAIN = ("fit", "export", "mash", "aggregate", "rank", "diagnostics", "report")
 
 # Bump a step's code version when its computation changes meaning.
 CODE_VERSIONS = {
-    "load": "1",
-    "fit": "1",
+    "load": "2",
+    "fit": "2",
     "export": "1",
     "mash": "2",
     "aggregate": "1",
     "rank": "1",
-    "diagnostics": "1",
+    "diagnostics": "2",
     "report": "1",
 }
 

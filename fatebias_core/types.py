@@ -35,6 +35,13 @@ class FilteredCells:
         (N,) float32 burden minus the mean burden of the cell's day.
     cell_names
         (N,) obs names of the kept cells.
+    cluster
+        (N,) int64 cluster id of each cell: the independent units behind the data (clones).
+        From a clone column when the data have one, else the cells that share an identical
+        guide set within a replicate (at high MOI that set nearly identifies a clone);
+        ``None`` treats every cell as its own unit.
+    cluster_source
+        Where the clusters came from (for summaries).
     """
 
     fate_probs: np.ndarray
@@ -46,6 +53,8 @@ class FilteredCells:
     burden: np.ndarray
     burden_centered: np.ndarray
     cell_names: np.ndarray
+    cluster: np.ndarray | None = None
+    cluster_source: str = "cells"
 
     @property
     def n_cells(self) -> int:
@@ -81,7 +90,15 @@ class FilteredCells:
             burden=burden,
             burden_centered=center_by_group(burden, day, self.n_days),
             cell_names=self.cell_names[idx],
+            cluster=None if self.cluster is None else self.cluster[idx],
+            cluster_source=self.cluster_source,
         )
+
+    def clusters(self) -> np.ndarray:
+        """(N,) cluster ids 0..C-1 (every cell its own cluster when none are known)."""
+        if self.cluster is None:
+            return np.arange(self.n_cells, dtype=np.int64)
+        return np.unique(self.cluster, return_inverse=True)[1].astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -104,6 +121,11 @@ class GuideEmbedding:
         G names; guide id g is ``guide_names[g - 1]``.
     gene_names
         L names; gene id l is ``gene_names[l - 1]``.
+    ntc_ids
+        (N, W) int32 NTC guides per cell, 1-based into ``ntc_names``, 0 pads; the model
+        treats every NTC alike (id 0), the calibration check tells them apart.
+    ntc_names
+        Names of the NTC guides.
     """
 
     guide_ids: np.ndarray
@@ -111,6 +133,8 @@ class GuideEmbedding:
     gene_of_guide: np.ndarray
     guide_names: tuple[str, ...]
     gene_names: tuple[str, ...]
+    ntc_ids: np.ndarray | None = None
+    ntc_names: tuple[str, ...] = ()
 
     @property
     def n_guides(self) -> int:
@@ -136,6 +160,8 @@ class GuideEmbedding:
             gene_of_guide=self.gene_of_guide,
             guide_names=self.guide_names,
             gene_names=self.gene_names,
+            ntc_ids=None if self.ntc_ids is None else self.ntc_ids[idx],
+            ntc_names=self.ntc_names,
         )
 
 
@@ -157,6 +183,8 @@ class LoadSummary:
     fate_names_source: str = ""
     n_renormalised: int = 0
     cells_per_day: dict[str, int] = field(default_factory=dict)
+    n_clusters: int = 0
+    cluster_source: str = ""
 
     def to_dict(self) -> dict:
         """A JSON-friendly view."""
@@ -175,6 +203,8 @@ class LoadSummary:
             "  guides per cell: " + ", ".join(f"{k} {v:g}" for k, v in self.guides_per_cell.items()),
             f"  guides: {self.n_guides_matrix} in matrix, {self.n_guides_mapped} targeting + {self.n_ntc_guides} NTC mapped",
             "  guides per gene: " + ", ".join(f"{k} {v:g}" for k, v in self.guides_per_gene.items()),
+            f"  clones (independent units): {self.n_clusters} from {self.cluster_source}"
+            + (f", {self.n_cells_kept / self.n_clusters:.2f} cells each" if self.n_clusters else ""),
             f"  fate names from: {self.fate_names_source}"
             + (f"; {self.n_renormalised} rows renormalised" if self.n_renormalised else ""),
         ]

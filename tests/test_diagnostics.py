@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import math
 from pathlib import Path
 
@@ -137,8 +138,8 @@ def test_permutation_keeps_strata_multisets(n_bins: int) -> None:
     assert np.array_equal(new.cells.burden, new.guides.mask.sum(1))
     assert np.allclose(new.cells.burden_centered, center_by_group(new.cells.burden, c.day, 3))
     assert np.array_equal(np.sort(perm.source), np.arange(exp.n_cells))  # a permutation
-    bins, _ = burden_bins(c.burden, n_bins)
-    assert np.array_equal(perm.strata, (c.day * 2 + c.rep) * (bins.max() + 1) + bins)
+    bins, _ = burden_bins(c.burden, n_bins)  # every cell its own clone: cell-level strata
+    assert np.array_equal(perm.strata, c.rep * (bins.max() + 1) + bins)
     for s in np.unique(perm.strata):
         rows = np.flatnonzero(perm.strata == s)
         assert _sets(new, rows) == _sets(exp, rows)
@@ -150,6 +151,26 @@ def test_permutation_keeps_strata_multisets(n_bins: int) -> None:
         assert np.array_equal(new.cells.burden, c.burden)
     else:
         assert (new.cells.burden != c.burden).any()
+
+
+def test_permutation_moves_whole_clones() -> None:
+    exp = toy_experiment()
+    n = exp.n_cells
+    clone = np.arange(n) // 4  # clones of 4 cells; give each clone one guide set and one replicate
+    first = clone * 4
+    g = exp.guides
+    guides = replace(g, guide_ids=g.guide_ids[first], mask=g.mask[first])
+    cells = replace(exp.cells, rep=exp.cells.rep[first], burden=exp.cells.burden[first], cluster=clone)
+    exp = Experiment(cells, guides, exp.summary)
+    perm = permute_guide_sets(exp, 2, seed=3)
+    new = perm.experiment.guides
+    for c in range(clone.max() + 1):
+        rows = np.flatnonzero(clone == c)
+        assert (new.guide_ids[rows] == new.guide_ids[rows[0]]).all()  # the clone stays one unit
+        assert len(set(perm.source[rows] // 4)) == 1  # from one donor clone
+        assert exp.cells.rep[perm.source[rows[0]]] == exp.cells.rep[rows[0]]  # of the same replicate
+    assert (new.guide_ids != g.guide_ids[first]).any(1).mean() > 0.5
+    assert np.array_equal(perm.experiment.cells.cluster, clone)
 
 
 def test_permutation_seeded() -> None:
