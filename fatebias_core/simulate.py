@@ -30,10 +30,57 @@ Design (every draw uses the ``sim_*`` settings; ``C`` non-reference fates, ``D``
   probabilities ``p_i ~ Dirichlet(sim_concentration * pi_i)``, floored at 1e-8 and
   renormalised in float64.
 
-Randomness comes from three independent streams spawned from ``sim_seed``: effects
-(theta, delta, nuisance), cells (design and guides) and noise (Dirichlet, UMI counts).
-The true effects therefore depend only on the seed and the gene, guide, day, replicate
-and effect settings, not on the number of cells.
+Realism settings, each off by default (the defaults give exactly the design above):
+
+* Clones (``sim_clone_size_mean > 0``, at least 1): clone sizes are
+  ``1 + Poisson(sim_clone_size_mean - 1)`` (a Poisson, so sizes are never 0 and the mean
+  is the setting), drawn until ``sim_n_cells`` are covered; the last clone is cut to fit.
+  Each clone has one guide set (drawn as a cell's is above), one replicate (balanced
+  over clones: replicate labels are a permutation of ``clone % R``) and a per-contrast
+  logit bias ``N(0, sim_clone_bias_sd^2)`` added to its cells' eta. Days are drawn per
+  cell, balanced over all cells (a permutation of ``cell % D``), so a clone's cells are
+  spread over days at random. Cells come in random order; clone ids are in
+  ``SimulatedParams.clone`` and, with ``sim_write_clone_labels``, in ``obs["clone"]``
+  (``clone<j>``). Cells per day x replicate are then only roughly balanced.
+* Uneven knockdown (``sim_knockdown_sd > 0``): an efficiency
+  ``e[g, r] = clip(N(1, sim_knockdown_sd^2), 0, 2)`` per targeting guide x replicate
+  (mean exactly 1 by symmetry) multiplies the guide's effect beta[g] in that replicate.
+* Batch offsets (``sim_batch_sd > 0``): ``N(0, sim_batch_sd^2)`` per contrast x day x
+  replicate added to eta.
+* Noise model (``sim_noise``): ``dirichlet`` as above, or ``logistic_normal``:
+  ``p_i = softmax(eta_i + N(0, sim_logit_noise_sd^2))`` on each non-reference logit,
+  floored and renormalised as above.
+* CellRank-like smoothing (``sim_smoothing_k > 1``): after the noise, within each day,
+  ``p' = (1 - w) p + w * mean of p over the k nearest neighbours in fate-probability
+  space`` (the cell itself included; ``w = sim_smoothing_weight``; a k-d tree).
+
+Estimand. The fitted model targets effects on the mean fate probabilities. Dirichlet
+noise has mean pi, but logit noise and clone biases do not average out on the logit
+scale: E[softmax(eta + noise)] is flatter than softmax(eta), so the log-ratio of mean
+probabilities moves by about kappa * theta with kappa < 1; smoothing averages cells
+with different guides and attenuates further. kappa is estimated per contrast by Monte
+Carlo: on at most 20,000 cells, 32 replicates of the logit noise and clone bias give
+each cell's mean probabilities m_i, and kappa is the least-squares slope of the
+day-centred ``log(m_f / m_ref)`` on the day-centred latent eta_f (exactly 1 without
+such terms). Smoothing's factor is estimated the same way, an approximation: over 8
+replicates of all the cell-level noise, each smoothed, the slope on eta of the
+smoothed mean probabilities' day-centred log-ratio over the unsmoothed one's; it
+multiplies kappa. kappa is a per-cell attenuation, given a cell's covariates (as the
+model conditions on them); the log-ratio of a whole group's mean proportions also
+averages over its cells' differing eta and is attenuated more.
+``truth_estimand_daywise*.csv`` hold kappa * theta (null genes stay 0);
+``truth_daywise*.csv`` keep the latent theta.
+
+Randomness comes from independent streams spawned from ``sim_seed``: effects (theta,
+delta, nuisance), cells (design and guides) and noise (Dirichlet, UMI counts), then
+clones (sizes, days, replicates, guide sets and biases of clones), knockdown, batch,
+logit noise and the estimand's Monte Carlo. The first three are used exactly as without
+the realism settings, so the defaults reproduce the design above draw for draw and no
+setting changes the effects; the cell design (days, replicates, guides) changes only
+with clones on (the clone stream then replaces the cells stream). The guide UMI counts
+follow the Dirichlet draws on the noise stream, so they can change whenever pi or the
+noise model does. The true effects depend only on the seed and the gene, guide, day,
+replicate and effect settings, not on the number of cells.
 """
 
 from __future__ import annotations
@@ -85,6 +132,15 @@ FATE_COLORS = (
     "#7f7f7f",
 )
 RUN_PATH_KEYS = ("adata_path", "guide_map_csv", "out_dir", "D", "R")
+N_STREAMS = 8
+"""Streams spawned from ``sim_seed``: effects, cells, noise (the original three, used as
+before), clones, knockdown, batch, logit noise, estimand Monte Carlo."""
+ESTIMAND_MC_REPS = 32
+"""Monte Carlo replicates of the logit noise and clone bias behind the estimand's kappa."""
+ESTIMAND_SMOOTH_REPS = 8
+"""Monte Carlo replicates of the whole cell-level noise behind smoothing's share of kappa."""
+ESTIMAND_MAX_CELLS = 20000
+"""Most cells (a random subsample) in the estimand's noise/clone Monte Carlo."""
 
 
 # --------------------------------------------------------------------------- typed results
@@ -113,7 +169,21 @@ class SimulatedParams:
     day, rep, burden
         (N,) per-cell day index, replicate index and guide count (NTCs included).
     true_probs
-        (N, F) noiseless fate probabilities pi in ``config.fates`` order.
+        (N, F) noiseless fate probabilities pi in ``config.fates`` order: softmax of
+        ``eta`` plus the cell's clone bias (everything but the per-cell noise).
+    eta
+        (N, C) latent contrast logits: nuisance + guide effects (scaled by the knockdown
+        efficiencies) + batch offsets; without clone bias and noise.
+    clone
+        (N,) 0-based clone of each cell, or ``None`` when clones are off.
+    clone_bias
+        (n_clones, C) per-clone logit biases, or ``None`` when clones are off.
+    knockdown
+        (G, R) knockdown efficiency of each targeting guide in each replicate, or
+        ``None`` when ``sim_knockdown_sd`` is 0.
+    batch_offset
+        (C, D, R) logit offsets per contrast x day x replicate, or ``None`` when
+        ``sim_batch_sd`` is 0.
     """
 
     contrast_fates: tuple[str, ...]
@@ -132,11 +202,25 @@ class SimulatedParams:
     rep: np.ndarray
     burden: np.ndarray
     true_probs: np.ndarray
+    eta: np.ndarray | None = None
+    clone: np.ndarray | None = None
+    clone_bias: np.ndarray | None = None
+    knockdown: np.ndarray | None = None
+    batch_offset: np.ndarray | None = None
 
     @property
     def beta(self) -> np.ndarray:
         """(G, C, D) guide effects theta[l(g)] + delta[g]."""
         return self.theta[self.gene_of_guide] + self.delta[:, :, None]
+
+    @property
+    def beta_by_rep(self) -> np.ndarray:
+        """(G, C, D, R) guide effects in each replicate: beta scaled by the knockdown efficiency."""
+        n_reps = self.rep_effect.shape[1]
+        eff = (
+            np.ones((len(self.gene_of_guide), n_reps)) if self.knockdown is None else self.knockdown
+        )
+        return self.beta[..., None] * eff[:, None, None, :]
 
 
 @dataclass(frozen=True)
@@ -157,6 +241,13 @@ class SimulatedData:
         The true parameters.
     metadata
         Settings and realised counts (what ``sim_metadata.yaml`` holds).
+    truth_estimand
+        Per contrast fate, ``gene, true_d0..`` of kappa[fate] x theta: the effects on the
+        mean fate probabilities' log-ratio that the fitted model targets (see the module
+        docstring); equal to ``truth_daywise`` when kappa is 1.
+    kappa
+        Per contrast fate, the attenuation factor kappa (1.0 without logit noise, clone
+        bias or smoothing).
     """
 
     adata: Any
@@ -165,6 +256,8 @@ class SimulatedData:
     truth_guides: pd.DataFrame
     params: SimulatedParams
     metadata: dict[str, Any]
+    truth_estimand: dict[str, pd.DataFrame] = field(default_factory=dict)
+    kappa: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -177,7 +270,8 @@ class SimulationResult:
         The output folder.
     paths
         Written files by role (``adata``, ``guide_map``, ``truth_daywise``,
-        ``truth_daywise_<FATE>``, ``truth_guides``, ``metadata``, ``config``).
+        ``truth_daywise_<FATE>``, ``truth_estimand_daywise``,
+        ``truth_estimand_daywise_<FATE>``, ``truth_guides``, ``metadata``, ``config``).
     counts
         Realised counts (cells, genes, guides, days, replicates, active genes per fate).
     truth
@@ -221,6 +315,12 @@ def _check(config: FatebiasConfig) -> None:
             f"sim_n_cells ({config.sim_n_cells}) must be at least sim_n_days x sim_n_reps "
             f"({config.sim_n_days * config.sim_n_reps}) so that every day and replicate has cells"
         )
+    if 0 < config.sim_clone_size_mean < 1:
+        raise ConfigError(
+            f"sim_clone_size_mean ({config.sim_clone_size_mean}) must be 0 (no clones) or at least 1"
+        )
+    if config.sim_clone_bias_sd > 0 and config.sim_clone_size_mean == 0:
+        raise ConfigError("sim_clone_bias_sd > 0 needs clones: set sim_clone_size_mean >= 1")
 
 
 def _names(prefix: str, n: int, start: int = 1) -> list[str]:
@@ -251,6 +351,100 @@ def _distinct_draws(rng: np.random.Generator, counts: np.ndarray, n_items: int) 
         redo = np.zeros(used.shape, dtype=bool)
         np.put_along_axis(redo, order, repeat, axis=1)
         draws[redo] = rng.integers(0, n_items, size=int(redo.sum()))
+
+
+def _guide_sets(
+    rng: np.random.Generator, n: int, config: FatebiasConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` guide sets drawn as the module docstring says: targets, NTCs (-1 padded), burden."""
+    kmax, n_guides, n_ntc = config.sim_kmax, config.sim_n_guides, config.sim_n_ntc_guides
+    k = np.clip(rng.poisson((kmax + 1) / 2, size=n), 1, kmax)
+    k_ntc = np.minimum(rng.binomial(k, config.sim_ntc_fraction), n_ntc)
+    k_target = np.minimum(k - k_ntc, n_guides)
+    targets = _distinct_draws(rng, k_target, n_guides)
+    ntcs = _distinct_draws(rng, k_ntc, n_ntc)
+    return targets, ntcs, k_target + k_ntc
+
+
+def _clone_sizes(rng: np.random.Generator, n_cells: int, mean: float) -> np.ndarray:
+    """Clone sizes 1 + Poisson(mean - 1) drawn until ``n_cells`` are covered; the last is cut to fit."""
+    sizes = np.zeros(0, dtype=np.int64)
+    while sizes.sum() < n_cells:  # a loop over batches of clones, rarely more than one
+        batch = int(np.ceil((n_cells - sizes.sum()) / mean * 1.1)) + 10
+        sizes = np.concatenate([sizes, 1 + rng.poisson(mean - 1.0, size=batch)])
+    n_clones = int(np.searchsorted(np.cumsum(sizes), n_cells)) + 1
+    sizes = sizes[:n_clones].copy()
+    sizes[-1] -= int(sizes.sum()) - n_cells
+    return sizes
+
+
+def _softmax(eta_c: np.ndarray, cols: list[int], n_fates: int) -> np.ndarray:
+    """Fate probabilities from contrast logits ``(..., C)`` placed in ``cols``; reference logit 0."""
+    eta = np.zeros((*eta_c.shape[:-1], n_fates))
+    eta[..., cols] = eta_c
+    eta -= eta.max(axis=-1, keepdims=True)
+    pi = np.exp(eta)
+    pi /= pi.sum(axis=-1, keepdims=True)
+    return pi
+
+
+def _floor(probs: np.ndarray) -> np.ndarray:
+    probs = np.maximum(probs, PROB_FLOOR)
+    probs /= probs.sum(axis=-1, keepdims=True)
+    return probs
+
+
+def _dirichlet(rng: np.random.Generator, concentration: float, pi: np.ndarray) -> np.ndarray:
+    """Dirichlet(concentration * pi) rows via normalised gammas, floored and renormalised."""
+    gam = rng.standard_gamma(np.maximum(concentration * pi, 1e-300))
+    total = gam.sum(axis=1, keepdims=True)
+    probs = np.where(total > 0, gam / np.where(total > 0, total, 1.0), pi)
+    return _floor(probs)
+
+
+def _smooth(probs: np.ndarray, day: np.ndarray, n_days: int, k: int, weight: float) -> np.ndarray:
+    """Within each day, p' = (1 - w) p + w mean of p over the k nearest neighbours (self included).
+
+    Neighbours are found with :class:`scipy.spatial.cKDTree` in fate-probability space;
+    a cell is always among its own neighbours (if ties push it out, it replaces the
+    farthest one). Rows stay on the simplex (convex combinations of simplex rows).
+    """
+    from scipy.spatial import cKDTree
+
+    out = probs.copy()
+    for d in range(n_days):  # a loop over days; cells are vectorised
+        idx = np.flatnonzero(day == d)
+        kk = min(k, idx.size)
+        if kk <= 1:
+            continue
+        p = probs[idx]
+        _, nb = cKDTree(p).query(p, k=kk)
+        own = np.arange(idx.size)
+        missing = ~(nb == own[:, None]).any(axis=1)
+        nb[missing, -1] = own[missing]
+        out[idx] = (1.0 - weight) * p + weight * p[nb].mean(axis=1)
+    out /= out.sum(axis=1, keepdims=True)
+    return out
+
+
+def _day_centred(x: np.ndarray, day: np.ndarray, n_days: int) -> np.ndarray:
+    """(N, ...) values minus their mean within each day, float64."""
+    counts = np.bincount(day, minlength=n_days).astype(np.float64)
+    sums = np.zeros((n_days, *x.shape[1:]))
+    np.add.at(sums, day, x)
+    means = sums / np.maximum(counts, 1.0).reshape(-1, *([1] * (x.ndim - 1)))
+    return x - means[day]
+
+
+def _slopes(x: np.ndarray, y: np.ndarray, day: np.ndarray, n_days: int) -> np.ndarray:
+    """Per column, the least-squares slope through the origin of day-centred y on day-centred x."""
+    xc, yc = _day_centred(x, day, n_days), _day_centred(y, day, n_days)
+    sxx = (xc * xc).sum(axis=0)
+    return np.where(sxx > 0, (xc * yc).sum(axis=0) / np.where(sxx > 0, sxx, 1.0), 1.0)
+
+
+def _log_ratios(m: np.ndarray, cols: list[int], ref: int) -> np.ndarray:
+    return np.log(m[:, cols]) - np.log(m[:, [ref]])
 
 
 def _draw_effects(
@@ -331,17 +525,16 @@ def simulate_experiment(config: FatebiasConfig) -> SimulatedData:
     import anndata as ad
 
     _check(config)
-    effects_rng, cells_rng, noise_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(config.sim_seed).spawn(3)
+    seeds = np.random.SeedSequence(config.sim_seed).spawn(N_STREAMS)
+    effects_rng, cells_rng, noise_rng = (np.random.default_rng(s) for s in seeds[:3])
+    clone_rng, knockdown_rng, batch_rng, logit_rng, estimand_rng = (
+        np.random.default_rng(s) for s in seeds[3:]
     )
     n_cells, n_genes, n_guides = config.sim_n_cells, config.sim_n_genes, config.sim_n_guides
-    n_ntc, n_days, n_reps, kmax = (
-        config.sim_n_ntc_guides,
-        config.sim_n_days,
-        config.sim_n_reps,
-        config.sim_kmax,
-    )
+    n_ntc, n_days, n_reps = config.sim_n_ntc_guides, config.sim_n_days, config.sim_n_reps
     fates, contrasts = list(config.fates), config.contrast_fates
+    cols = [fates.index(f) for f in contrasts]
+    n_c = len(contrasts)
 
     # Design: genes, guides, labels.
     gene_names = _names("G", n_genes)
@@ -356,22 +549,43 @@ def simulate_experiment(config: FatebiasConfig) -> SimulatedData:
 
     eff = _draw_effects(config, gene_of_guide, effects_rng)
 
-    # Cells: day x replicate, guides.
-    group = cells_rng.permutation(np.arange(n_cells) % (n_days * n_reps))
-    day, rep = group // n_reps, group % n_reps
-    k = np.clip(cells_rng.poisson((kmax + 1) / 2, size=n_cells), 1, kmax)
-    k_ntc = np.minimum(cells_rng.binomial(k, config.sim_ntc_fraction), n_ntc)
-    k_target = np.minimum(k - k_ntc, n_guides)
-    targets = _distinct_draws(cells_rng, k_target, n_guides)
-    ntcs = _distinct_draws(cells_rng, k_ntc, n_ntc)
-    burden = k_target + k_ntc
+    # Cells: day x replicate, guides (independent cells, or clones sharing a guide set).
+    clone: np.ndarray | None = None
+    clone_bias: np.ndarray | None = None
+    if config.sim_clone_size_mean > 0:
+        sizes = _clone_sizes(clone_rng, n_cells, config.sim_clone_size_mean)
+        n_clones = len(sizes)
+        clone = clone_rng.permutation(np.repeat(np.arange(n_clones), sizes))
+        day = clone_rng.permutation(np.arange(n_cells) % n_days)
+        rep = clone_rng.permutation(np.arange(n_clones) % n_reps)[clone]
+        c_targets, c_ntcs, c_burden = _guide_sets(clone_rng, n_clones, config)
+        targets, ntcs, burden = c_targets[clone], c_ntcs[clone], c_burden[clone]
+        clone_bias = clone_rng.normal(0.0, 1.0, size=(n_clones, n_c)) * config.sim_clone_bias_sd
+        if (np.bincount(day * n_reps + rep, minlength=n_days * n_reps) == 0).any():
+            raise ConfigError(
+                f"{n_clones} clones leave a day x replicate group without cells: "
+                "lower sim_clone_size_mean or raise sim_n_cells"
+            )
+    else:
+        group = cells_rng.permutation(np.arange(n_cells) % (n_days * n_reps))
+        day, rep = group // n_reps, group % n_reps
+        targets, ntcs, burden = _guide_sets(cells_rng, n_cells, config)
 
     # Model (MODEL.md 4): eta per contrast fate, reference logit 0.
-    n_c = len(contrasts)
     beta = np.zeros((n_guides + 1, n_c, n_days))
     beta[1:] = eff["theta"][gene_of_guide] + eff["delta"][:, :, None]
     ids = np.where(targets >= 0, targets + 1, 0)
-    guide_sum = beta[ids, :, day[:, None]].sum(axis=1)  # (N, C); id 0 adds nothing
+    knockdown: np.ndarray | None = None
+    if config.sim_knockdown_sd > 0:
+        knockdown = np.clip(
+            1.0 + knockdown_rng.normal(0.0, 1.0, size=(n_guides, n_reps)) * config.sim_knockdown_sd,
+            0.0,
+            2.0,
+        )
+        scale = np.where(targets >= 0, knockdown[np.maximum(targets, 0), rep[:, None]], 0.0)
+        guide_sum = (beta[ids, :, day[:, None]] * scale[..., None]).sum(axis=1)
+    else:
+        guide_sum = beta[ids, :, day[:, None]].sum(axis=1)  # (N, C); id 0 adds nothing
     burden_c = center_by_group(burden, day, n_days).astype(np.float64)
     eta_c = (
         eff["day_intercept"][:, day].T
@@ -379,26 +593,29 @@ def simulate_experiment(config: FatebiasConfig) -> SimulatedData:
         + eff["burden_slope"][None, :] * burden_c[:, None]
         + guide_sum
     )
-    eta = np.zeros((n_cells, len(fates)))
-    eta[:, [fates.index(f) for f in contrasts]] = eta_c
-    eta -= eta.max(axis=1, keepdims=True)
-    pi = np.exp(eta)
-    pi /= pi.sum(axis=1, keepdims=True)
+    batch_offset: np.ndarray | None = None
+    if config.sim_batch_sd > 0:
+        batch_offset = batch_rng.normal(0.0, 1.0, size=(n_c, n_days, n_reps)) * config.sim_batch_sd
+        eta_c = eta_c + batch_offset[:, day, rep].T
+    eta_cell = eta_c if clone_bias is None else eta_c + clone_bias[clone]
+    pi = _softmax(eta_cell, cols, len(fates))
 
-    # Dirichlet noise via normalised gammas (vectorised over cells).
-    gam = noise_rng.standard_gamma(np.maximum(config.sim_concentration * pi, 1e-300))
-    total = gam.sum(axis=1, keepdims=True)
-    probs = np.where(total > 0, gam / np.where(total > 0, total, 1.0), pi)
-    probs = np.maximum(probs, PROB_FLOOR)
-    probs /= probs.sum(axis=1, keepdims=True)
+    # Noise: Dirichlet via normalised gammas, or logistic-normal; then optional smoothing.
+    if config.sim_noise == "dirichlet":
+        probs = _dirichlet(noise_rng, config.sim_concentration, pi)
+    else:
+        noise = logit_rng.normal(0.0, 1.0, size=eta_cell.shape) * config.sim_logit_noise_sd
+        probs = _floor(_softmax(eta_cell + noise, cols, len(fates)))
+    if config.sim_smoothing_k > 1 and config.sim_smoothing_weight > 0:
+        probs = _smooth(probs, day, n_days, config.sim_smoothing_k, config.sim_smoothing_weight)
 
     # Guide matrix: targeting columns (gene order) then NTC columns; UMI counts as values.
     rows_t, slot_t = np.nonzero(targets >= 0)
     rows_n, slot_n = np.nonzero(ntcs >= 0)
     rows = np.concatenate([rows_t, rows_n])
-    cols = np.concatenate([targets[rows_t, slot_t], n_guides + ntcs[rows_n, slot_n]])
+    cols_g = np.concatenate([targets[rows_t, slot_t], n_guides + ntcs[rows_n, slot_n]])
     umi = (1 + noise_rng.poisson(UMI_EXTRA_MEAN, size=rows.size)).astype(np.float32)
-    guide_matrix = sp.csr_matrix((umi, (rows, cols)), shape=(n_cells, n_guides + n_ntc))
+    guide_matrix = sp.csr_matrix((umi, (rows, cols_g)), shape=(n_cells, n_guides + n_ntc))
     guide_matrix.sort_indices()
 
     adata = _anndata(
@@ -413,6 +630,9 @@ def simulate_experiment(config: FatebiasConfig) -> SimulatedData:
         guide_matrix,
         guide_names + ntc_names,
     )
+    if clone is not None and config.sim_write_clone_labels:
+        clone_labels = _names("clone", int(clone.max()) + 1)
+        adata.obs["clone"] = pd.Categorical.from_codes(clone, categories=clone_labels)
     guide_map = pd.DataFrame(
         {
             "guide_name": guide_names + ntc_names,
@@ -437,10 +657,25 @@ def simulate_experiment(config: FatebiasConfig) -> SimulatedData:
         rep=rep,
         burden=burden,
         true_probs=pi,
+        eta=eta_c,
+        clone=clone,
+        clone_bias=clone_bias,
+        knockdown=knockdown,
+        batch_offset=batch_offset,
     )
     truth_daywise = {
         f: pd.DataFrame(
             {"gene": gene_names, **{f"true_d{d}": eff["theta"][:, c, d] for d in range(n_days)}}
+        )
+        for c, f in enumerate(contrasts)
+    }
+    kappa, kappa_parts = _estimand_kappa(config, params, estimand_rng)
+    truth_estimand = {
+        f: pd.DataFrame(
+            {
+                "gene": gene_names,
+                **{f"true_d{d}": kappa[c] * eff["theta"][:, c, d] for d in range(n_days)},
+            }
         )
         for c, f in enumerate(contrasts)
     }
@@ -451,8 +686,94 @@ def simulate_experiment(config: FatebiasConfig) -> SimulatedData:
             **{f"delta_{f}": eff["delta"][:, c] for c, f in enumerate(contrasts)},
         }
     )
+    kappa_by_fate = {f: float(kappa[c]) for c, f in enumerate(contrasts)}
     metadata = _metadata(config, params, probs, day_labels, rep_labels)
-    return SimulatedData(adata, guide_map, truth_daywise, truth_guides, params, metadata)
+    metadata["estimand"] = {f: round(k, 6) for f, k in kappa_by_fate.items()}
+    metadata["estimand_parts"] = kappa_parts
+    return SimulatedData(
+        adata,
+        guide_map,
+        truth_daywise,
+        truth_guides,
+        params,
+        metadata,
+        truth_estimand=truth_estimand,
+        kappa=kappa_by_fate,
+    )
+
+
+def _estimand_kappa(
+    config: FatebiasConfig, params: SimulatedParams, rng: np.random.Generator
+) -> tuple[np.ndarray, dict[str, dict[str, float]]]:
+    """Per contrast, the attenuation kappa of effects on the mean probabilities' log-ratio.
+
+    Two factors, multiplied (see the module docstring):
+
+    * ``noise``: with logit noise (``logistic_normal``) or clone biases, on a subsample
+      of at most :data:`ESTIMAND_MAX_CELLS` cells, :data:`ESTIMAND_MC_REPS` replicates
+      of those N(0, s^2) terms (s^2 the sum of their variances) give each cell's mean
+      probabilities m_i; kappa_noise is the slope of the day-centred log(m_f / m_ref) on
+      the day-centred latent eta_f. Exactly 1 (no Monte Carlo) when neither is on.
+    * ``smoothing``: with smoothing, :data:`ESTIMAND_SMOOTH_REPS` replicates of all the
+      cell-level noise (clone biases, logit or Dirichlet noise) over every cell, each
+      smoothed as the data were; the slope on eta of the day-centred log-ratio of the
+      smoothed mean probabilities over that of the unsmoothed ones. Exactly 1 when off.
+
+    Returns
+    -------
+    kappa
+        (C,) the product of the two factors.
+    parts
+        ``{fate: {"noise": ..., "smoothing": ...}}``, rounded to 6 digits.
+    """
+    fates = list(config.fates)
+    cols = [fates.index(f) for f in params.contrast_fates]
+    ref = fates.index(config.ref_fate)
+    eta, day, n_days = params.eta, params.day, config.sim_n_days
+    assert eta is not None
+    n_c = eta.shape[1]
+    clones_biased = params.clone is not None and config.sim_clone_bias_sd > 0
+    logit_sd = config.sim_logit_noise_sd if config.sim_noise == "logistic_normal" else 0.0
+    var = (config.sim_clone_bias_sd**2 if clones_biased else 0.0) + logit_sd**2
+
+    k_noise = np.ones(n_c)
+    if var > 0:
+        n = len(day)
+        sub = np.arange(n)
+        if n > ESTIMAND_MAX_CELLS:
+            sub = np.sort(rng.choice(n, size=ESTIMAND_MAX_CELLS, replace=False))
+        z = rng.normal(0.0, 1.0, size=(len(sub), ESTIMAND_MC_REPS, n_c)) * np.sqrt(var)
+        m = _softmax(eta[sub][:, None, :] + z, cols, len(fates)).mean(axis=1)
+        k_noise = _slopes(eta[sub], _log_ratios(m, cols, ref), day[sub], n_days)
+
+    k_smooth = np.ones(n_c)
+    if config.sim_smoothing_k > 1 and config.sim_smoothing_weight > 0:
+        raw = np.zeros((len(day), len(fates)))
+        smoothed = np.zeros_like(raw)
+        for _ in range(ESTIMAND_SMOOTH_REPS):  # a loop over replicates; cells are vectorised
+            eta_r = eta
+            if clones_biased:
+                assert params.clone is not None and params.clone_bias is not None
+                bias = rng.normal(0.0, config.sim_clone_bias_sd, size=params.clone_bias.shape)
+                eta_r = eta_r + bias[params.clone]
+            if logit_sd > 0:
+                eta_r = eta_r + rng.normal(0.0, logit_sd, size=eta.shape)
+            pi = _softmax(eta_r, cols, len(fates))
+            if config.sim_noise == "dirichlet":
+                p = _dirichlet(rng, config.sim_concentration, pi)
+            else:
+                p = _floor(pi)
+            raw += p
+            smoothed += _smooth(p, day, n_days, config.sim_smoothing_k, config.sim_smoothing_weight)
+        s_raw = _slopes(eta, _log_ratios(raw / ESTIMAND_SMOOTH_REPS, cols, ref), day, n_days)
+        s_sm = _slopes(eta, _log_ratios(smoothed / ESTIMAND_SMOOTH_REPS, cols, ref), day, n_days)
+        k_smooth = np.where(s_raw != 0, s_sm / np.where(s_raw != 0, s_raw, 1.0), 1.0)
+
+    parts = {
+        f: {"noise": round(float(k_noise[c]), 6), "smoothing": round(float(k_smooth[c]), 6)}
+        for c, f in enumerate(params.contrast_fates)
+    }
+    return k_noise * k_smooth, parts
 
 
 def _anndata(
@@ -528,6 +849,38 @@ def _metadata(
             "rep_effect_sd": REP_EFFECT_SD,
             "burden_slope_sd": BURDEN_SLOPE_SD,
             "prob_floor": PROB_FLOOR,
+            "clones": (
+                f"sizes 1 + Poisson({config.sim_clone_size_mean} - 1), last cut to fit; one guide set "
+                f"and replicate per clone; logit bias N(0, {config.sim_clone_bias_sd}^2) per clone x contrast"
+                if config.sim_clone_size_mean > 0
+                else "off"
+            ),
+            "smoothing": (
+                f"within day, p' = (1 - {config.sim_smoothing_weight}) p + "
+                f"{config.sim_smoothing_weight} mean over {config.sim_smoothing_k} nearest neighbours"
+                if config.sim_smoothing_k > 1 and config.sim_smoothing_weight > 0
+                else "off"
+            ),
+            "noise": (
+                f"Dirichlet({config.sim_concentration} x pi)"
+                if config.sim_noise == "dirichlet"
+                else f"softmax(eta + N(0, {config.sim_logit_noise_sd}^2))"
+            ),
+            "knockdown": (
+                f"efficiency clip(N(1, {config.sim_knockdown_sd}^2), 0, 2) per guide x replicate"
+                if config.sim_knockdown_sd > 0
+                else "off"
+            ),
+            "batch": (
+                f"N(0, {config.sim_batch_sd}^2) per contrast x day x replicate"
+                if config.sim_batch_sd > 0
+                else "off"
+            ),
+            "estimand_mc": {
+                "reps": ESTIMAND_MC_REPS,
+                "smoothing_reps": ESTIMAND_SMOOTH_REPS,
+                "max_cells": ESTIMAND_MAX_CELLS,
+            },
         },
         "realised": {
             "n_cells": int(len(params.day)),
@@ -552,6 +905,14 @@ def _metadata(
             ),
             "guides_per_cell_mean": round(float(params.burden.mean()), 6),
             "guides_per_cell_max": int(params.burden.max()),
+            **(
+                {
+                    "n_clones": int(params.clone.max()) + 1,
+                    "clone_size_mean": round(len(params.clone) / (int(params.clone.max()) + 1), 6),
+                }
+                if params.clone is not None
+                else {}
+            ),
             "n_active_genes": {f: int(params.active[:, c].sum()) for c, f in enumerate(contrasts)},
             "profiles": {
                 f: {p: int((params.profile[:, c] == p).sum()) for p in ("none", *PROFILES)}
@@ -617,8 +978,11 @@ def simulate(config: FatebiasConfig, out_dir: str | Path) -> SimulationResult:
     * ``guide_map.csv`` (``guide_name, gene_name, is_ntc``).
     * ``truth_daywise.csv`` (``gene, true_d0..``: theta of the primary contrast) and
       ``truth_daywise_<FATE>.csv`` for the other contrasts.
+    * ``truth_estimand_daywise.csv`` (and ``_<FATE>``): the same layout, kappa x theta,
+      the effects on mean fate probabilities that a fit targets (module docstring).
     * ``truth_guides.csv`` (``guide, gene, delta_<fate>`` per contrast).
-    * ``sim_metadata.yaml``: exact settings, design constants, realised counts, nuisance.
+    * ``sim_metadata.yaml``: exact settings, design constants, realised counts, nuisance,
+      ``estimand: {fate: kappa}`` and its factors in ``estimand_parts``.
     * ``config.yaml``: a run configuration for this folder (see :func:`run_config`).
 
     Parameters
@@ -644,6 +1008,11 @@ def simulate(config: FatebiasConfig, out_dir: str | Path) -> SimulationResult:
     for fate, table in data.truth_daywise.items():
         suffix = config.file_suffix(fate)
         paths[f"truth_daywise{suffix}"] = write_csv(table, out / f"truth_daywise{suffix}.csv")
+    for fate, table in data.truth_estimand.items():
+        suffix = config.file_suffix(fate)
+        paths[f"truth_estimand_daywise{suffix}"] = write_csv(
+            table, out / f"truth_estimand_daywise{suffix}.csv"
+        )
     paths["truth_guides"] = write_csv(data.truth_guides, out / "truth_guides.csv")
     paths["metadata"] = write_text(
         yaml.safe_dump(data.metadata, sort_keys=False), out / "sim_metadata.yaml"
