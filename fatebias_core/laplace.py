@@ -250,18 +250,37 @@ class LaplaceProblem:
             q[rows[:, :, None], rows[:, None, :]] += self.rw_precision[k]
         return q
 
-    def cluster_score_outer(self, pi: np.ndarray) -> tuple[np.ndarray, int]:
+    def residuals(self, pi: np.ndarray) -> np.ndarray:
+        """(N, K) weighted residuals ``w (p_ik - pi_ik)``: a cell's score is ``x_ik`` times them."""
+        return self.weight * (self.p[:, self.contrast_index] - pi[:, self.contrast_index])
+
+    def cell_weights(self, pi: np.ndarray) -> np.ndarray:
+        """(N, K, K) each cell's likelihood curvature ``w (diag(pi) - pi pi^T)`` over the contrasts."""
+        pk = pi[:, self.contrast_index]
+        return self.weight * (pk[:, :, None] * np.eye(pk.shape[1])[None] - pk[:, :, None] * pk[:, None, :])
+
+    def centred_design(self, k: int) -> sp.csr_matrix:
+        """(N, P) design of contrast k with its guide columns centred like the parameters (X T_k)."""
+        lay = self.layout
+        X = self.X.tocsc()
+        xu = X[:, lay.u]
+        counts = self.guides_per_gene[self.gene_of_guide]
+        mean_op = (self._onehot.T @ self._onehot).multiply(1.0 / counts[None, :]).tocsc()  # (G, G) within-gene mean
+        centred = (xu - xu @ mean_op) * self.sigma_guide[k]
+        return sp.hstack([X[:, : lay.u.start], centred], format="csr")
+
+    def cluster_score_outer(self, resid: np.ndarray) -> tuple[np.ndarray, int]:
         """J = sum over clusters of the outer product of their summed likelihood scores.
 
-        A cell's score for contrast k is ``w (p_ik - pi_ik) x_i`` (centred like the
-        parameters); scores of cells in one clone are summed before the outer product,
-        so J measures how the data actually vary when a clone's cells move together.
-        Returns J (K P, K P) and the number of clusters.
+        A cell's score for contrast k is ``resid_ik x_i`` (centred like the parameters);
+        scores of cells in one clone are summed before the outer product, so J measures
+        how the data actually vary when a clone's cells move together. ``resid`` is
+        (N, K), :meth:`residuals` or their leverage-adjusted version. Returns J
+        (K P, K P) and the number of clusters.
         """
         n = self.p.shape[0]
         cluster = np.arange(n) if self.cluster is None else np.asarray(self.cluster)
         n_clusters = int(cluster.max()) + 1
-        resid = self.weight * (self.p[:, self.contrast_index] - pi[:, self.contrast_index])  # (N, K)
         scores = []
         for k in range(self.n_contrasts):
             a = sp.csr_matrix((resid[:, k], (cluster, np.arange(n))), shape=(n_clusters, n))
@@ -328,21 +347,110 @@ def newton_mode(problem: LaplaceProblem, psi0: np.ndarray, max_iter: int = 30, t
     return LaplaceResult(psi=psi, cov=cov, n_iter=it, converged=converged, objective=f, pi=pi)
 
 
-def robust_covariance(problem: LaplaceProblem, res: LaplaceResult) -> np.ndarray:
-    """Cluster-robust posterior covariance ``H^-1 (Q + c J) H^-1`` at the mode.
+def _padded_clusters(cluster: np.ndarray, max_cells: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Chunks of whole clusters of similar size, each as a padded (n_clusters, m) cell index.
 
-    H is the posterior Hessian (likelihood curvature plus the prior precision Q), J the
-    clusters' score outer products (:meth:`LaplaceProblem.cluster_score_outer`) and
-    ``c = C / (C - 1)`` the usual small-sample factor. Where the likelihood describes
-    the data (independent cells, the right weight) J matches the likelihood curvature
-    and this is the model-based ``H^-1``; where clones, smoothing or extra noise make
-    the cells of a clone move together, J is larger and so are the intervals. The prior
-    term keeps weakly informed parameters at their prior spread instead of shrinking
-    their variance to zero, as a bare sandwich ``H^-1 J H^-1`` would.
+    Returns a list of ``(cells, valid)``: ``cells`` (n_cl, m) indices into the cells
+    (padding repeats a valid index), ``valid`` the mask of real entries.
     """
-    j, n_clusters = problem.cluster_score_outer(res.pi)
-    middle = problem.prior_hessian() + j * (n_clusters / max(n_clusters - 1, 1))
-    cov = res.cov @ middle @ res.cov
+    sizes = np.bincount(cluster)
+    by_size = np.argsort(sizes, kind="stable")
+    order = np.argsort(cluster, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    chunks = []
+    i = 0
+    while i < by_size.size:
+        m = int(sizes[by_size[i]])
+        n_cl = max(1, max_cells // max(m, 1))
+        take = by_size[i : i + n_cl]
+        m = int(sizes[take].max())
+        slot = np.arange(m)[None, :]
+        valid = slot < sizes[take][:, None]
+        pos = starts[take][:, None] + np.where(valid, slot, 0)
+        chunks.append((order[pos], valid))
+        i += take.size
+    return chunks
+
+
+def leverage_adjusted_residuals(problem: LaplaceProblem, res: LaplaceResult, max_cells: int = 512) -> np.ndarray:
+    """Residuals corrected for each clone's leverage on the fit (the CR2 correction).
+
+    A clone that carries a guide seen in few other clones pulls the fit towards itself,
+    so its residuals understate how much it varies, and a sandwich built from them is
+    too small (badly so when a guide is in only a handful of clones). Bell and
+    McCaffrey's CR2 correction undoes this: with ``M_c`` the clone's block of
+    ``X H^-1 X^T``, ``W_c`` its cells' likelihood curvature and
+    ``A_c = W_c^1/2 M_c W_c^1/2`` (its leverage, eigenvalues in [0, 1)), the adjusted
+    residuals are ``W_c^1/2 (I - A_c)^-1/2 W_c^-1/2 r_c``. For independent cells with
+    the right likelihood weight this makes the sandwich unbiased, where the plain one
+    is short by the average leverage (the number of parameters over the cells).
+
+    Clones are processed in chunks of similar size (at most ``max_cells`` cells of
+    padded (clones x cells) blocks), so memory stays bounded.
+    """
+    K, P = problem.n_contrasts, problem.layout.size
+    n = problem.p.shape[0]
+    resid = problem.residuals(res.pi)
+    wcell = problem.cell_weights(res.pi)  # (N, K, K)
+    lam, vec = np.linalg.eigh(wcell)
+    lam = np.maximum(lam, 1e-12 * lam.max(axis=1, keepdims=True))
+    w_half = np.einsum("nij,nj,nkj->nik", vec, np.sqrt(lam), vec)
+    w_mhalf = np.einsum("nij,nj,nkj->nik", vec, 1.0 / np.sqrt(lam), vec)
+    designs = [problem.centred_design(k).tocsr() for k in range(K)]
+    cluster = np.arange(n) if problem.cluster is None else np.asarray(problem.cluster)
+    out = np.empty_like(resid)
+    for cells, valid in _padded_clusters(cluster, max_cells):
+        n_cl, m = cells.shape
+        flat = cells.ravel()
+        # Rows (cell, contrast) of the full design, each in its contrast's column block.
+        rows = sp.vstack(
+            [sp.hstack([designs[k][flat] if kk == k else sp.csr_matrix((flat.size, P)) for kk in range(K)]) for k in range(K)],
+            format="csr",
+        )  # (K * n_cl * m, K P), contrast-major
+        hx = np.asarray(rows @ res.cov)  # (K n_cl m, K P)
+        full = np.asarray(rows @ hx.T)  # row_a H^-1 row_b
+        full = full.reshape(K, n_cl, m, K, n_cl, m)
+        ci = np.arange(n_cl)
+        blocks = full[:, ci, :, :, ci, :]  # (n_cl, K, m, K, m): within-clone blocks
+        blocks = blocks.transpose(0, 2, 1, 4, 3).reshape(n_cl, m * K, m * K)  # (cell, contrast) order
+        pad = ~np.repeat(valid, K, axis=1)
+        blocks[pad[:, :, None] | pad[:, None, :]] = 0.0
+        wh = _block_diag(w_half[flat].reshape(n_cl, m, K, K))
+        wmh = _block_diag(w_mhalf[flat].reshape(n_cl, m, K, K))
+        a = wh @ blocks @ wh
+        lev, q = np.linalg.eigh(0.5 * (a + a.transpose(0, 2, 1)))
+        lev = np.clip(lev, 0.0, 1.0 - 1e-6)
+        f = np.einsum("cij,cj,ckj->cik", q, 1.0 / np.sqrt(1.0 - lev), q)
+        r = np.where(np.repeat(valid, K, axis=1), resid[flat].reshape(n_cl, m * K), 0.0)
+        adj = np.einsum("cij,cj->ci", wh @ f @ wmh, r).reshape(n_cl, m, K)
+        out[cells[valid]] = adj[valid]
+    return out
+
+
+def _block_diag(blocks: np.ndarray) -> np.ndarray:
+    """(n, m, K, K) per-cell blocks -> (n, m K, m K) block-diagonal matrices."""
+    n, m, K, _ = blocks.shape
+    out = np.zeros((n, m, K, m, K))
+    idx = np.arange(m)
+    out[:, idx, :, idx, :] = blocks.transpose(1, 0, 2, 3)
+    return out.reshape(n, m * K, m * K)
+
+
+def robust_covariance(problem: LaplaceProblem, res: LaplaceResult) -> np.ndarray:
+    """Cluster-robust posterior covariance ``H^-1 (Q + J) H^-1`` at the mode.
+
+    H is the posterior Hessian (likelihood curvature plus the prior precision Q) and J
+    the clones' score outer products (:meth:`LaplaceProblem.cluster_score_outer`) from
+    leverage-adjusted residuals (:func:`leverage_adjusted_residuals`, CR2). Where the
+    likelihood describes the data (independent cells, the right weight) J matches the
+    likelihood curvature and this is the model-based ``H^-1``; where clones, smoothing
+    or extra noise make the cells of a clone move together, J is larger and so are the
+    intervals. The prior term keeps weakly informed parameters at their prior spread
+    instead of shrinking their variance to zero, as a bare sandwich ``H^-1 J H^-1``
+    would.
+    """
+    j, _ = problem.cluster_score_outer(leverage_adjusted_residuals(problem, res))
+    cov = res.cov @ (problem.prior_hessian() + j) @ res.cov
     return 0.5 * (cov + cov.T)
 
 
@@ -471,7 +579,7 @@ def one_step_bootstrap(problem: LaplaceProblem, res: LaplaceResult, n_boot: int,
     spread is not the multinomial one the likelihood assumes.
     """
     K, P = res.psi.shape
-    resid = problem.weight * (res.pi[:, problem.contrast_index] - problem.p[:, problem.contrast_index])  # (N, K)
+    resid = -problem.residuals(res.pi)  # (N, K): w (pi - p)
     rng = np.random.default_rng(seed)
     XT = problem.X.T.tocsr()
     out = np.empty((n_boot, K, P))

@@ -184,7 +184,7 @@ def ntc_calibration(experiment: Experiment, fit_result, config) -> NTCCalibratio
     from .laplace import problem_at_mode
     from .model import Priors
 
-    guides, cells = experiment.guides, experiment.cells
+    guides = experiment.guides
     if guides.ntc_ids is None or not guides.ntc_names or not (guides.ntc_ids > 0).any():
         return None
     if fit_result.posterior.family not in ("laplace", "bootstrap"):
