@@ -8,6 +8,8 @@ The science of fatebias, with no platform in it. Each step of the chain is a fun
 * :func:`export_posterior`: gene/day and guide/day posterior tables for mash
 * :mod:`fatebias_core.mash`: multivariate adaptive shrinkage (native, or R mashr)
 * :func:`aggregate_guides`, :func:`rank_hits`: guide-to-gene aggregation and hit calling
+* :func:`run_diagnostics`, :func:`ntc_calibration`: held-out fit, permutation control,
+  sanity checks, and the NTC pseudo-gene calibration check on the user's own data
 * :func:`simulate`: data with known truth; :func:`run_chain`: every step in one call
 """
 
@@ -43,6 +45,7 @@ _EXPORTS = {
     "mash_table": "mash",
     "ash_table": "mash",
     "run_diagnostics": "diagnostics",
+    "ntc_calibration": "ntc_check",
     "run_sweep": "sweep",
     "run_calibration": "calibration",
     "build_report": "report",

@@ -372,7 +372,7 @@ def _padded_clusters(cluster: np.ndarray, max_cells: int) -> list[tuple[np.ndarr
     return chunks
 
 
-def leverage_adjusted_residuals(problem: LaplaceProblem, res: LaplaceResult, max_cells: int = 512) -> np.ndarray:
+def leverage_adjusted_residuals(problem: LaplaceProblem, res: LaplaceResult, max_cells: int = 512, power: float = 0.5) -> np.ndarray:
     """Residuals corrected for each clone's leverage on the fit (the CR2 correction).
 
     A clone that carries a guide seen in few other clones pulls the fit towards itself,
@@ -420,7 +420,7 @@ def leverage_adjusted_residuals(problem: LaplaceProblem, res: LaplaceResult, max
         a = wh @ blocks @ wh
         lev, q = np.linalg.eigh(0.5 * (a + a.transpose(0, 2, 1)))
         lev = np.clip(lev, 0.0, 1.0 - 1e-6)
-        f = np.einsum("cij,cj,ckj->cik", q, 1.0 / np.sqrt(1.0 - lev), q)
+        f = np.einsum("cij,cj,ckj->cik", q, (1.0 - lev) ** -power, q)
         r = np.where(np.repeat(valid, K, axis=1), resid[flat].reshape(n_cl, m * K), 0.0)
         adj = np.einsum("cij,cj->ci", wh @ f @ wmh, r).reshape(n_cl, m, K)
         out[cells[valid]] = adj[valid]
@@ -436,8 +436,8 @@ def _block_diag(blocks: np.ndarray) -> np.ndarray:
     return out.reshape(n, m * K, m * K)
 
 
-def robust_covariance(problem: LaplaceProblem, res: LaplaceResult) -> np.ndarray:
-    """Cluster-robust posterior covariance ``H^-1 (Q + J) H^-1`` at the mode.
+def robust_covariance(problem: LaplaceProblem, res: LaplaceResult, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster-robust posterior covariance ``H^-1 (Q + J) H^-1`` at the mode, and its degrees of freedom.
 
     H is the posterior Hessian (likelihood curvature plus the prior precision Q) and J
     the clones' score outer products (:meth:`LaplaceProblem.cluster_score_outer`) from
@@ -448,10 +448,48 @@ def robust_covariance(problem: LaplaceProblem, res: LaplaceResult) -> np.ndarray
     intervals. The prior term keeps weakly informed parameters at their prior spread
     instead of shrinking their variance to zero, as a bare sandwich ``H^-1 J H^-1``
     would.
+
+    A variance summed from few clones is itself uncertain. For every gene/day effect
+    the Satterthwaite degrees of freedom of its sandwich variance,
+    ``(sum_c a_c)^2 / sum_c a_c^2`` with ``a_c`` clone c's contribution (the "effective
+    number of clusters"), say how much: a handful of clones gives few degrees of
+    freedom, independent cells thousands.
+
+    Returns
+    -------
+    cov, df
+        (K P, K P) covariance and (K, L, D) degrees of freedom of theta.
     """
-    j, _ = problem.cluster_score_outer(leverage_adjusted_residuals(problem, res))
+    adjusted = leverage_adjusted_residuals(problem, res)
+    j, _ = problem.cluster_score_outer(adjusted)
     cov = res.cov @ (problem.prior_hessian() + j) @ res.cov
-    return 0.5 * (cov + cov.T)
+    cov = 0.5 * (cov + cov.T)
+    lay, K, P = problem.layout, problem.n_contrasts, problem.layout.size
+    n = problem.p.shape[0]
+    cluster = np.arange(n) if problem.cluster is None else np.asarray(problem.cluster)
+    n_clusters = int(cluster.max()) + 1
+    scores = [
+        (sp.csr_matrix((adjusted[:, k], (cluster, np.arange(n))), shape=(n_clusters, n)) @ problem.X).tocsr()
+        for k in range(K)
+    ]  # (C, P) raw clone scores per contrast
+    theta_idx = (np.arange(K)[:, None] * P + np.arange(lay.theta.start, lay.theta.stop)[None, :]).ravel()
+    df = np.empty(theta_idx.size)
+    for start in range(0, theta_idx.size, chunk):
+        cols = theta_idx[start : start + chunk]
+        contrib = sum(
+            scores[k] @ problem.centre_rows(res.cov[k * P : (k + 1) * P][:, cols], k) for k in range(K)
+        )  # (C, chunk): each clone's pull on these effects
+        a = np.asarray(contrib) ** 2
+        df[start : start + cols.size] = a.sum(axis=0) ** 2 / np.maximum((a**2).sum(axis=0), 1e-300)
+    return cov, df.reshape(K, lay.n_genes, lay.n_days)
+
+
+def t_scale(df: np.ndarray, level: float = 0.9) -> np.ndarray:
+    """Factor that widens a normal interval to the Student-t interval with ``df`` degrees of freedom."""
+    from scipy.stats import norm, t
+
+    q = 0.5 + level / 2
+    return t.ppf(q, np.maximum(df, 2.0)) / norm.ppf(q)
 
 
 def gene_blocks(layout: Layout, gene_of_guide: np.ndarray, n_contrasts: int) -> tuple[np.ndarray, np.ndarray]:
@@ -494,10 +532,23 @@ class LaplacePosterior:
 
     # ----------------------------------------------------------------- construction
     @classmethod
-    def from_result(cls, res: LaplaceResult, problem: LaplaceProblem, hyper: dict[str, np.ndarray]) -> LaplacePosterior:
+    def from_result(
+        cls, res: LaplaceResult, problem: LaplaceProblem, hyper: dict[str, np.ndarray], df: np.ndarray | None = None
+    ) -> LaplacePosterior:
+        """The per-gene Gaussian blocks of ``res``.
+
+        With ``df`` (K, L, D), the degrees of freedom of a cluster-robust covariance,
+        each gene's block is scaled so that its normal intervals are as wide as the
+        Student-t intervals of its least-informed effect (:func:`t_scale`): a variance
+        estimated from a few clones gives honest, wider intervals, one from many clones
+        is unchanged. Downstream steps (mash, calls) read a normal SD, so the scaling
+        is where the t distribution enters.
+        """
         lay, K = problem.layout, problem.n_contrasts
         index, mask = gene_blocks(lay, problem.gene_of_guide, K)
         blocks = res.cov[index[:, :, None], index[:, None, :]]
+        if df is not None:
+            blocks = blocks * (t_scale(df).max(axis=(0, 2)) ** 2)[:, None, None]
         # Padding entries get unit variance and no correlation so every block is PD.
         pad = ~mask
         blocks[pad[:, :, None] | pad[:, None, :]] = 0.0
@@ -518,6 +569,8 @@ class LaplacePosterior:
             "converged": np.asarray(res.converged),
             **{f"hyper_{k}": v for k, v in hyper.items()},
         }
+        if df is not None:
+            params["theta_df"] = df.transpose(1, 0, 2)  # (L, K, D)
         return cls(params)
 
     # ----------------------------------------------------------------- effects
@@ -722,9 +775,11 @@ def laplace_posterior(
     res = newton_mode(problem, pack_psi(problem, start), max_iter=max_iter)
     if not res.converged:
         log.warning("Laplace: Newton did not converge in %d iterations", res.n_iter)
+    df = None
     if uncertainty == "cluster_robust" and bootstrap == 0:
-        res = dataclasses.replace(res, cov=robust_covariance(problem, res))
+        cov, df = robust_covariance(problem, res)
+        res = dataclasses.replace(res, cov=cov)
     if bootstrap > 0:
         reps = one_step_bootstrap(problem, res, bootstrap, seed)
         return BootstrapPosterior.from_replicates(res, problem, hyper, reps)
-    return LaplacePosterior.from_result(res, problem, hyper)
+    return LaplacePosterior.from_result(res, problem, hyper, df=df)

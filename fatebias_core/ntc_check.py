@@ -19,7 +19,8 @@ improve the fit: the efficient score statistic
 with z_i the number of j's guides in cell i on day d, corrected for the fitted
 nuisance and gene parameters through the posterior Hessian H. Its variance is taken
 either from the model (the likelihood's curvature: right only for independent cells)
-or cluster-robustly (the scores summed within clones, as the default intervals do).
+or cluster-robustly (the leverage-adjusted scores summed within clones, as the default
+intervals do).
 ``z = U / sqrt(var)`` is a Rao score test, asymptotically the same as the Wald z of a
 fitted effect, without refitting anything.
 """
@@ -181,7 +182,7 @@ def ntc_calibration(experiment: Experiment, fit_result, config) -> NTCCalibratio
     NTCCalibration or None
         None when the experiment has no NTC guide.
     """
-    from .laplace import problem_at_mode
+    from .laplace import LaplaceResult, leverage_adjusted_residuals, problem_at_mode
     from .model import Priors
 
     guides = experiment.guides
@@ -195,6 +196,10 @@ def ntc_calibration(experiment: Experiment, fit_result, config) -> NTCCalibratio
     problem, psi = problem_at_mode(experiment, fit_result.posterior, fit_result.contrast_fates, fit_result.ref_fate, Priors.from_config(config))
     _, hess, pi = problem.gradient_and_hessian(psi)
     chol = sla.cho_factor(hess, lower=True, check_finite=False)
+    hinv = sla.cho_solve(chol, np.eye(hess.shape[0]), check_finite=False)
+    at_mode = LaplaceResult(psi=psi, cov=hinv, n_iter=0, converged=True, objective=float("nan"), pi=pi)
+    # The robust variance uses the clones' leverage-adjusted residuals, as the posterior does.
+    adjusted = leverage_adjusted_residuals(problem, at_mode)
     Z, labels = _pseudo_design(experiment, groups)
     K, P = problem.n_contrasts, problem.layout.size
     w = problem.weight
@@ -204,7 +209,7 @@ def ntc_calibration(experiment: Experiment, fit_result, config) -> NTCCalibratio
     n_clusters = int(cluster.max()) + 1
     A = sp.csr_matrix((np.ones(cluster.size), (cluster, np.arange(cluster.size))), shape=(n_clusters, cluster.size))
     XT = problem.X.T.tocsr()
-    raw_scores = [(A @ problem.X.multiply(resid[:, [k]])).tocsr() for k in range(K)]  # (C, P) per contrast
+    raw_scores = [(A @ problem.X.multiply(adjusted[:, [k]])).tocsr() for k in range(K)]  # (C, P) per contrast
     frames = []
     for k in range(K):
         # Cross-information of the pseudo-gene columns (contrast k) with every parameter.
@@ -220,10 +225,10 @@ def ntc_calibration(experiment: Experiment, fit_result, config) -> NTCCalibratio
         score = np.asarray(Z.T @ resid[:, k]).ravel()
         # Per-cluster efficient scores: the pseudo-gene score minus its projection on the
         # fitted parameters' scores (u rows of Y centred like the parameters).
-        u_c = np.asarray((A @ Z.multiply(resid[:, [k]])).todense())
+        u_c = np.asarray((A @ Z.multiply(adjusted[:, [k]])).todense())
         for kk in range(K):
             u_c -= raw_scores[kk] @ problem.centre_rows(Y[kk * P : (kk + 1) * P], kk)
-        var_robust = (u_c**2).sum(axis=0) * n_clusters / max(n_clusters - 1, 1)
+        var_robust = (u_c**2).sum(axis=0)
         frames.append(
             labels.assign(
                 fate=fit_result.contrast_fates[k],

@@ -34,9 +34,12 @@ def test_laplace_uses_the_dispersion_weight(tiny_sim, tiny_fit):
 def test_intervals_cover_the_truth(tiny_sim, tiny_fit):
     draws = tiny_fit.sample_effects(400, seed=1)
     mean, sd = draws.theta.mean(0), draws.theta.std(0)
+    covered = []
     for k, fate in enumerate(tiny_fit.contrast_fates):
         z = (mean[:, k] - _truth(tiny_sim, fate, tiny_fit.gene_names)) / sd[:, k]
-        assert 0.75 <= np.mean(np.abs(z) < 1.645) <= 1.0
+        covered.append(np.abs(z) < 1.645)
+    # 96 gene/days: 90% intervals cover 0.9 +/- 0.03; both too narrow and too wide fail.
+    assert 0.82 <= np.mean(covered) <= 0.97
 
 
 def test_same_seed_same_numbers(tiny_sim):
