@@ -322,8 +322,12 @@ def run_calibration(
             t0 = time.perf_counter()
             frames.append(calibration_run(scenario, int(seed), base, methods))
             log.info("calibration %s seed %d: %.0f s", scenario, seed, time.perf_counter() - t0)
+            # Kept as it grows, so an interrupted study keeps the cells it finished.
+            write_csv(pd.concat(frames, ignore_index=True), out / "calibration_results.partial.csv")
     results = pd.concat(frames, ignore_index=True)
-    return write_calibration(results, out)
+    result = write_calibration(results, out)
+    (out / "calibration_results.partial.csv").unlink(missing_ok=True)
+    return result
 
 
 def calibration_markdown(summary: pd.DataFrame) -> str:
