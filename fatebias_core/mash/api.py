@@ -126,7 +126,7 @@ def _offdiag(V: np.ndarray) -> str:
 
 
 def mash_table(df: pd.DataFrame, mode: str, config: FatebiasConfig) -> MashResult:
-    """mash on a daywise table (MODEL.md section 7).
+    """mash on a daywise table, in one of the two modes.
 
     Parameters
     ----------

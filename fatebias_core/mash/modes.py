@@ -1,4 +1,4 @@
-"""The two mash modes of MODEL.md section 7 (conservative, enriched), backend-neutral.
+"""The two mash modes (conservative, enriched), backend-neutral.
 
 Both modes: standard errors inflated and floored, the null correlation V estimated
 (identity when that fails) and regularised, canonical covariances. ``enriched`` adds
@@ -43,7 +43,7 @@ MODES: tuple[str, ...] = ("conservative", "enriched")
 
 @dataclass(frozen=True)
 class ModeSettings:
-    """The settings of one mash mode, read from the configuration (MODEL.md section 7)."""
+    """The settings of one mash mode, read from the configuration."""
 
     mode: str
     se_inflate: float
@@ -226,7 +226,7 @@ class ModeFit:
 
 
 def inflate_se(Shat: np.ndarray, inflate: float, floor: float) -> np.ndarray:
-    """MODEL.md section 7: S = max(S * inflate, floor)."""
+    """Standard errors inflated and floored: S = max(S * inflate, floor)."""
     return np.maximum(np.asarray(Shat, dtype=np.float64) * inflate, floor)
 
 

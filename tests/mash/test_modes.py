@@ -1,4 +1,4 @@
-"""The two modes of MODEL.md section 7: settings, V fallback, strong-set gating, retry."""
+"""The two mash modes: settings, V fallback, strong-set gating, retry."""
 
 from __future__ import annotations
 
