@@ -16,6 +16,7 @@ warning says so).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -75,6 +76,8 @@ def r_backend_available() -> tuple[bool, str]:
 
 def _r_session() -> Any:
     """Import rpy2, start R and load mashr, or raise one clear FatebiasError."""
+    # rpy2 reports its start-up (R home, library paths) at INFO level; keep it out of the run's log
+    logging.getLogger("rpy2").setLevel(logging.WARNING)
     try:
         import rpy2.robjects as ro
         from rpy2.robjects.packages import isinstalled
