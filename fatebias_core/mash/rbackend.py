@@ -17,6 +17,7 @@ warning says so).
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -78,19 +79,35 @@ def _r_session() -> Any:
     """Import rpy2, start R and load mashr, or raise one clear FatebiasError."""
     # rpy2 reports its start-up (R home, library paths) at INFO level; keep it out of the run's log
     logging.getLogger("rpy2").setLevel(logging.WARNING)
+    ld_before = os.environ.get("LD_LIBRARY_PATH")
     try:
-        import rpy2.robjects as ro
-        from rpy2.robjects.packages import isinstalled
-    except Exception as exc:  # ImportError, or R itself missing/misconfigured
-        raise FatebiasError(
-            f"mash_backend 'r' needs rpy2 and R (pip install 'fatebias[r]'): {type(exc).__name__}: {exc}"
-        ) from None
-    if not isinstalled("mashr"):
-        raise FatebiasError(
-            "mash_backend 'r': the R package mashr is not installed in this R "
-            "(in R: install.packages(\"mashr\"))"
-        )
+        try:
+            import rpy2.robjects as ro
+            from rpy2.robjects.packages import isinstalled
+        except Exception as exc:  # ImportError, or R itself missing/misconfigured
+            raise FatebiasError(
+                f"mash_backend 'r' needs rpy2 and R (pip install 'fatebias[r]'): {type(exc).__name__}: {exc}"
+            ) from None
+        if not isinstalled("mashr"):
+            raise FatebiasError(
+                "mash_backend 'r': the R package mashr is not installed in this R "
+                "(in R: install.packages(\"mashr\"))"
+            )
+    finally:
+        # Starting R, rpy2 prepends R's library folders (e.g. /usr/lib/x86_64-linux-gnu) to
+        # LD_LIBRARY_PATH. That cannot affect this process any more, but every child
+        # process would inherit it and could load the system's libpython instead of its
+        # own interpreter's; put it back.
+        _restore_env("LD_LIBRARY_PATH", ld_before)
     return ro
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    """Set environment variable ``name`` back to ``value`` (unset when ``None``)."""
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 class RBackend:

@@ -7,6 +7,7 @@ installs R, mashr and rpy2 when the shared R package sources are present).
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import subprocess
 import sys
@@ -124,3 +125,15 @@ def test_r_backend_uses_identity_v_without_null_rows() -> None:
     strong[[c for c in df.columns if c.startswith("betahat_")]] = 5.0  # no null rows
     r_strong = mash_table(strong, "conservative", FatebiasConfig(mash_backend="r"))
     assert r_strong.fit.V_source.startswith("identity (null-correlation estimate failed)")
+
+
+@needs_r
+def test_starting_r_leaves_child_processes_their_environment() -> None:
+    """rpy2 prepends R's library folders to LD_LIBRARY_PATH; the backend puts it back.
+
+    Otherwise a Python started from this process (e.g. a Dagster run) could load the
+    system's libpython instead of its own and fail to import ssl.
+    """
+    RBackend()
+    assert "/lib/R/lib" not in os.environ.get("LD_LIBRARY_PATH", "")
+    subprocess.run([sys.executable, "-c", "import ssl"], check=True, timeout=60)
