@@ -1,18 +1,25 @@
-"""Speed and memory of the native mash (not a test).
+"""Speed and memory of the native mash against R mashr (not a test).
 
 Simulates a daywise gene table (random-walk effects in 15% of rows, noise correlated
-0.2 across days, SEs growing over days) and times ``mash_table`` in each mode, plus
-the across-day ``ash_table``. With ``--rows 1000000`` it also reports the peak
-resident memory, which is dominated by the one rows x components likelihood matrix
-(the per-block temporaries are bounded by ``mash_chunk_rows``).
+0.2 across days, SEs growing over days) and times each mode, plus the across-day
+``ash_table``. Where R with mashr is installed it times R in the same run, two ways:
+
+* in-process: ``mash_table`` with ``mash_backend: r`` (the same steps run by R mashr
+  through rpy2) against the native ``mash_table``;
+* whole processes: the ``fatebias mash IN OUT --mode M`` command against ``Rscript``
+  running the same mode with mashr on the same CSV (read, SE inflation, V estimated
+  and regularised, covariances, fit, write), start-up included.
+
+The target is native at least 20x faster than R in each mode at 20,000 x 4. With
+``--rows 1000000`` it also reports the peak resident memory, which is dominated by the
+one rows x components likelihood matrix (the per-block temporaries are bounded by
+``mash_chunk_rows``).
 
 Usage::
 
-    python benchmarks/mash_speed.py                 # 20,000 rows x 4 days
-    python benchmarks/mash_speed.py --rows 1000000 --modes conservative
-
-Reference (this machine, 2 cores, R 4.2.2 / mashr 0.2.81): about 19 s conservative
-and 42 s enriched at 20,000 x 4.
+    python benchmarks/mash_speed.py                 # 20,000 rows x 4 days, with R when installed
+    python benchmarks/mash_speed.py --no-r          # native only
+    python benchmarks/mash_speed.py --rows 1000000 --modes conservative --no-r
 """
 
 from __future__ import annotations
@@ -20,7 +27,15 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,7 +43,37 @@ import pandas as pd
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.mash import ash_table, mash_table
 
-R_SECONDS = {"conservative": 19.0, "enriched": 42.0}
+TARGET = 20.0
+
+# One mode run by R mashr on a daywise CSV, as the native command runs it.
+RSCRIPT = r"""
+suppressPackageStartupMessages(library(mashr))
+args <- commandArgs(trailingOnly = TRUE)
+df <- read.csv(args[1], check.names = FALSE)
+mode <- args[3]
+B <- as.matrix(df[, grep("^betahat_", names(df))])
+S <- pmax(as.matrix(df[, grep("^se_", names(df))]) * 1.5, 0.02)
+colnames(B) <- colnames(S) <- sub("^betahat_", "", colnames(B))
+V <- tryCatch(estimate_null_correlation_simple(mash_set_data(B, S)), error = function(e) diag(ncol(B)))
+e <- eigen(V, symmetric = TRUE)
+V <- e$vectors %*% diag(pmax(e$values, 1e-6)) %*% t(e$vectors)
+V <- cov2cor(V)
+V <- 0.95 * V + 0.05 * diag(ncol(B))
+data <- mash_set_data(B, S, V = V)
+U <- cov_canonical(data)
+if (mode == "enriched") {
+  strong <- get_significant_results(mash_1by1(data), 0.1)
+  if (length(strong) >= 50) U <- c(U, cov_ed(data, cov_pca(data, 2, subset = strong), subset = strong))
+  m <- mash(data, U, prior = "uniform", nullweight = 3, verbose = FALSE)
+} else {
+  m <- mash(data, U, prior = "nullbiased", nullweight = 10, verbose = FALSE)
+}
+pm <- get_pm(m); psd <- get_psd(m); lf <- get_lfsr(m)
+colnames(pm) <- paste0("postmean_", colnames(B))
+colnames(psd) <- paste0("postsd_", colnames(B))
+colnames(lf) <- paste0("lfsr_", colnames(B))
+write.csv(cbind(df, pm, psd, lf), args[2], row.names = FALSE)
+"""
 
 
 def simulate(n_rows: int, n_days: int, seed: int = 0) -> pd.DataFrame:
@@ -54,39 +99,98 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def r_available() -> tuple[bool, str]:
+    """Whether R mashr can be timed here (rpy2 + mashr, and Rscript); the reason when not."""
+    from fatebias_core.mash.rbackend import r_backend_available
+
+    ok, why = r_backend_available()
+    if ok and shutil.which("Rscript") is None:
+        return False, "Rscript is not on PATH"
+    return ok, why
+
+
+def best_of(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float], Any]:
+    """Best wall time of ``repeats`` calls of ``fn``, all of them, and the last result."""
+    times = []
+    out = None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), times, out
+
+
+def run_process(cmd: list[str]) -> None:
+    """Run a command, raising with its stderr when it fails."""
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed: {proc.stderr.strip()[-500:]}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=20_000)
     p.add_argument("--days", type=int, default=4)
     p.add_argument("--modes", default="conservative,enriched")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per mode (best is reported)")
+    p.add_argument("--repeats", type=int, default=3, help="timed native runs per mode (best is reported)")
+    p.add_argument("--r-repeats", type=int, default=1, help="timed R runs per mode (best is reported)")
+    p.add_argument("--no-r", action="store_true", help="do not time R even when it is installed")
     args = p.parse_args()
 
     load = os.getloadavg()
     df = simulate(args.rows, args.days)
     cfg = FatebiasConfig()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    with_r, why = (False, "--no-r") if args.no_r else r_available()
     print(f"{args.rows} rows x {args.days} days; load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print(f"{'step':<20}{'best s':>8}  {'all runs (s)':<34}{'R / best':>9}  notes")
-    for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
-        times = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            res = mash_table(df, mode, cfg)
-            times.append(time.perf_counter() - t0)
-        best = min(times)
-        ratio = f"{R_SECONDS[mode] / best:.1f}x" if args.rows == 20_000 and args.days == 4 else "-"
-        n_cov = len(res.covariance_names)
-        note = f"{n_cov} covariances, strong={res.fit.result.n_strong}, hits={(res.table['lfsr_min'] < 0.05).sum()}"
+    print("R mashr: " + ("timed in this run" if with_r else f"not timed ({why})"))
+    print(f"{'step':<34}{'best s':>8}  {'all runs (s)':<28}{'R / native':>11}  notes")
+    ratios: dict[str, float] = {}
+
+    def row(label: str, best: float, times: list[float], ratio: float | None, note: str = "") -> None:
         runs = ", ".join(f"{t:.2f}" for t in times)
-        print(f"{'mash ' + mode:<20}{best:>8.2f}  {runs:<34}{ratio:>9}  {note}")
+        r = f"{ratio:.1f}x" if ratio is not None else ""
+        print(f"{label:<34}{best:>8.2f}  {runs:<28}{r:>11}  {note}")
+
+    for mode in modes:
+        best, times, res = best_of(partial(mash_table, df, mode, cfg), args.repeats)
+        note = f"{len(res.covariance_names)} covariances, strong={res.fit.result.n_strong}, hits={(res.table['lfsr_min'] < 0.05).sum()}"
+        if not with_r:
+            row(f"mash {mode} (native)", best, times, None, note)
+            continue
+        r_best, r_times, r_res = best_of(partial(mash_table, df, mode, FatebiasConfig(mash_backend="r")), args.r_repeats)
+        post = [c for c in res.table.columns if c.startswith(("postmean_", "postsd_", "lfsr_"))]
+        dmax = float(abs(res.table[post].to_numpy() - r_res.table[post].to_numpy()).max())
+        ratios[f"{mode} in-process"] = r_best / best
+        row(f"mash {mode} (native)", best, times, r_best / best, note)
+        row(f"mash {mode} (R via rpy2)", r_best, r_times, None, f"max |native - R| {dmax:.1e}")
+    if with_r:
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / "table.csv"
+            df.to_csv(src, index=False)
+            script = Path(tmp) / "mash_mode.R"
+            script.write_text(RSCRIPT)
+            exe = shutil.which("fatebias") or str(Path(sys.executable).with_name("fatebias"))
+            for mode in modes:
+                out = Path(tmp) / f"out_{mode}.csv"
+                native_cmd = [exe, "mash", str(src), str(out), "--mode", mode]
+                r_cmd = ["Rscript", str(script), str(src), str(out) + ".R.csv", mode]
+                best, times, _ = best_of(partial(run_process, native_cmd), args.repeats)
+                r_best, r_times, _ = best_of(partial(run_process, r_cmd), args.r_repeats)
+                ratios[f"{mode} whole process"] = r_best / best
+                row(f"fatebias mash --mode {mode}", best, times, r_best / best, "whole process")
+                row(f"Rscript mashr {mode}", r_best, r_times, None, "whole process")
     summary = pd.DataFrame(
         {"gene": df["gene"], "betahat": df[[c for c in df if c.startswith("betahat_")]].mean(axis=1),
          "sebetahat": np.sqrt((df[[c for c in df if c.startswith("se_")]] ** 2).sum(axis=1)) / args.days}
     )
     t0 = time.perf_counter()
     ash_table(summary, cfg)
-    print(f"{'ash':<20}{time.perf_counter() - t0:>8.2f}")
+    print(f"{'ash':<34}{time.perf_counter() - t0:>8.2f}")
     print(f"peak RSS {peak_rss_mib():.0f} MiB; load average after: {os.getloadavg()[0]:.2f}")
+    if ratios:
+        verdict = "all" if min(ratios.values()) >= TARGET else "NOT all"
+        print("R / native: " + ", ".join(f"{k} {v:.1f}x" for k, v in ratios.items()) + f" ({verdict} >= {TARGET:g}x)")
 
 
 if __name__ == "__main__":

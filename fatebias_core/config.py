@@ -115,6 +115,8 @@ class FatebiasConfig(BaseModel):
     mash_strong_lfsr_for_cov: float = _f(0.1, "A row is strong when its mash_1by1 lfsr is below this in any condition.", "mash", gt=0, lt=1)
     mash_min_strong_for_cov: int = _f(50, "Data-driven covariances are added only with at least this many strong rows.", "mash", ge=1)
     mash_chunk_rows: int = _f(50000, "Rows per chunk of the mash likelihood (bounds memory).", "mash", ge=1)
+    ash_settings: Literal["default", "seed"] = _f("default", "ash prior of the across-day summary: default = ashr's defaults (normal mixture, point mass at zero, nullbiased prior); seed = the seed pipeline's ash(mixcompdist = 'halfuniform', pointmass = FALSE, prior = 'uniform', grange = range(betahat)), which has no point mass, so lfdr and q-value are 0 for every gene and 'lfsr < 0.05 and q < 0.10' reduces to lfsr alone.", "mash")
+    mash_ed_maxiter: int = _f(100000, "Iteration limit of extreme deconvolution (enriched mode); when reached, its covariances are kept and a warning says so.", "mash", ge=1)
 
     # ------------------------------------------------------------------ calls (8-9)
     mash_default_mode: Literal["conservative", "enriched"] = _f("conservative", "mash mode whose output gives the ranked hits.", "calls")

@@ -8,7 +8,7 @@ A reimplementation of R mashr (Urbut, Wang, Carbonetto & Stephens 2019) and ashr
 >>> fit = mash(data, U)                                   # doctest: +SKIP
 >>> fit.posterior.mean, fit.posterior.lfsr                # doctest: +SKIP
 
-and the two modes of MODEL.md section 7 on tables (:func:`mash_table`,
+and the two modes (conservative, enriched) on tables (:func:`mash_table`,
 :func:`mash_file`) and the across-day ash summary (:func:`ash_table`,
 :func:`ash_file`). ``mash_backend: r`` routes the modes through rpy2 and R mashr.
 """

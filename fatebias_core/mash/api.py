@@ -14,7 +14,7 @@ import pandas as pd
 from ..config import FatebiasConfig
 from ..errors import InputDataError
 from ..io import PathLike, read_csv, write_csv
-from .ash import AshFit, ash
+from .ash import AshFit, ash_with_settings
 from .modes import ModeFit, ModeSettings, NativeBackend, run_mode
 from .table import assemble_output, parse_ash_input, parse_daywise
 
@@ -108,8 +108,12 @@ class AshResult:
         n = self.table.shape[0]
         n_lfsr = int((self.fit.lfsr < 0.05).sum())
         n_hit = int(((self.fit.lfsr < 0.05) & (self.fit.qvalue < 0.10)).sum())
+        null = (self.fit.a == 0) & (self.fit.b == 0) if self.fit.mixcompdist != "normal" else self.fit.mixsd == 0
+        prior = f"{self.fit.mixcompdist} mixture, " + (
+            f"null weight {self.fit.pi[null].sum():.4f}" if null.any() else "no point mass (lfdr and q are 0)"
+        )
         return (
-            f"ash: {n} rows; null weight {self.fit.pi[0]:.4f} over {self.fit.pi.size} components; "
+            f"ash: {n} rows; {prior}, {self.fit.pi.size} components; "
             f"lfsr < 0.05: {n_lfsr}; lfsr < 0.05 and q < 0.10: {n_hit}"
         )
 
@@ -122,7 +126,7 @@ def _offdiag(V: np.ndarray) -> str:
 
 
 def mash_table(df: pd.DataFrame, mode: str, config: FatebiasConfig) -> MashResult:
-    """mash on a daywise table (MODEL.md section 7).
+    """mash on a daywise table, in one of the two modes.
 
     Parameters
     ----------
@@ -156,10 +160,15 @@ def ash_table(df: pd.DataFrame, config: FatebiasConfig | None = None) -> AshResu
     """Univariate ash on an across-day summary (``betahat``, ``sebetahat``; other columns kept).
 
     Adds ``postmean``, ``postsd``, ``lfsr`` and ``qvalue`` (ashr's q-value, computed
-    from the local false discovery rates).
+    from the local false discovery rates). ``config.ash_settings`` picks the prior:
+    ``default`` (ashr's defaults: normal mixture with a point mass at zero) or ``seed``
+    (the seed pipeline's ``mixcompdist = "halfuniform", pointmass = FALSE,
+    prior = "uniform", grange = range(betahat)``; no point mass, so lfdr and the
+    q-value are 0 for every row and "lfsr < 0.05 and q < 0.10" is lfsr < 0.05 alone).
     """
+    config = config or FatebiasConfig()
     b, s = parse_ash_input(df)
-    fit = ash(b, s)
+    fit = ash_with_settings(b, s, config.ash_settings)
     out = df.reset_index(drop=True).copy()
     out["postmean"] = fit.postmean
     out["postsd"] = fit.postsd

@@ -128,7 +128,8 @@ class EDResult:
     Attributes
     ----------
     covariances
-        Refined covariances named ``ED_<initial name>``.
+        Refined covariances named ``ED_<initial name>``, each with mashr's
+        ``diag(1 / sqrt(n_subset))`` added (see :func:`cov_ed`).
     pi
         Fitted mixture proportions.
     avg_loglik
@@ -162,6 +163,16 @@ def cov_ed(
     zero means, no split-and-merge, no regularisation). As in Bovy's C code the
     M-step follows the last E-step, and the EM keeps each U_k in the span of its
     start (a rank-one start stays rank one).
+
+    Then, as mashr's ``bovy_wrapper`` does after ``extreme_deconvolution`` (mashr
+    0.2.81, ``R/ed.R``; mashr issue #91), ``epsilon = diag(1 / sqrt(n))`` is added to
+    every fitted covariance, n being the number of rows fitted. The covariances that
+    enter the mash prior are therefore full rank. ``pi`` and ``avg_loglik`` are those
+    of the EM, before the addition.
+
+    When the EM has not converged after ``maxiter`` iterations the result is returned
+    as it stands with ``converged = False`` (mashr's limit is 1e9 iterations, in effect
+    none); the caller decides whether to warn.
 
     Parameters
     ----------
@@ -227,6 +238,7 @@ def cov_ed(
             break
         old = avg
     names = tuple(f"ED_{nm}" for nm in init.names)
+    U = U + np.eye(R)[None, :, :] / np.sqrt(n)  # mashr bovy_wrapper's epsilon
     return EDResult(CovarianceSet(names, U), pi, avg, n_iter, converged)
 
 

@@ -1,10 +1,14 @@
-"""The two mash modes of MODEL.md section 7 (conservative, enriched), backend-neutral.
+"""The two mash modes (conservative, enriched), backend-neutral.
 
 Both modes: standard errors inflated and floored, the null correlation V estimated
 (identity when that fails) and regularised, canonical covariances. ``enriched`` adds
 PCA + extreme-deconvolution covariances learned on the rows that condition-by-condition
-shrinkage calls strong, when there are enough of them. If the fit fails, it is retried
-once with identity V and canonical covariances only, and the retry is logged.
+shrinkage calls strong, when there are enough of them. Extreme deconvolution that has
+not converged by ``mash_ed_maxiter`` iterations is kept, with a warning (as mashr keeps
+whatever its EM returns). If the native fit fails numerically it is retried once with
+identity V and canonical covariances only; the retry is a warning, a message of the
+run and a ``FALLBACK`` line of :meth:`MashResult.describe`. The R backend never
+retries: a failure in R is one error carrying R's message.
 
 The statistical steps run in a :class:`MashBackend`: :class:`NativeBackend` here,
 ``rbackend.RBackend`` through rpy2 and R mashr.
@@ -39,7 +43,7 @@ MODES: tuple[str, ...] = ("conservative", "enriched")
 
 @dataclass(frozen=True)
 class ModeSettings:
-    """The settings of one mash mode, read from the configuration (MODEL.md section 7)."""
+    """The settings of one mash mode, read from the configuration."""
 
     mode: str
     se_inflate: float
@@ -55,6 +59,7 @@ class ModeSettings:
     strong_lfsr: float
     min_strong: int
     chunk_rows: int
+    ed_maxiter: int = 100_000
 
     @classmethod
     def from_config(cls, config: FatebiasConfig, mode: str) -> ModeSettings:
@@ -81,6 +86,7 @@ class ModeSettings:
             strong_lfsr=config.mash_strong_lfsr_for_cov,
             min_strong=config.mash_min_strong_for_cov,
             chunk_rows=config.mash_chunk_rows,
+            ed_maxiter=config.mash_ed_maxiter,
         )
 
 
@@ -100,6 +106,9 @@ class BackendFit:
         The covariances of the prior (canonical, then data-driven).
     n_strong
         Strong rows found by condition-by-condition shrinkage (``None`` when not looked for).
+    warnings
+        What the user should know about the fit (e.g. extreme deconvolution stopped at
+        its iteration limit); :func:`run_mode` logs them as warnings.
     """
 
     posterior: PosteriorMatrices
@@ -107,12 +116,19 @@ class BackendFit:
     weights: dict[str, float]
     covariance_names: tuple[str, ...]
     n_strong: int | None
+    warnings: tuple[str, ...] = ()
 
 
 class MashBackend(Protocol):
-    """The statistical steps of a mode, implemented natively or through R."""
+    """The statistical steps of a mode, implemented natively or through R.
+
+    ``retries_failed_fit``: whether :func:`run_mode` may retry a failed fit with
+    identity V and canonical covariances (the native backend) or must let the error
+    through (the R backend).
+    """
 
     name: str
+    retries_failed_fit: bool
 
     def null_correlation(self, data: MashData) -> np.ndarray:
         """mashr ``estimate_null_correlation_simple``; raises NotEnoughNullDataError."""
@@ -124,9 +140,14 @@ class MashBackend(Protocol):
 
 
 class NativeBackend:
-    """numpy/scipy implementation (this package)."""
+    """numpy/scipy implementation (this package).
+
+    A fit that fails numerically is retried once by :func:`run_mode` with identity V
+    and canonical covariances (``retries_failed_fit``), and says so.
+    """
 
     name = "native"
+    retries_failed_fit = True
 
     def null_correlation(self, data: MashData) -> np.ndarray:
         return estimate_null_correlation_simple(data)
@@ -134,14 +155,18 @@ class NativeBackend:
     def fit(self, data: MashData, settings: ModeSettings, datadriven: bool) -> BackendFit:
         covs = cov_canonical(data)
         n_strong = None
+        warnings: list[str] = []
         if datadriven:
             strong = get_significant_results(mash_1by1(data).lfsr, settings.strong_lfsr)
             n_strong = int(strong.size)
             if n_strong >= settings.min_strong:
                 npc = min(settings.npc, data.n_conditions)
-                ed = cov_ed(data, cov_pca(data, npc, strong), strong)
+                ed = cov_ed(data, cov_pca(data, npc, strong), strong, maxiter=settings.ed_maxiter)
                 if not ed.converged:
-                    raise FitError(f"extreme deconvolution did not converge in {ed.n_iter} iterations")
+                    warnings.append(
+                        f"extreme deconvolution had not converged after {ed.n_iter} iterations "
+                        "(mash_ed_maxiter); its covariances are used as they stand"
+                    )
                 covs = covs + ed.covariances
         fit = mash(
             data,
@@ -151,7 +176,9 @@ class NativeBackend:
             nullweight=settings.nullweight,
             chunk_rows=settings.chunk_rows,
         )
-        return BackendFit(fit.posterior, fit.loglik, fit.weights_by_covariance(), covs.names, n_strong)
+        return BackendFit(
+            fit.posterior, fit.loglik, fit.weights_by_covariance(), covs.names, n_strong, tuple(warnings)
+        )
 
 
 @dataclass(frozen=True)
@@ -176,7 +203,8 @@ class ModeFit:
     result
         The backend's fit.
     fallback
-        Why the fit was retried with identity V and canonical covariances, else ``None``.
+        Why the native fit was retried with identity V and canonical covariances, else
+        ``None``.
     messages
         Everything noteworthy, in order (also logged).
     """
@@ -198,7 +226,7 @@ class ModeFit:
 
 
 def inflate_se(Shat: np.ndarray, inflate: float, floor: float) -> np.ndarray:
-    """MODEL.md section 7: S = max(S * inflate, floor)."""
+    """Standard errors inflated and floored: S = max(S * inflate, floor)."""
     return np.maximum(np.asarray(Shat, dtype=np.float64) * inflate, floor)
 
 
@@ -248,11 +276,15 @@ def run_mode(
     try:
         result = backend.fit(base.with_V(V), settings, settings.add_datadriven)
     except (FitError, np.linalg.LinAlgError, FloatingPointError, ValueError) as exc:
+        if not backend.retries_failed_fit:
+            raise
         fallback = f"fit failed ({exc}); retried with identity V and canonical covariances"
         note(fallback, logging.WARNING)
         V = np.eye(R)
         V_source = "identity (fallback after a failed fit)"
         result = backend.fit(base, settings, datadriven=False)
+    for warning in result.warnings:
+        note(warning, logging.WARNING)
     if result.n_strong is not None:
         used = any(n.startswith("ED_") for n in result.covariance_names)
         note(

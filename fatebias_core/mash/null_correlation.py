@@ -1,4 +1,4 @@
-"""Null correlation V: mashr's simple estimate and MODEL.md section 7's regularisation."""
+"""Null correlation V: mashr's simple estimate and its regularisation."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def nearest_correlation(A: np.ndarray, eig_floor: float = 0.0, max_iter: int = 2
 
 
 def regularize_null_correlation(V: np.ndarray, eig_floor: float = 1e-6, rho: float = 0.05) -> np.ndarray:
-    """MODEL.md section 7: nearest correlation matrix, eigenvalues floored at ``eig_floor``,
+    """Regularise V: nearest correlation matrix, eigenvalues floored at ``eig_floor``,
     rescaled to unit diagonal, then shrunk to the identity, (1 - rho) V + rho I.
 
     A well-conditioned correlation matrix passes the first three steps unchanged, so

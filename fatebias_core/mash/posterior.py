@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtr
 
+from .covariances import CovarianceSet
 from .data import MashData
 from .likelihood import MixturePrior, row_blocks, whiten
 
@@ -88,15 +89,20 @@ def compute_posterior_matrices(
         Upper bound on the rows per block.
     """
     J, R = data.Bhat.shape
-    K = len(prior.covariances)
     mean = np.zeros((J, R))
     mean2 = np.zeros((J, R))
     zero = np.zeros((J, R))
     neg = np.zeros((J, R))
     components = np.flatnonzero(pi > pi_thresh)
     parts = [prior.component(int(p)) for p in components]
-    for rows in row_blocks(J, K * R * R, chunk_rows):
-        wb = whiten(data, rows, prior.covariances, with_G=True)
+    # only the covariances that carry weight are decomposed (often a few of K)
+    used = sorted({k for _, k in parts if k >= 0})
+    index = {k: i for i, k in enumerate(used)}
+    parts = [(g, index[k] if k >= 0 else -1) for g, k in parts]
+    cov = prior.covariances
+    cov = CovarianceSet(tuple(cov.names[k] for k in used), cov.matrices[used].reshape(len(used), R, R))
+    for rows in row_blocks(J, max(1, len(used)) * R * R, chunk_rows):
+        wb = whiten(data, rows, cov, with_G=True)
         wts = compute_posterior_weights(pi[components], lik[rows][:, components])
         for c, (g, k) in enumerate(parts):
             w = wts[:, c][:, None]

@@ -1,19 +1,28 @@
 """The ``r`` mash backend: the same modes run by R mashr through rpy2 (``mash_backend: r``).
 
 Needs the optional extra ``pip install fatebias[r]`` (rpy2) and an R with the mashr
-package. Standard-error inflation, the V regularisation and the fallback logic stay in
-:mod:`fatebias_core.mash.modes`, shared with the native backend; R runs
-``estimate_null_correlation_simple``, ``cov_canonical``, ``mash_1by1``,
-``cov_pca``, ``cov_ed`` and ``mash``.
+package (``install.packages("mashr")``). Standard-error inflation and the V
+regularisation stay in :mod:`fatebias_core.mash.modes`, shared with the native backend;
+R runs ``estimate_null_correlation_simple``, ``cov_canonical``, ``mash_1by1``,
+``cov_pca``, ``cov_ed`` and ``mash``, and the posterior summaries are read with ashr's
+generics (``get_pm``, ``get_psd``, ``get_lfsr``, ``get_loglik``), which mashr imports
+from ashr but does not export.
+
+A failure in R raises :class:`RBackendError`, one line carrying R's own message; the
+fit is never retried with another model. The only exception is the one the native
+backend shares: too few null rows to estimate V, after which V is the identity (a
+warning says so).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 import numpy as np
 
-from ..errors import FatebiasError, FitError
+from ..errors import FatebiasError
 from .data import MashData
 from .modes import BackendFit, ModeSettings
 from .null_correlation import NotEnoughNullDataError
@@ -21,7 +30,7 @@ from .posterior import PosteriorMatrices
 
 _R_FIT = r"""
 function(B, S, V, conditions, prior, nullweight, usepointmass, datadriven,
-         npc, strong_thresh, min_strong) {
+         npc, strong_thresh, min_strong, ed_maxiter) {
   colnames(B) <- conditions
   colnames(S) <- conditions
   data <- mashr::mash_set_data(B, S, V = V)
@@ -33,17 +42,16 @@ function(B, S, V, conditions, prior, nullweight, usepointmass, datadriven,
     n_strong <- length(strong)
     if (n_strong >= min_strong) {
       U.pca <- mashr::cov_pca(data, npc, subset = strong)
-      U.ed <- mashr::cov_ed(data, U.pca, subset = strong)
+      U.ed <- mashr::cov_ed(data, U.pca, subset = strong, maxiter = ed_maxiter)
       U <- c(U, U.ed)
     }
   }
-  args <- list(data, U, prior = prior, usepointmass = usepointmass, verbose = FALSE)
-  if ("nullweight" %in% names(formals(mashr::mash))) args$nullweight <- nullweight
-  m <- do.call(mashr::mash, args)
+  m <- mashr::mash(data, U, prior = prior, nullweight = nullweight,
+                   usepointmass = usepointmass, output_lfdr = TRUE, verbose = FALSE)
   pi <- mashr::get_estimated_pi(m)
-  list(mean = unname(mashr::get_pm(m)), sd = unname(mashr::get_psd(m)),
-       lfsr = unname(mashr::get_lfsr(m)), lfdr = unname(m$result$lfdr),
-       neg = unname(m$result$NegativeProb), loglik = mashr::get_loglik(m),
+  list(mean = unname(ashr::get_pm(m)), sd = unname(ashr::get_psd(m)),
+       lfsr = unname(ashr::get_lfsr(m)), lfdr = unname(m$result$lfdr),
+       neg = unname(m$result$NegativeProb), loglik = ashr::get_loglik(m),
        pi = unname(pi), pi_names = names(pi), cov_names = names(U),
        n_strong = n_strong)
 }
@@ -52,6 +60,10 @@ function(B, S, V, conditions, prior, nullweight, usepointmass, datadriven,
 _R_NULLCOR = r"""
 function(B, S) mashr::estimate_null_correlation_simple(mashr::mash_set_data(B, S))
 """
+
+
+class RBackendError(FatebiasError):
+    """A step failed in R; the message is R's, on one line."""
 
 
 def r_backend_available() -> tuple[bool, str]:
@@ -65,22 +77,44 @@ def r_backend_available() -> tuple[bool, str]:
 
 def _r_session() -> Any:
     """Import rpy2, start R and load mashr, or raise one clear FatebiasError."""
+    # rpy2 reports its start-up (R home, library paths) at INFO level; keep it out of the run's log
+    logging.getLogger("rpy2").setLevel(logging.WARNING)
+    ld_before = os.environ.get("LD_LIBRARY_PATH")
     try:
-        import rpy2.robjects as ro
-        from rpy2.robjects.packages import isinstalled
-    except Exception as exc:  # ImportError, or R itself missing/misconfigured
-        raise FatebiasError(
-            f"mash_backend 'r' needs rpy2 and R (pip install 'fatebias[r]'): {type(exc).__name__}: {exc}"
-        ) from None
-    if not isinstalled("mashr"):
-        raise FatebiasError("mash_backend 'r': the R package mashr is not installed in this R")
+        try:
+            import rpy2.robjects as ro
+            from rpy2.robjects.packages import isinstalled
+        except Exception as exc:  # ImportError, or R itself missing/misconfigured
+            raise FatebiasError(
+                f"mash_backend 'r' needs rpy2 and R (pip install 'fatebias[r]'): {type(exc).__name__}: {exc}"
+            ) from None
+        if not isinstalled("mashr"):
+            raise FatebiasError(
+                "mash_backend 'r': the R package mashr is not installed in this R "
+                "(in R: install.packages(\"mashr\"))"
+            )
+    finally:
+        # Starting R, rpy2 prepends R's library folders (e.g. /usr/lib/x86_64-linux-gnu) to
+        # LD_LIBRARY_PATH. That cannot affect this process any more, but every child
+        # process would inherit it and could load the system's libpython instead of its
+        # own interpreter's; put it back.
+        _restore_env("LD_LIBRARY_PATH", ld_before)
     return ro
 
 
+def _restore_env(name: str, value: str | None) -> None:
+    """Set environment variable ``name`` back to ``value`` (unset when ``None``)."""
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
 class RBackend:
-    """R mashr through rpy2."""
+    """R mashr through rpy2. A failure in R is an :class:`RBackendError`, never retried."""
 
     name = "r"
+    retries_failed_fit = False
 
     def __init__(self) -> None:
         ro = _r_session()
@@ -111,7 +145,7 @@ class RBackend:
         except self._error as exc:
             if "not enough null data" in str(exc):
                 raise NotEnoughNullDataError(f"R mashr: {str(exc).strip()}") from None
-            raise FitError(f"R mashr estimate_null_correlation_simple failed: {str(exc).strip()}") from None
+            raise RBackendError(f"R mashr estimate_null_correlation_simple failed: {_r_message(exc)}") from None
         R = data.n_conditions
         return _r_numeric(V).reshape((R, R), order="F")
 
@@ -129,11 +163,12 @@ class RBackend:
             int(min(settings.npc, data.n_conditions)),
             float(settings.strong_lfsr),
             int(settings.min_strong),
+            float(settings.ed_maxiter),
         )
         try:
             res = self._call(self._fit, *args)
         except self._error as exc:
-            raise FitError(f"R mashr fit failed: {str(exc).strip()}") from None
+            raise RBackendError(f"R mashr {settings.mode} fit failed: {_r_message(exc)}") from None
         J, R = data.Bhat.shape
 
         def mat(name: str) -> np.ndarray:
@@ -152,6 +187,12 @@ class RBackend:
             covariance_names=tuple(str(s) for s in res.rx2("cov_names")),
             n_strong=n_strong,
         )
+
+
+def _r_message(exc: BaseException) -> str:
+    """R's error message on one line (rpy2 puts it in the exception's text)."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
 
 
 def _r_numeric(x: Any) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The two modes of MODEL.md section 7: settings, V fallback, strong-set gating, retry."""
+"""The two mash modes: settings, V fallback, strong-set gating, retry."""
 
 from __future__ import annotations
 
@@ -87,6 +87,42 @@ def test_failed_fit_is_retried_with_identity_V_and_canonical_covariances(caplog)
     assert "retried with identity V" in caplog.text
     np.testing.assert_array_equal(fit.V, np.eye(3))
     assert not fit.datadriven_used and len(fit.result.covariance_names) == 8
+
+
+class _NoRetry(NativeBackend):
+    """A backend that, like R's, must not be retried with another model."""
+
+    retries_failed_fit = False
+
+    def fit(self, data, settings, datadriven):
+        raise FitError("R mashr enriched fit failed: Error in solve.default(V): singular")
+
+
+def test_a_backend_that_does_not_retry_fails_with_its_message() -> None:
+    rng = np.random.default_rng(9)
+    B = rng.normal(0, 0.2, (80, 3))
+    settings = ModeSettings.from_config(FatebiasConfig(), "enriched")
+    with pytest.raises(FitError, match=r"^R mashr enriched fit failed: Error in solve.default\(V\): singular$"):
+        run_mode(B, np.full((80, 3), 0.1), settings, backend=_NoRetry())
+
+
+def test_unconverged_extreme_deconvolution_is_kept_with_a_warning(caplog) -> None:
+    """As mashr keeps what its EM returns: no switch to identity V and canonical covariances."""
+    rng = np.random.default_rng(10)
+    J, R = 400, 4
+    S = np.full((J, R), 0.1)
+    eff = np.zeros((J, R))
+    on = rng.random(J) < 0.3
+    eff[on] = np.cumsum(rng.normal(0, 0.4, (on.sum(), R)), axis=1)
+    df = _table(eff + rng.normal(0, 1, (J, R)) * S, S)
+    with caplog.at_level(logging.WARNING, logger="fatebias.mash"):
+        res = mash_table(df, "enriched", FatebiasConfig(mash_ed_maxiter=2))
+    assert res.fallback is None and res.fit.datadriven_used
+    assert res.fit.V_source.startswith("estimated")
+    assert "had not converged after 2 iterations" in caplog.text
+    assert any("had not converged" in m for m in res.messages)
+    full = mash_table(df, "enriched", FatebiasConfig())
+    assert not any("had not converged" in m for m in full.messages)
 
 
 def test_data_driven_covariances_are_gated_by_the_strong_set() -> None:

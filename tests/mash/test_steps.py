@@ -157,18 +157,32 @@ def _ed_reference(B, S, V, U, tol=1e-6, maxiter=10_000):
     return U, pi, it
 
 
-def test_cov_ed_matches_textbook_em_and_keeps_rank(sim) -> None:
+def test_cov_ed_is_textbook_em_plus_mashr_epsilon(sim) -> None:
+    """The EM of Bovy et al., then mashr's bovy_wrapper adds diag(1 / sqrt(n)) to each U."""
     data = mash_set_data(sim["B"], sim["S"], V=sim["V"])
     strong = np.flatnonzero(np.abs(sim["B"] / sim["S"]).max(axis=1) > 2)
     init = cov_pca(data, 2, subset=strong)
     ed = cov_ed(data, init, subset=strong)
     U_ref, pi_ref, it_ref = _ed_reference(sim["B"][strong], sim["S"][strong], sim["V"], init.matrices)
+    eps = np.eye(3) / math.sqrt(strong.size)
     assert ed.converged and ed.n_iter == it_ref
-    np.testing.assert_allclose(ed.covariances.matrices, U_ref, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(ed.covariances.matrices, U_ref + eps, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(ed.pi, pi_ref, rtol=1e-8)
     assert ed.covariances.names == ("ED_PCA_1", "ED_PCA_2", "ED_tPCA")
-    # EM keeps each component in the span of its start: rank-one stays rank-one
-    assert np.linalg.matrix_rank(ed.covariances.matrices[0], tol=1e-8) == 1
+    # the EM keeps a rank-one start rank one; the epsilon makes every covariance full rank
+    assert np.linalg.matrix_rank(U_ref[0], tol=1e-8) == 1
+    for M in ed.covariances.matrices:
+        assert np.linalg.eigvalsh(M).min() >= 1 / math.sqrt(strong.size) - 1e-12
+
+
+def test_cov_ed_not_converged_keeps_the_result(sim) -> None:
+    data = mash_set_data(sim["B"], sim["S"], V=sim["V"])
+    strong = np.flatnonzero(np.abs(sim["B"] / sim["S"]).max(axis=1) > 2)
+    init = cov_pca(data, 2, subset=strong)
+    ed = cov_ed(data, init, subset=strong, maxiter=3)
+    U_ref, _, _ = _ed_reference(sim["B"][strong], sim["S"][strong], sim["V"], init.matrices, maxiter=3)
+    assert not ed.converged and ed.n_iter == 3
+    np.testing.assert_allclose(ed.covariances.matrices, U_ref + np.eye(3) / math.sqrt(strong.size), rtol=1e-8, atol=1e-10)
 
 
 # ------------------------------------------------------------------ null correlation
