@@ -25,6 +25,7 @@ from fatebias_core.diagnostics import (
 from fatebias_core.errors import InputDataError
 from fatebias_core.evaluate import evaluate_files
 from fatebias_core.io import write_csv, write_json, write_text
+from fatebias_core.ntc_check import NTCCalibration
 from fatebias_core.pipeline import report_step
 from fatebias_core.report import build_report
 from fatebias_core.steps import Manifest
@@ -128,7 +129,14 @@ def make_run_folder(out: Path) -> FatebiasConfig:
         out_dir=out / "permutation", n_genes=N_GENES, n_hits=0, hit_genes=[], n_gene_days_called=0,
         hits_by_mode={"conservative": 0, "enriched": 1}, n_hits_real=len(ACTIVE), runtime_s=4.0,
     )
-    diag = DiagnosticsResult(heldout, perm, sanity_checks(cfg, out), out / "diagnostics.json", runtime_s=9.0)
+    z = rng.standard_normal(120)
+    ntc_table = pd.DataFrame({
+        "partition": 0, "pseudo_gene": np.repeat(np.arange(15), 8), "guides": "NTC_1;NTC_2", "fate": "MES",
+        "day": np.tile(DAYS, 30)[:120], "score": z, "z_model": 1.6 * z, "z_robust": z,
+    })
+    write_csv(ntc_table, out / "ntc_calibration.csv")
+    ntc = NTCCalibration(ntc_table, "cluster_robust", n_ntc_guides=10, pseudo_gene_size=3, n_clusters=1100)
+    diag = DiagnosticsResult(heldout, perm, sanity_checks(cfg, out), out / "diagnostics.json", runtime_s=9.0, ntc=ntc)
     write_json(diag.to_dict(), out / "diagnostics.json")
     evaluate_files(out / "hits_ranked.csv", out.parent / "truth_daywise.csv", out, truth_thresh=0.2, config=cfg)
 
@@ -159,11 +167,11 @@ def test_report_shows_every_section(report, run_folder):
     for heading in ("1. The run", "2. The fit", "3. The answer", "4. Can we trust it?", "Held-out cross-entropy",
                     "Effects by gene and day", "Per-day volcano plots", "Guide concordance", "Other contrasts",
                     "QC: guide deviations", "Permutation negative control", "Sanity checks", "mash modes",
-                    "recovery of the truth"):
+                    "recovery of the truth", "Calibration on this data: non-targeting pseudo-genes"):
         assert heading in page, heading
     for part in ("load summary", "steps", "fit", "ELBO trace", "held-out cross-entropy", "hits table", "effect heatmap",
                  "volcano plots", "guide concordance", "other contrasts", "QC offsets", "permutation control",
-                 "sanity checks", "mode comparison", "recovery"):
+                 "sanity checks", "mode comparison", "recovery", "NTC calibration check"):
         assert part in result.sections, part
     # A run folder has no calibration study: the one part that says it is absent.
     assert list(result.absent) == ["calibration"]
@@ -174,6 +182,10 @@ def test_report_shows_every_section(report, run_folder):
     for version in ("torch", "pyro", "numpy", "python", "fatebias"):
         assert f"<th>{version}</th>" in page
     assert "full model better" in page and "passed: hits collapse" in page
+    # The NTC check: its verdict, both SDs and the QQ plot.
+    sd_model = float(np.sqrt(np.mean((1.6 * pd.read_csv(out / "ntc_calibration.csv")["score"]) ** 2)))
+    assert "calibrated: NTC z-scores look like N(0, 1)" in page and f"{sd_model:.2f}" in page
+    assert 'alt="NTC QQ plot"' in page
 
 
 def test_report_lists_the_hits(report, run_folder):
@@ -199,7 +211,7 @@ def test_report_lists_the_hits(report, run_folder):
 def test_report_is_self_contained_and_small(report):
     result, page = report
     images = re.findall(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(images) == result.n_figures == 7  # ELBO, heatmap, volcano, concordance, QC, modes, recovery
+    assert len(images) == result.n_figures == 8  # ELBO, heatmap, volcano, concordance, QC, NTC QQ, modes, recovery
     assert all(len(b) > 1000 for b in images)
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:|//)""", page, flags=re.IGNORECASE)
     assert "http://" not in page and "https://" not in page
@@ -271,7 +283,7 @@ def test_calibration_curves_when_present(run_folder, tmp_path):
     write_csv(summarise_calibration(pd.DataFrame(rows)), out / "calibration_summary.csv")
     result = build_report(out)
     assert "calibration" in result.sections and "calibration" not in result.absent
-    assert result.n_figures == 9
+    assert result.n_figures == 10
     assert "Coverage of the credible intervals" in result.path.read_text()
 
 
