@@ -57,8 +57,9 @@ DESCRIPTIONS = {
     "(MODEL.md 8): gene_from_guide_mash_<mode>.csv.",
     "ranked_hits": "Called and ranked hits (MODEL.md 9): hits_ranked.csv (mash_default_mode) and "
     "mash_mode_comparison.csv.",
-    "diagnostics": "Held-out cross-entropy, permutation negative control and sanity checks (MODEL.md 10): "
-    "diagnostics.json. With run_diagnostics false it is recorded as disabled and nothing is computed.",
+    "diagnostics": "NTC pseudo-gene calibration check, held-out cross-entropy, permutation negative control "
+    "(clones permuted) and sanity checks (MODEL.md 10): diagnostics.json, ntc_calibration.csv. With "
+    "run_diagnostics false it is recorded as disabled and nothing is computed.",
     "report": "The run as one self-contained HTML page with figures (report.html): inputs, fit, hits, "
     "effects by day, guide concordance, QC, negative control, mode comparison, recovery. Linked below.",
 }
@@ -307,9 +308,14 @@ def build_chain(
             done = run.execute(lambda: diagnostics_step(experiment, cfg, run.out_dir), outputs=lambda: [path])
             summary = json.loads(path.read_text())
             common_md = run.record(done.reused, [path], metrics=summary if isinstance(summary, dict) else {})
+            ntc = (summary.get("ntc_calibration") or {}).get("headline") if isinstance(summary, dict) else None
+            ntc_md = {} if not ntc else {
+                "ntc_z_sd": dg.MetadataValue.float(round(float(ntc["sd"]), 3)),
+                "ntc_beyond_1.96": dg.MetadataValue.float(round(float(ntc["beyond_1.96"]), 3)),
+            }
             yield dg.MaterializeResult(
                 data_version=dg.DataVersion(run.version),
-                metadata={**common_md, "summary": dg.MetadataValue.json(summary)},
+                metadata={**common_md, **ntc_md, "summary": dg.MetadataValue.json(summary)},
             )
 
         assets.append(diagnostics)
