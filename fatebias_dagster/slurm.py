@@ -89,6 +89,15 @@ CLUSTER_ONLY_KEYS = ("scheduler_options", "name", "silence_logs", "shared_temp_d
 #: The Dask resource each pool's workers advertise (one step at a time per worker).
 POOL_RESOURCE = {"cpu": "CPU", "gpu": "GPU"}
 
+#: Dask's memory management is for data a worker holds; a step's memory is the step's own. A worker
+#: paused at 80% of its limit would hold its step's successors forever, so the workers never pause
+#: or spill (the nanny still restarts one past 95%, and Slurm enforces --mem).
+WORKER_ENV = (
+    "export DASK_DISTRIBUTED__WORKER__MEMORY__TARGET=False",
+    "export DASK_DISTRIBUTED__WORKER__MEMORY__SPILL=False",
+    "export DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE=False",
+)
+
 #: squeue states of a job that still holds (or waits for) its allocation.
 ALIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD", "RESIZING", "SIGNALING"}
 
@@ -221,6 +230,7 @@ def _pool_job_kwargs(base: Mapping[str, Any], pool: PoolSpec) -> dict[str, Any]:
     """The SLURMJob keywords of ``pool``'s jobs: the base, the pool's own, its job name and resource."""
     options = {**base, **pool.job_options}
     options["worker_extra_args"] = [*(options.get("worker_extra_args") or []), "--resources", f"{pool.resource}=1"]
+    options["job_script_prologue"] = [*(options.get("job_script_prologue") or []), *WORKER_ENV]
     options.setdefault("job_name", f"fatebias-{pool.name}")
     return options
 

@@ -115,9 +115,9 @@ class Deployment:
         return self.root / "slurm.yaml"
 
     def write_cluster(self, **settings: object) -> Path:
-        """The cluster YAML: loopback, 1 core and 1 GB per worker job, plus ``settings``."""
+        """The cluster YAML: loopback, 1 core and 2 GB per worker job, plus ``settings``."""
         block = {
-            "queue": "debug", "cores": 1, "memory": "1GB", "walltime": "00:20:00",
+            "queue": "debug", "cores": 1, "memory": "2GB", "walltime": "00:20:00",
             "interface": "lo", "scheduler_options": {"dashboard_address": "127.0.0.1:0"},
             "local_directory": str(self.root / "dask"), "log_directory": str(self.logs),
             "n_workers": 1, "poll_interval": 0.5, **settings,

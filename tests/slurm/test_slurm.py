@@ -155,15 +155,17 @@ def test_simulation_backfill_of_four_partitions_runs_as_slurm_jobs(tmp_path: Pat
     ``recovery_summary`` (materialized on Slurm too) gathers all four."""
     dep = make_deployment(tmp_path / "dep")
     dep.write_cluster()
-    sim = {**{k: v for k, v in TINY.items() if k != "run_diagnostics"}, "sim_n_cells": 1000, "num_steps": 60}
+    sim = {**{k: v for k, v in TINY.items() if k != "run_diagnostics"}, "sim_n_cells": 600, "num_steps": 40,
+           "num_posterior_draws": 50}
     study = tmp_path / "study.yaml"
     study.write_text(yaml.safe_dump(
         {"name": "slurm", "seeds": [0, 1], "scenarios": {"baseline": {}, "noisy": {"sim_concentration": 10.0}}, **sim}
     ))
     base = tmp_path / "base.yaml"
-    base.write_text(yaml.safe_dump({**TINY, "out_dir": str(tmp_path / "out")}))
-    study_dir = tmp_path / "study"
-    env = dep.env(FATEBIAS_CONFIG=str(base), FATEBIAS_STUDY=str(study), FATEBIAS_STUDY_DIR=str(study_dir))
+    base.write_text(yaml.safe_dump(TINY))
+    study_dir, lineage = tmp_path / "study", tmp_path / "lineage.duckdb"
+    env = dep.env(FATEBIAS_CONFIG=str(base), FATEBIAS_STUDY=str(study), FATEBIAS_STUDY_DIR=str(study_dir),
+                  FATEBIAS_LINEAGE_DB=str(lineage))
     partitions = ["baseline|0", "baseline|1", "noisy|0", "noisy|1"]
 
     bindir = Path(sys.executable).parent
@@ -176,10 +178,9 @@ def test_simulation_backfill_of_four_partitions_runs_as_slurm_jobs(tmp_path: Pat
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
         )
         assert proc.returncode == 0 and "Launched backfill job" in proc.stdout, proc.stdout + proc.stderr
-        runs = wait_runs(dep.home, 4, timeout=420)
+        runs = wait_runs(dep.home, 4, timeout=300)
     finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        daemon.wait(timeout=60)
+        stop_group(daemon)
     assert sorted(r.tags["dagster/partition"] for r in runs) == partitions
     assert {r.status.value for r in runs} == {"SUCCESS"}, [(r.tags["dagster/partition"], r.status) for r in runs]
     jobs = {}
@@ -200,9 +201,24 @@ def test_simulation_backfill_of_four_partitions_runs_as_slurm_jobs(tmp_path: Pat
     assert set(ran_in(log)) == {"recovery_summary"}
     summary = pd.read_csv(study_dir / "recovery_summary.csv")
     assert sorted(summary["partition"]) == partitions
-    db = LineageDB(tmp_path / "out" / "lineage.duckdb")
+    db = LineageDB(lineage)
     scores = db.query("SELECT partition_key FROM materializations WHERE asset_key = 'study/recovery_scores'")
     assert sorted(scores["partition_key"]) == partitions
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """Stop a process started in a session of its own and everything it started (the daemon's code
+    servers and runs; an interrupted run cancels its Slurm jobs)."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
 
 
 def wait_runs(home: Path, n: int, timeout: float) -> list:
