@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -276,12 +277,14 @@ def job_states(job_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
 def job_log_tail(job_id: str, lines: int = 8) -> str:
     """The last ``lines`` lines of a job's stderr file (as ``scontrol show job`` names it), or ''."""
     proc = _run(["scontrol", "show", "job", "-o", job_id])
-    for token in proc.stdout.split():
-        if token.startswith("StdErr="):
-            path = Path(token.split("=", 1)[1])
-            if path.is_file():
-                return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    return ""
+    record = dict(tok.split("=", 1) for tok in proc.stdout.split() if "=" in tok)
+    if "StdErr" not in record:
+        return ""
+    # scontrol shows the path as given to sbatch: its job id and name patterns unexpanded.
+    path = Path(re.sub(r"%[jJ]", job_id, record["StdErr"]).replace("%x", record.get("JobName", "")))
+    if not path.is_file():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def _slurm_message(exc: BaseException) -> str:

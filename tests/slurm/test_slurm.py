@@ -281,14 +281,17 @@ def test_scancel_of_a_worker_during_the_fit_reruns_the_step_once(sim_dir: Path, 
     [
         ({"queue": "nope"}, "Invalid partition name specified"),
         ({"queue": "down", "start_timeout": 5}, "(reason: PartitionDown)"),
+        ({"job_script_prologue": ["echo no python here >&2", "exit 3"], "max_start_failures": 2},
+         "before its worker connected; the end of its log:\nno python here"),
     ],
-    ids=["bad-partition", "partition-down"],
+    ids=["bad-partition", "partition-down", "worker-never-starts"],
 )
 def test_a_cluster_that_cannot_start_workers_fails_the_run_with_slurms_reason(
     sim_dir: Path, tmp_path: Path, settings: dict, says: str
 ) -> None:
     """A partition Slurm refuses fails the run when the first job is submitted; a job that stays queued
-    (its partition is down) fails it after start_timeout; both with Slurm's reason, and no job is left."""
+    (its partition is down) fails it after start_timeout; jobs that end before their worker connects fail
+    it after max_start_failures of them, showing the end of the job's log. Each says why; no job is left."""
     cfg = copy_experiment(sim_dir, tmp_path / "exp")
     dep = make_deployment(tmp_path / "dep")
     dep.write_cluster(**settings)
