@@ -540,12 +540,16 @@ class SlurmDaskExecutor(Executor):
                 "['--gres=gpu:1']}) or unset FATEBIAS_GPU_REQUEST"
             )
         pools = SlurmPools(self.settings)
+        used = [n for n in self.settings.pools if n in set(pool_of.values())]
+        unused = [n for n in self.settings.pools if n not in used]
+        note = f" (not needed by this run: {', '.join(unused)}; no step asks for its resource)" if unused else ""
         yield DagsterEvent.engine_event(
             plan_context,
             f"Dask scheduler at {pools.address}; worker pools on Slurm: "
-            + ", ".join(f"{n} ({s.n_workers} job(s))" for n, s in self.settings.pools.items()),
+            + ", ".join(f"{n} ({self.settings.pools[n].n_workers} job(s))" for n in used)
+            + note,
             EngineEventData(
-                metadata={f"{n} job script": dg.MetadataValue.md(f"```\n{pools.job_script(n)}\n```") for n in self.settings.pools}
+                metadata={f"{n} job script": dg.MetadataValue.md(f"```\n{pools.job_script(n)}\n```") for n in used}
             ),
         )
         recon_job = plan_context.reconstructable_job
