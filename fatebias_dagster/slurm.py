@@ -261,11 +261,16 @@ def _run(cmd: Sequence[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(cmd), capture_output=True, text=True, timeout=60, check=False)
 
 
-def job_states(job_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
-    """``job id -> (state, reason)`` from ``squeue``; jobs Slurm no longer knows are left out."""
+def job_states(job_ids: Sequence[str]) -> dict[str, tuple[str, str]] | None:
+    """``job id -> (state, reason)`` from ``squeue``; jobs Slurm no longer knows are left out.
+
+    None when ``squeue`` itself failed (slurmctld busy or restarting): nothing is known.
+    """
     if not job_ids:
         return {}
     proc = _run(["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r"])
+    if proc.returncode != 0 and "Invalid job id" not in proc.stderr:
+        return None
     out: dict[str, tuple[str, str]] = {}
     for line in proc.stdout.splitlines():
         parts = line.strip().split("|")
@@ -425,6 +430,9 @@ class SlurmPools:
         for pool, state in self.pools.items():
             if not state.started:
                 continue
+            if states is None:  # squeue failed: judge no job this time, only the time without workers
+                self._check_waiting(pool, state, busy, connected, now)
+                continue
             replace: list[tuple[str, str]] = []
             for name in list(state.names):
                 if name in connected:
@@ -454,22 +462,26 @@ class SlurmPools:
                 new = self._add_worker(state)
                 self._apply(pool)
                 notes.append(f"{why}; started Slurm job {self.job_id(new)} ({new}) in its place")
-            has_worker = any(n in connected for n in state.names)
-            if pool not in busy or has_worker:
-                state.waiting_since = None
-                continue
-            if state.waiting_since is None:
-                state.waiting_since = now
-            elif now - state.waiting_since > self.settings.start_timeout:
-                raise SlurmClusterError(self._no_worker_message(pool, now - state.waiting_since))
+            self._check_waiting(pool, state, busy, connected, now)
         return notes
+
+    def _check_waiting(self, pool: str, state: _PoolState, busy: set[str], connected: Mapping[str, str], now: float) -> None:
+        """Fail when ``pool`` has had work and no connected worker for ``start_timeout`` seconds."""
+        if pool not in busy or any(n in connected for n in state.names):
+            state.waiting_since = None
+            return
+        if state.waiting_since is None:
+            state.waiting_since = now
+        elif now - state.waiting_since > self.settings.start_timeout:
+            raise SlurmClusterError(self._no_worker_message(pool, now - state.waiting_since))
 
     def _no_worker_message(self, pool: str, waited: float) -> str:
         state = self.pools[pool]
         ids = [str(self.job_id(n)) for n in state.names if self.job_id(n)]
         states = job_states(ids)
+        gone = "gone" if states is not None else "state unknown (squeue failed)"
         jobs = "; ".join(
-            f"Slurm job {i}: {states[i][0]} (reason: {states[i][1]})" if i in states else f"Slurm job {i}: gone"
+            f"Slurm job {i}: {states[i][0]} (reason: {states[i][1]})" if states and i in states else f"Slurm job {i}: {gone}"
             for i in ids
         )
         return (

@@ -169,15 +169,17 @@ def test_simulation_backfill_of_four_partitions_runs_as_slurm_jobs(tmp_path: Pat
     partitions = ["baseline|0", "baseline|1", "noisy|0", "noisy|1"]
 
     bindir = Path(sys.executable).parent
+    # The backfill's runs wait in the instance's queue until the daemon launches them (started second,
+    # so that the two never create the fresh instance's storage at the same time).
+    proc = subprocess.run(
+        [str(bindir / "dagster"), "job", "backfill", "-m", "fatebias_dagster.study", "-j", "simulation_study",
+         "--partitions", ",".join(partitions), "--noprompt"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0 and "Launched backfill job" in proc.stdout, proc.stdout + proc.stderr
     daemon = subprocess.Popen([str(bindir / "dagster-daemon"), "run", "-m", "fatebias_dagster.study"], cwd=tmp_path,
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        proc = subprocess.run(
-            [str(bindir / "dagster"), "job", "backfill", "-m", "fatebias_dagster.study", "-j", "simulation_study",
-             "--partitions", ",".join(partitions), "--noprompt"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
-        )
-        assert proc.returncode == 0 and "Launched backfill job" in proc.stdout, proc.stdout + proc.stderr
         runs = wait_runs(dep.home, 4, timeout=300)
     finally:
         stop_group(daemon)
