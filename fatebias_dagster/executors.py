@@ -6,7 +6,8 @@
                             ``k8s`` (each step a Kubernetes job; needs ``dagster-k8s``).
 ``FATEBIAS_DASK_CLUSTER``   YAML file holding the dagster-dask ``cluster`` block, e.g.
                             ``local: {n_workers: 2}``, ``existing: {address: tcp://host:8786}``
-                            or ``slurm: {cores: 8, memory: 32GB, ...}`` (dask-jobqueue).
+                            or ``slurm: {cores: 8, memory: 32GB, ...}`` (dask-jobqueue; run by
+                            :mod:`.slurm`: worker jobs in a cpu and an optional gpu pool).
                             Default: a local cluster of 2 single-threaded worker processes.
 ``FATEBIAS_GPU_REQUEST``    ``1``: the fit asks the executor for a GPU: the Dask task needs a
                             worker resource ``GPU=1`` and the Kubernetes executor's pod
@@ -77,9 +78,16 @@ def executor_from_env() -> dg.ExecutorDefinition:
     if kind == "in_process":
         return dg.in_process_executor
     if kind == "dask":
+        cluster = dask_cluster_config()
+        if "slurm" in cluster:
+            # dagster-dask's own executor never scales a SLURMCluster and has one job template.
+            from .slurm import parse_slurm_block, slurm_dask_executor
+
+            parse_slurm_block(cluster["slurm"])  # a bad block fails when the code location loads
+            return slurm_dask_executor.configured({"cluster": cluster}, name="dask")
         from dagster_dask import dask_executor
 
-        return dask_executor.configured({"cluster": dask_cluster_config()}, name="dask")
+        return dask_executor.configured({"cluster": cluster}, name="dask")
     if kind == "k8s":
         try:
             from dagster_k8s import k8s_job_executor

@@ -314,6 +314,16 @@ class LineageDB:
         cols = list(rec)
         con.execute("BEGIN TRANSACTION")
         try:
+            # One row per materialization: a step that ran again in the same run with the same
+            # result (its Dask worker was lost after the row was written) adds no second row.
+            seen = con.execute(
+                "SELECT count(*) FROM materializations WHERE run_id = ? AND asset_key = ? "
+                "AND partition_key IS NOT DISTINCT FROM ? AND data_version IS NOT DISTINCT FROM ?",
+                [row.run_id, row.asset_key, row.partition_key, row.data_version],
+            ).fetchone()[0]
+            if seen:
+                con.execute("COMMIT")
+                return
             con.execute(
                 f"INSERT INTO materializations ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",
                 [rec[c] for c in cols],

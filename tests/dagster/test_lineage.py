@@ -48,6 +48,23 @@ def test_results_table_gains_columns_and_text(tmp_path: Path) -> None:
     assert got["active_days"].tolist()[1] == "d1" and got["extra"].isna().tolist() == [True, False]
 
 
+def test_a_step_run_again_in_the_same_run_adds_no_row(tmp_path: Path) -> None:
+    """A step re-executed in its run (a lost Dask worker) writes its row and results once; other runs,
+    partitions and versions still add theirs."""
+    db = LineageDB(tmp_path / "lineage.duckdb")
+    hits = {"hits": pd.DataFrame({"gene": ["A", "B"]})}
+    assert db.append(make_row(run="r1"), hits)
+    assert db.append(make_row(run="r1"), hits)
+    db.append(make_row(run="r1", partition_key="p|0"), hits)
+    db.append(make_row(run="r1", partition_key="p|0"), hits)
+    db.append(make_row(run="r1", version="v2"), hits)
+    db.append(make_row(run="r2"), hits)
+    rows = db.query("SELECT run_id, partition_key, data_version FROM materializations "
+                    "ORDER BY run_id, partition_key NULLS FIRST, data_version")
+    assert rows.fillna("-").values.tolist() == [["r1", "-", "v1"], ["r1", "-", "v2"], ["r1", "p|0", "v1"], ["r2", "-", "v1"]]
+    assert db.query("SELECT count(*) AS n FROM hits")["n"][0] == 8
+
+
 WRITER = textwrap.dedent(
     """
     import sys
