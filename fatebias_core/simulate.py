@@ -68,8 +68,10 @@ smoothed mean probabilities' day-centred log-ratio over the unsmoothed one's; it
 multiplies kappa. kappa is a per-cell attenuation, given a cell's covariates (as the
 model conditions on them); the log-ratio of a whole group's mean proportions also
 averages over its cells' differing eta and is attenuated more.
-``truth_estimand_daywise*.csv`` hold kappa * theta (null genes stay 0);
-``truth_daywise*.csv`` keep the latent theta.
+With uneven knockdown a gene's effect in the experiment is theta times the realised mean
+efficiency of its guides over the replicates (the small product of efficiencies and guide
+deviations is left out, so null genes stay exactly 0). ``truth_estimand_daywise*.csv``
+hold kappa * efficiency * theta; ``truth_daywise*.csv`` keep the latent theta.
 
 Randomness comes from independent streams spawned from ``sim_seed``: effects (theta,
 delta, nuisance), cells (design and guides) and noise (Dirichlet, UMI counts), then
@@ -670,11 +672,19 @@ def simulate_experiment(config: FatebiasConfig) -> SimulatedData:
         for c, f in enumerate(contrasts)
     }
     kappa, kappa_parts = _estimand_kappa(config, params, estimand_rng)
+    # A gene's effect in this experiment is that of its guides as they knocked down here:
+    # theta scaled by the realised mean efficiency of its guides over the replicates.
+    gene_efficiency = (
+        np.ones(n_genes)
+        if params.knockdown is None
+        else np.bincount(gene_of_guide, weights=params.knockdown.mean(axis=1), minlength=n_genes)
+        / np.bincount(gene_of_guide, minlength=n_genes)
+    )
     truth_estimand = {
         f: pd.DataFrame(
             {
                 "gene": gene_names,
-                **{f"true_d{d}": kappa[c] * eff["theta"][:, c, d] for d in range(n_days)},
+                **{f"true_d{d}": kappa[c] * gene_efficiency * eff["theta"][:, c, d] for d in range(n_days)},
             }
         )
         for c, f in enumerate(contrasts)

@@ -526,8 +526,11 @@ def test_all_realism_settings_write_the_estimand_and_load(tmp_path: Path) -> Non
         assert parts["noise"] < 1 and parts["smoothing"] < 1
         assert abs(parts["noise"] * parts["smoothing"] - kappa) < 1e-5
         theta = data.params.theta[:, c]
+        p = data.params  # each gene's realised mean knockdown efficiency over guides and replicates
+        eff = np.array([p.knockdown[p.gene_of_guide == g].mean() for g in range(len(p.gene_names))])
+        assert eff.std() > 0.01 and abs(eff.mean() - 1) < 0.1
         np.testing.assert_allclose(
-            est.iloc[:, 1:].to_numpy(), kappa * theta, rtol=1e-12, atol=1e-15
+            est.iloc[:, 1:].to_numpy(), kappa * eff[:, None] * theta, rtol=1e-12, atol=1e-15
         )
         latent = pd.read_csv(tmp_path / "sim" / f"truth_daywise{suffix}.csv").iloc[:, 1:].to_numpy()
         np.testing.assert_allclose(latent, theta, rtol=1e-12, atol=1e-15)
