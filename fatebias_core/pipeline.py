@@ -74,7 +74,10 @@ def fit_step(experiment: Experiment, config: FatebiasConfig, out_dir: str | Path
     fit_dir = out / FIT_DIR
     result = fit(experiment, config, checkpoint_dir=fit_dir)
     result.save(fit_dir)
-    plot_elbo(result.elbo, out / "elbo_trace.png", n_cells=experiment.n_cells, switch_step=result.info.get("weight_switch_step"))
+    plot_elbo(
+        result.elbo, out / "elbo_trace.png", n_cells=experiment.n_cells, switch_step=result.info.get("weight_switch_step"),
+        weight_steps=result.info.get("weight_update_steps"),
+    )
     return result
 
 
