@@ -12,7 +12,7 @@ Environment (every variable optional):
 ``FATEBIAS_EXECUTOR``          multiprocess | in_process | dask (:mod:`.executors`).
 ``FATEBIAS_OBSERVE_INTERVAL``  seconds between checks of the files and settings (30).
 ``FATEBIAS_AUTOMATION_INTERVAL``  seconds between automation evaluations (30).
-``FATEBIAS_LOG_LEVEL``         level of the runs' console log (INFO; DEBUG shows every event).
+``FATEBIAS_LOG_LEVEL``         DEBUG: keep Dagster's beta/preview warnings (hidden otherwise).
 =============================  ==============================================================
 """
 
@@ -43,20 +43,6 @@ from .versions import EXPERIMENT_KEY, SIMULATED_KEY
 if os.environ.get("FATEBIAS_LOG_LEVEL", "INFO").upper() != "DEBUG":
     for _category in (dg.BetaWarning, dg.PreviewWarning):
         warnings.filterwarnings("ignore", category=_category)
-
-
-def console_loggers() -> dict[str, dg.LoggerDefinition]:
-    """The runs' console logger at ``FATEBIAS_LOG_LEVEL`` (INFO: no per-event DEBUG lines)."""
-    level = os.environ.get("FATEBIAS_LOG_LEVEL", "INFO").upper()
-    console = dg.LoggerDefinition(
-        dg.colored_console_logger.logger_fn,
-        config_schema={
-            "log_level": dg.Field(str, is_required=False, default_value=level),
-            "name": dg.Field(str, is_required=False, default_value="dagster"),
-        },
-        description=f"Colored console logger at {level} (FATEBIAS_LOG_LEVEL).",
-    )
-    return {"console": console}
 
 
 def chain_resources(experiment: ExperimentConfig | None = None) -> dict[str, object]:
@@ -110,6 +96,5 @@ def build_definitions(
         schedules=[build_schedule(chain_job)],
         sensors=[build_change_sensor(), build_automation_sensor(dg.AssetSelection.all())],
         executor=executor or executor_from_env(),
-        loggers=console_loggers(),
     )
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dagster as dg
 
 from .assets.recovery import GROUP, build_recovery_assets
-from .definitions import console_loggers
 from .executors import executor_from_env
 from .io_manager import run_folder_io_manager
 from .resources import ComputeResource, ExperimentConfig, LineageStore, MashBackend, StudyConfig
@@ -31,7 +30,6 @@ def build_study_definitions(study: StudyConfig | None = None) -> dg.Definitions:
     assets = build_recovery_assets(study.load())
     partitioned = dg.AssetSelection.groups(GROUP) - dg.AssetSelection.assets("recovery_summary")
     return dg.Definitions(
-        loggers=console_loggers(),
         assets=assets,
         resources={
             "experiment": study,
