@@ -310,7 +310,7 @@ def build_chain(
             common_md = run.record(done.reused, [path], metrics=summary if isinstance(summary, dict) else {})
             yield dg.MaterializeResult(
                 data_version=dg.DataVersion(run.version),
-                metadata={**common_md, "summary": dg.MetadataValue.json(summary)},
+                metadata={**common_md, "summary": dg.MetadataValue.json(meta.round_tree(summary, 4))},
             )
 
         assets.append(diagnostics)
