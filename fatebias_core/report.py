@@ -498,17 +498,17 @@ def _hits_table(ans: _Answer, table_id: str) -> str:
         ]
         if prob:
             cells.append(
-                f'<td class="n" data-v="{r["dp"]:.6g}" title="P({_e(ans.fate)}) {r["p_baseline"]:.3f} -> {r["p_shifted"]:.3f}; '
+                f'<td class="n" data-v="{r["dp"]:.6g}" title="P({_e(ans.fate)}) {r["p_baseline"]:.3f} to {r["p_shifted"]:.3f}; '
                 f'90% CI [{r["dp_lo90"]:+.3f}, {r["dp_hi90"]:+.3f}]">{_signed(r["dp"])}'
                 f'<small>{r["p_baseline"]:.2f} &rarr; {r["p_shifted"]:.2f}, 90% CI [{_signed(r["dp_lo90"], 2)}, {_signed(r["dp_hi90"], 2)}]</small></td>'
             )
         cells += [
-            f'<td class="n" data-v="{max(s, 1e-300):.6g}">{_p(s)}</td>',
+            f'<td class="n" data-v="{max(s, 1e-300):.6g}">{_e(_p(s))}</td>',
             f'<td class="n" data-v="{biggest:.6g}">{biggest:.3f}</td>',
         ]
         sig = np.where(ans.called[i], " sig", "")
         cells += [
-            f'<td class="n day{c}" data-v="{x:.6g}"{_effect_style(x, vmax)}>{_signed(x)}<small>{_p(q)}</small></td>'
+            f'<td class="n day{c}" data-v="{x:.6g}"{_effect_style(x, vmax)}>{_signed(x)}<small>{_e(_p(q))}</small></td>'
             for x, q, c in zip(ans.mean[i], ans.lfsr[i], sig, strict=True)
         ]
         cls = "hit" if ans.hit[i] else "nohit"
