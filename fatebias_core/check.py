@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import FatebiasConfig
-from .errors import ConfigError
+from .errors import ConfigError, InputDataError
 from .types import Experiment
 
 
@@ -22,6 +22,10 @@ def load_experiment_checked(config: FatebiasConfig, verbose: bool = True) -> Exp
     if not config.adata_path or not config.guide_map_csv:
         missing = [k for k in ("adata_path", "guide_map_csv") if not getattr(config, k)]
         raise ConfigError(f"the configuration does not name {' and '.join(missing)}")
+    absent = [f"{key}: file not found: {getattr(config, key)}" for key in ("adata_path", "guide_map_csv")
+              if not Path(getattr(config, key)).exists()]
+    if absent:
+        raise InputDataError("; ".join(absent))  # every missing input at once, each with its key
     return load_experiment(config, verbose=verbose)
 
 
