@@ -222,9 +222,8 @@ def plot_effect_heatmap(
 def volcano_height(lfsr: np.ndarray, mean: np.ndarray, sd: np.ndarray | None = None, floor: float = 1e-300) -> np.ndarray:
     """-log10 lfsr, and where lfsr underflows (< ``floor``) the normal approximation -log10 P(Z > |mean| / SD).
 
-    The approximation keeps strong effects apart instead of piling them at a cap (mash's
-    mixture posterior can underflow where the normal approximation does not: such points
-    are drawn as triangles).
+    Such points are drawn at least at ``-log10 floor`` (their lfsr is below it), higher where
+    the approximation says so, so that the strongest effects stay apart.
     """
     from scipy.stats import norm
 
@@ -234,7 +233,7 @@ def volcano_height(lfsr: np.ndarray, mean: np.ndarray, sd: np.ndarray | None = N
     if sd is not None and under.any():
         z = np.abs(mean) / np.maximum(np.asarray(sd, dtype=float), 1e-300)
         approx = -norm.logsf(z) / np.log(10.0)
-        y = np.where(under, approx, y)
+        y = np.where(under, np.maximum(approx, -np.log10(floor)), y)
     return y
 
 

@@ -302,6 +302,7 @@ def _section_run(run: _Run, page: _Page, manifest: dict | None, fit_info: dict) 
         parts.append(_kv([
             ("cells", f"{load.get('n_cells_in')} in, {load.get('n_cells_kept')} kept"),
             ("dropped", "; ".join(f"{v} {k}" for k, v in dropped.items()) or "none"),
+            *_dropped_cells(run),
             ("cells per day", ", ".join(f"{k}: {v}" for k, v in (load.get("cells_per_day") or {}).items())),
             ("guides per cell (NTCs count)", ", ".join(f"{k} {_num(v)}" for k, v in per_cell.items())),
             ("guides", f"{load.get('n_guides_matrix')} in the matrix; {load.get('n_guides_mapped')} targeting and "
@@ -345,6 +346,16 @@ def _section_run(run: _Run, page: _Page, manifest: dict | None, fit_info: dict) 
         parts.append(_para("Seconds: " + "; ".join(f"{k} {_num(v, '.1f')}" for k, v in seconds.items() if v is not None) + ".", "note"))
     page.shown("run")
     return "\n".join(parts)
+
+
+def _dropped_cells(run: _Run, shown: int = 8) -> list[tuple[str, str]]:
+    """The row naming dropped cells (``dropped_cells.csv``), when any were dropped."""
+    table = run.csv("dropped_cells.csv", ["cell", "reason"], dtype={"cell": str, "reason": str})
+    if table is None or table.empty:
+        return []
+    first = ", ".join(f"{c} ({r})" for c, r in zip(table["cell"][:shown], table["reason"][:shown], strict=True))
+    more = f" ... (+{len(table) - shown} more)" if len(table) > shown else ""
+    return [("dropped cells (dropped_cells.csv)", f"{len(table)}: {first}{more}")]
 
 
 def _count_and_names(names: Sequence[str], shown: int = 8) -> str:

@@ -416,4 +416,21 @@ def test_volcano_labels_never_overlap():
     plt.close(fig)
     # Underflowed lfsr is placed by the normal approximation: strong hits stay apart, no cap.
     y = volcano_height(np.array([0.0, 0.0, 1e-12]), np.array([1.0, 2.0, 0.5]), np.array([0.05, 0.05, 0.07]))
-    assert y[1] > y[0] > 300 * 0 and y[0] != y[1] and y[2] == pytest.approx(12.0)
+    assert y[0] == pytest.approx(300.0) and y[1] > 340 and y[2] == pytest.approx(12.0)
+
+
+def test_dropped_cells_are_counted_and_named(run_folder, tmp_path):
+    """Cells dropped at load (drop_invalid_cells) show in the report by reason, and by name."""
+    out, _ = run_folder
+    copy = tmp_path / "results"
+    shutil.copytree(out, copy)
+    load = __import__("json").loads((copy / "load_summary.json").read_text())
+    load["dropped"] = {"cells with more than Kmax=20 guides": 10, "cells with fate probabilities NaN or infinite": 3}
+    write_json(load, copy / "load_summary.json")
+    write_csv(pd.DataFrame({"cell": ["c1", "c4", "c7"] + [f"k{i}" for i in range(10)],
+                            "reason": ["fate probabilities NaN or infinite"] * 3 + ["more than Kmax=20 guides"] * 10}),
+              copy / "dropped_cells.csv")
+    page = build_report(copy).path.read_text()
+    assert "10 cells with more than Kmax=20 guides; 3 cells with fate probabilities NaN or infinite" in page
+    assert "<th>dropped cells (dropped_cells.csv)</th><td>13: c1 (fate probabilities NaN or infinite), c4" in page
+    assert "(+5 more)" in page
