@@ -353,7 +353,7 @@ def _run_config(args: argparse.Namespace) -> int:
     if args.action == "show":
         print(cfg.to_yaml(), end="")
     else:
-        print(f"{args.path}: ok")
+        print(f"{args.path}: ok (the settings; `fatebias check --config {args.path}` checks the data they name)")
     return 0
 
 

@@ -276,7 +276,8 @@ def place_labels(ax: plt.Axes, xs: np.ndarray, ys: np.ndarray, labels: list[str]
         shifted = abs((y0 + h / 2) - py) > 1
         out[k] = ax.annotate(
             labels[k], (x, y), xytext=(tx, ty), textcoords="data", fontsize=fontsize, va="center",
-            ha="right" if left else "left", annotation_clip=False,
+            ha="right" if left else "left", annotation_clip=False, zorder=4,
+            bbox=dict(boxstyle="square,pad=0.05", fc="white", ec="none", alpha=0.8),
             arrowprops=dict(arrowstyle="-", lw=0.4, color="0.45", shrinkA=0, shrinkB=2) if shifted else None,
         )
     return out

@@ -601,7 +601,7 @@ def _contrast(run: _Run, page: _Page, fate: str, ans: _Answer | None, primary: b
             "Every gene on every day: effect against -log10 lfsr (a log scale, so that strong hits stay apart). "
             f"Called gene-days are coloured (red: towards {fate}, blue: towards {cfg.ref_fate}) and named; dashed line: "
             f"the lfsr threshold; dotted lines: +/- {cfg.effect_size_eps:g}. Triangles: lfsr below 1e-300 (it "
-            "underflows), placed by the normal approximation -log10 P(Z > |mean| / SD).",
+            "underflows), drawn at 300 or, where higher, at the normal approximation -log10 P(Z > |mean| / SD).",
         ))
     parts.append(f"<h4>Guide concordance of the top hits: {_e(label)}</h4>")
     parts.append(_concordance(run, page, ans, fate, sfx))
