@@ -197,3 +197,23 @@ def test_check_is_fast_at_200k_cells(tmp_path: Path, capsys) -> None:
     assert code == 0, err
     assert "200000 in" in out
     assert elapsed < 10, elapsed
+
+
+def test_no_library_chatter_on_the_console(tmp_path: Path) -> None:
+    """A first ``fatebias report`` (matplotlib builds its font cache) prints our lines only: no
+    ``generated new fontManager``, no DEBUG lines."""
+    import os
+    import subprocess
+    import sys
+
+    from .test_report import make_run_folder
+
+    out = tmp_path / "results"
+    make_run_folder(out)
+    env = {**os.environ, "MPLCONFIGDIR": str(tmp_path / "mpl")}  # an empty cache: matplotlib rebuilds it
+    proc = subprocess.run([sys.executable, "-m", "fatebias_core.cli", "report", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "mpl").exists()  # the cache was built in this run
+    assert "fontManager" not in proc.stderr + proc.stdout and "DEBUG" not in proc.stderr
+    assert proc.stdout.startswith("wrote ") and proc.stderr == ""
