@@ -69,6 +69,8 @@ def check_data(config: FatebiasConfig) -> CheckResult:
     out = Path(config.out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out_dir: {out} exists and is not a folder")
+    if experiment.summary.n_dropped:
+        notes.append("fatebias run lists every dropped cell, with its reason, in dropped_cells.csv")
     if (out / "fatebias_manifest.json").exists():
         notes.append(f"{out} holds an earlier run: steps whose inputs and settings are unchanged will be reused")
     return CheckResult(experiment=experiment, runtime_s=time.perf_counter() - t0, notes=notes)
