@@ -261,7 +261,7 @@ class ChainResult:
                 lines.extend(describe_hits(ans))
         lines.extend(f"  {n}" for n in self.notes)
         report = self.out_dir / "report.html"
-        if report.is_file():
+        if report.is_file() and "report" in self.ran + self.reused:
             lines.append(f"  report: {report.resolve()} (open it in a browser)")
         return "\n".join(lines)
 
