@@ -276,7 +276,7 @@ _KEY_SETTINGS = (
     "fates", "ref_fate", "contrast_fate", "Kmax", "num_steps", "batch_size", "seed", "posterior_method",
     "likelihood_weight", "num_posterior_draws", "mash_backend", "mash_default_mode", "discovery_source",
     "mash_lfsr_thresh_day", "effect_size_eps", "effect_prob_large_min", "mash_anyday_correction",
-    "mash_lfsr_thresh_anyday", "min_active_days_for_hit_anyday", "run_diagnostics",
+    "mash_lfsr_thresh_anyday", "min_active_days_for_hit_anyday", "run_diagnostics", "drop_invalid_cells",
 )
 
 

@@ -437,7 +437,10 @@ def format_hit_lineage(table: pd.DataFrame, db_path: Path, all_settings: bool = 
         lines.append(f"settings of {row.asset_key}: {text}")
     if not all_settings:
         lines.append("  (--settings: the settings of every asset)")
-    lines.append(f"lineage database: {db_path} (its README query goes further: duckdb -readonly {db_path})")
+    lines.append(
+        f"lineage database: {db_path}; to go further, query it with the README's SQL from Python: "
+        f"duckdb.connect('{db_path}', read_only=True).sql(...)"
+    )
     return "\n".join(lines)
 
 
