@@ -191,12 +191,15 @@ def test_check_is_fast_at_200k_cells(tmp_path: Path, capsys) -> None:
         tmp_path / "guide_map.csv", index=False)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({
         "adata_path": "adata.h5ad", "guide_map_csv": "guide_map.csv", "posterior_method": "meanfield"}))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     code, out, err = _run(["check", "--config", str(tmp_path / "config.yaml")], capsys)
-    elapsed = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     assert code == 0, err
     assert "200000 in" in out
-    assert elapsed < 10, elapsed
+    # The CPU time is what the check costs (about 3 s on one core); the wall clock also counts
+    # whatever else shares the machine, so it only gets a generous bound.
+    assert cpu < 10, cpu
+    assert wall < 60, wall
 
 
 def test_no_library_chatter_on_the_console(tmp_path: Path) -> None:
