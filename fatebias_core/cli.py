@@ -58,6 +58,50 @@ def _run_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- check
+def _build_check(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", required=True, help="YAML configuration file")
+
+
+@command("check", "check the data before a fit: every loader validation and the load summary, nothing written")(_build_check)
+def _run_check(args: argparse.Namespace) -> int:
+    from .check import check_data
+
+    cfg = _config(args)
+    result = check_data(cfg)
+    print(result.describe(args.config))
+    return 0
+
+
+# --------------------------------------------------------------------------- lineage
+def _build_lineage(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", help="run folder (out_dir of a run made with the dagster engine)")
+    where.add_argument("--config", "-c", help="the run's YAML configuration (its out_dir)")
+    p.add_argument("--settings", action="store_true", help="print the settings of every asset, not only the hit list's")
+
+
+@command("lineage", "print what made the latest hit list: input files, each step's version, run and settings")(_build_lineage)
+def _run_lineage(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    out = Path(args.out) if args.out else Path(_config(args).out_dir)
+    try:
+        from fatebias_dagster.lineage import format_hit_lineage, hit_list_lineage
+        from fatebias_dagster.resources import LineageStore
+    except ImportError:
+        raise FatebiasError("fatebias lineage needs fatebias_dagster (pip install -e .)") from None
+    db = LineageStore.from_env().db(out / "lineage.duckdb")
+    if not db.path.exists():
+        manifest = out / "fatebias_manifest.json"
+        hint = f"; {manifest} lists the steps that made the folder" if manifest.exists() else ""
+        raise FatebiasError(
+            f"no lineage database at {db.path}: only runs with the dagster engine record lineage{hint}"
+        )
+    print(format_hit_lineage(hit_list_lineage(db, out), db.path, all_settings=args.settings))
+    return 0
+
+
 # --------------------------------------------------------------------------- simulate
 def _build_simulate(p: argparse.ArgumentParser) -> None:
     from .config import FatebiasConfig
@@ -309,7 +353,7 @@ def _run_config(args: argparse.Namespace) -> int:
     if args.action == "show":
         print(cfg.to_yaml(), end="")
     else:
-        print(f"{args.path}: ok")
+        print(f"{args.path}: ok (the settings; `fatebias check --config {args.path}` checks the data they name)")
     return 0
 
 
@@ -334,7 +378,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    # Our own messages at INFO; other libraries' (matplotlib's font cache, Dagster's
+    # storage migrations, ...) only from WARNING on, unless --verbose.
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s")
+    logging.getLogger("fatebias").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     warnings.simplefilter("default" if args.verbose else "ignore", FutureWarning)
     if not args.verbose:
         # Our own warnings (deprecations, QC) print as one line each.

@@ -56,11 +56,13 @@ class FatebiasConfig(BaseModel):
     covar_key: str = _f("covariates", "obsm key of a covariate DataFrame holding the replicate column (falls back to obs).", "inputs")
     rep_key: str = _f("replicate", "Replicate column, in obsm[covar_key] or obs.", "inputs")
     day_key: str = _f("day", "obs column of day labels (e.g. d0..d3), ordered by the number in the label.", "inputs")
+    day_order: list[str] | None = _f(None, "Day labels in time order, for labels without a number (e.g. [baseline, day two, day four]); null: ordered by the number in each label. Output columns are then named d0, d1, ... by position.", "inputs")
     clone_key: str = _f("clone", "obs column of clone labels (lineage barcodes). Without it, the cells that share an identical guide set within a replicate count as one clone.", "inputs")
     Kmax: int = _f(20, "Maximum guides per cell (NTCs count); cells with more are dropped and counted.", "inputs", ge=1)
     D: int | None = _f(None, "Expected number of days; checked against the data when given.", "inputs", ge=2)
     R: int | None = _f(None, "Expected number of replicates; checked against the data when given.", "inputs", ge=1)
     fate_sum_tol: float = _f(1e-3, "Fate rows whose sum is off 1 by more than this are rejected; smaller drift is renormalised.", "inputs", gt=0)
+    drop_invalid_cells: bool = _f(False, "Drop invalid cells (fate probabilities NaN/infinite, negative or off the simplex by more than fate_sum_tol; no day, replicate or clone label) instead of failing; they are counted in the load summary and listed with the reason in dropped_cells.csv.", "inputs")
 
     # ------------------------------------------------------------------ model (3-4)
     s_alpha: float = _f(2.0, "Prior SD of the day intercepts a[f, d].", "model", gt=0)
@@ -175,6 +177,16 @@ class FatebiasConfig(BaseModel):
             raise ValueError(f"needs at least 2 fates, got {len(v)}")
         if len(set(v)) != len(v):
             raise ValueError(f"fates must be distinct, got {v}")
+        return v
+
+    @field_validator("day_order")
+    @classmethod
+    def _days_distinct(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        v = [str(d) for d in v]
+        if len(v) < 2 or len(set(v)) != len(v):
+            raise ValueError(f"needs at least 2 distinct day labels, got {v}")
         return v
 
     @field_validator("likelihood_weight")

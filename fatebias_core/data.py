@@ -34,7 +34,7 @@ import contextlib
 import re
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -217,7 +217,7 @@ def _open_source(config: FatebiasConfig, adata: Any | None) -> Iterator[_Source]
         raise ConfigError("adata_path is not set: name the .h5ad file in the configuration")
     path = Path(config.adata_path)
     if not path.exists():
-        raise InputDataError(f"AnnData file not found: {path} (adata_path)")
+        raise InputDataError(f"adata_path: file not found: {path}")
     if path.is_dir():
         raise InputDataError(f"adata_path is a folder, not an .h5ad file: {path}")
     import h5py
@@ -247,6 +247,8 @@ def read_guide_map(path: str | Path | None) -> pd.DataFrame:
     """
     if path is None:
         raise ConfigError("guide_map_csv is not set: name the guide map CSV in the configuration")
+    if not Path(path).exists():
+        raise InputDataError(f"guide_map_csv: file not found: {path}")
     df = read_csv(
         path, what="guide map (guide_map_csv)", dtype={"guide_name": str, "gene_name": str}
     )
@@ -415,14 +417,40 @@ def _fate_matrix(src: _Source, config: FatebiasConfig) -> tuple[np.ndarray, str]
     return arr[:, order], origin
 
 
+#: Why a fate-probability row is invalid, by code (0: valid).
+FATE_ROW_REASONS = {
+    1: "fate probabilities NaN or infinite",
+    2: "fate probabilities negative",
+    3: "fate probabilities do not sum to 1",
+}
+#: The setting that drops invalid cells instead of failing (named in the errors).
+DROP_HINT = "set drop_invalid_cells: true to drop such cells and list them in dropped_cells.csv"
+
+
+def fate_row_problems(probs: np.ndarray, tol: float) -> np.ndarray:
+    """Per row, why its fate probabilities are invalid (a :data:`FATE_ROW_REASONS` code, 0: valid).
+
+    A row is invalid when an entry is NaN or infinite (1), an entry is below ``-tol``
+    (2), or, after clipping entries in ``[-tol, 0)`` to 0, its sum is further than
+    ``tol`` from 1 (3); the first of these that applies is the reason.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    finite = np.isfinite(probs).all(axis=1)
+    with np.errstate(invalid="ignore"):
+        negative = finite & (probs < -tol).any(axis=1)
+        sums = np.where(np.isfinite(probs), np.maximum(probs, 0.0), 0.0).sum(axis=1)
+    off = finite & ~negative & (np.abs(sums - 1.0) > tol)
+    return np.select([~finite, negative, off], [1, 2, 3], 0).astype(np.int8)
+
+
 def clean_fate_probs(
-    probs: np.ndarray, tol: float, what: str = "fate probabilities"
+    probs: np.ndarray, tol: float, what: str = "fate probabilities", drop: bool = False
 ) -> tuple[np.ndarray, int]:
     """Validate fate probability rows and remove small numerical drift.
 
     Entries in ``[-tol, 0)`` are set to 0 and every row is divided by its sum. Rows
     with a NaN or infinite entry, an entry below ``-tol``, or a sum further than
-    ``tol`` from 1 are rejected.
+    ``tol`` from 1 are rejected (see :func:`fate_row_problems`).
 
     Parameters
     ----------
@@ -432,42 +460,43 @@ def clean_fate_probs(
         Tolerance (``fate_sum_tol``).
     what
         Name for error messages (file and key).
+    drop
+        Return invalid rows as uniform placeholders instead of raising (the caller
+        drops them; :func:`fate_row_problems` says which).
 
     Returns
     -------
     probs, n_renormalised
-        (N, F) float32 rows summing to 1, and the number of rows whose sum was off 1
-        by more than float32 rounding (1e-6) or that had a negative entry clipped.
+        (N, F) float32 rows summing to 1, and the number of valid rows whose sum was
+        off 1 by more than float32 rounding (1e-6) or that had a negative entry clipped.
 
     Raises
     ------
     InputDataError
-        Naming the number of rejected rows of each kind and ``what``.
+        Without ``drop``: naming the number of rejected rows of the first kind found,
+        ``what``, and the setting that drops them.
     """
     probs = np.asarray(probs, dtype=np.float64)
-    finite = np.isfinite(probs).all(axis=1)
-    if not finite.all():
-        raise InputDataError(
-            f"{what}: {int((~finite).sum())} of {len(probs)} rows contain NaN or infinite values"
-        )
-    negative = (probs < -tol).any(axis=1)
-    if negative.any():
-        raise InputDataError(
-            f"{what}: {int(negative.sum())} of {len(probs)} rows have entries below -{tol:g} "
-            f"(min {probs.min():.3g})"
-        )
+    problem = fate_row_problems(probs, tol)
+    if not drop and problem.any():
+        n = len(probs)
+        code = int(problem[problem > 0].min())
+        count = int((problem == code).sum())
+        if code == 1:
+            detail = f"{count} of {n} rows contain NaN or infinite values"
+        elif code == 2:
+            detail = f"{count} of {n} rows have entries below -{tol:g} (min {np.nanmin(probs[problem == 2]):.3g})"
+        else:
+            sums = np.maximum(probs[problem == 3], 0.0).sum(axis=1)
+            worst = sums[np.argmax(np.abs(sums - 1.0))]
+            detail = f"{count} of {n} rows do not sum to 1 within fate_sum_tol={tol:g} (worst row sum {worst:.6g})"
+        raise InputDataError(f"{what}: {detail}; {DROP_HINT}")
+    valid = problem == 0
+    probs = np.where(valid[:, None], probs, 1.0 / max(probs.shape[1], 1))
     clipped = (probs < 0).any(axis=1)
     probs = np.maximum(probs, 0.0)
     sums = probs.sum(axis=1)
-    off = np.abs(sums - 1.0)
-    far = off > tol
-    if far.any():
-        worst = sums[np.argmax(off)]
-        raise InputDataError(
-            f"{what}: {int(far.sum())} of {len(probs)} rows do not sum to 1 within "
-            f"fate_sum_tol={tol:g} (worst row sum {worst:.6g})"
-        )
-    n_renorm = int((clipped | (off > 1e-6)).sum())
+    n_renorm = int((valid & (clipped | (np.abs(sums - 1.0) > 1e-6))).sum())
     return (probs / sums[:, None]).astype(np.float32), n_renorm
 
 
@@ -568,9 +597,9 @@ def embed_guides(
 
 # --------------------------------------------------------------------------- labels
 def order_labels(
-    values: pd.Series, what: str, require_number: bool
+    values: pd.Series, what: str, require_number: bool, order: Sequence[str] | None = None
 ) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Integer codes of labels, ordered by the (first) number in each label.
+    """Integer codes of labels, ordered by ``order`` or by the (first) number in each label.
 
     Parameters
     ----------
@@ -580,8 +609,11 @@ def order_labels(
         Name for error messages (file and column).
     require_number
         True for days: a label without a number, or two labels with the same number,
-        is an error. False for replicates: labels without numbers sort after numbered
-        ones, alphabetically.
+        is an error (unless ``order`` is given). False for replicates: labels without
+        numbers sort after numbered ones, alphabetically.
+    order
+        The labels in order (``day_order``); every label present must be in it. The
+        levels are those present, in this order.
 
     Returns
     -------
@@ -592,21 +624,34 @@ def order_labels(
         raise InputDataError(f"{what}: {int(values.isna().sum())} cells have no label")
     codes, uniques = pd.factorize(values.astype(str), sort=False)
     uniques = [str(u) for u in uniques]
-    numbers: list[float] = []
-    for label in uniques:  # one entry per distinct label, not per cell
-        match = _NUMBER.search(label)
-        if match is None:
-            if require_number:
-                raise InputDataError(f"{what}: label {label!r} has no number to order the days by")
-            numbers.append(np.inf)
-        else:
-            numbers.append(float(match.group()))
-    if require_number and len(set(numbers)) != len(numbers):
-        clash = [u for u, x in zip(uniques, numbers, strict=True) if numbers.count(x) > 1]
-        raise InputDataError(
-            f"{what}: labels {_listing(clash)} have the same number; cannot order them"
-        )
-    rank = sorted(range(len(uniques)), key=lambda j: (numbers[j], uniques[j]))
+    if order is not None:
+        position = {str(label): i for i, label in enumerate(order)}
+        unknown = [u for u in uniques if u not in position]
+        if unknown:
+            raise InputDataError(
+                f"{what}: labels {_listing(unknown)} are not in day_order ({_listing(order)})"
+            )
+        rank = sorted(range(len(uniques)), key=lambda j: position[uniques[j]])
+    else:
+        numbers: list[float] = []
+        for label in uniques:  # one entry per distinct label, not per cell
+            match = _NUMBER.search(label)
+            if match is None:
+                if require_number:
+                    raise InputDataError(
+                        f"{what}: label {label!r} has no number to order the days by; "
+                        f"give the order with day_order: [{', '.join(sorted(uniques))}] (earliest first)"
+                    )
+                numbers.append(np.inf)
+            else:
+                numbers.append(float(match.group()))
+        if require_number and len(set(numbers)) != len(numbers):
+            clash = [u for u, x in zip(uniques, numbers, strict=True) if numbers.count(x) > 1]
+            raise InputDataError(
+                f"{what}: labels {_listing(clash)} have the same number; cannot order them "
+                "(give the order with day_order: [...])"
+            )
+        rank = sorted(range(len(uniques)), key=lambda j: (numbers[j], uniques[j]))
     remap = np.empty(len(uniques), dtype=np.int64)
     remap[rank] = np.arange(len(uniques))
     return remap[codes], tuple(uniques[j] for j in rank)
@@ -756,27 +801,46 @@ def load_experiment(
     else:
         gmap = validate_guide_map(guide_map, source="(in memory)")
 
+    drop = config.drop_invalid_cells
     with _open_source(config, adata) as src:
         source = src.source
         n_in = src.n_obs
         raw_probs, fate_origin = _fate_matrix(src, config)
         probs, n_renorm = clean_fate_probs(
-            raw_probs, config.fate_sum_tol, f"{source}: obsm[{config.fate_prob_key!r}]"
+            raw_probs, config.fate_sum_tol, f"{source}: obsm[{config.fate_prob_key!r}]", drop=drop
         )
         csr, matrix_guides = _guide_matrix(src, config.guide_key)
-        day_raw = src.require_obs(config.day_key, "day_key")
+        day_raw = src.require_obs(config.day_key, "day_key").reset_index(drop=True)
         rep_raw, rep_where = _replicates(src, config)
-        clone_raw = src.obs(config.clone_key) if config.clone_key in src.obs_keys() else None
+        rep_raw = rep_raw.reset_index(drop=True)
+        clone_raw = src.obs(config.clone_key).reset_index(drop=True) if config.clone_key in src.obs_keys() else None
         cell_names = src.obs_names()
-    for what, series in ((f"obs[{config.day_key!r}]", day_raw), (rep_where, rep_raw)):
+    labelled = [
+        (f"obs[{config.day_key!r}] (day_key)", day_raw, 4),
+        (f"{rep_where} (rep_key)", rep_raw, 5),
+    ] + ([(f"obs[{config.clone_key!r}] (clone_key)", clone_raw, 6)] if clone_raw is not None else [])
+    reason = fate_row_problems(raw_probs, config.fate_sum_tol) if drop else np.zeros(n_in, dtype=np.int8)
+    for what, series, code in labelled:
         if len(series) != n_in:
             raise InputDataError(f"{source}: {what} has {len(series)} values for {n_in} cells")
+        missing = series.isna().to_numpy()
+        if missing.any():
+            if not drop:
+                raise InputDataError(f"{source}: {what}: {int(missing.sum())} cells have no label; {DROP_HINT}")
+            reason = np.where((reason == 0) & missing, code, reason).astype(np.int8)
+    valid = reason == 0
+    if not valid.any():
+        raise InputDataError(f"{source}: no valid cell left ({_drop_text(reason)})")
+    if not valid.all():
+        csr = csr[valid]
+        probs = probs[valid]
+        day_raw, rep_raw = day_raw[valid].reset_index(drop=True), rep_raw[valid].reset_index(drop=True)
+        clone_raw = None if clone_raw is None else clone_raw[valid].reset_index(drop=True)
+    valid_names = cell_names[valid]
     day_all, day_labels = order_labels(
-        day_raw.reset_index(drop=True), f"{source}: obs[{config.day_key!r}]", True
+        day_raw, f"{source}: obs[{config.day_key!r}]", True, order=config.day_order
     )
-    rep_all, rep_labels = order_labels(
-        rep_raw.reset_index(drop=True), f"{source}: {rep_where}", False
-    )
+    rep_all, rep_labels = order_labels(rep_raw, f"{source}: {rep_where}", False)
     for setting, configured, found, where in (
         ("D", config.D, day_labels, f"obs[{config.day_key!r}]"),
         ("R", config.R, rep_labels, rep_where),
@@ -793,12 +857,6 @@ def load_experiment(
     day, rep, burden = day_all[keep], rep_all[keep], burden_all[keep]
     ntc_ids = embed_guides(csr[keep], index.ntc_column_ids, csr.shape[1])[0]
     if clone_raw is not None:
-        if len(clone_raw) != n_in:
-            raise InputDataError(f"{source}: obs[{config.clone_key!r}] has {len(clone_raw)} values for {n_in} cells")
-        if clone_raw.isna().any():
-            raise InputDataError(
-                f"{source}: obs[{config.clone_key!r}] (clone_key): {int(clone_raw.isna().sum())} cells have no clone label"
-            )
         cluster = pd.factorize(clone_raw.astype(str).to_numpy()[keep])[0].astype(np.int64)
         cluster_source = f"obs[{config.clone_key!r}]"
     else:
@@ -820,7 +878,7 @@ def load_experiment(
         rep_labels=rep_labels,
         burden=burden,
         burden_centered=center_by_group(burden, day, len(day_labels)),
-        cell_names=cell_names[keep],
+        cell_names=valid_names[keep],
         cluster=cluster,
         cluster_source=cluster_source,
     )
@@ -834,11 +892,22 @@ def load_experiment(
         ntc_names=index.ntc_names,
     )
     per_gene = np.bincount(index.gene_of_guide[1:], minlength=guides.n_genes + 1)[1:]
+    kmax_reason = f"more than Kmax={config.Kmax} guides"
+    dropped_cells = pd.DataFrame({
+        "cell": np.concatenate([cell_names[~valid], valid_names[~keep]]).astype(str),
+        "reason": np.concatenate([
+            _reason_names(reason[~valid]),
+            np.full(int((~keep).sum()), kmax_reason, dtype=object),
+        ]),
+    })
+    dropped_counts = {f"cells with {k}": int(v) for k, v in dropped_cells["reason"].value_counts(sort=False).items()}
+    dropped_counts.setdefault(f"cells with {kmax_reason}", 0)
+    fate_means = _fate_means_by_day(probs[keep], day, day_labels, config.fates)
     summary = LoadSummary(
         source=source,
         n_cells_in=n_in,
         n_cells_kept=cells.n_cells,
-        dropped={f"cells with more than Kmax={config.Kmax} guides": int((~keep).sum())},
+        dropped=dropped_counts,
         guides_per_cell=_stats(burden, ("mean", "median", "max")),
         n_guides_matrix=len(matrix_guides),
         n_guides_mapped=guides.n_guides,
@@ -851,10 +920,45 @@ def load_experiment(
         cells_per_day={lab: int(c) for lab, c in zip(day_labels, day_counts, strict=True)},
         n_clusters=int(cluster.max(initial=-1)) + 1,
         cluster_source=cluster_source,
+        fate_mean_by_day=fate_means,
+        drop_invalid_cells=drop,
     )
     if verbose:
         print(summary.format())
-    return Experiment(cells=cells, guides=guides, summary=summary)
+    return Experiment(cells=cells, guides=guides, summary=summary, dropped_cells=dropped_cells)
+
+
+#: Why a cell was dropped at load, by code (fate codes of :data:`FATE_ROW_REASONS`, then labels).
+DROP_REASONS = {
+    **FATE_ROW_REASONS,
+    4: "no day label",
+    5: "no replicate label",
+    6: "no clone label",
+}
+
+
+def _reason_names(codes: np.ndarray) -> np.ndarray:
+    """The text of each drop reason code (vectorised lookup)."""
+    table = np.array([""] + [DROP_REASONS[k] for k in sorted(DROP_REASONS)], dtype=object)
+    return table[np.asarray(codes, dtype=np.int64)]
+
+
+def _drop_text(codes: np.ndarray) -> str:
+    counts = np.bincount(codes, minlength=len(DROP_REASONS) + 1)
+    return ", ".join(f"{int(c)} with {DROP_REASONS[k]}" for k, c in enumerate(counts) if k and c)
+
+
+def _fate_means_by_day(
+    probs: np.ndarray, day: np.ndarray, day_labels: Sequence[str], fates: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """Mean fate probability of the kept cells of each day: ``{day label: {fate: mean}}``."""
+    counts = np.bincount(day, minlength=len(day_labels)).astype(np.float64)
+    sums = np.stack([np.bincount(day, weights=probs[:, f], minlength=len(day_labels)) for f in range(probs.shape[1])], axis=1)
+    means = sums / np.maximum(counts, 1.0)[:, None]
+    return {
+        str(lab): {str(f): round(float(means[d, k]), 6) for k, f in enumerate(fates)}
+        for d, lab in enumerate(day_labels)
+    }
 
 
 def _stats(values: np.ndarray, which: tuple[str, ...]) -> dict[str, float]:

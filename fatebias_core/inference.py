@@ -468,6 +468,7 @@ def fit(
         "relative_change_last_window": _windowed_change(tail, window),
         "likelihood_weight": model.likelihood_weight,
         "weight_switch_step": settled if auto_weight else None,
+        "weight_update_steps": sorted(updates),
         "dispersion_final": final_phi,
         "posterior_method": "meanfield",
         "settings": settings,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .check import load_experiment_checked
 from .config import FatebiasConfig
 from .errors import ConfigError
 from .inference import FitResult, fit, load_fit
@@ -39,10 +40,25 @@ def _say(msg: str) -> None:
 
 # --------------------------------------------------------------------------- load
 def load_step(config: FatebiasConfig, out_dir: str | Path | None = None, verbose: bool = True) -> Experiment:
-    """Load and validate the experiment; write ``load_summary.json``."""
+    """Load and validate the experiment; write ``load_summary.json`` and ``dropped_cells.csv``."""
     experiment = load_experiment_checked(config, verbose=verbose)
-    write_json(experiment.summary.to_dict(), _out(config, out_dir) / "load_summary.json")
+    write_load_files(experiment, _out(config, out_dir))
     return experiment
+
+
+DROPPED_CELLS_FILE = "dropped_cells.csv"
+
+
+def write_load_files(experiment: Experiment, out_dir: str | Path) -> list[Path]:
+    """Write ``load_summary.json`` and ``dropped_cells.csv`` (``cell, reason``; header only when none)."""
+    out = Path(out_dir)
+    dropped = experiment.dropped_cells
+    if dropped is None:
+        dropped = pd.DataFrame({"cell": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})
+    return [
+        write_json(experiment.summary.to_dict(), out / "load_summary.json"),
+        write_csv(dropped, out / DROPPED_CELLS_FILE),
+    ]
 
 
 # --------------------------------------------------------------------------- fit
@@ -58,7 +74,10 @@ def fit_step(experiment: Experiment, config: FatebiasConfig, out_dir: str | Path
     fit_dir = out / FIT_DIR
     result = fit(experiment, config, checkpoint_dir=fit_dir)
     result.save(fit_dir)
-    plot_elbo(result.elbo, out / "elbo_trace.png", n_cells=experiment.n_cells, switch_step=result.info.get("weight_switch_step"))
+    plot_elbo(
+        result.elbo, out / "elbo_trace.png", n_cells=experiment.n_cells, switch_step=result.info.get("weight_switch_step"),
+        weight_steps=result.info.get("weight_update_steps"),
+    )
     return result
 
 
@@ -235,15 +254,15 @@ class ChainResult:
                 f"converged: {self.fit_info.get('converged')}"
             )
         if self.hits is not None:
-            n = int(self.hits["hit_anyday"].sum())
-            lines.append(f"  hits: {n} of {len(self.hits)} genes (hits_ranked.csv, {self.config.mash_default_mode} mode)")
-            for row in self.hits[self.hits["hit_anyday"]].head(10).itertuples():
-                days = row.active_days if isinstance(row.active_days, str) and row.active_days else "-"
-                lines.append(
-                    f"    {row.gene:<14} active days {days:<8} min lfsr {row.min_lfsr_among_active:.2g}"
-                    f"  max |effect| {row.max_abs_postmean:.2f}"
-                )
+            from .answer import contrast_answers, describe_hits
+
+            lines.append(f"  hits ({self.config.mash_default_mode} mode; the primary contrast's are in hits_ranked.csv):")
+            for ans in contrast_answers(self.out_dir, self.config).values():
+                lines.extend(describe_hits(ans))
         lines.extend(f"  {n}" for n in self.notes)
+        report = self.out_dir / "report.html"
+        if report.is_file() and "report" in self.ran + self.reused:
+            lines.append(f"  report: {report.resolve()} (open it in a browser)")
         return "\n".join(lines)
 
 
@@ -276,7 +295,7 @@ def run_chain(config: FatebiasConfig, until: str | None = None, experiment: Expe
         experiment = load_experiment_checked(config)  # validates everything before writing
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(experiment.summary.to_dict(), out / "load_summary.json")
+    write_load_files(experiment, out)
     write_text(config.to_yaml(), out / "config_used.yaml")
     versions = step_versions(config, input_version(config))
     manifest = Manifest.open(out)
@@ -316,8 +335,6 @@ def run_chain(config: FatebiasConfig, until: str | None = None, experiment: Expe
             result.fit_info = fit_result().info
         elif step == "rank":
             result.hits = read_csv(out / "hits_ranked.csv", what="hits", dtype={"gene": str})
-        elif step == "report":
-            result.notes.append(f"report: {out / 'report.html'}")
     result.runtime_s = time.perf_counter() - t0
     return result
 
@@ -389,16 +406,6 @@ def step_metrics(step: str, value) -> dict:
     return {}
 
 
-def load_experiment_checked(config: FatebiasConfig, verbose: bool = True) -> Experiment:
-    """Load the experiment named by the configuration (nothing is written)."""
-    from .data import load_experiment
-
-    if not config.adata_path or not config.guide_map_csv:
-        missing = [k for k in ("adata_path", "guide_map_csv") if not getattr(config, k)]
-        raise ConfigError(f"the configuration does not name {' and '.join(missing)}")
-    return load_experiment(config, verbose=verbose)
-
-
 # --------------------------------------------------------------------------- demo
 DEMO_RESULTS = "results"
 
@@ -438,7 +445,7 @@ def run_demo(out_dir: str | Path = "fatebias_demo", config_path: str | Path | No
     base = load_config(config_path) if config_path else make_config()
     out = Path(out_dir)
     sim = simulate(base, out)
-    _say(sim.describe())
+    _say(sim.describe(next_step=False))  # the demo runs the chain itself
     run_cfg = load_config(sim.paths["config"])
     result = chain_engine(engine)(run_cfg)
     ev = evaluate_files(result.out_dir / "hits_ranked.csv", sim.paths["truth_daywise"], result.out_dir, truth_thresh=run_cfg.sim_truth_thresh, config=run_cfg)
@@ -449,9 +456,7 @@ def run_demo(out_dir: str | Path = "fatebias_demo", config_path: str | Path | No
             _num(s.get("daywise_precision")), _num(s.get("daywise_recall")), _num(s.get("anyday_precision")), _num(s.get("anyday_recall"))
         )
     )
-    report = report_step(run_cfg, result.out_dir)  # again, now with the recovery scores
-    if f"report: {report.path}" not in result.notes:
-        result.notes.append(f"report: {report.path}")
+    report_step(run_cfg, result.out_dir)  # again, now with the recovery scores
     return result
 
 

@@ -31,18 +31,21 @@ def plot_elbo(
     n_cells: int | None = None,
     switch_step: int | None = None,
     title: str = "SVI loss (negative ELBO)",
+    weight_steps: list[int] | None = None,
 ) -> Path:
     """The loss trace with a running mean; per cell when ``n_cells`` is given.
 
-    With ``switch_step`` (the step where ``likelihood_weight: auto`` set the weight, which
-    rescales the loss), the left panel marks it and the right panel shows the steps after
-    it; otherwise the right panel is the second half of the run.
+    ``weight_steps`` are the steps at which ``likelihood_weight: auto`` set the weight
+    (each rescales the loss): every one is marked and labelled. ``switch_step`` (the
+    last of them) starts the right panel; without it the right panel is the second half.
     """
     loss = np.asarray(loss, dtype=float)
     y = loss / n_cells if n_cells else loss
     steps = np.arange(1, len(y) + 1)
     w = max(len(y) // 50, 1)
     smooth = np.convolve(y, np.ones(w) / w, mode="valid")
+    weight_steps = sorted(weight_steps or ([switch_step] if switch_step else []))
+    switch_step = switch_step or (weight_steps[-1] if weight_steps else None)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     zoom = switch_step if switch_step else len(y) // 2
     for ax, start in zip(axes, (0, zoom), strict=True):
@@ -51,14 +54,19 @@ def plot_elbo(
         ax.plot(steps[w - 1 :][s0:], smooth[s0:], lw=1.5, color="C0", label=f"running mean ({w})")
         ax.set_xlabel("step")
         ax.set_ylabel("loss per cell" if n_cells else "loss")
-    if switch_step:
-        axes[0].axvline(switch_step, color="C3", lw=0.8, ls="--", label="likelihood weight set")
-        axes[0].set_yscale("log")
-        axes[1].set_title("after the weight was set")
+    if weight_steps:
+        for k, s in enumerate(weight_steps):
+            what = "likelihood weight set" if k == 0 else "weight re-estimated"
+            axes[0].axvline(s + 1, color="C3", lw=0.9, ls="--", label="likelihood weight changes" if k == 0 else None)
+            axes[0].annotate(f"{what} (step {s + 1})", (s + 1, 1.0 - 0.09 * k), xycoords=("data", "axes fraction"),
+                             xytext=(3, -3), textcoords="offset points", fontsize=7, color="C3", va="top")
+        if np.all(y[np.isfinite(y)] > 0):
+            axes[0].set_yscale("log")
+        axes[1].set_title("after the last weight change", fontsize=10)
     else:
-        axes[1].set_title("second half")
-    axes[0].set_title(title)
-    axes[0].legend(frameon=False, fontsize=8)
+        axes[1].set_title("second half", fontsize=10)
+    axes[0].set_title(title, fontsize=10)
+    axes[0].legend(frameon=False, fontsize=8, loc="center right")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -211,6 +219,70 @@ def plot_effect_heatmap(
     return _save(fig, path, dpi=dpi)
 
 
+def volcano_height(lfsr: np.ndarray, mean: np.ndarray, sd: np.ndarray | None = None, floor: float = 1e-300) -> np.ndarray:
+    """-log10 lfsr, and where lfsr underflows (< ``floor``) the normal approximation -log10 P(Z > |mean| / SD).
+
+    Such points are drawn at least at ``-log10 floor`` (their lfsr is below it), higher where
+    the approximation says so, so that the strongest effects stay apart.
+    """
+    from scipy.stats import norm
+
+    lfsr, mean = np.asarray(lfsr, dtype=float), np.asarray(mean, dtype=float)
+    y = -np.log10(np.maximum(lfsr, floor))
+    under = lfsr < floor
+    if sd is not None and under.any():
+        z = np.abs(mean) / np.maximum(np.asarray(sd, dtype=float), 1e-300)
+        approx = -norm.logsf(z) / np.log(10.0)
+        y = np.where(under, np.maximum(approx, -np.log10(floor)), y)
+    return y
+
+
+def place_labels(ax: plt.Axes, xs: np.ndarray, ys: np.ndarray, labels: list[str], fontsize: float = 7, pad_px: float = 1.5) -> list:
+    """Name points without overlapping labels: each label starts beside its point and moves down past any it would hit.
+
+    Labels are placed in order of decreasing height; a label that moved gets a thin line to its point.
+    Labels right of the axes' centre are written to the left of their point.
+
+    Returns
+    -------
+    list of matplotlib.text.Annotation
+        The labels, in the order of ``labels``.
+    """
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    to_disp = ax.transData
+    x_mid = float(np.mean(ax.get_xlim()))
+    placed: list[tuple[float, float, float, float]] = []  # x0, x1, y0, y1 in display pixels
+    out: list = [None] * len(labels)
+    for k in np.argsort(-np.asarray(ys, dtype=float), kind="stable"):
+        x, y = float(xs[k]), float(ys[k])
+        px, py = to_disp.transform((x, y))
+        left = x > x_mid
+        probe = ax.text(0, 0, labels[k], fontsize=fontsize)
+        bb = probe.get_window_extent(renderer)
+        probe.remove()
+        w, h = bb.width, bb.height
+        x0 = px - 5 - w if left else px + 5
+        y0 = py - h / 2
+        moved = True
+        while moved:
+            moved = False
+            for a0, a1, b0, b1 in placed:
+                if x0 < a1 + pad_px and x0 + w > a0 - pad_px and y0 < b1 + pad_px and y0 + h > b0 - pad_px:
+                    y0 = b0 - pad_px - h
+                    moved = True
+        placed.append((x0, x0 + w, y0, y0 + h))
+        tx, ty = to_disp.inverted().transform((x0 + (w if left else 0), y0 + h / 2))
+        shifted = abs((y0 + h / 2) - py) > 1
+        out[k] = ax.annotate(
+            labels[k], (x, y), xytext=(tx, ty), textcoords="data", fontsize=fontsize, va="center",
+            ha="right" if left else "left", annotation_clip=False, zorder=4,
+            bbox=dict(boxstyle="square,pad=0.05", fc="white", ec="none", alpha=0.8),
+            arrowprops=dict(arrowstyle="-", lw=0.4, color="0.45", shrinkA=0, shrinkB=2) if shifted else None,
+        )
+    return out
+
+
 def plot_volcano(
     mean: np.ndarray,
     lfsr: np.ndarray,
@@ -218,45 +290,53 @@ def plot_volcano(
     path: str | Path,
     called: np.ndarray | None = None,
     genes: list[str] | None = None,
+    sd: np.ndarray | None = None,
     lfsr_thresh: float = 0.05,
     eps: float = 0.2,
-    label_top: int = 4,
-    lfsr_floor: float = 1e-10,
+    label_top: int = 8,
+    fate: str | None = None,
+    ref: str | None = None,
     dpi: int = 110,
 ) -> Path:
-    """One panel per day: posterior mean against -log10 lfsr.
+    """One panel per day: posterior mean against -log10 lfsr on a log scale.
 
-    Called gene-days (``called``, (n, D)) are coloured by sign and the ``label_top``
-    with the smallest lfsr are named; dashed lines mark the lfsr threshold and the
-    effect size ``eps`` of the probability gate. lfsr below ``lfsr_floor`` is drawn at
-    the floor as a triangle.
+    Called gene-days (``called``, (n, D)) are coloured by sign and up to ``label_top`` per
+    day (smallest lfsr first) are named with labels that do not overlap; dashed lines mark
+    the lfsr threshold, dotted ones the effect size ``eps`` of the probability gate. lfsr
+    that underflows (< 1e-300) is drawn as a triangle at the height of the normal
+    approximation from ``sd`` (:func:`volcano_height`), so strong hits stay apart.
     """
     mean, lfsr = np.asarray(mean, dtype=float), np.asarray(lfsr, dtype=float)
     called = np.zeros(mean.shape, dtype=bool) if called is None else np.asarray(called, dtype=bool)
-    y = -np.log10(np.maximum(lfsr, lfsr_floor))
-    clipped = lfsr < lfsr_floor
-    top = max(float(y.max()) if y.size else 1.0, -np.log10(lfsr_thresh)) * 1.08
-    xmax = max(float(np.abs(mean).max()) if mean.size else 0.0, 2 * eps) * 1.15
+    y = volcano_height(lfsr, mean, sd)
+    under = lfsr < 1e-300
+    top = max(float(y.max()) if y.size else 1.0, -np.log10(lfsr_thresh)) * 1.6
+    xmax = max(float(np.abs(mean).max()) if mean.size else 0.0, 2 * eps) * 1.25
     n_days = mean.shape[1]
-    fig, axes = plt.subplots(1, n_days, figsize=(2.9 * n_days + 0.6, 3.2), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, n_days, figsize=(3.3 * n_days + 0.6, 4.0), sharey=True, squeeze=False)
     for j, ax in enumerate(axes[0]):
         colour = np.where(~called[:, j], "0.7", np.where(mean[:, j] > 0, "#b2182b", "#2166ac"))
-        for shape, sel in (("o", ~clipped[:, j]), ("^", clipped[:, j])):
-            ax.scatter(mean[sel, j], y[sel, j], c=colour[sel], s=np.where(called[sel, j], 22, 10), marker=shape, lw=0)
+        for shape, sel in (("o", ~under[:, j]), ("^", under[:, j])):
+            ax.scatter(mean[sel, j], y[sel, j], c=colour[sel], s=np.where(called[sel, j], 22, 10), marker=shape, lw=0, zorder=3)
         ax.axhline(-np.log10(lfsr_thresh), color="0.3", ls="--", lw=0.8)
         for x in (-eps, eps):
             ax.axvline(x, color="0.3", ls=":", lw=0.8)
-        if genes is not None and called[:, j].any():
-            idx = np.flatnonzero(called[:, j])
-            for k, i in enumerate(idx[np.argsort(lfsr[idx, j], kind="stable")][:label_top]):
-                # staggered downwards: labels of genes at the lfsr floor would overlap
-                ax.annotate(genes[i], (mean[i, j], y[i, j]), xytext=(4, -9 * k), textcoords="offset points", fontsize=7)
         ax.set_xlim(-xmax, xmax)
-        ax.set_ylim(0, top)
+        ax.set_yscale("symlog", linthresh=1.0, linscale=0.6)
+        ax.set_ylim(-0.08, top)
+        ax.xaxis.set_major_locator(plt.MaxNLocator(5, symmetric=True))
+        ax.grid(axis="y", color="0.92", lw=0.6)
         ax.set_title(f"{days[j]}: {int(called[:, j].sum())} called", fontsize=9)
-        ax.set_xlabel("posterior mean")
-    axes[0][0].set_ylabel("-log10 lfsr")
-    fig.tight_layout()
+        ax.set_xlabel(f"\u2190 {ref}   effect (logit)   {fate} \u2192" if fate and ref else "posterior mean (logit)", fontsize=8)
+    axes[0][0].set_ylabel("-log10 lfsr (log scale)")
+    fig.tight_layout(w_pad=1.5)
+    if genes is not None:
+        fig.canvas.draw()
+        for j, ax in enumerate(axes[0]):
+            idx = np.flatnonzero(called[:, j])
+            idx = idx[np.lexsort((-y[idx, j], lfsr[idx, j]))][:label_top]
+            if idx.size:
+                place_labels(ax, mean[idx, j], y[idx, j], [str(genes[i]) for i in idx])
     return _save(fig, path, dpi=dpi)
 
 

@@ -38,12 +38,16 @@ DRAW_CHUNK = 200
 
 
 def day_suffixes(day_labels: list[str]) -> list[str]:
-    """Column suffixes of the days: ``d<number>`` from the number in each label."""
-    out = []
-    for pos, label in enumerate(day_labels):
-        m = re.search(r"\d+", str(label))
-        out.append(f"d{int(m.group()) if m else pos}")
-    return out
+    """Column suffixes of the days: ``d<number>`` from the number in each label.
+
+    Where a label has no number, or the numbers do not increase with the day order
+    (labels ordered by ``day_order``), every day is ``d<position>`` instead.
+    """
+    found = [re.search(r"\d+", str(label)) for label in day_labels]
+    numbers = [int(m.group()) for m in found if m]
+    if len(numbers) == len(day_labels) and all(a < b for a, b in zip(numbers[:-1], numbers[1:], strict=True)):
+        return [f"d{n}" for n in numbers]
+    return [f"d{pos}" for pos in range(len(day_labels))]
 
 
 @dataclass

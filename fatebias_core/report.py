@@ -31,10 +31,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .answer import ContrastAnswer, contrast_answer, lfsr_text
 from .config import FatebiasConfig
 from .errors import FatebiasError, InputDataError
 from .io import read_csv, write_text
-from .tables import DayAxis, bool_column, parse_day_lists, read_posterior, require_columns
+from .tables import DayAxis, read_posterior, require_columns
 
 log = logging.getLogger("fatebias")
 
@@ -109,14 +110,8 @@ def _num(x: Any, fmt: str = ".3g") -> str:
 
 
 def _p(x: Any) -> str:
-    """An lfsr or other probability: 3 decimals, scientific below 0.001."""
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return "–"
-    if not math.isfinite(v):
-        return "–"
-    return "0" if v == 0 else f"{v:.1e}" if v < 1e-3 else f"{v:.3f}"
+    """An lfsr or other probability: 3 decimals, scientific below 0.001, a bound where it underflows."""
+    return lfsr_text(x)
 
 
 def _badge(ok: bool | None, text: str) -> _Html:
@@ -204,36 +199,7 @@ class _Run:
         return self.problems.get(name, otherwise)
 
 
-@dataclass
-class _Answer:
-    """The ranked hits with their effects by gene and day, aligned row by row."""
-
-    hits: pd.DataFrame
-    genes: np.ndarray
-    hit: np.ndarray
-    axis: DayAxis
-    mean: np.ndarray
-    sd: np.ndarray
-    lfsr: np.ndarray
-    called: np.ndarray
-    effects_from: str
-
-    @property
-    def n_hits(self) -> int:
-        return int(self.hit.sum())
-
-    @property
-    def day_labels(self) -> list[str]:
-        return list(self.axis.labels)
-
-    def best_day(self) -> np.ndarray:
-        """Per row, the called day of smallest lfsr, else the day of smallest lfsr."""
-        masked = np.where(self.called, self.lfsr, np.inf)
-        return np.where(self.called.any(axis=1), masked.argmin(axis=1), self.lfsr.argmin(axis=1))
-
-    def top_rows(self, lo: int, hi: int) -> np.ndarray:
-        """Row indices of the first ``n`` ranked rows, ``lo <= n <= hi``, covering the hits when possible."""
-        return np.arange(min(len(self.genes), max(lo, min(self.n_hits, hi))))
+_Answer = ContrastAnswer
 
 
 def _days_text(day_list: Any, axis: DayAxis) -> str:
@@ -248,52 +214,21 @@ def _signed(x: float, digits: int = 3) -> str:
     return f"{x:+.{digits}f}" if round(float(x), digits) != 0 else f"{0:.{digits}f}"
 
 
-def _called_matrix(day_lists: pd.Series, axis: DayAxis) -> np.ndarray:
-    long = parse_day_lists(day_lists)
-    col = pd.Series(range(len(axis)), index=list(axis.keys)).reindex(long["key"]).to_numpy()
-    ok = ~np.isnan(col)
-    called = np.zeros((len(day_lists), len(axis)), dtype=bool)
-    called[long["row"].to_numpy()[ok], col[ok].astype(np.int64)] = True
-    return called
-
-
-def _answer(run: _Run) -> _Answer | None:
-    """The hits table and its daywise effects (from the discovery table, or mash for ash)."""
-    from .calls import SOURCE_PREFIXES, rank_hits
-
+def _answer(run: _Run, fate: str | None = None) -> _Answer | None:
+    """The ranked genes of a contrast and their daywise effects (primary: hits_ranked.csv)."""
     cfg = run.config
-    text = {"gene": str, "active_days": str, "active_days_any": str}
-    hits = run.csv("hits_ranked.csv", ["gene", "hit_anyday", "active_days"], dtype=text)
-    if hits is None:
-        return None
+    fate = fate or cfg.contrast_fate
+    name = "hits_ranked.csv" if fate == cfg.contrast_fate else f"mash_gene_{cfg.mash_default_mode}{cfg.file_suffix(fate)}.csv"
+
+    def read(file: str) -> pd.DataFrame | None:
+        cols = ["gene", "hit_anyday", "active_days"] if file == "hits_ranked.csv" else ["gene"]
+        return run.csv(file, cols, dtype={"gene": str, "active_days": str, "active_days_any": str})
+
     try:
-        hit = bool_column(hits, "hit_anyday", "hits_ranked.csv")
-        if cfg.discovery_source in SOURCE_PREFIXES:
-            daywise, effects_from = hits, f"hits_ranked.csv ({cfg.discovery_source} table, {cfg.mash_default_mode} mode)"
-            prefixes = SOURCE_PREFIXES[cfg.discovery_source]
-        else:  # ash: one across-day pseudo-day; the daywise picture comes from the gene mash table
-            name = f"mash_gene_{cfg.mash_default_mode}.csv"
-            mash = run.csv(name, dtype={"gene": str})
-            if mash is None:
-                run.problems["hits_ranked.csv"] = run.why_absent(name, f"{name} not found (needed for daywise effects)")
-                return None
-            ranked = rank_hits(mash, cfg, source="gene", what=name)
-            row = pd.Index(ranked["gene"].astype(str)).get_indexer(hits["gene"].astype(str))
-            keep = row >= 0
-            if not keep.any():
-                raise InputDataError(f"{name} shares no gene with hits_ranked.csv")
-            hits, hit = hits[keep].reset_index(drop=True), hit[keep]
-            daywise = ranked.iloc[row[keep]].reset_index(drop=True)
-            effects_from, prefixes = f"{name} (hits from the across-day ash summary)", SOURCE_PREFIXES["gene"]
-        post = read_posterior(daywise, prefixes, "hits_ranked.csv")
-        called = _called_matrix(daywise["active_days"], post.axis)
+        return contrast_answer(run.out, cfg, fate, read=read)
     except FatebiasError as exc:
-        run.problems["hits_ranked.csv"] = str(exc)
+        run.problems[name] = str(exc)
         return None
-    return _Answer(
-        hits=hits, genes=hits["gene"].astype(str).to_numpy(), hit=hit, axis=post.axis,
-        mean=post.postmean, sd=post.postsd, lfsr=post.lfsr, called=called, effects_from=effects_from,
-    )
 
 
 # --------------------------------------------------------------------------- figures
@@ -341,7 +276,7 @@ _KEY_SETTINGS = (
     "fates", "ref_fate", "contrast_fate", "Kmax", "num_steps", "batch_size", "seed", "posterior_method",
     "likelihood_weight", "num_posterior_draws", "mash_backend", "mash_default_mode", "discovery_source",
     "mash_lfsr_thresh_day", "effect_size_eps", "effect_prob_large_min", "mash_anyday_correction",
-    "mash_lfsr_thresh_anyday", "min_active_days_for_hit_anyday", "run_diagnostics",
+    "mash_lfsr_thresh_anyday", "min_active_days_for_hit_anyday", "run_diagnostics", "drop_invalid_cells",
 )
 
 
@@ -367,6 +302,7 @@ def _section_run(run: _Run, page: _Page, manifest: dict | None, fit_info: dict) 
         parts.append(_kv([
             ("cells", f"{load.get('n_cells_in')} in, {load.get('n_cells_kept')} kept"),
             ("dropped", "; ".join(f"{v} {k}" for k, v in dropped.items()) or "none"),
+            *_dropped_cells(run),
             ("cells per day", ", ".join(f"{k}: {v}" for k, v in (load.get("cells_per_day") or {}).items())),
             ("guides per cell (NTCs count)", ", ".join(f"{k} {_num(v)}" for k, v in per_cell.items())),
             ("guides", f"{load.get('n_guides_matrix')} in the matrix; {load.get('n_guides_mapped')} targeting and "
@@ -412,6 +348,16 @@ def _section_run(run: _Run, page: _Page, manifest: dict | None, fit_info: dict) 
     return "\n".join(parts)
 
 
+def _dropped_cells(run: _Run, shown: int = 8) -> list[tuple[str, str]]:
+    """The row naming dropped cells (``dropped_cells.csv``), when any were dropped."""
+    table = run.csv("dropped_cells.csv", ["cell", "reason"], dtype={"cell": str, "reason": str})
+    if table is None or table.empty:
+        return []
+    first = ", ".join(f"{c} ({r})" for c, r in zip(table["cell"][:shown], table["reason"][:shown], strict=True))
+    more = f" ... (+{len(table) - shown} more)" if len(table) > shown else ""
+    return [("dropped cells (dropped_cells.csv)", f"{len(table)}: {first}{more}")]
+
+
 def _count_and_names(names: Sequence[str], shown: int = 8) -> str:
     if not names:
         return "0"
@@ -446,17 +392,21 @@ def _section_fit(run: _Run, page: _Page, fit_info: dict) -> str:
         page.shown("ELBO trace")
         loss = elbo["loss"].to_numpy(dtype=float)
         switch = fit_info.get("weight_switch_step")
+        changes = _weight_steps(fit_info, run.config)
+        marks = " and ".join(str(s + 1) for s in changes)
         caption = (
-            "The loss SVI minimised (negative ELBO per cell) by step. With likelihood_weight: auto the weight is "
-            f"set from the dispersion after the first {run.config.dispersion_warmup_frac:.0%} of the steps and once "
-            f"more at step {switch} (dashed line): the loss changes scale there, as expected; the right panel shows "
-            "the steps after it. It should fall and flatten."
-            if switch else
+            "The loss SVI minimised (negative ELBO per cell) by step. With likelihood_weight: auto the first "
+            f"{run.config.dispersion_warmup_frac:.0%} of the steps fit with weight 1; the weight is then set from the "
+            f"dispersion of the fate probabilities, and re-estimated once more, at steps {marks} (dashed lines). Each "
+            "change rescales the loss, so it jumps there; that is expected. The right panel shows the steps after the "
+            "last change: the loss should fall and flatten."
+            if changes else
             "The loss SVI minimised (negative ELBO per cell) by step; the right panel zooms into the second half. "
             "It should fall and flatten."
         )
         parts.append(page.figure(
-            lambda p: plot_elbo(loss, p, n_cells=fit_info.get("n_cells"), switch_step=switch), "ELBO trace", caption,
+            lambda p: plot_elbo(loss, p, n_cells=fit_info.get("n_cells"), switch_step=switch, weight_steps=changes),
+            "ELBO trace", caption,
         ))
     else:
         parts.append(page.missing("ELBO trace", run.why_absent("fit/elbo_trace.csv", "fit/elbo_trace.csv not found")))
@@ -467,6 +417,18 @@ def _section_fit(run: _Run, page: _Page, fit_info: dict) -> str:
         "signal, the full model must win.", "note"))
     parts.append(_heldout(run, page))
     return "\n".join(parts)
+
+
+def _weight_steps(fit_info: dict, config: FatebiasConfig) -> list[int]:
+    """Steps at which the likelihood weight changed (recorded by the fit, else derived from its settings)."""
+    if fit_info.get("weight_update_steps") is not None:
+        return [int(s) for s in fit_info["weight_update_steps"]]
+    if fit_info.get("weight_switch_step") is None:
+        return []
+    steps = int(fit_info.get("steps") or config.num_steps)
+    frac = float((fit_info.get("settings") or {}).get("dispersion_warmup_frac", config.dispersion_warmup_frac))
+    warmup = max(1, int(steps * frac))
+    return sorted({warmup, min(2 * warmup, steps - 1)})
 
 
 def _diagnostics_part(run: _Run, page: _Page, part: str, label: str) -> tuple[dict | None, _Html | None]:
@@ -515,18 +477,23 @@ def _effect_style(x: float, vmax: float) -> str:
     return f' style="background:rgba({rgb},{a:.2f})"'
 
 
-def _hits_table(ans: _Answer) -> str:
+def _hits_table(ans: _Answer, table_id: str) -> str:
     days = ans.day_labels
     n = min(len(ans.genes), MAX_TABLE_ROWS)
     best = ans.best_day()
+    summary = ans.best()
     vmax = float(np.abs(ans.mean).max()) if ans.mean.size else 1.0
-    head = ["rank", "gene", "hit", "called days", "best day", "effect (best day)", "lfsr (best day)", "max |effect|"]
+    prob = "dp" in summary.columns
+    head = ["rank", "gene", "hit", "called days", "best day", "direction", "effect (logit, best day)", "90% CI (logit)"]
+    head += [f"change in P({ans.fate}) at the day's baseline"] if prob else []
+    head += ["lfsr (best day)", "max |effect|"]
     head += [f"{d}: effect, lfsr" for d in days]
     th = "".join(f"<th>{_e(h)}</th>" for h in head)
     hide = ans.n_hits > 0
     body = []
     for i in range(n):
         b = int(best[i])
+        r = summary.iloc[i]
         m, s = ans.mean[i, b], ans.lfsr[i, b]
         called = _days_text(ans.hits["active_days"].iloc[i], ans.axis)
         biggest = float(np.abs(ans.mean[i]).max())
@@ -536,93 +503,126 @@ def _hits_table(ans: _Answer) -> str:
             f'<td data-v="{int(ans.hit[i])}">{"yes" if ans.hit[i] else "no"}</td>',
             f"<td>{_e(called or '–')}</td>",
             f'<td data-v="{b}">{_e(days[b])}</td>',
+            f"<td>{_e(r['direction'])}</td>",
             f'<td class="n" data-v="{m:.6g}"{_effect_style(m, vmax)}>{_signed(m)}</td>',
-            f'<td class="n" data-v="{s:.6g}">{_p(s)}</td>',
+            f'<td class="n" data-v="{r["lo90"]:.6g}">[{_signed(r["lo90"], 2)}, {_signed(r["hi90"], 2)}]</td>',
+        ]
+        if prob:
+            cells.append(
+                f'<td class="n" data-v="{r["dp"]:.6g}" title="P({_e(ans.fate)}) {r["p_baseline"]:.3f} to {r["p_shifted"]:.3f}; '
+                f'90% CI [{r["dp_lo90"]:+.3f}, {r["dp_hi90"]:+.3f}]">{_signed(r["dp"])}'
+                f'<small>{r["p_baseline"]:.2f} &rarr; {r["p_shifted"]:.2f}, 90% CI [{_signed(r["dp_lo90"], 2)}, {_signed(r["dp_hi90"], 2)}]</small></td>'
+            )
+        cells += [
+            f'<td class="n" data-v="{max(s, 1e-300):.6g}">{_e(_p(s))}</td>',
             f'<td class="n" data-v="{biggest:.6g}">{biggest:.3f}</td>',
         ]
         sig = np.where(ans.called[i], " sig", "")
         cells += [
-            f'<td class="n day{c}" data-v="{x:.6g}"{_effect_style(x, vmax)}>{_signed(x)}<small>{_p(q)}</small></td>'
+            f'<td class="n day{c}" data-v="{x:.6g}"{_effect_style(x, vmax)}>{_signed(x)}<small>{_e(_p(q))}</small></td>'
             for x, q, c in zip(ans.mean[i], ans.lfsr[i], sig, strict=True)
         ]
         cls = "hit" if ans.hit[i] else "nohit"
         body.append(f'<tr class="{cls}"{" hidden" if hide and not ans.hit[i] else ""}>{"".join(cells)}</tr>')
-    more = f" (first {MAX_TABLE_ROWS} of {len(ans.genes)} rows; all are in hits_ranked.csv)" if len(ans.genes) > MAX_TABLE_ROWS else ""
+    more = f" (first {MAX_TABLE_ROWS} of {len(ans.genes)} rows; all are in the CSV)" if len(ans.genes) > MAX_TABLE_ROWS else ""
     toggle = (
-        f'<label class="toggle"><input type="checkbox" id="hits-only"{" checked" if hide else ""}> '
+        f'<label class="toggle"><input type="checkbox" class="hits-only" data-table="{table_id}"{" checked" if hide else ""}> '
         f"show hits only ({ans.n_hits} of {len(ans.genes)} genes){_e(more)}</label>"
     )
     return (
-        f"{toggle}<div class='scroll'><table class='grid sortable' id='hits-table'><thead><tr>{th}</tr></thead>"
+        f"{toggle}<div class='scroll'><table class='grid sortable hits' id='{table_id}'><thead><tr>{th}</tr></thead>"
         f"<tbody>{''.join(body)}</tbody></table></div>"
     )
 
 
-def _section_hits(run: _Run, page: _Page, ans: _Answer | None) -> str:
-    from .plots import plot_effect_heatmap, plot_volcano
-
+def _section_hits(run: _Run, page: _Page, answers: dict[str, _Answer | None]) -> str:
     cfg = run.config
+    ans = answers.get(cfg.contrast_fate)
     parts = ["<h2 id='hits'>3. The answer: which knockdowns shift fate, on which day</h2>"]
-    if ans is None:
-        parts.append(page.missing("hits", run.why_absent("hits_ranked.csv", "hits_ranked.csv not found: the chain did not reach hit calling")))
-        return "\n".join(parts)
-    page.shown("hits table")
-    n_days = len(ans.axis)
-    anyday = cfg.mash_lfsr_thresh_anyday / (n_days if cfg.mash_anyday_correction == "bonferroni" else 1)
+    n_days = len(ans.axis) if ans is not None else 0
+    anyday = cfg.mash_lfsr_thresh_anyday / (n_days if cfg.mash_anyday_correction == "bonferroni" and n_days else 1)
     parts.append(_para(
-        f"Effects are posterior means on the logit scale of {cfg.contrast_fate} vs {cfg.ref_fate}: a positive effect means "
-        f"cells carrying the gene's guides lean towards {cfg.contrast_fate} (away from {cfg.ref_fate}) on that day, a "
-        f"negative one the reverse. lfsr (local false sign rate) is the probability that the sign of the effect is "
-        f"wrong: small is sure. A day is called when lfsr < {cfg.mash_lfsr_thresh_day:g} and "
-        f"P(|effect| >= {cfg.effect_size_eps:g}) >= {cfg.effect_prob_large_min:g}; a gene is a hit when at least "
-        f"{cfg.min_active_days_for_hit_anyday} day passes with lfsr < {anyday:.3g} ({cfg.mash_anyday_correction} "
-        f"correction). Effects from {ans.effects_from}. Click a column header to sort.", "note"))
-    parts.append(_hits_table(ans))
-    top = ans.top_rows(HEATMAP_MIN_ROWS, HEATMAP_MAX_ROWS)
-    genes = [str(g) for g in ans.genes[top]]
-    if len(top):
-        page.shown("effect heatmap")
-        parts.append("<h3>Effects by gene and day</h3>")
-        parts.append(page.figure(
-            lambda p: plot_effect_heatmap(
-                ans.mean[top], ans.lfsr[top], genes, ans.day_labels, p, called=ans.called[top], emphasise=ans.hit[top],
-                title=f"{cfg.contrast_fate} vs {cfg.ref_fate}: top {len(top)} genes by rank", dpi=FIG_DPI),
-            "heatmap of effects",
-            f"Posterior mean effect of the {len(top)} top-ranked genes (hits in bold, other top-ranked genes grey). "
-            "Stars: lfsr < 0.05 (*), < 0.01 (**), < 0.001 (***); boxed cells are called days.",
-        ))
-        page.shown("volcano plots")
-        parts.append("<h3>Per-day volcano plots</h3>")
-        parts.append(page.figure(
-            lambda p: plot_volcano(
-                ans.mean, ans.lfsr, ans.day_labels, p, called=ans.called, genes=[str(g) for g in ans.genes],
-                lfsr_thresh=cfg.mash_lfsr_thresh_day, eps=cfg.effect_size_eps, dpi=FIG_DPI),
-            "volcano plots",
-            "Every gene on every day: effect against -log10 lfsr. Called gene-days are coloured (red: towards "
-            f"{cfg.contrast_fate}, blue: towards {cfg.ref_fate}); dashed line: the lfsr threshold; dotted lines: "
-            f"+/- {cfg.effect_size_eps:g}; triangles: lfsr below 1e-10, drawn at 10.",
-        ))
-    parts.append("<h3>Guide concordance of the top hits</h3>")
-    parts.append(_concordance(run, page, ans))
-    parts.append("<h3>Other contrasts</h3>")
-    parts.append(_other_contrasts(run, page))
+        f"Each contrast compares a fate with the reference fate {cfg.ref_fate}. An effect is the posterior mean shift, on "
+        f"the logit scale, that a gene's knockdown gives the contrast fate against {cfg.ref_fate}: positive means cells "
+        f"carrying the gene's guides lean towards the contrast fate on that day, negative towards {cfg.ref_fate}. The "
+        "change in probability translates the effect to the day's baseline (the mean probability of the fate among the "
+        "day's cells): P1 = P0 e^effect / (1 - P0 + P0 e^effect). 90% CI: posterior mean +/- 1.645 SD. lfsr (local false "
+        f"sign rate) is the probability that the sign is wrong: small is sure. A day is called when lfsr < "
+        f"{cfg.mash_lfsr_thresh_day:g} and P(|effect| >= {cfg.effect_size_eps:g}) >= {cfg.effect_prob_large_min:g}; a gene "
+        f"is a hit when at least {cfg.min_active_days_for_hit_anyday} day passes with lfsr < {anyday:.3g} "
+        f"({cfg.mash_anyday_correction} correction). Click a column header to sort.", "note"))
+    links = [f"<a href='#contrast-{_e(fate)}'>{_e(fate)} vs {_e(cfg.ref_fate)}</a>" for fate in cfg.contrast_fates]
+    if len(links) > 1:
+        parts.append(_Html("<p class='note'>Contrasts: " + " &middot; ".join(links) + "</p>"))
+    for k, fate in enumerate(cfg.contrast_fates):
+        parts.append(_contrast(run, page, fate, answers.get(fate), primary=k == 0))
     return "\n".join(parts)
 
 
-def _concordance(run: _Run, page: _Page, ans: _Answer) -> str:
+def _contrast(run: _Run, page: _Page, fate: str, ans: _Answer | None, primary: bool) -> str:
+    """One contrast's hits table, heatmap, volcano plots and guide concordance."""
+    from .plots import plot_effect_heatmap, plot_volcano
+
+    cfg = run.config
+    label = f"{fate} vs {cfg.ref_fate}"
+    sfx = "" if primary else f" ({fate})"
+    parts = [f"<h3 id='contrast-{_e(fate)}'>{_e(label)}{' (primary contrast)' if primary else ''}</h3>"]
+    name = "hits_ranked.csv" if primary else f"mash_gene_{cfg.mash_default_mode}{cfg.file_suffix(fate)}.csv"
+    if ans is None:
+        why = "hits_ranked.csv not found: the chain did not reach hit calling" if primary else f"{name} not found"
+        parts.append(page.missing(f"hits{sfx}", run.why_absent(name, why)))
+        return "\n".join(parts)
+    page.shown(f"hits table{sfx}")
+    parts.append(_para(f"{ans.n_hits} hits of {len(ans.genes)} genes. Effects from {ans.effects_from}"
+                       + ("" if ans.baseline is not None else "; no per-day baseline in load_summary.json, so no probability scale") + ".", "note"))
+    parts.append(_hits_table(ans, f"hits-table-{fate}"))
+    top = ans.top_rows(HEATMAP_MIN_ROWS, HEATMAP_MAX_ROWS)
+    genes = [str(g) for g in ans.genes[top]]
+    if len(top):
+        page.shown(f"effect heatmap{sfx}")
+        parts.append(f"<h4>Effects by gene and day: {_e(label)}</h4>")
+        parts.append(page.figure(
+            lambda p: plot_effect_heatmap(
+                ans.mean[top], ans.lfsr[top], genes, ans.day_labels, p, called=ans.called[top], emphasise=ans.hit[top],
+                title=f"{label}: top {len(top)} genes by rank", dpi=FIG_DPI),
+            f"heatmap of effects, {label}",
+            f"Posterior mean effect (logit scale; red: towards {fate}, blue: towards {cfg.ref_fate}) of the {len(top)} "
+            "top-ranked genes (hits in bold, other top-ranked genes grey). Stars: lfsr < 0.05 (*), < 0.01 (**), "
+            "< 0.001 (***); boxed cells are called days.",
+        ))
+        page.shown(f"volcano plots{sfx}")
+        parts.append(f"<h4>Per-day volcano plots: {_e(label)}</h4>")
+        parts.append(page.figure(
+            lambda p: plot_volcano(
+                ans.mean, ans.lfsr, ans.day_labels, p, called=ans.called, genes=[str(g) for g in ans.genes],
+                sd=ans.sd, lfsr_thresh=cfg.mash_lfsr_thresh_day, eps=cfg.effect_size_eps,
+                fate=fate, ref=cfg.ref_fate, dpi=FIG_DPI),
+            f"volcano plots, {label}",
+            "Every gene on every day: effect against -log10 lfsr (a log scale, so that strong hits stay apart). "
+            f"Called gene-days are coloured (red: towards {fate}, blue: towards {cfg.ref_fate}) and named; dashed line: "
+            f"the lfsr threshold; dotted lines: +/- {cfg.effect_size_eps:g}. Triangles: lfsr below 1e-300 (it "
+            "underflows), drawn at 300 or, where higher, at the normal approximation -log10 P(Z > |mean| / SD).",
+        ))
+    parts.append(f"<h4>Guide concordance of the top hits: {_e(label)}</h4>")
+    parts.append(_concordance(run, page, ans, fate, sfx))
+    return "\n".join(parts)
+
+
+def _concordance(run: _Run, page: _Page, ans: _Answer, fate: str, sfx: str = "") -> str:
     from .plots import plot_guide_concordance
 
     cfg = run.config
-    name = f"mash_guide_{cfg.mash_default_mode}.csv"
+    part = f"guide concordance{sfx}"
+    name = f"mash_guide_{cfg.mash_default_mode}{cfg.file_suffix(fate)}.csv"
     guides = run.csv(name, ["guide", "gene"], dtype={"gene": str, "guide": str})
     if guides is None:
-        return page.missing("guide concordance", run.why_absent(name, f"{name} not found: no guide-level posterior to compare"))
+        return page.missing(part, run.why_absent(name, f"{name} not found: no guide-level posterior to compare"))
     try:
         gpost = read_posterior(guides, what=name)
     except FatebiasError as exc:
-        return page.missing("guide concordance", str(exc))
+        return page.missing(part, str(exc))
     if gpost.axis.labels != ans.axis.labels:
-        return page.missing("guide concordance", f"{name} has days {list(gpost.axis.labels)}, the hits {ans.day_labels}")
+        return page.missing(part, f"{name} has days {list(gpost.axis.labels)}, the hits {ans.day_labels}")
     n = min(ans.n_hits, CONCORDANCE_GENES) or min(4, len(ans.genes))
     top = np.arange(n)
     guide_gene = guides["gene"].astype(str).to_numpy()
@@ -639,50 +639,19 @@ def _concordance(run: _Run, page: _Page, ans: _Answer) -> str:
             ", ".join(_signed(x, 2) for x in g_eff) or "–",
             f"{g_eff.std():.3f}" if len(g_eff) > 1 else "–",
         ))
-    page.shown("guide concordance")
+    page.shown(part)
     head = "" if ans.n_hits else _para(f"No hits: showing the {n} top-ranked genes.", "note")
     fig = page.figure(
         lambda p: plot_guide_concordance(
             [str(g) for g in ans.genes[top]], ans.day_labels, ans.mean[top], ans.sd[top], guide_gene, gpost.postmean, p,
             titles=titles, dpi=FIG_DPI),
-        "guide concordance",
+        f"guide concordance, {fate} vs {cfg.ref_fate}",
         f"Each panel: the gene's posterior mean +/- 2 SD (black, grey band) and the mash posterior means of its guides "
         f"({name}, orange). Concordant guides move together with the gene; one guide far from the others suggests an "
         "off-target or inefficient guide.",
     )
     table = _table(["gene", "best day", "gene effect", "guides with the gene's sign", "guide effects that day", "guide SD"], rows)
     return head + fig + table
-
-
-def _other_contrasts(run: _Run, page: _Page) -> str:
-    from .calls import rank_hits
-
-    cfg = run.config
-    others = cfg.contrast_fates[1:]
-    if not others:
-        return page.missing("other contrasts", f"only one contrast ({cfg.contrast_fate} vs {cfg.ref_fate})")
-    rows = []
-    for fate in others:
-        name = f"mash_gene_{cfg.mash_default_mode}{cfg.file_suffix(fate)}.csv"
-        table = run.csv(name, ["gene"], dtype={"gene": str})
-        if table is None:
-            rows.append((f"{fate} vs {cfg.ref_fate}", "–", run.why_absent(name, f"{name} not found")))
-            continue
-        try:
-            ranked = rank_hits(table, cfg, source="gene", what=name)
-        except FatebiasError as exc:
-            rows.append((f"{fate} vs {cfg.ref_fate}", "–", str(exc)))
-            continue
-        hit = ranked["hit_anyday"].to_numpy(dtype=bool)
-        axis = read_posterior(ranked, what=name).axis
-        shown = ranked.loc[hit].head(10)
-        top = ", ".join(f"{g} ({_days_text(d, axis)})" for g, d in zip(shown["gene"], shown["active_days"], strict=True))
-        top += " ..." if hit.sum() > 10 else ""
-        rows.append((f"{fate} vs {cfg.ref_fate}", f"{int(hit.sum())} of {len(ranked)}", top or "none"))
-    page.shown("other contrasts")
-    return _para(
-        f"The same calls on the other contrasts' gene mash tables ({cfg.mash_default_mode} mode), called days in brackets. "
-        "Their full tables are the files with the fate's suffix.", "note") + _table(["contrast", "hits", "hits (called days)"], rows)
 
 
 def _section_trust(run: _Run, page: _Page) -> str:
@@ -823,7 +792,7 @@ def _modes(run: _Run, page: _Page) -> str:
         return page.missing("mode comparison", run.why_absent("mash_mode_comparison.csv", "mash_mode_comparison.csv not found"))
     page.shown("mode comparison")
     rows = [
-        (r["mode"], r["n_rows"], r["n_hits"], _num(r.get("median_score"), ".3g"), _num(r.get("median_n_active_days"), ".2g"),
+        (r["mode"], r["n_rows"], r["n_hits"], _score(r.get("median_score")), _num(r.get("median_n_active_days"), ".2g"),
          _num(r.get("n_shared_hits"), ".0f"), _num(r.get("jaccard_hits"), ".2f"),
          f"{_num(r.get('top_overlap'), '.0f')} of {_num(r.get('top_n'), '.0f')}")
         for r in cmp_.to_dict("records")
@@ -834,6 +803,15 @@ def _modes(run: _Run, page: _Page) -> str:
     fig = page.figure(lambda p: plot_mode_comparison(cmp_, p, dpi=FIG_DPI), "mode comparison")
     table = _table(["mode", "genes", "hits", "median -log10 lfsr", "median called days", "shared hits", "Jaccard", "top-N overlap"], rows)
     return text + fig + table
+
+
+def _score(x: Any) -> str:
+    """A -log10 lfsr score: ``>= 300`` at the cap where lfsr underflows."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return "–"
+    return ">= 300" if v >= 300 else _num(v, ".3g")
 
 
 def _recovery(run: _Run, page: _Page) -> str:
@@ -875,7 +853,7 @@ def _calibration(run: _Run, page: _Page) -> str:
     return "".join(out)
 
 
-def _glance(run: _Run, ans: _Answer | None, fit_info: dict) -> str:
+def _glance(run: _Run, answers: dict[str, _Answer | None], fit_info: dict) -> str:
     load = run.json("load_summary.json") or {}
     diag = run.json("diagnostics.json") or {}
     cards = []
@@ -885,11 +863,13 @@ def _glance(run: _Run, ans: _Answer | None, fit_info: dict) -> str:
         cards.append(f'<div class="card{cls}"><div class="ct">{_e(title)}</div><div class="cv">{_e(value)}</div>'
                      f'<div class="cs">{_e(sub)}</div></div>')
 
-    if ans is not None:
-        top = ", ".join(str(g) for g in ans.genes[ans.hit][:6]) + (" ..." if ans.n_hits > 6 else "")
-        card("hits", f"{ans.n_hits} of {len(ans.genes)} genes", top or "no gene passes the calls")
-    else:
-        card("hits", "–", "no hits_ranked.csv")
+    for fate, ans in answers.items():
+        title = f"hits: {fate} vs {run.config.ref_fate}"
+        if ans is not None:
+            top = ", ".join(str(g) for g in ans.genes[ans.hit][:6]) + (" ..." if ans.n_hits > 6 else "")
+            card(title, f"{ans.n_hits} of {len(ans.genes)} genes", top or "no gene passes the calls")
+        else:
+            card(title, "–", "no hits table")
     if load:
         card("cells", f"{load.get('n_cells_kept')} kept", f"of {load.get('n_cells_in')}; {len(load.get('cells_per_day') or {})} days")
     if fit_info:
@@ -936,8 +916,8 @@ table{border-collapse:collapse;font-size:13px;margin:6px 0 10px}
 table.kv th{text-align:left;font-weight:600;padding:3px 14px 3px 0;vertical-align:top;color:#333;white-space:nowrap}
 table.kv td{padding:3px 0}
 table.grid th,table.grid td{border:1px solid #e2e2e2;padding:3px 7px;text-align:left;max-width:640px}
-table.grid td.n{text-align:right;font-variant-numeric:tabular-nums}table.grid td.n,#hits-table td{white-space:nowrap}
-td.day small{display:block;font-size:11px;color:#444}td.day.sig{font-weight:700}td.day.sig small{color:#000}
+table.grid td.n{text-align:right;font-variant-numeric:tabular-nums}table.grid td.n,table.hits td{white-space:nowrap}
+td small{display:block;font-size:11px;color:#444}td.day.sig{font-weight:700}td.day.sig small{color:#000}
 table.grid thead th{background:#f0f0f0;position:sticky;top:0}
 table.sortable th{cursor:pointer;user-select:none;white-space:normal;vertical-align:bottom;min-width:44px}table.sortable th:hover{background:#e4e4e4}
 table.sortable th.asc::after{content:" \\25B2"}table.sortable th.desc::after{content:" \\25BC"}
@@ -968,9 +948,8 @@ document.querySelectorAll('table.sortable').forEach(function(t){
     rows.forEach(function(r){t.tBodies[0].appendChild(r);});
   });});
 });
-var only=document.getElementById('hits-only');
-if(only){only.addEventListener('change',function(){
-  document.querySelectorAll('#hits-table tbody tr.nohit').forEach(function(r){r.hidden=only.checked;});});}
+document.querySelectorAll('input.hits-only').forEach(function(only){only.addEventListener('change',function(){
+  document.querySelectorAll('#'+only.dataset.table+' tbody tr.nohit').forEach(function(r){r.hidden=only.checked;});});});
 """
 
 
@@ -1018,14 +997,14 @@ def build_report(out_dir: str | Path, config: FatebiasConfig | None = None) -> R
     manifest = (run.json("fatebias_manifest.json") or {}).get("steps")
     fit_meta = run.json("fit/fit.json") or {}
     fit_info = fit_meta.get("info") or {}
-    ans = _answer(run)
+    answers = {fate: _answer(run, fate) for fate in cfg.contrast_fates}
     with tempfile.TemporaryDirectory(prefix="fatebias_report_") as tmp:
         page = _Page(Path(tmp))
         body = [
-            _glance(run, ans, fit_info),
+            _glance(run, answers, fit_info),
             _section_run(run, page, manifest, fit_info),
             _section_fit(run, page, fit_info),
-            _section_hits(run, page, ans),
+            _section_hits(run, page, answers),
             _section_trust(run, page),
         ]
     title = f"fatebias report: {cfg.contrast_fate} vs {cfg.ref_fate}"

@@ -286,8 +286,8 @@ class SimulationResult:
     truth: pd.DataFrame
     active_gene_days: dict[str, int] = field(default_factory=dict)
 
-    def describe(self) -> str:
-        """A short human-readable account of the simulation."""
+    def describe(self, next_step: bool = True) -> str:
+        """A short human-readable account of the simulation (with ``next_step``: the command that runs it)."""
         c = self.counts
         active = ", ".join(
             f"{k.removeprefix('n_active_')} {v}" for k, v in c.items() if k.startswith("n_active_")
@@ -300,8 +300,8 @@ class SimulationResult:
                 f"{c['n_genes']} genes, {c['n_guides']} targeting + {c['n_ntc_guides']} NTC guides",
                 f"  active genes: {active}; truly active gene/days: {truly}",
                 f"  wrote {files} to {self.out_dir}",
-                f"  next: fatebias run --config {self.paths['config']}",
             ]
+            + ([f"  next: fatebias check --config {self.paths['config']}, then fatebias run --config {self.paths['config']}"] if next_step else [])
         )
 
 

@@ -30,7 +30,7 @@ CODE_VERSIONS = {
     "aggregate": "1",
     "rank": "1",
     "diagnostics": "2",
-    "report": "1",
+    "report": "2",
 }
 
 UPSTREAM = {

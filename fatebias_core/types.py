@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,13 @@ class LoadSummary:
     cells_per_day: dict[str, int] = field(default_factory=dict)
     n_clusters: int = 0
     cluster_source: str = ""
+    fate_mean_by_day: dict[str, dict[str, float]] = field(default_factory=dict)
+    drop_invalid_cells: bool = False
+
+    @property
+    def n_dropped(self) -> int:
+        """Cells dropped at load, every reason together."""
+        return int(sum(self.dropped.values()))
 
     def to_dict(self) -> dict:
         """A JSON-friendly view."""
@@ -198,7 +206,8 @@ class LoadSummary:
         lines = [
             f"loaded {self.source}",
             f"  cells: {self.n_cells_in} in, {self.n_cells_kept} kept"
-            + (", dropped: " + ", ".join(f"{v} {k}" for k, v in self.dropped.items() if v) if any(self.dropped.values()) else ""),
+            + (", dropped: " + ", ".join(f"{v} {k}" for k, v in self.dropped.items() if v) + " (each listed in dropped_cells.csv)"
+               if any(self.dropped.values()) else ""),
             "  cells per day: " + ", ".join(f"{k} {v}" for k, v in self.cells_per_day.items()),
             "  guides per cell: " + ", ".join(f"{k} {v:g}" for k, v in self.guides_per_cell.items()),
             f"  guides: {self.n_guides_matrix} in matrix, {self.n_guides_mapped} targeting + {self.n_ntc_guides} NTC mapped",
@@ -224,6 +233,8 @@ class Experiment:
     cells: FilteredCells
     guides: GuideEmbedding
     summary: LoadSummary
+    #: Cells dropped at load (columns ``cell``, ``reason``); None when not known.
+    dropped_cells: pd.DataFrame | None = None
 
     @property
     def n_cells(self) -> int:
@@ -232,7 +243,7 @@ class Experiment:
     def subset(self, idx: np.ndarray) -> Experiment:
         """The cells at ``idx`` as a new experiment (summary unchanged)."""
         idx = np.asarray(idx)
-        return Experiment(self.cells.subset(idx), self.guides.subset(idx), self.summary)
+        return Experiment(self.cells.subset(idx), self.guides.subset(idx), self.summary, self.dropped_cells)
 
 
 def center_by_group(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:

@@ -12,10 +12,14 @@ Environment (every variable optional):
 ``FATEBIAS_EXECUTOR``          multiprocess | in_process | dask (:mod:`.executors`).
 ``FATEBIAS_OBSERVE_INTERVAL``  seconds between checks of the files and settings (30).
 ``FATEBIAS_AUTOMATION_INTERVAL``  seconds between automation evaluations (30).
+``FATEBIAS_LOG_LEVEL``         DEBUG: keep Dagster's beta/preview warnings (hidden otherwise).
 =============================  ==============================================================
 """
 
 from __future__ import annotations
+
+import os
+import warnings
 
 import dagster as dg
 
@@ -33,6 +37,12 @@ from .jobs import build_chain_job, build_observe_job
 from .resources import ComputeResource, ExperimentConfig, LineageStore, MashBackend
 from .runner import ChainLayout
 from .versions import EXPERIMENT_KEY, SIMULATED_KEY
+
+# Dagster's own beta/preview notices (asset selections, data versions) are not for the
+# biologist running the chain; they stay visible with FATEBIAS_LOG_LEVEL=DEBUG.
+if os.environ.get("FATEBIAS_LOG_LEVEL", "INFO").upper() != "DEBUG":
+    for _category in (dg.BetaWarning, dg.PreviewWarning):
+        warnings.filterwarnings("ignore", category=_category)
 
 
 def chain_resources(experiment: ExperimentConfig | None = None) -> dict[str, object]:

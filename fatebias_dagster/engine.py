@@ -18,6 +18,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from fatebias_core.check import load_experiment_checked
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.errors import ConfigError, FatebiasError, FitError, InputDataError
 from fatebias_core.io import read_csv
@@ -97,6 +98,9 @@ def run_chain(config: FatebiasConfig, instance: dg.DagsterInstance | None = None
         missing = [k for k in ("adata_path", "guide_map_csv") if not getattr(config, k)]
         raise ConfigError(f"the configuration does not name {' and '.join(missing)}")
     t0 = time.perf_counter()
+    # Validate the inputs before Dagster observes anything: a run that fails validation
+    # leaves no run folder, lineage database or lock behind (a few seconds at 200k cells).
+    load_experiment_checked(config, verbose=False)
     # Dagster's instance storage migrates with alembic, which logs every step at INFO.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     config = _absolute(config)

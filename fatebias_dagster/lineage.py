@@ -393,3 +393,73 @@ class LineageDB:
             path.unlink()
             written += 1
         return written
+
+
+#: What made the latest hit list of a run folder: every asset upstream of the newest
+#: ``ranked_hits`` row, at the data version that hit list was made from (the README's query).
+HIT_LINEAGE_SQL = """
+WITH hit AS (SELECT * FROM materializations WHERE asset_key = 'ranked_hits' AND (? IS NULL OR out_dir = ?)
+             ORDER BY finished_at DESC LIMIT 1)
+SELECT m.asset_key, m.data_version, m.finished_at AS made_at, m.run_id, m.reused,
+       m.input_files, m.input_version, m.settings, m.out_dir
+FROM hit JOIN materializations m
+  ON m.out_dir = hit.out_dir AND m.data_version = hit.lineage ->> m.asset_key
+QUALIFY row_number() OVER (PARTITION BY m.asset_key ORDER BY m.reused, m.finished_at DESC) = 1
+ORDER BY made_at, m.asset_key
+"""
+
+
+def hit_list_lineage(db: LineageDB, out_dir: str | Path | None = None) -> pd.DataFrame:
+    """The materializations that made the latest hit list (of ``out_dir``, else of any folder).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per asset, oldest first: ``asset_key, data_version, made_at, run_id,
+        reused, input_files, input_version, settings`` (JSON text), ``out_dir``; empty
+        when no hit list was recorded.
+    """
+    folder = None if out_dir is None else str(Path(out_dir).resolve())
+    return db.query(HIT_LINEAGE_SQL, [folder, folder])
+
+
+def format_hit_lineage(table: pd.DataFrame, db_path: Path, all_settings: bool = False) -> str:
+    """A console answer to "what made this hit list": inputs, each asset's version and run, settings."""
+    if table.empty:
+        return f"{db_path}: no hit list (ranked_hits) recorded for this run folder"
+    hit = table[table["asset_key"] == "ranked_hits"]
+    hit = hit.iloc[0] if len(hit) else table.iloc[-1]
+    files = list(hit["input_files"]) if hit["input_files"] is not None else []
+    lines = [
+        f"latest hit list of {hit['out_dir']}: ranked_hits version {hit['data_version']}, "
+        f"made {_when(hit['made_at'])} in Dagster run {hit['run_id']}",
+        f"input files (content hash {hit['input_version']}):",
+        *[f"  {f}" for f in files],
+        "made from (asset, data version, made at, run):",
+    ]
+    width = max(len(str(a)) for a in table["asset_key"])
+    for row in table.itertuples():
+        lines.append(f"  {row.asset_key:<{width}}  {row.data_version}  {_when(row.made_at)}  {row.run_id}")
+    shown = table if all_settings else table[table["asset_key"] == "ranked_hits"]
+    for row in shown.itertuples():
+        settings = json.loads(row.settings) if isinstance(row.settings, str) else (row.settings or {})
+        text = ", ".join(f"{k}={json.dumps(v)}" for k, v in settings.items()) or "(none)"
+        lines.append(f"settings of {row.asset_key}: {text}")
+    if not all_settings:
+        lines.append("  (--settings: the settings of every asset)")
+    lines.append(
+        f"lineage database: {db_path}; to go further, query it with the README's SQL from Python: "
+        f"duckdb.connect('{db_path}', read_only=True).sql(...)"
+    )
+    return "\n".join(lines)
+
+
+def _when(value: Any) -> str:
+    """A timestamp as ``YYYY-MM-DD HH:MM:SS`` (UTC)."""
+    try:
+        return pd.Timestamp(value).tz_convert("UTC").strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (TypeError, ValueError):
+        try:
+            return pd.Timestamp(value).strftime("%Y-%m-%d %H:%M:%S")
+        except (TypeError, ValueError):
+            return str(value)

@@ -38,6 +38,25 @@ def image_markdown(path: Path, alt: str) -> MD:
     return MD.md(f"![{alt}](data:image/png;base64,{data})")
 
 
+def rounded(x: Any, digits: int = 4) -> float:
+    """``x`` to ``digits`` significant digits (NaN stays NaN), for numbers shown in the UI."""
+    v = float(x)
+    if not np.isfinite(v) or v == 0:
+        return v
+    return float(f"{v:.{digits}g}")
+
+
+def round_tree(obj: Any, digits: int = 4) -> Any:
+    """Every float in a JSON-like structure rounded to ``digits`` significant digits."""
+    if isinstance(obj, dict):
+        return {k: round_tree(v, digits) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [round_tree(v, digits) for v in obj]
+    if isinstance(obj, float | np.floating):
+        return rounded(obj, digits)
+    return obj
+
+
 def markdown_table(df: pd.DataFrame, max_rows: int = 10, digits: int = 3) -> str:
     """The first rows of ``df`` as a Markdown table, numbers rounded."""
     shown = df.head(max_rows).copy()
@@ -53,6 +72,7 @@ def load_metadata(summary: LoadSummary, config: FatebiasConfig) -> dict[str, Any
         "cells in": MD.int(summary.n_cells_in),
         "cells kept": MD.int(summary.n_cells_kept),
         "dropped": MD.json({k: int(v) for k, v in summary.dropped.items()}),
+        "dropped cells listed in": MD.path("dropped_cells.csv"),
         "cells per day": MD.json(summary.cells_per_day),
         "Kmax": MD.int(config.Kmax),
         "fate names from": MD.text(summary.fate_names_source),
@@ -69,7 +89,7 @@ def guides_metadata(guides: GuideEmbedding, summary: LoadSummary) -> dict[str, A
         "NTC guides": MD.int(summary.n_ntc_guides),
         "Kmax (padded width)": MD.int(guides.kmax),
         "guides per cell (mean)": MD.float(round(float(per_cell.mean()), 3)) if per_cell.size else MD.float(0.0),
-        "guides per gene": MD.json(summary.guides_per_gene),
+        "guides per gene": MD.json(round_tree(summary.guides_per_gene, 3)),
     }
 
 
@@ -78,8 +98,9 @@ def fit_metadata(info: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
     md: dict[str, Any] = {
         "steps": MD.int(int(info.get("steps", 0))),
         "converged": MD.bool(bool(info.get("converged"))),
-        "final loss per cell": MD.float(float(info.get("final_loss_per_cell", float("nan")))),
-        "ms per step": MD.float(float(info.get("ms_per_step", float("nan")))),
+        "final loss per cell": MD.float(rounded(info.get("final_loss_per_cell", float("nan")), 5)),
+        "ms per step": MD.float(rounded(info.get("ms_per_step", float("nan")), 3)),
+        "likelihood weight": MD.float(rounded(info.get("likelihood_weight", float("nan")), 4)),
         "device": MD.text(str(info.get("device", ""))),
         "posterior": MD.text(str(info.get("posterior_method", "meanfield"))),
     }
@@ -103,7 +124,7 @@ def export_metadata(files: Mapping[str, Mapping[str, Path]], primary: str) -> di
             "max_abs_mean_delta": float(np.nanmax(np.abs(delta))) if delta.size else 0.0,
             "max_abs_theta_beta_offset": float(np.nanmax(np.abs(offset))) if offset.size else 0.0,
         }
-    md["QC offsets"] = MD.json(qc)
+    md["QC offsets"] = MD.json(round_tree(qc, 3))
     md["files"] = MD.json(sorted(p.name for f in files.values() for p in f.values()))
     return md
 
@@ -148,7 +169,11 @@ TOP_COLUMNS = ("gene", "hit_anyday", "active_days", "best_day", "min_lfsr_among_
 def rank_metadata(hits: pd.DataFrame, comparison: pd.DataFrame, mode: str) -> dict[str, Any]:
     """Number of hits, the top hits as a Markdown table and the mode comparison."""
     n_hits = int(hits["hit_anyday"].astype(bool).sum())
-    top = hits[[c for c in TOP_COLUMNS if c in hits.columns]]
+    from fatebias_core.answer import lfsr_text
+
+    top = hits[[c for c in TOP_COLUMNS if c in hits.columns]].copy()
+    if "min_lfsr_among_active" in top.columns:
+        top["min_lfsr_among_active"] = top["min_lfsr_among_active"].map(lfsr_text)
     return {
         "hits": MD.int(n_hits),
         "genes ranked": MD.int(len(hits)),

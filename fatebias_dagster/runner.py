@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -91,15 +92,20 @@ def manifest_lock(out_dir: Path) -> Iterator[Manifest]:
 
     Steps of one run may finish at the same time (the multiprocess and Dask executors
     run the fit and the diagnostics side by side); the lock keeps one step's record
-    from overwriting another's.
+    from overwriting another's. The lock is taken on the run folder itself
+    (``flock`` on its directory descriptor), so no lock file is left behind, whether
+    the run succeeds or fails.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "fatebias_manifest.json.lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield Manifest.open(out_dir)
         finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 @dataclass

@@ -471,13 +471,13 @@ def test_missing_files_are_named(tmp_path: Path) -> None:
     cfg_path = make_inputs().write(tmp_path)
     (tmp_path / "adata.h5ad").unlink()
     with pytest.raises(
-        InputDataError, match=r"AnnData file not found: .*adata.h5ad \(adata_path\)"
+        InputDataError, match=r"^adata_path: file not found: .*adata.h5ad$"
     ):
         load_experiment(load_config(cfg_path), verbose=False)
     cfg_path = make_inputs().write(tmp_path)
     (tmp_path / "guide_map.csv").unlink()
     with pytest.raises(
-        InputDataError, match=r"guide map \(guide_map_csv\) file not found: .*guide_map.csv"
+        InputDataError, match=r"^guide_map_csv: file not found: .*guide_map.csv$"
     ):
         load_experiment(load_config(cfg_path), verbose=False)
     (tmp_path / "adata.h5ad").write_text("not hdf5")

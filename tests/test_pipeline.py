@@ -37,11 +37,44 @@ def sim_folder(tmp_path_factory) -> Path:
     return folder
 
 
+CONSOLE: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def chain(sim_folder):
+    import contextlib
+    import io
+
     cfg = load_config(sim_folder / "config.yaml")
-    assert main(["run", "--config", str(sim_folder / "config.yaml"), "--engine", "local"]) == 0
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["run", "--config", str(sim_folder / "config.yaml"), "--engine", "local"]) == 0
+    CONSOLE.append(buf.getvalue())
     return cfg
+
+
+def test_console_answer_in_plain_terms(chain):
+    """The run's answer: hits of every contrast, direction in words, interval, probability change, the report."""
+    import re
+
+    text = CONSOLE[0]
+    hits = pd.read_csv(Path(chain.out_dir) / "hits_ranked.csv", dtype={"gene": str})
+    n_hits = int(hits["hit_anyday"].sum())
+    assert n_hits > 0
+    assert f"MES vs EC: {n_hits} hits of {len(hits)} genes" in text
+    assert re.search(r"NEU vs EC: \d+ hits of \d+ genes", text)
+    lines = [ln for ln in text.splitlines() if " on d" in ln and "logit" in ln]
+    assert len(lines) >= n_hits
+    for ln in lines:
+        assert re.search(r"towards (MES|EC|NEU) +on d\d: logit [+-]\d\.\d\d \[90% CI [+-]\d\.\d\d, [+-]\d\.\d\d\]; "
+                         r"P\((MES|NEU)\) 0\.\d\d -> 0\.\d\d \([+-]0\.\d\d\); lfsr (< 1e-300|\d)", ln), ln
+        assert "lfsr 0 " not in ln and not ln.endswith("lfsr 0")
+    # a positive effect reads "towards MES", a negative one "towards EC"
+    for ln in lines:
+        sign = re.search(r"logit ([+-])", ln).group(1)
+        if "P(MES)" in ln:
+            assert ("towards MES" in ln) == (sign == "+")
+    assert f"report: {(Path(chain.out_dir) / 'report.html').resolve()}" in text
 
 
 def test_run_writes_every_output_with_the_seed_names(chain):

@@ -37,6 +37,8 @@ N_GENES, GUIDES_PER_GENE = 30, 3
 ODD_GENE = 'G<b>&"30'
 GENES = [f"G{i:02d}" for i in range(1, N_GENES)] + [ODD_GENE]
 ACTIVE = {0: (1.0, [1, 2, 3]), 1: (-0.8, [0, 1]), 2: (0.6, [3]), 3: (-1.2, [2, 3]), N_GENES - 1: (0.9, [0, 1, 2, 3])}
+#: Mean P(MES) of each day's cells: the baselines of the probability-scale effects.
+BASELINE_MES = (0.2, 0.25, 0.3, 0.35)
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
@@ -82,6 +84,7 @@ def make_run_folder(out: Path) -> FatebiasConfig:
         guides_per_cell={"mean": 3.1, "median": 3.0, "max": 9.0}, n_guides_matrix=100, n_guides_mapped=90, n_ntc_guides=10,
         unmapped_guides=("X_1",), guides_per_gene={"min": 3.0, "median": 3.0, "max": 3.0},
         fate_names_source="obs['term_states_fwd'] categories (CellRank 2)", cells_per_day=dict.fromkeys(DAYS, 300),
+        fate_mean_by_day={d: {"EC": 0.5, "MES": BASELINE_MES[j], "NEU": 0.5 - BASELINE_MES[j]} for j, d in enumerate(DAYS)},
     )
     write_json(summary.to_dict(), out / "load_summary.json")
     loss = np.r_[np.full(30, 1.1), 40 + 5 * np.exp(-np.arange(90) / 20)] + 0.05 * rng.standard_normal(120)
@@ -89,7 +92,8 @@ def make_run_folder(out: Path) -> FatebiasConfig:
     info = {"steps": 120, "runtime_s": 3.2, "ms_per_step": 26.7, "device": "cpu", "n_cells": 1200, "batch_size": 1024,
             "converged": True, "steps_to_convergence": 100, "final_loss_per_cell": 40.1, "likelihood_weight": 41.0,
             "dispersion_final": 0.0244, "posterior_method": "laplace", "laplace_runtime_s": 0.8,
-            "laplace_newton_iterations": 4, "laplace_converged": True}
+            "laplace_newton_iterations": 4, "laplace_converged": True, "weight_switch_step": 60,
+            "weight_update_steps": [30, 60]}
     write_json({"format": 1, "family": "laplace", "fates": cfg.fates, "ref_fate": "EC", "info": info}, out / "fit" / "fit.json")
 
     truth = np.zeros((N_GENES, len(DAYS)))
@@ -112,6 +116,8 @@ def make_run_folder(out: Path) -> FatebiasConfig:
         write_csv(_mash_like(guide_table, shrink), out / f"mash_guide_{mode}.csv")
     neu = _daywise(gene_names, np.roll(truth, 5, axis=0), gene_se, rng)
     write_csv(_mash_like(neu, 0.85), out / "mash_gene_conservative_NEU.csv")
+    neu_guides = _daywise(guide_names, np.roll(guide_truth, 5 * GUIDES_PER_GENE, axis=0), np.full(guide_truth.shape, 0.08), rng)
+    write_csv(_mash_like(neu_guides, 0.85), out / "mash_guide_conservative_NEU.csv")
     rank_and_compare({m: out / f"mash_gene_{m}.csv" for m in ("conservative", "enriched")}, out, cfg)
     for sfx in ("", "_NEU"):
         write_csv(pd.DataFrame({"gene": GENES, "n_guides": 3, "mean_delta": 1e-17 * rng.standard_normal(N_GENES)}),
@@ -165,12 +171,15 @@ def test_report_shows_every_section(report, run_folder):
     out, _ = run_folder
     assert result.path == out / "report.html"
     for heading in ("1. The run", "2. The fit", "3. The answer", "4. Can we trust it?", "Held-out cross-entropy",
-                    "Effects by gene and day", "Per-day volcano plots", "Guide concordance", "Other contrasts",
+                    "Effects by gene and day: MES vs EC", "Per-day volcano plots: MES vs EC", "Guide concordance of the top hits: MES vs EC",
+                    "NEU vs EC", "Effects by gene and day: NEU vs EC", "Per-day volcano plots: NEU vs EC",
+                    "Guide concordance of the top hits: NEU vs EC",
                     "QC: guide deviations", "Permutation negative control", "Sanity checks", "mash modes",
                     "recovery of the truth", "Calibration on this data: non-targeting pseudo-genes"):
         assert heading in page, heading
     for part in ("load summary", "steps", "fit", "ELBO trace", "held-out cross-entropy", "hits table", "effect heatmap",
-                 "volcano plots", "guide concordance", "other contrasts", "QC offsets", "permutation control",
+                 "volcano plots", "guide concordance", "hits table (NEU)", "effect heatmap (NEU)", "volcano plots (NEU)",
+                 "guide concordance (NEU)", "QC offsets", "permutation control",
                  "sanity checks", "mode comparison", "recovery", "NTC calibration check"):
         assert part in result.sections, part
     # A run folder has no calibration study: the one part that says it is absent.
@@ -194,7 +203,7 @@ def test_report_lists_the_hits(report, run_folder):
     hits = pd.read_csv(out / "hits_ranked.csv", dtype={"gene": str})
     hit_genes = hits.loc[hits["hit_anyday"], "gene"].tolist()
     assert len(hit_genes) >= 4
-    table = page[page.index("id='hits-table'"):]
+    table = page[page.index("id='hits-table-MES'"):]
     table = table[: table.index("</table>")]
     assert table.count('<tr class="hit"') == len(hit_genes)
     assert table.count("<tr class=") == N_GENES
@@ -205,13 +214,14 @@ def test_report_lists_the_hits(report, run_folder):
     # G01 is active on d1-d3 (positive): its called days read as labels.
     g01 = table[table.index("<td>G01</td>"):]
     assert g01[: g01.index("</tr>")].count("d1, d2, d3") == 1
-    assert "table class='grid sortable'" in page and "addEventListener('click'" in page
+    assert "table class='grid sortable hits'" in page and "addEventListener('click'" in page
 
 
 def test_report_is_self_contained_and_small(report):
     result, page = report
     images = re.findall(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(images) == result.n_figures == 8  # ELBO, heatmap, volcano, concordance, QC, NTC QQ, modes, recovery
+    # ELBO, QC, NTC QQ, modes, recovery, and per contrast (MES, NEU): heatmap, volcano, concordance
+    assert len(images) == result.n_figures == 11
     assert all(len(b) > 1000 for b in images)
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:|//)""", page, flags=re.IGNORECASE)
     assert "http://" not in page and "https://" not in page
@@ -283,7 +293,7 @@ def test_calibration_curves_when_present(run_folder, tmp_path):
     write_csv(summarise_calibration(pd.DataFrame(rows)), out / "calibration_summary.csv")
     result = build_report(out)
     assert "calibration" in result.sections and "calibration" not in result.absent
-    assert result.n_figures == 10
+    assert result.n_figures == 13
     assert "Coverage of the credible intervals" in result.path.read_text()
 
 
@@ -324,8 +334,8 @@ def test_hits_table_sorts_and_filters_in_chromium(report, tmp_path):
     """Click a header twice (descending) and untick "hits only" in the browser; read back the DOM."""
     result, page = report
     click = """<script>
-    var th = document.querySelectorAll('#hits-table th')[7]; th.click(); th.click();
-    var box = document.getElementById('hits-only'); box.checked = false; box.dispatchEvent(new Event('change'));
+    var th = document.querySelectorAll('#hits-table-MES th')[10]; th.click(); th.click();
+    var box = document.querySelector('input.hits-only[data-table="hits-table-MES"]'); box.checked = false; box.dispatchEvent(new Event('change'));
     </script></body>"""
     copy = tmp_path / "clicked.html"
     copy.write_text(page.replace("</body>", click))
@@ -333,9 +343,106 @@ def test_hits_table_sorts_and_filters_in_chromium(report, tmp_path):
            "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
            copy.as_uri()]
     dom = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120).stdout
-    table = dom[dom.index('id="hits-table"'):]
+    table = dom[dom.index('id="hits-table-MES"'):]
     rows = re.findall(r'<tr class="(?:hit|nohit)"([^>]*)>(.*?)</tr>', table[: table.index("</table>")])
     assert len(rows) == N_GENES and not any("hidden" in attrs for attrs, _ in rows)
-    # data-v of rank, hit, best day, effect, lfsr, max |effect| (the gene and day-list cells have none)
-    biggest = [float(re.findall(r'data-v="([^"]*)"', cells)[5]) for _, cells in rows]
+    # data-v of rank, hit, best day, effect, 90% CI, probability change, lfsr, max |effect| (gene, day list and
+    # direction cells have none)
+    biggest = [float(re.findall(r'data-v="([^"]*)"', cells)[7]) for _, cells in rows]
     assert biggest == sorted(biggest, reverse=True)
+
+
+def test_hit_table_gives_direction_interval_and_probability(report, run_folder):
+    """The hit table: direction in words, the 90% credible interval, the change in P(MES) at the day's baseline."""
+    from fatebias_core.answer import shifted_probability
+
+    _, page = report
+    out, _ = run_folder
+    table = page[page.index("id='hits-table-MES'"):]
+    table = table[: table.index("</table>")]
+    for header in ("direction", "90% CI (logit)", "change in P(MES) at the day&#x27;s baseline"):
+        assert f"<th>{header}</th>" in table, header
+    mash = pd.read_csv(out / "mash_gene_conservative.csv", dtype={"gene": str}).set_index("gene")
+    # G02 is active on d0 and d1 with a negative effect: it moves cells towards EC.
+    row = table[table.index("<td>G02</td>"):]
+    row = row[: row.index("</tr>")]
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
+    best = cells[3]
+    j = DAYS.index(best)
+    m, sd = mash.loc["G02", f"postmean_{best}"], mash.loc["G02", f"postsd_{best}"]
+    assert cells[4] == "towards EC" and m < 0
+    assert cells[6] == f"[{m - 1.645 * sd:+.2f}, {m + 1.645 * sd:+.2f}]"
+    p1 = float(shifted_probability(BASELINE_MES[j], m))
+    assert cells[7].startswith(f"{p1 - BASELINE_MES[j]:+.3f}<small>{BASELINE_MES[j]:.2f} &rarr; {p1:.2f}, 90% CI [")
+    # Positive effects read "towards MES"; lfsr that underflows is a bound, never 0.
+    assert "<td>towards MES</td>" in table
+    assert "<small>0</small>" not in page and ">0</td>" not in table
+
+
+def test_underflowed_lfsr_reads_as_a_bound(run_folder, tmp_path):
+    out, _ = run_folder
+    copy = tmp_path / "results"
+    shutil.copytree(out, copy)
+    hits = pd.read_csv(copy / "hits_ranked.csv", dtype={"gene": str, "active_days": str, "active_days_any": str})
+    hits.loc[0, [f"lfsr_{d}" for d in DAYS]] = 0.0
+    write_csv(hits, copy / "hits_ranked.csv")
+    page = build_report(copy).path.read_text()
+    table = page[page.index("id='hits-table-MES'"):]
+    row = table[table.index('<tr class="hit"'):]
+    row = row[: row.index("</tr>")]
+    assert row.count("&lt; 1e-300") == 1 + len(DAYS)  # best day and every day
+    assert "<small>0</small>" not in row
+
+
+def test_loss_figure_marks_every_weight_change(report):
+    from fatebias_core.report import _weight_steps
+
+    _, page = report
+    assert "re-estimated once more, at steps 31 and 61 (dashed lines)" in page
+    # Older fits recorded only the last change: the earlier one is derived from the settings.
+    cfg = make_config()
+    assert _weight_steps({"steps": 4000, "weight_switch_step": 2000}, cfg) == [1000, 2000]
+    assert _weight_steps({"steps": 4000}, cfg) == []
+
+
+def test_volcano_labels_never_overlap():
+    """Hits piled at one spot (the old cap) get labels that do not overlap."""
+    import matplotlib.pyplot as plt
+
+    from fatebias_core.plots import place_labels, volcano_height
+
+    fig, ax = plt.subplots(figsize=(3, 3))
+    ax.set_xlim(-1.5, 1.5)
+    ax.set_ylim(0, 320)
+    fig.canvas.draw()
+    xs = np.r_[np.full(6, 1.0), np.full(4, -1.0)]
+    ys = np.full(10, 300.0)
+    labels = place_labels(ax, xs, ys, [f"GENE{i}" for i in range(10)])
+    renderer = fig.canvas.get_renderer()
+    # The text of each label where it was placed (an annotation's own extent includes its leader line).
+    boxes = [ax.text(*t.xyann, t.get_text(), fontsize=t.get_fontsize(), ha=t.get_ha(), va=t.get_va()).get_window_extent(renderer)
+             for t in labels]
+    for i in range(len(boxes)):
+        for k in range(i + 1, len(boxes)):
+            assert not boxes[i].overlaps(boxes[k]), (labels[i].get_text(), labels[k].get_text())
+    plt.close(fig)
+    # Underflowed lfsr is placed by the normal approximation: strong hits stay apart, no cap.
+    y = volcano_height(np.array([0.0, 0.0, 1e-12]), np.array([1.0, 2.0, 0.5]), np.array([0.05, 0.05, 0.07]))
+    assert y[0] == pytest.approx(300.0) and y[1] > 340 and y[2] == pytest.approx(12.0)
+
+
+def test_dropped_cells_are_counted_and_named(run_folder, tmp_path):
+    """Cells dropped at load (drop_invalid_cells) show in the report by reason, and by name."""
+    out, _ = run_folder
+    copy = tmp_path / "results"
+    shutil.copytree(out, copy)
+    load = __import__("json").loads((copy / "load_summary.json").read_text())
+    load["dropped"] = {"cells with more than Kmax=20 guides": 10, "cells with fate probabilities NaN or infinite": 3}
+    write_json(load, copy / "load_summary.json")
+    write_csv(pd.DataFrame({"cell": ["c1", "c4", "c7"] + [f"k{i}" for i in range(10)],
+                            "reason": ["fate probabilities NaN or infinite"] * 3 + ["more than Kmax=20 guides"] * 10}),
+              copy / "dropped_cells.csv")
+    page = build_report(copy).path.read_text()
+    assert "10 cells with more than Kmax=20 guides; 3 cells with fate probabilities NaN or infinite" in page
+    assert "<th>dropped cells (dropped_cells.csv)</th><td>13: c1 (fate probabilities NaN or infinite), c4" in page
+    assert "(+5 more)" in page

@@ -19,6 +19,7 @@ from dagster import AssetExecutionContext
 
 from fatebias_core.io import write_text
 from fatebias_core.pipeline import (
+    DROPPED_CELLS_FILE,
     FIT_DIR,
     aggregate_paths,
     aggregate_step,
@@ -44,21 +45,21 @@ from ..versions import CODE_VERSIONS, input_files, input_version
 
 DESCRIPTIONS = {
     "filtered_cells": "Cells kept after validation and the Kmax filter: fate probabilities, day, replicate, "
-    "burden and burden centred within day, with the loading summary (MODEL.md 1-2). Writes load_summary.json.",
+    "burden and burden centred within day, with the loading summary. Writes load_summary.json and dropped_cells.csv.",
     "guide_embeddings": "The padded embedding-sum representation of each cell's guides: guide_ids, mask, "
-    "gene_of_guide, guide and gene names (MODEL.md 2).",
-    "fitted_posterior": "The fitted variational posterior, ELBO trace and fit settings (MODEL.md 3-5): the "
+    "gene_of_guide, guide and gene names.",
+    "fitted_posterior": "The fitted variational posterior, ELBO trace and fit settings: the "
     "GPU-resourced step. Writes fit/variational_params.npz, fit/elbo_trace.csv, fit/fit.json, elbo_trace.png.",
-    "daywise_exports": "Posterior summaries for mash (MODEL.md 6): gene_daywise_for_mash.csv, "
+    "daywise_exports": "Posterior summaries for mash: gene_daywise_for_mash.csv, "
     "guide_daywise_for_mash.csv, theta/delta npz summaries, QC tables, gene_summary_for_ash.csv.",
-    "mash_outputs": "mash on the gene and guide tables in both modes (MODEL.md 7): mash_gene_<mode>.csv, "
+    "mash_outputs": "mash on the gene and guide tables in both modes: mash_gene_<mode>.csv, "
     "mash_guide_<mode>.csv, ash_gene_summary.csv.",
-    "aggregated_genes": "Guide-to-gene inverse-variance aggregation of the guide-level mash posteriors "
-    "(MODEL.md 8): gene_from_guide_mash_<mode>.csv.",
-    "ranked_hits": "Called and ranked hits (MODEL.md 9): hits_ranked.csv (mash_default_mode) and "
+    "aggregated_genes": "Guide-to-gene inverse-variance aggregation of the guide-level mash posteriors: "
+    "gene_from_guide_mash_<mode>.csv.",
+    "ranked_hits": "Called and ranked hits: hits_ranked.csv (mash_default_mode) and "
     "mash_mode_comparison.csv.",
     "diagnostics": "NTC pseudo-gene calibration check, held-out cross-entropy, permutation negative control "
-    "(clones permuted) and sanity checks (MODEL.md 10): diagnostics.json, ntc_calibration.csv. With "
+    "(clones permuted) and sanity checks: diagnostics.json, ntc_calibration.csv. With "
     "run_diagnostics false it is recorded as disabled and nothing is computed.",
     "report": "The run as one self-contained HTML page with figures (report.html): inputs, fit, hits, "
     "effects by day, guide concordance, QC, negative control, mode comparison, recovery. Linked below.",
@@ -144,7 +145,7 @@ def build_chain(
         cfg = run.config
         done = run.execute(
             lambda: load_step(cfg, run.out_dir),
-            outputs=lambda: [run.out_dir / "load_summary.json", run.out_dir / "config_used.yaml"],
+            outputs=lambda: [run.out_dir / "load_summary.json", run.out_dir / DROPPED_CELLS_FILE, run.out_dir / "config_used.yaml"],
             metrics=lambda e: {"input_version": input_version(cfg), "input_files": input_files(cfg), "n_cells": e.n_cells},
             always=True,
         )
@@ -315,7 +316,7 @@ def build_chain(
             }
             yield dg.MaterializeResult(
                 data_version=dg.DataVersion(run.version),
-                metadata={**common_md, **ntc_md, "summary": dg.MetadataValue.json(summary)},
+                metadata={**common_md, **ntc_md, "summary": dg.MetadataValue.json(meta.round_tree(summary, 4))},
             )
 
         assets.append(diagnostics)

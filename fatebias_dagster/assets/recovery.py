@@ -60,7 +60,7 @@ def build_recovery_assets(study: Study) -> list[dg.AssetsDefinition]:
         group_name=GROUP,
         code_version=EVALUATE_CODE_VERSION,
         kinds={"pandas", "csv"},
-        description="Recovery of the simulated truth by one partition's ranked hits (MODEL.md 11): TP, FP, FN, TN, "
+        description="Recovery of the simulated truth by one partition's ranked hits: TP, FP, FN, TN, "
         "precision, recall, F1 and FPR per day, pooled and any-day: daywise_confusion.csv, pred_call_summary.json.",
         required_resource_keys=set(CHAIN_RESOURCES),
     )
@@ -91,7 +91,7 @@ def build_recovery_assets(study: Study) -> list[dg.AssetsDefinition]:
             outputs=list(ev.paths.values()), metrics={k: v for k, v in row.items() if not _is_nan(v)},
             tables={"recovery_scores": confusion},
         )
-        md = {k: dg.MetadataValue.float(float(v)) for k, v in row.items() if k.endswith(("precision", "recall", "f1")) and not _is_nan(v)}
+        md = {k: dg.MetadataValue.float(meta.rounded(v, 3)) for k, v in row.items() if k.endswith(("precision", "recall", "f1")) and not _is_nan(v)}
         md["confusion"] = dg.MetadataValue.md(meta.markdown_table(ev.confusion, max_rows=len(ev.confusion)))
         return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={**common, **md})
 

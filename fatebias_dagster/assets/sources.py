@@ -208,7 +208,7 @@ def build_simulated_experiment(
         code_version=SIMULATE_CODE_VERSION,
         kinds={"anndata", "numpy"},
         automation_condition=automation_condition,
-        description="A simulated time-course Perturb-seq experiment with known truth (MODEL.md 11): "
+        description="A simulated time-course Perturb-seq experiment with known truth: "
         "adata.h5ad (CellRank 2 layout), guide_map.csv, truth_daywise.csv, truth_guides.csv, "
         "sim_metadata.yaml and a run-ready config.yaml.",
         required_resource_keys={"experiment", "compute", "mash", "lineage"},

@@ -42,6 +42,11 @@ def test_demo_and_run_at_once_then_threshold_edit(tmp_path: Path, tiny_experimen
     assert [demo.returncode, run.returncode] == [0, 0], "\n".join(o[-3000:] for o in outs)
     for out in outs:
         assert "ran: fit, export, mash, aggregate, rank, report" in out and "Dagster run" in out, out[-2000:]
+        # the answer of every contrast, and where the report is, with the dagster engine too
+        assert "MES vs EC:" in out and "NEU vs EC:" in out and "report: " in out and "report.html" in out, out[-2000:]
+    assert "next: fatebias run" not in outs[0]  # the demo runs it itself
+    for folder in (tmp_path / "demo" / "results", run_dir / "results"):
+        assert not (folder / "fatebias_manifest.json.lock").exists()
 
     db = LineageDB(db_path)
     rows = db.query("SELECT out_dir, asset_key, run_id, reused FROM materializations")
@@ -96,5 +101,7 @@ def test_engine_reports_bad_input_in_one_line(tmp_path: Path, clean_env) -> None
 
     cfg = make_config(adata_path=str(tmp_path / "missing.h5ad"), guide_map_csv=str(tmp_path / "map.csv"),
                       out_dir=str(tmp_path / "out"))
-    with dg.DagsterInstance.ephemeral() as instance, pytest.raises(FatebiasError, match="missing.h5ad"):
+    with dg.DagsterInstance.ephemeral() as instance, pytest.raises(FatebiasError, match="^adata_path: file not found: .*missing.h5ad; guide_map_csv: file not found: .*map.csv$"):
         run_chain(cfg, instance=instance)
+    # Validation fails before Dagster starts: no run folder, lineage database or lock is left.
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -149,3 +149,50 @@ def test_readme_queries(tmp_path: Path) -> None:
 def test_query_without_database(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no lineage database"):
         LineageDB(tmp_path / "none.duckdb").query("SELECT 1")
+
+
+def test_fatebias_lineage_prints_what_made_the_hit_list(tmp_path: Path, capsys, monkeypatch) -> None:
+    """``fatebias lineage``: the latest hit list of the folder, its inputs and every asset it was built from."""
+    from fatebias_core.cli import main
+
+    monkeypatch.delenv("FATEBIAS_LINEAGE_DB", raising=False)
+    out = (tmp_path / "results").resolve()
+    other = str(tmp_path / "other")
+    db = LineageDB(out / "lineage.duckdb")
+    lineage = {"filtered_cells": "L", "fitted_posterior": "F", "ranked_hits": "R2"}
+    common = dict(out_dir=str(out), input_files=["/d/adata.h5ad", "/d/guide_map.csv"], input_version="i1")
+    db.append(make_row("filtered_cells", "L", step="load", lineage={"filtered_cells": "L"}, **common))
+    db.append(make_row("fitted_posterior", "F", step="fit", lineage={"filtered_cells": "L", "fitted_posterior": "F"},
+                       settings={"num_steps": 150}, **common))
+    db.append(make_row("ranked_hits", "R1", run="r0", **common))
+    db.append(make_row("ranked_hits", "R2", run="r2", lineage=lineage, settings={"mash_lfsr_thresh_day": 0.01}, **common))
+    db.append(make_row("ranked_hits", "X", run="rx", out_dir=other, lineage={"ranked_hits": "X"}))  # another folder, later
+
+    assert main(["lineage", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"latest hit list of {out}: ranked_hits version R2" in text and "Dagster run r2" in text
+    assert "/d/adata.h5ad" in text and "/d/guide_map.csv" in text and "content hash i1" in text
+    made = text[text.index("made from"):text.index("settings of")]
+    assert [ln.split()[0] for ln in made.splitlines()[1:]] == ["filtered_cells", "fitted_posterior", "ranked_hits"]
+    assert "settings of ranked_hits: mash_lfsr_thresh_day=0.01" in text and "num_steps" not in text
+    assert main(["lineage", "--out", str(out), "--settings"]) == 0
+    assert "settings of fitted_posterior: num_steps=150" in capsys.readouterr().out
+
+    # A folder run with the local engine has no lineage database: one line says so.
+    (tmp_path / "local").mkdir()
+    (tmp_path / "local" / "fatebias_manifest.json").write_text("{}")
+    assert main(["lineage", "--out", str(tmp_path / "local")]) == 2
+    err = capsys.readouterr().err
+    assert "no lineage database at" in err and "only runs with the dagster engine record lineage" in err and "fatebias_manifest.json lists" in err
+
+
+def test_manifest_lock_leaves_no_file(tmp_path: Path) -> None:
+    """The run folder's manifest lock is on the folder itself: nothing is left behind, even when the step fails."""
+    from fatebias_dagster.runner import manifest_lock
+
+    with pytest.raises(RuntimeError), manifest_lock(tmp_path / "out") as manifest:
+        manifest.record("fit", "v1", [])
+        raise RuntimeError("the step failed")
+    with manifest_lock(tmp_path / "out") as manifest:
+        assert manifest.steps["fit"]["version"] == "v1"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fatebias_manifest.json"]
