@@ -71,6 +71,20 @@ def tiny_experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return simulate_tiny(tmp_path_factory.mktemp("tiny") / "sim")
 
 
+def write_debug_instance_yaml(home: Path) -> Path:
+    """The repository's dagster.yaml in ``home`` with run logs at DEBUG.
+
+    The repository keeps runs at INFO (a user sees what each step did, not every event);
+    tests that read Dagster's per-event lines (RUN_SUCCESS, step starts, engine events)
+    need every event logged.
+    """
+    text = (Path(__file__).parents[2] / "dagster.yaml").read_text()
+    assert "python_log_level: INFO" in text
+    path = home / "dagster.yaml"
+    path.write_text(text.replace("python_log_level: INFO", "python_log_level: DEBUG"))
+    return path
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The current environment without the platform's variables, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if k not in PLATFORM_ENV}

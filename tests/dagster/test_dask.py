@@ -11,7 +11,7 @@ import yaml
 
 from fatebias_dagster.lineage import PROVENANCE_SQL, LineageDB
 
-from .conftest import subprocess_env
+from .conftest import subprocess_env, write_debug_instance_yaml
 
 ROOT = Path(__file__).parents[2]
 CHAIN = {"filtered_cells", "guide_embeddings", "fitted_posterior", "daywise_exports", "mash_outputs",
@@ -24,8 +24,7 @@ def test_dagster_cli_materializes_chain_on_local_dask_cluster(tmp_path: Path, ti
     Dask executor: every step is a task on a LocalCluster of two worker processes."""
     home = tmp_path / "dagster_home"
     home.mkdir()
-    # Every event logged (the repository's dagster.yaml keeps runs at INFO): the step pids are read from them.
-    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text().replace("python_log_level: INFO", "python_log_level: DEBUG"))
+    write_debug_instance_yaml(home)  # the step pids are read from the events
     cluster = tmp_path / "dask_cluster.yaml"
     cluster.write_text(yaml.safe_dump({"local": {"n_workers": 2, "threads_per_worker": 1, "processes": True,
                                                  "dashboard_address": ":0"}}))

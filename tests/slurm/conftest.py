@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.dagster.conftest import subprocess_env
+from tests.dagster.conftest import subprocess_env, write_debug_instance_yaml
 
 ROOT = Path(__file__).parents[2]
 SCRIPTS = ROOT / "scripts" / "slurm"
@@ -133,11 +133,11 @@ class Deployment:
 
 
 def make_deployment(root: Path) -> Deployment:
-    """A deployment folder with an instance holding the repository's dagster.yaml."""
+    """A deployment folder with an instance holding the repository's dagster.yaml (every event logged)."""
     dep = Deployment(root)
     dep.home.mkdir(parents=True)
     dep.logs.mkdir()
-    shutil.copy(ROOT / "dagster.yaml", dep.home / "dagster.yaml")
+    write_debug_instance_yaml(dep.home)  # the tests read RUN_SUCCESS and the executor's engine events
     return dep
 
 
