@@ -269,24 +269,35 @@ class LaplaceProblem:
         centred = (xu - xu @ mean_op) * self.sigma_guide[k]
         return sp.hstack([X[:, : lay.u.start], centred], format="csr")
 
-    def cluster_score_outer(self, resid: np.ndarray) -> tuple[np.ndarray, int]:
-        """J = sum over clusters of the outer product of their summed likelihood scores.
+    @property
+    def clusters(self) -> np.ndarray:
+        """(N,) cluster ids 0..C-1 (every cell its own cluster when ``cluster`` is None)."""
+        return np.arange(self.p.shape[0]) if self.cluster is None else np.asarray(self.cluster)
 
-        A cell's score for contrast k is ``resid_ik x_i`` (centred like the parameters);
-        scores of cells in one clone are summed before the outer product, so J measures
-        how the data actually vary when a clone's cells move together. ``resid`` is
-        (N, K), :meth:`residuals` or their leverage-adjusted version. Returns J
-        (K P, K P) and the number of clusters.
+    def cluster_scores(self, resid: np.ndarray) -> list[sp.csr_matrix]:
+        """Per contrast, the (C, P) raw scores ``sum over a clone's cells of resid_ik x_i``.
+
+        ``resid`` is (N, K), :meth:`residuals` or their leverage-adjusted version. The
+        scores are uncentred (raw design columns); centre them with :meth:`centre_rows`
+        on the side they are multiplied with.
         """
-        n = self.p.shape[0]
-        cluster = np.arange(n) if self.cluster is None else np.asarray(self.cluster)
-        n_clusters = int(cluster.max()) + 1
-        scores = []
-        for k in range(self.n_contrasts):
-            a = sp.csr_matrix((resid[:, k], (cluster, np.arange(n))), shape=(n_clusters, n))
-            scores.append((a @ self.X).tocsc())  # (C, P) raw scores summed per cluster
-        ST = [s.T.tocsr() for s in scores]
-        return self._symmetric_blocks(lambda k, j: ST[k] @ scores[j]), n_clusters
+        cluster = self.clusters
+        n, n_clusters = cluster.size, int(cluster.max()) + 1
+        return [
+            (sp.csr_matrix((resid[:, k], (cluster, np.arange(n))), shape=(n_clusters, n)) @ self.X).tocsr()
+            for k in range(self.n_contrasts)
+        ]
+
+    def score_outer(self, scores: list[sp.csr_matrix]) -> np.ndarray:
+        """J (K P, K P) = sum over clusters of the outer product of their centred scores.
+
+        With ``scores`` from :meth:`cluster_scores`, a clone's cells are summed before
+        the outer product, so J measures how the data actually vary when a clone's cells
+        move together.
+        """
+        cols = [s.tocsc() for s in scores]
+        rows = [s.T.tocsr() for s in scores]
+        return self._symmetric_blocks(lambda k, j: rows[k] @ cols[j])
 
 
 @dataclass
@@ -372,7 +383,7 @@ def _padded_clusters(cluster: np.ndarray, max_cells: int) -> list[tuple[np.ndarr
     return chunks
 
 
-def leverage_adjusted_residuals(problem: LaplaceProblem, res: LaplaceResult, max_cells: int = 512, power: float = 0.5) -> np.ndarray:
+def leverage_adjusted_residuals(problem: LaplaceProblem, res: LaplaceResult, max_cells: int = 512) -> np.ndarray:
     """Residuals corrected for each clone's leverage on the fit (the CR2 correction).
 
     A clone that carries a guide seen in few other clones pulls the fit towards itself,
@@ -389,7 +400,6 @@ def leverage_adjusted_residuals(problem: LaplaceProblem, res: LaplaceResult, max
     padded (clones x cells) blocks), so memory stays bounded.
     """
     K, P = problem.n_contrasts, problem.layout.size
-    n = problem.p.shape[0]
     resid = problem.residuals(res.pi)
     wcell = problem.cell_weights(res.pi)  # (N, K, K)
     lam, vec = np.linalg.eigh(wcell)
@@ -397,9 +407,8 @@ def leverage_adjusted_residuals(problem: LaplaceProblem, res: LaplaceResult, max
     w_half = np.einsum("nij,nj,nkj->nik", vec, np.sqrt(lam), vec)
     w_mhalf = np.einsum("nij,nj,nkj->nik", vec, 1.0 / np.sqrt(lam), vec)
     designs = [problem.centred_design(k).tocsr() for k in range(K)]
-    cluster = np.arange(n) if problem.cluster is None else np.asarray(problem.cluster)
     out = np.empty_like(resid)
-    for cells, valid in _padded_clusters(cluster, max_cells):
+    for cells, valid in _padded_clusters(problem.clusters, max_cells):
         n_cl, m = cells.shape
         flat = cells.ravel()
         # Rows (cell, contrast) of the full design, each in its contrast's column block.
@@ -420,7 +429,7 @@ def leverage_adjusted_residuals(problem: LaplaceProblem, res: LaplaceResult, max
         a = wh @ blocks @ wh
         lev, q = np.linalg.eigh(0.5 * (a + a.transpose(0, 2, 1)))
         lev = np.clip(lev, 0.0, 1.0 - 1e-6)
-        f = np.einsum("cij,cj,ckj->cik", q, (1.0 - lev) ** -power, q)
+        f = np.einsum("cij,cj,ckj->cik", q, 1.0 / np.sqrt(1.0 - lev), q)
         r = np.where(np.repeat(valid, K, axis=1), resid[flat].reshape(n_cl, m * K), 0.0)
         adj = np.einsum("cij,cj->ci", wh @ f @ wmh, r).reshape(n_cl, m, K)
         out[cells[valid]] = adj[valid]
@@ -440,7 +449,7 @@ def robust_covariance(problem: LaplaceProblem, res: LaplaceResult, chunk: int = 
     """Cluster-robust posterior covariance ``H^-1 (Q + J) H^-1`` at the mode, and its degrees of freedom.
 
     H is the posterior Hessian (likelihood curvature plus the prior precision Q) and J
-    the clones' score outer products (:meth:`LaplaceProblem.cluster_score_outer`) from
+    the clones' score outer products (:meth:`LaplaceProblem.score_outer`) from
     leverage-adjusted residuals (:func:`leverage_adjusted_residuals`, CR2). Where the
     likelihood describes the data (independent cells, the right weight) J matches the
     likelihood curvature and this is the model-based ``H^-1``; where clones, smoothing
@@ -460,18 +469,10 @@ def robust_covariance(problem: LaplaceProblem, res: LaplaceResult, chunk: int = 
     cov, df
         (K P, K P) covariance and (K, L, D) degrees of freedom of theta.
     """
-    adjusted = leverage_adjusted_residuals(problem, res)
-    j, _ = problem.cluster_score_outer(adjusted)
-    cov = res.cov @ (problem.prior_hessian() + j) @ res.cov
+    scores = problem.cluster_scores(leverage_adjusted_residuals(problem, res))  # (C, P) per contrast
+    cov = res.cov @ (problem.prior_hessian() + problem.score_outer(scores)) @ res.cov
     cov = 0.5 * (cov + cov.T)
     lay, K, P = problem.layout, problem.n_contrasts, problem.layout.size
-    n = problem.p.shape[0]
-    cluster = np.arange(n) if problem.cluster is None else np.asarray(problem.cluster)
-    n_clusters = int(cluster.max()) + 1
-    scores = [
-        (sp.csr_matrix((adjusted[:, k], (cluster, np.arange(n))), shape=(n_clusters, n)) @ problem.X).tocsr()
-        for k in range(K)
-    ]  # (C, P) raw clone scores per contrast
     theta_idx = (np.arange(K)[:, None] * P + np.arange(lay.theta.start, lay.theta.stop)[None, :]).ravel()
     df = np.empty(theta_idx.size)
     for start in range(0, theta_idx.size, chunk):

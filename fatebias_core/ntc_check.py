@@ -205,11 +205,11 @@ def ntc_calibration(experiment: Experiment, fit_result, config) -> NTCCalibratio
     w = problem.weight
     idx = problem.contrast_index
     pk, resid = pi[:, idx], w * (problem.p[:, idx] - pi[:, idx])  # (N, K)
-    cluster = problem.cluster
+    cluster = problem.clusters
     n_clusters = int(cluster.max()) + 1
     A = sp.csr_matrix((np.ones(cluster.size), (cluster, np.arange(cluster.size))), shape=(n_clusters, cluster.size))
     XT = problem.X.T.tocsr()
-    raw_scores = [(A @ problem.X.multiply(adjusted[:, [k]])).tocsr() for k in range(K)]  # (C, P) per contrast
+    raw_scores = problem.cluster_scores(adjusted)  # (C, P) per contrast
     frames = []
     for k in range(K):
         # Cross-information of the pseudo-gene columns (contrast k) with every parameter.

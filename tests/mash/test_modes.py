@@ -106,15 +106,20 @@ def test_a_backend_that_does_not_retry_fails_with_its_message() -> None:
         run_mode(B, np.full((80, 3), 0.1), settings, backend=_NoRetry())
 
 
-def test_unconverged_extreme_deconvolution_is_kept_with_a_warning(caplog) -> None:
-    """As mashr keeps what its EM returns: no switch to identity V and canonical covariances."""
+def _strong_table() -> pd.DataFrame:
+    """400 rows x 4 days, 30% of them with random-walk effects: enough strong rows for ED."""
     rng = np.random.default_rng(10)
     J, R = 400, 4
     S = np.full((J, R), 0.1)
     eff = np.zeros((J, R))
     on = rng.random(J) < 0.3
     eff[on] = np.cumsum(rng.normal(0, 0.4, (on.sum(), R)), axis=1)
-    df = _table(eff + rng.normal(0, 1, (J, R)) * S, S)
+    return _table(eff + rng.normal(0, 1, (J, R)) * S, S)
+
+
+def test_unconverged_extreme_deconvolution_is_kept_with_a_warning(caplog) -> None:
+    """As mashr keeps what its EM returns: no switch to identity V and canonical covariances."""
+    df = _strong_table()
     with caplog.at_level(logging.WARNING, logger="fatebias.mash"):
         res = mash_table(df, "enriched", FatebiasConfig(mash_ed_maxiter=2))
     assert res.fallback is None and res.fit.datadriven_used
@@ -126,13 +131,7 @@ def test_unconverged_extreme_deconvolution_is_kept_with_a_warning(caplog) -> Non
 
 
 def test_data_driven_covariances_are_gated_by_the_strong_set() -> None:
-    rng = np.random.default_rng(10)
-    J, R = 400, 4
-    S = np.full((J, R), 0.1)
-    eff = np.zeros((J, R))
-    on = rng.random(J) < 0.3
-    eff[on] = np.cumsum(rng.normal(0, 0.4, (on.sum(), R)), axis=1)
-    df = _table(eff + rng.normal(0, 1, (J, R)) * S, S)
+    df = _strong_table()
     res = mash_table(df, "enriched", FatebiasConfig())
     n_strong = res.fit.result.n_strong
     assert n_strong is not None and n_strong >= 50
