@@ -21,10 +21,10 @@ import time
 
 import torch
 
+from fatebias_core.checks.simulate import simulate_experiment
 from fatebias_core.config import make_config
-from fatebias_core.data import load_experiment
-from fatebias_core.inference import fit
-from fatebias_core.simulate import simulate_experiment
+from fatebias_core.data.load import load_experiment
+from fatebias_core.model.inference import fit
 
 SEED_MS_PER_STEP = 430.0
 

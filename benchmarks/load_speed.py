@@ -22,7 +22,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from fatebias_core.config import make_config
-from fatebias_core.data import load_experiment
+from fatebias_core.data.load import load_experiment
 
 FATES = ["EC", "MES", "NEU"]
 

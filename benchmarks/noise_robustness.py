@@ -28,13 +28,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fatebias_core.calibration import _quantile_bounds, call_rows, coverage_rows
+from fatebias_core.checks.simulate import simulate_experiment
 from fatebias_core.config import load_config
-from fatebias_core.data import load_experiment
-from fatebias_core.inference import fit
+from fatebias_core.data.load import load_experiment
 from fatebias_core.mash import mash_table
-from fatebias_core.posterior import QUANTILES, summarise_posterior
-from fatebias_core.simulate import simulate_experiment
+from fatebias_core.model.inference import fit
+from fatebias_core.model.posterior import QUANTILES, summarise_posterior
+from fatebias_core.studies.calibration import _quantile_bounds, call_rows, coverage_rows
 
 BASE = Path(__file__).resolve().parents[1] / "docs" / "calibration" / "config.yaml"
 MODELS = ("dirichlet50", "sharp_mix", "logistic_normal", "dirichlet50_plus1")

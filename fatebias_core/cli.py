@@ -12,8 +12,8 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 
-from .errors import FatebiasError
-from .steps import CHAIN
+from fatebias_core.errors import FatebiasError
+from fatebias_core.pipeline.graph import CHAIN
 
 log = logging.getLogger("fatebias")
 
@@ -34,7 +34,7 @@ def command(name: str, help: str):
 
 
 def _config(args: argparse.Namespace, **overrides):
-    from .config import load_config
+    from fatebias_core.config import load_config
 
     overrides = {k: v for k, v in overrides.items() if v is not None}
     return load_config(getattr(args, "config", None), **overrides)
@@ -50,7 +50,7 @@ def _build_fit(p: argparse.ArgumentParser) -> None:
 
 @command("fit", "load the experiment, fit the model and export posterior summaries")(_build_fit)
 def _run_fit(args: argparse.Namespace) -> int:
-    from .pipeline import fit_and_export
+    from fatebias_core.pipeline.steps import fit_and_export
 
     cfg = _config(args, out_dir=args.out, device=args.device, num_steps=args.num_steps)
     result = fit_and_export(cfg)
@@ -65,7 +65,7 @@ def _build_check(p: argparse.ArgumentParser) -> None:
 
 @command("check", "check the data before a fit: every loader validation and the load summary, nothing written")(_build_check)
 def _run_check(args: argparse.Namespace) -> int:
-    from .check import check_data
+    from fatebias_core.pipeline.check import check_data
 
     cfg = _config(args)
     result = check_data(cfg)
@@ -104,7 +104,7 @@ def _run_lineage(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- simulate
 def _build_simulate(p: argparse.ArgumentParser) -> None:
-    from .config import FatebiasConfig
+    from fatebias_core.config import FatebiasConfig
 
     p.add_argument("--out", required=True, help="folder for adata.h5ad, guide_map.csv, truth and config")
     p.add_argument("--config", "-c", help="YAML file with sim_* settings (and run settings for config.yaml)")
@@ -117,8 +117,8 @@ def _build_simulate(p: argparse.ArgumentParser) -> None:
 
 @command("simulate", "simulate an experiment with known truth")(_build_simulate)
 def _run_simulate(args: argparse.Namespace) -> int:
-    from .config import FatebiasConfig
-    from .simulate import simulate
+    from fatebias_core.checks.simulate import simulate
+    from fatebias_core.config import FatebiasConfig
 
     sim = {k: getattr(args, k) for k in FatebiasConfig.model_fields if k.startswith("sim_")}
     cfg = _config(args, **sim)
@@ -143,7 +143,7 @@ def _build_demo(p: argparse.ArgumentParser) -> None:
 
 @command("demo", "simulate a modest experiment and run every step of the chain on it")(_build_demo)
 def _run_demo(args: argparse.Namespace) -> int:
-    from .pipeline import run_demo
+    from fatebias_core.pipeline.steps import run_demo
 
     result = run_demo(args.out, config_path=args.config, engine=args.engine)
     print(result.describe())
@@ -166,7 +166,7 @@ def _build_run(p: argparse.ArgumentParser) -> None:
 
 @command("run", "run the whole chain: fit, export, mash, aggregate, rank, diagnostics")(_build_run)
 def _run_run(args: argparse.Namespace) -> int:
-    from .pipeline import chain_engine, forget_steps
+    from fatebias_core.pipeline.steps import chain_engine, forget_steps
 
     cfg = _config(args, out_dir=args.out)
     if args.rerun:
@@ -189,7 +189,7 @@ def _build_mash(p: argparse.ArgumentParser) -> None:
 
 @command("mash", "multivariate adaptive shrinkage of a daywise effect table")(_build_mash)
 def _run_mash(args: argparse.Namespace) -> int:
-    from .mash import mash_file
+    from fatebias_core.mash import mash_file
 
     cfg = _config(args, mash_backend=args.backend)
     res = mash_file(args.input, args.output, mode=args.mode, config=cfg)
@@ -205,7 +205,7 @@ def _build_ash(p: argparse.ArgumentParser) -> None:
 
 @command("ash", "univariate adaptive shrinkage of an across-day summary")(_build_ash)
 def _run_ash(args: argparse.Namespace) -> int:
-    from .mash import ash_file
+    from fatebias_core.mash import ash_file
 
     cfg = _config(args)
     res = ash_file(args.input, args.output, config=cfg)
@@ -222,7 +222,7 @@ def _build_aggregate(p: argparse.ArgumentParser) -> None:
 
 @command("aggregate", "combine guide-level mash posteriors into gene-level ones")(_build_aggregate)
 def _run_aggregate(args: argparse.Namespace) -> int:
-    from .aggregate import aggregate_file
+    from fatebias_core.discovery.aggregate import aggregate_file
 
     cfg = _config(args)
     df = aggregate_file(args.input, args.output, cfg)
@@ -239,7 +239,7 @@ def _build_rank(p: argparse.ArgumentParser) -> None:
 
 @command("rank", "call and rank hits")(_build_rank)
 def _run_rank(args: argparse.Namespace) -> int:
-    from .calls import rank_file
+    from fatebias_core.discovery.calls import rank_file
 
     cfg = _config(args, discovery_source=args.source)
     df = rank_file(args.input, args.output, cfg)
@@ -256,7 +256,7 @@ def _build_evaluate(p: argparse.ArgumentParser) -> None:
 
 @command("evaluate", "score ranked hits against a simulation's truth")(_build_evaluate)
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_files
+    from fatebias_core.discovery.evaluate import evaluate_files
 
     summary = evaluate_files(args.hits, args.truth, args.out, truth_thresh=args.truth_thresh)
     print(summary.describe())
@@ -270,7 +270,7 @@ def _build_diagnose(p: argparse.ArgumentParser) -> None:
 
 @command("diagnose", "held-out fit, permutation negative control and sanity checks")(_build_diagnose)
 def _run_diagnose(args: argparse.Namespace) -> int:
-    from .pipeline import diagnose
+    from fatebias_core.pipeline.steps import diagnose
 
     cfg = _config(args, out_dir=args.out)
     result = diagnose(cfg)
@@ -289,7 +289,7 @@ def _build_sweep(p: argparse.ArgumentParser) -> None:
 
 @command("sweep", "simulate and run the chain over a grid of simulation and prior settings; score recovery")(_build_sweep)
 def _run_sweep(args: argparse.Namespace) -> int:
-    from .sweep import load_spec, preset, run_sweep
+    from fatebias_core.studies.sweep import load_spec, preset, run_sweep
 
     spec = load_spec(args.spec) if args.spec else preset(args.preset)
     result = run_sweep(spec, args.out, _config(args))
@@ -308,7 +308,7 @@ def _build_calibrate(p: argparse.ArgumentParser) -> None:
 
 @command("calibrate", "calibration study: interval coverage, false sign rate and power over simulated scenarios")(_build_calibrate)
 def _run_calibrate(args: argparse.Namespace) -> int:
-    from .calibration import METHODS, run_calibration
+    from fatebias_core.studies.calibration import METHODS, run_calibration
 
     cfg = _config(args)
     split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
@@ -329,7 +329,7 @@ def _build_report(p: argparse.ArgumentParser) -> None:
 
 @command("report", "write the HTML report of a finished run (report.html, self-contained)")(_build_report)
 def _run_report(args: argparse.Namespace) -> int:
-    from .report import build_report
+    from fatebias_core.report.build import build_report
 
     cfg = _config(args) if args.config else None
     print(build_report(args.out, cfg).describe())
@@ -344,7 +344,7 @@ def _build_config(p: argparse.ArgumentParser) -> None:
 
 @command("config", "check a configuration file or print the configuration reference")(_build_config)
 def _run_config(args: argparse.Namespace) -> int:
-    from .config import load_config, schema_markdown
+    from fatebias_core.config import load_config, schema_markdown
 
     if args.action == "reference":
         print(schema_markdown())
@@ -360,7 +360,7 @@ def _run_config(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered subcommand."""
-    from . import __version__
+    from fatebias_core import __version__
 
     parser = argparse.ArgumentParser(prog="fatebias", description="Fate-bias analysis of time-course Perturb-seq with CellRank fate probabilities.")
     parser.add_argument("--version", action="version", version=f"fatebias {__version__}")

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
+from fatebias_core.errors import ConfigError
 
 # Group names, in the order the README's configuration reference lists them.
 GROUPS = (

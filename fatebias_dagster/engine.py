@@ -18,11 +18,11 @@ from pathlib import Path
 
 import dagster as dg
 
-from fatebias_core.check import load_experiment_checked
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.errors import ConfigError, FatebiasError, FitError, InputDataError
 from fatebias_core.io import read_csv
-from fatebias_core.pipeline import CHAIN, FIT_DIR, ChainResult
+from fatebias_core.pipeline.check import load_experiment_checked
+from fatebias_core.pipeline.steps import CHAIN, FIT_DIR, ChainResult
 
 from .definitions import build_definitions
 from .jobs import CHAIN_JOB, OBSERVE_JOB

@@ -114,7 +114,7 @@ class LineageRow:
     started_at, finished_at
         UTC times of the step.
     data_version
-        The step version (fatebias_core.steps) reported to Dagster as the data version.
+        The step version (fatebias_core.pipeline.graph) reported to Dagster as the data version.
     code_version
         The step's code version.
     config_hash

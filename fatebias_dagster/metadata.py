@@ -169,7 +169,7 @@ TOP_COLUMNS = ("gene", "hit_anyday", "active_days", "best_day", "min_lfsr_among_
 def rank_metadata(hits: pd.DataFrame, comparison: pd.DataFrame, mode: str) -> dict[str, Any]:
     """Number of hits, the top hits as a Markdown table and the mode comparison."""
     n_hits = int(hits["hit_anyday"].astype(bool).sum())
-    from fatebias_core.answer import lfsr_text
+    from fatebias_core.discovery.answer import lfsr_text
 
     top = hits[[c for c in TOP_COLUMNS if c in hits.columns]].copy()
     if "min_lfsr_among_active" in top.columns:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from fatebias_core.io import read_csv
-from fatebias_core.pipeline import MashOutputs
+from fatebias_core.pipeline.steps import MashOutputs
 
 TEXT = {"gene": str, "guide": str, "active_days": str, "active_days_any": str}
 

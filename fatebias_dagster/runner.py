@@ -4,7 +4,7 @@ Every chain asset body is: start a :class:`StepRun`, call one fatebias_core step
 function through :meth:`StepRun.execute`, describe the result. The run
 
 * resolves the run folder and effective settings from the resources (partition-aware);
-* computes the step versions exactly as ``fatebias run`` does (fatebias_core.steps) and
+* computes the step versions exactly as ``fatebias run`` does (fatebias_core.pipeline.graph) and
   reuses the step's files when the run folder's manifest says they are current (so a
   folder made by ``fatebias run --engine local`` is reused by the platform and the other
   way round), recording the step in the manifest when it runs;
@@ -27,7 +27,7 @@ import dagster as dg
 import pandas as pd
 
 from fatebias_core.config import FatebiasConfig
-from fatebias_core.steps import UPSTREAM, Manifest
+from fatebias_core.pipeline.graph import UPSTREAM, Manifest
 
 from .lineage import LineageRow, utcnow
 from .resources.experiment import RunFolder

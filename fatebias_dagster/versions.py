@@ -1,6 +1,6 @@
 """Data versions: the same step versions ``fatebias run`` uses, reported to Dagster.
 
-fatebias_core.steps defines a step's *version* as a hash of its code version, the
+fatebias_core.pipeline.graph defines a step's *version* as a hash of its code version, the
 settings it reads, its upstream steps' versions and (for loading) the input files'
 content hash. The platform reports exactly that as each asset's data version, and
 models the two kinds of change that make a step stale as observable sources:
@@ -23,8 +23,14 @@ from pathlib import Path
 import dagster as dg
 
 from fatebias_core.config import FatebiasConfig
-from fatebias_core.steps import CODE_VERSIONS, UPSTREAM, file_hash, input_version, step_settings
-from fatebias_core.steps import step_versions as core_step_versions
+from fatebias_core.pipeline.graph import (
+    CODE_VERSIONS,
+    UPSTREAM,
+    file_hash,
+    input_version,
+    step_settings,
+)
+from fatebias_core.pipeline.graph import step_versions as core_step_versions
 
 #: Chain assets of each fatebias_core step, in chain order.
 STEP_ASSETS: dict[str, tuple[str, ...]] = {
@@ -87,7 +93,7 @@ def _file_hash(path: str, size: int, mtime_ns: int) -> str:
 
 
 def watched_input_version(config: FatebiasConfig) -> str:
-    """:func:`fatebias_core.steps.input_version`, each file's hash cached on (path, size, mtime).
+    """:func:`fatebias_core.pipeline.graph.input_version`, each file's hash cached on (path, size, mtime).
 
     The change sensor asks every few seconds; a multi-gigabyte AnnData is hashed again
     only when it changed on disk.
@@ -100,7 +106,7 @@ def watched_input_version(config: FatebiasConfig) -> str:
 
 
 def step_versions(config: FatebiasConfig) -> dict[str, str]:
-    """Every step's version for the current settings and files (fatebias_core.steps)."""
+    """Every step's version for the current settings and files (fatebias_core.pipeline.graph)."""
     return core_step_versions(config, input_version(config))
 
 

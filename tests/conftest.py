@@ -182,9 +182,9 @@ class TinySim:
 
 @pytest.fixture(scope="session")
 def tiny_sim() -> TinySim:
+    from fatebias_core.checks.simulate import simulate_experiment
     from fatebias_core.config import make_config
-    from fatebias_core.data import load_experiment
-    from fatebias_core.simulate import simulate_experiment
+    from fatebias_core.data.load import load_experiment
 
     cfg = make_config(**TINY_SIM, **TINY_FIT)
     sim = simulate_experiment(cfg)
@@ -195,6 +195,6 @@ def tiny_sim() -> TinySim:
 @pytest.fixture(scope="session")
 def tiny_fit(tiny_sim):
     """The default (Laplace) fit of the tiny simulation."""
-    from fatebias_core.inference import fit
+    from fatebias_core.model.inference import fit
 
     return fit(tiny_sim.experiment, tiny_sim.config)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fatebias_core.calibration import (
+from fatebias_core.config import make_config
+from fatebias_core.errors import ConfigError
+from fatebias_core.studies.calibration import (
     SCENARIOS,
     calibration_markdown,
     calibration_run,
@@ -15,8 +17,6 @@ from fatebias_core.calibration import (
     summarise_calibration,
     write_calibration,
 )
-from fatebias_core.config import make_config
-from fatebias_core.errors import ConfigError
 
 from .conftest import TINY_FIT, TINY_SIM
 

@@ -13,7 +13,7 @@ import scipy.sparse as sp
 
 from fatebias_core import cli
 from fatebias_core.config import load_config, make_config
-from fatebias_core.data import embed_guides, load_experiment, order_labels
+from fatebias_core.data.load import embed_guides, load_experiment, order_labels
 from fatebias_core.errors import ConfigError, InputDataError
 
 from .conftest import FATES, GUIDE_MAP, MATRIX_GUIDES, SmallInputs, make_inputs
@@ -495,9 +495,9 @@ def fit_loads_only(monkeypatch: pytest.MonkeyPatch) -> None:
         load_experiment(cfg, verbose=False)
         raise AssertionError("bad input was accepted")
 
-    module = types.ModuleType("fatebias_core.pipeline")
+    module = types.ModuleType("fatebias_core.pipeline.steps")
     module.fit_and_export = fit_and_export
-    monkeypatch.setitem(sys.modules, "fatebias_core.pipeline", module)
+    monkeypatch.setitem(sys.modules, "fatebias_core.pipeline.steps", module)
 
 
 @pytest.mark.parametrize(
@@ -530,7 +530,7 @@ def test_unnamed_fate_columns_must_match_the_configured_count() -> None:
 def test_real_fit_command_rejects_bad_input_before_writing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    pytest.importorskip("fatebias_core.pipeline", reason="fatebias_core.pipeline not present")
+    pytest.importorskip("fatebias_core.pipeline.steps", reason="fatebias_core.pipeline.steps not present")
     cfg_path = _bad(tmp_path, _probs(_nan), {})
     out = tmp_path / "results"
     assert cli.main(["fit", "--config", str(cfg_path), "--out", str(out)]) == 2

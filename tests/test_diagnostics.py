@@ -12,8 +12,7 @@ import pandas as pd
 import pytest
 
 from fatebias_core import cli
-from fatebias_core.config import load_config, make_config
-from fatebias_core.diagnostics import (
+from fatebias_core.checks.diagnostics import (
     FINGERPRINT_FILE,
     GenePosterior,
     _reset_if_changed,
@@ -27,9 +26,10 @@ from fatebias_core.diagnostics import (
     split_experiment,
     stratified_holdout,
 )
+from fatebias_core.checks.simulate import simulate
+from fatebias_core.config import load_config, make_config
 from fatebias_core.errors import ConfigError
-from fatebias_core.simulate import simulate
-from fatebias_core.tables import DayAxis, DaywisePosterior
+from fatebias_core.io.tables import DayAxis, DaywisePosterior
 from fatebias_core.types import (
     Experiment,
     FilteredCells,

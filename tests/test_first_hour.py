@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from fatebias_core import cli
-from fatebias_core.answer import lfsr_text, shifted_probability
+from fatebias_core.discovery.answer import lfsr_text, shifted_probability
 
 from .conftest import make_inputs
 
@@ -74,7 +74,7 @@ def test_invalid_cells_fail_naming_the_setting(tmp_path: Path, capsys) -> None:
 
 def test_drop_invalid_cells_counts_and_names_them(tmp_path: Path, capsys) -> None:
     from fatebias_core.config import load_config
-    from fatebias_core.pipeline import load_step
+    from fatebias_core.pipeline.steps import load_step
 
     inputs = make_inputs(guide_layout="dense")
     _nan_rows(inputs, rows=(1, 4))
@@ -110,7 +110,7 @@ def test_drop_invalid_cells_counts_and_names_them(tmp_path: Path, capsys) -> Non
 
 def test_valid_data_gives_an_empty_dropped_cells_file(tmp_path: Path) -> None:
     from fatebias_core.config import load_config
-    from fatebias_core.pipeline import load_step
+    from fatebias_core.pipeline.steps import load_step
 
     cfg = load_config(make_inputs(guide_layout="dense").write(tmp_path, drop_invalid_cells=True))
     load_step(cfg, tmp_path / "out", verbose=False)
@@ -142,8 +142,8 @@ def test_day_labels_without_numbers_need_day_order(tmp_path: Path, capsys) -> No
 
 def test_day_order_overrides_the_numbers_and_names_columns_by_position() -> None:
     from fatebias_core.config import make_config
-    from fatebias_core.data import load_experiment
-    from fatebias_core.posterior import day_suffixes
+    from fatebias_core.data.load import load_experiment
+    from fatebias_core.model.posterior import day_suffixes
 
     inputs = make_inputs(guide_layout="dense")
     exp = load_experiment(make_config(day_order=["d2", "d0", "d1"]), verbose=False, adata=inputs.adata, guide_map=inputs.guide_map)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fatebias_core.errors import FitError
-from fatebias_core.inference import BatchSampler, fit, load_fit, steps_to_convergence
+from fatebias_core.model.inference import BatchSampler, fit, load_fit, steps_to_convergence
 
 
 def _truth(tiny_sim, fate: str, genes: list[str]) -> np.ndarray:
@@ -56,7 +56,7 @@ def test_checkpoint_resume_gives_the_uninterrupted_numbers(tiny_sim, tmp_path, m
     cfg = tiny_sim.config.model_copy(update={"num_steps": 80, "posterior_method": "meanfield"})
     full = fit(tiny_sim.experiment, cfg)
 
-    import fatebias_core.inference as inf
+    import fatebias_core.model.inference as inf
 
     real_step = inf.SVI.step
     calls = {"n": 0}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fatebias_core.laplace import (
+from fatebias_core.model.laplace import (
     LaplaceProblem,
     Layout,
     centre_within_gene,
@@ -100,9 +100,9 @@ def test_gene_blocks_index_theta_then_guides():
 
 
 def test_too_large_a_screen_is_refused_before_fitting(tiny_sim, monkeypatch):
-    import fatebias_core.laplace as lap
+    import fatebias_core.model.laplace as lap
     from fatebias_core.errors import FitError
-    from fatebias_core.inference import fit
+    from fatebias_core.model.inference import fit
 
     monkeypatch.setattr(lap, "MAX_LAPLACE_DIM", 10)
     with pytest.raises(FitError, match="posterior_method: meanfield"):

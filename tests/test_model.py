@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fatebias_core.guides import initial_values
-from fatebias_core.model import (
+from fatebias_core.model.fate_model import (
     FateModel,
     ModelData,
     Priors,
@@ -18,6 +17,7 @@ from fatebias_core.model import (
     linear_predictor,
     theta_from,
 )
+from fatebias_core.model.guides import initial_values
 
 
 def _random_values(model: FateModel, seed: int = 0) -> dict[str, torch.Tensor]:

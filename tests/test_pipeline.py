@@ -17,7 +17,7 @@ import yaml
 
 from fatebias_core.cli import main
 from fatebias_core.config import load_config
-from fatebias_core.pipeline import run_chain
+from fatebias_core.pipeline.steps import run_chain
 
 from .conftest import TINY_FIT, TINY_SIM
 
@@ -26,8 +26,8 @@ RUN_SETTINGS = {k: v for k, v in TINY_FIT.items() if k != "device"}
 
 @pytest.fixture(scope="module")
 def sim_folder(tmp_path_factory) -> Path:
+    from fatebias_core.checks.simulate import simulate
     from fatebias_core.config import make_config
-    from fatebias_core.simulate import simulate
 
     folder = tmp_path_factory.mktemp("sim")
     simulate(make_config(**TINY_SIM), folder)
@@ -97,7 +97,7 @@ def test_run_writes_every_output_with_the_seed_names(chain):
 
 
 def test_run_finds_the_true_hits(chain, sim_folder):
-    from fatebias_core.evaluate import score_calls
+    from fatebias_core.discovery.evaluate import score_calls
 
     hits = pd.read_csv(Path(chain.out_dir) / "hits_ranked.csv")
     truth = pd.read_csv(sim_folder / "truth_daywise.csv")
@@ -142,8 +142,8 @@ def test_rerun_flag_remakes_the_step_and_what_follows(chain, sim_folder, capsys)
 
 
 def test_forget_steps_reaches_the_permutation_run(chain, tmp_path):
-    from fatebias_core.pipeline import forget_steps
-    from fatebias_core.steps import Manifest
+    from fatebias_core.pipeline.graph import Manifest
+    from fatebias_core.pipeline.steps import forget_steps
 
     out = tmp_path / "run"
     (out / "permutation" / "fit").mkdir(parents=True)

@@ -12,23 +12,23 @@ import pandas as pd
 import pytest
 from scipy.stats import norm
 
-from fatebias_core.calls import rank_and_compare, rank_hits
-from fatebias_core.cli import main
-from fatebias_core.config import FatebiasConfig, make_config
-from fatebias_core.diagnostics import (
+from fatebias_core.checks.diagnostics import (
     DiagnosticsResult,
     HeldOutResult,
     PermutationResult,
     sanity_checks,
     score_heldout,
 )
+from fatebias_core.checks.ntc import NTCCalibration
+from fatebias_core.cli import main
+from fatebias_core.config import FatebiasConfig, make_config
+from fatebias_core.discovery.calls import rank_and_compare, rank_hits
+from fatebias_core.discovery.evaluate import evaluate_files
 from fatebias_core.errors import InputDataError
-from fatebias_core.evaluate import evaluate_files
 from fatebias_core.io import write_csv, write_json, write_text
-from fatebias_core.ntc_check import NTCCalibration
-from fatebias_core.pipeline import report_step
-from fatebias_core.report import build_report
-from fatebias_core.steps import Manifest
+from fatebias_core.pipeline.graph import Manifest
+from fatebias_core.pipeline.steps import report_step
+from fatebias_core.report.build import build_report
 from fatebias_core.types import LoadSummary
 
 DAYS = ("d0", "d1", "d2", "d3")
@@ -276,7 +276,7 @@ def test_ash_discovery_takes_daywise_effects_from_mash(run_folder, tmp_path):
 
 
 def test_calibration_curves_when_present(run_folder, tmp_path):
-    from fatebias_core.calibration import LEVELS, LFSR_THRESHOLDS, summarise_calibration
+    from fatebias_core.studies.calibration import LEVELS, LFSR_THRESHOLDS, summarise_calibration
 
     src, _ = run_folder
     out = tmp_path / "results"
@@ -354,7 +354,7 @@ def test_hits_table_sorts_and_filters_in_chromium(report, tmp_path):
 
 def test_hit_table_gives_direction_interval_and_probability(report, run_folder):
     """The hit table: direction in words, the 90% credible interval, the change in P(MES) at the day's baseline."""
-    from fatebias_core.answer import shifted_probability
+    from fatebias_core.discovery.answer import shifted_probability
 
     _, page = report
     out, _ = run_folder
@@ -395,7 +395,7 @@ def test_underflowed_lfsr_reads_as_a_bound(run_folder, tmp_path):
 
 
 def test_loss_figure_marks_every_weight_change(report):
-    from fatebias_core.report import _weight_steps
+    from fatebias_core.report.build import _weight_steps
 
     _, page = report
     assert "re-estimated once more, at steps 31 and 61 (dashed lines)" in page
@@ -409,7 +409,7 @@ def test_volcano_labels_never_overlap():
     """Hits piled at one spot (the old cap) get labels that do not overlap."""
     import matplotlib.pyplot as plt
 
-    from fatebias_core.plots import place_labels, volcano_height
+    from fatebias_core.report.plots import place_labels, volcano_height
 
     fig, ax = plt.subplots(figsize=(3, 3))
     ax.set_xlim(-1.5, 1.5)

@@ -13,10 +13,10 @@ import scipy.sparse as sp
 import yaml
 
 from fatebias_core import cli
+from fatebias_core.checks.simulate import PROB_FLOOR, SimulatedData, simulate, simulate_experiment
 from fatebias_core.config import load_config, make_config
-from fatebias_core.data import load_experiment
+from fatebias_core.data.load import load_experiment
 from fatebias_core.errors import ConfigError
-from fatebias_core.simulate import PROB_FLOOR, SimulatedData, simulate, simulate_experiment
 
 SIM = {
     "sim_n_cells": 600,

@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from fatebias_core import cli, sweep
+from fatebias_core import cli
 from fatebias_core.config import make_config
 from fatebias_core.errors import ConfigError, InputDataError
-from fatebias_core.sweep import PRESETS, SweepSpec, load_spec, preset, run_sweep
+from fatebias_core.studies import sweep
+from fatebias_core.studies.sweep import PRESETS, SweepSpec, load_spec, preset, run_sweep
 
 from .conftest import TINY_CHAIN as TINY
 

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import scipy.linalg as sla
 
+from fatebias_core.checks.ntc import ntc_calibration, ntc_pseudogenes
+from fatebias_core.checks.simulate import simulate_experiment
 from fatebias_core.config import make_config
-from fatebias_core.data import guide_set_clusters, load_experiment
-from fatebias_core.inference import fit, refine_posterior
-from fatebias_core.laplace import build_problem, leverage_adjusted_residuals, newton_mode
-from fatebias_core.model import Priors
-from fatebias_core.ntc_check import ntc_calibration, ntc_pseudogenes
-from fatebias_core.posterior import summarise_posterior
-from fatebias_core.simulate import simulate_experiment
+from fatebias_core.data.load import guide_set_clusters, load_experiment
+from fatebias_core.model.fate_model import Priors
+from fatebias_core.model.inference import fit, refine_posterior
+from fatebias_core.model.laplace import build_problem, leverage_adjusted_residuals, newton_mode
+from fatebias_core.model.posterior import summarise_posterior
 
 SMALL = dict(
     sim_n_cells=3000,

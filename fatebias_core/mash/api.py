@@ -11,9 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..config import FatebiasConfig
-from ..errors import InputDataError
-from ..io import PathLike, read_csv, write_csv
+from fatebias_core.config import FatebiasConfig
+from fatebias_core.errors import InputDataError
+from fatebias_core.io import PathLike, read_csv, write_csv
+
 from .ash import AshFit, ash_with_settings
 from .modes import ModeFit, ModeSettings, NativeBackend, run_mode
 from .table import assemble_output, parse_ash_input, parse_daywise

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 from scipy.special import log_ndtr, ndtr
 
-from ..errors import InputDataError
+from fatebias_core.errors import InputDataError
+
 from .grid import GRIDMULT, autoselect_grid
 from .mixsqp_r import mixsqp_r
 from .mixture_weights import fit_mixture_weights, set_prior

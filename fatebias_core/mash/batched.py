@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ..errors import FitError
+from fatebias_core.errors import FitError
 
 Entry = Callable[[int, int], np.ndarray]
 

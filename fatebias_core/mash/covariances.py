@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import FitError, InputDataError
+from fatebias_core.errors import FitError, InputDataError
+
 from .batched import BatchedCholesky
 from .data import MashData
 

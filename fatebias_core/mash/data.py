@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputDataError
+from fatebias_core.errors import InputDataError
 
 
 @dataclass(frozen=True)

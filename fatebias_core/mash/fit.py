@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import FitError
+from fatebias_core.errors import FitError
+
 from .covariances import CovarianceSet, normalize_covariances
 from .data import MashData
 from .grid import GRIDMULT, autoselect_grid

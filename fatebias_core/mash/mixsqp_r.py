@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.linalg import cho_solve, lapack
 
-from ..errors import FitError
+from fatebias_core.errors import FitError
+
 from .blas_threads import single_threaded_blas
 
 CONVTOL_SQP = 1e-8

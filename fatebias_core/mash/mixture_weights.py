@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.linalg import LinAlgError, cho_factor, cho_solve
 
-from ..errors import FitError
+from fatebias_core.errors import FitError
+
 from .blas_threads import single_threaded_blas
 
 

@@ -22,8 +22,9 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from ..config import FatebiasConfig
-from ..errors import ConfigError, FitError
+from fatebias_core.config import FatebiasConfig
+from fatebias_core.errors import ConfigError, FitError
+
 from .covariances import cov_canonical, cov_ed, cov_pca
 from .data import MashData, mash_set_data
 from .fit import mash

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import FitError
+from fatebias_core.errors import FitError
+
 from .data import MashData
 
 

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FatebiasError
+from fatebias_core.errors import FatebiasError
+
 from .data import MashData
 from .modes import BackendFit, ModeSettings
 from .null_correlation import NotEnoughNullDataError

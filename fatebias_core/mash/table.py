@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..errors import InputDataError
+from fatebias_core.errors import InputDataError
 
 BETA_PREFIX = "betahat_"
 SE_PREFIX = "se_"

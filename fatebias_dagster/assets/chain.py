@@ -18,7 +18,8 @@ import dagster as dg
 from dagster import AssetExecutionContext
 
 from fatebias_core.io import write_text
-from fatebias_core.pipeline import (
+from fatebias_core.model.posterior import export_paths
+from fatebias_core.pipeline.steps import (
     DROPPED_CELLS_FILE,
     FIT_DIR,
     aggregate_paths,
@@ -34,8 +35,7 @@ from fatebias_core.pipeline import (
     report_step,
     step_outputs,
 )
-from fatebias_core.posterior import export_paths
-from fatebias_core.report import REPORT_FILE
+from fatebias_core.report.build import REPORT_FILE
 from fatebias_core.types import Experiment, FilteredCells, GuideEmbedding, LoadSummary
 
 from .. import metadata as meta
@@ -176,7 +176,7 @@ def build_chain(
         filtered_cells: tuple[FilteredCells, LoadSummary],
         guide_embeddings: GuideEmbedding,
     ):
-        from fatebias_core.inference import load_fit
+        from fatebias_core.model.inference import load_fit
 
         run = StepRun.start(context, "fit", layout)
         fit_dir = run.out_dir / FIT_DIR

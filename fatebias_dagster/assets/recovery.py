@@ -5,9 +5,9 @@ Every asset but ``recovery_summary`` is partitioned by ``<variant>|<seed>``
 simulations at once. Per partition: ``study/simulated_experiment`` simulates with known
 truth, the chain (the same assets as the main chain, keys ``study/...``) analyses it,
 and ``study/recovery_scores`` scores the ranked hits against the truth
-(:func:`fatebias_core.evaluate.evaluate_files`). ``recovery_summary`` gathers every
+(:func:`fatebias_core.discovery.evaluate.evaluate_files`). ``recovery_summary`` gathers every
 scored partition into one table and figure, in the format of ``fatebias sweep``
-(``sweep_results.csv``/``.png``, :func:`fatebias_core.sweep.plot_sweep`).
+(``sweep_results.csv``/``.png``, :func:`fatebias_core.studies.sweep.plot_sweep`).
 """
 
 import dataclasses
@@ -21,10 +21,10 @@ import dagster as dg
 import pandas as pd
 from dagster import AssetExecutionContext
 
-from fatebias_core.evaluate import evaluate_files
+from fatebias_core.discovery.evaluate import evaluate_files
 from fatebias_core.io import read_csv, write_csv
-from fatebias_core.steps import file_hash
-from fatebias_core.sweep import plot_sweep, score_row
+from fatebias_core.pipeline.graph import file_hash
+from fatebias_core.studies.sweep import plot_sweep, score_row
 
 from .. import metadata as meta
 from ..executors import fit_op_tags, fit_pool

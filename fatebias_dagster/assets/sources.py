@@ -1,9 +1,9 @@
 """Upstream of the chain: the experiment's files and the settings each step reads.
 
 * ``experiment``: an observable source for a real ``.h5ad`` + guide map; its data
-  version is the files' content hash (:func:`fatebias_core.steps.input_version`).
+  version is the files' content hash (:func:`fatebias_core.pipeline.graph.input_version`).
 * ``settings/<step>``: observable sources, one per step, whose data version is the hash
-  of the settings that step reads (:func:`fatebias_core.steps.step_settings`).
+  of the settings that step reads (:func:`fatebias_core.pipeline.graph.step_settings`).
 * ``simulated_experiment``: in the demo deployment (a configuration that names no
   ``adata_path``), an asset that simulates the experiment with known truth into the
   demo folder (:func:`fatebias_core.simulate.simulate`); its data version is the
@@ -27,7 +27,7 @@ from dagster import AssetExecutionContext
 
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.errors import InputDataError
-from fatebias_core.steps import input_version
+from fatebias_core.pipeline.graph import input_version
 
 from ..lineage import utcnow
 from ..resources import ComputeResource, ExperimentConfig, MashBackend
@@ -214,7 +214,7 @@ def build_simulated_experiment(
         required_resource_keys={"experiment", "compute", "mash", "lineage"},
     )
     def simulated_experiment(context: AssetExecutionContext) -> dg.MaterializeResult:
-        from fatebias_core.simulate import simulate
+        from fatebias_core.checks.simulate import simulate
 
         started = utcnow()
         r = context.resources

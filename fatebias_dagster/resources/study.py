@@ -1,6 +1,6 @@
 """The simulation-study resource: a sweep spec's runs as partitions, each in its own folder.
 
-A study is a sweep spec (:mod:`fatebias_core.sweep`): ``scenarios`` (name -> settings),
+A study is a sweep spec (:mod:`fatebias_core.studies.sweep`): ``scenarios`` (name -> settings),
 a grid of settings and ``seeds``. ``FATEBIAS_STUDY`` names a spec YAML or a preset
 (``stress``, the default; ``prior``; ``tau``). The base settings are the experiment
 configuration's (``FATEBIAS_CONFIG``).
@@ -22,7 +22,7 @@ from pydantic import Field
 
 from fatebias_core.config import FatebiasConfig, make_config
 from fatebias_core.errors import ConfigError
-from fatebias_core.sweep import PRESETS, SweepRun, SweepSpec, load_spec, preset
+from fatebias_core.studies.sweep import PRESETS, SweepRun, SweepSpec, load_spec, preset
 
 from .experiment import ExperimentConfig, RunFolder, demo_run_config
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from fatebias_core.config import load_config
-from fatebias_core.steps import input_version, step_versions
+from fatebias_core.pipeline.graph import input_version, step_versions
 from fatebias_dagster.assets.sources import source_versions
 from fatebias_dagster.resources import ComputeResource, ExperimentConfig, MashBackend
 from fatebias_dagster.versions import settings_version

@@ -7,15 +7,15 @@ import pandas as pd
 import pytest
 from scipy.stats import norm
 
-from fatebias_core.aggregate import (
+from fatebias_core.cli import main
+from fatebias_core.config import make_config
+from fatebias_core.discovery.aggregate import (
     AGG_SUMMARY_COLUMNS,
     aggregate_file,
     aggregate_guides,
     normal_lfsr,
 )
-from fatebias_core.calls import rank_hits
-from fatebias_core.cli import main
-from fatebias_core.config import make_config
+from fatebias_core.discovery.calls import rank_hits
 from fatebias_core.errors import InputDataError
 
 from .helpers import DATA, mash_table

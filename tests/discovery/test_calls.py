@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 from scipy.stats import norm
 
-from fatebias_core.calls import (
+from fatebias_core.cli import main
+from fatebias_core.config import make_config
+from fatebias_core.discovery.calls import (
     CALL_COLUMNS,
     CallRule,
     call_days,
@@ -17,8 +19,6 @@ from fatebias_core.calls import (
     rank_file,
     rank_hits,
 )
-from fatebias_core.cli import main
-from fatebias_core.config import make_config
 from fatebias_core.errors import ConfigError, InputDataError
 
 from .helpers import DATA, mash_table, strong
@@ -299,7 +299,7 @@ def test_cli_rank_bad_input(tmp_path, capsys):
 
 # --------------------------------------------------------------------------- table conventions
 def test_day_axis_orders_by_number_and_rejects_clashes():
-    from fatebias_core.tables import day_axis
+    from fatebias_core.io.tables import day_axis
 
     axis = day_axis(["gene", "lfsr_d10", "lfsr_min", "lfsr_d9", "gene_lfsr_d1"], "lfsr")
     assert axis.labels == ("d9", "d10") and axis.numbers == (9, 10) and axis.keys == ("9", "10")
@@ -308,7 +308,7 @@ def test_day_axis_orders_by_number_and_rejects_clashes():
 
 
 def test_parse_day_lists_reads_back_csv_values():
-    from fatebias_core.tables import parse_day_lists
+    from fatebias_core.io.tables import parse_day_lists
 
     long = parse_day_lists(pd.Series(["0,2", np.nan, 1.0, "", " 3 "], index=[7, 7, 8, 9, 9]))
     assert long["row"].tolist() == [0, 0, 2, 4] and long["key"].tolist() == ["0", "2", "1", "3"]

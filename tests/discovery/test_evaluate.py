@@ -8,11 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fatebias_core.calls import rank_hits
 from fatebias_core.cli import main
 from fatebias_core.config import make_config
+from fatebias_core.discovery.calls import rank_hits
+from fatebias_core.discovery.evaluate import (
+    CONFUSION_COLUMNS,
+    evaluate_files,
+    score_calls,
+    score_table,
+)
 from fatebias_core.errors import InputDataError
-from fatebias_core.evaluate import CONFUSION_COLUMNS, evaluate_files, score_calls, score_table
 
 from .helpers import DATA
 

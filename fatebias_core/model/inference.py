@@ -27,11 +27,10 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import ClippedAdam
 
-from .config import FatebiasConfig
-from .errors import FitError
-from .guides import MeanFieldGuide, MeanFieldPosterior
-from .io import atomic_path, save_npz, write_csv, write_json
-from .model import (
+from fatebias_core.config import FatebiasConfig
+from fatebias_core.errors import FitError
+from fatebias_core.io import atomic_path, save_npz, write_csv, write_json
+from fatebias_core.model.fate_model import (
     FateModel,
     ModelData,
     Priors,
@@ -40,10 +39,11 @@ from .model import (
     full_logits,
     linear_predictor,
 )
-from .types import Experiment
+from fatebias_core.model.guides import MeanFieldGuide, MeanFieldPosterior
+from fatebias_core.types import Experiment
 
 if TYPE_CHECKING:
-    from .laplace import LaplacePosterior
+    from fatebias_core.model.laplace import LaplacePosterior
 
 log = logging.getLogger("fatebias.inference")
 
@@ -313,7 +313,7 @@ def fitted_probs(data: ModelData, model: FateModel, point: dict[str, np.ndarray]
 
 def dispersion(data: ModelData, model: FateModel, point: dict[str, np.ndarray]) -> float:
     """Pearson dispersion of the fate probabilities around the fitted ones (see laplace.pearson_dispersion)."""
-    from .laplace import pearson_dispersion
+    from fatebias_core.model.laplace import pearson_dispersion
 
     pi = fitted_probs(data, model, point).double().cpu().numpy()
     return pearson_dispersion(data.fate_probs.double().cpu().numpy(), pi)
@@ -342,7 +342,7 @@ def fit(
     the current fit, and set again after as many steps more (the fit is closer then) (the quasi-likelihood weight that makes the soft-label curvature
     match the data's actual spread). With ``posterior_method: laplace`` the effects'
     posterior is then replaced by the Laplace approximation at the conditional mode
-    given the fitted variance hyperparameters (see :mod:`fatebias_core.laplace`).
+    given the fitted variance hyperparameters (see :mod:`fatebias_core.model.laplace`).
 
     Parameters
     ----------
@@ -371,7 +371,7 @@ def fit(
     device = resolve_device(config.device)
     contrast_fates = config.contrast_fates
     if guide_effects and config.posterior_method != "meanfield":
-        from .laplace import check_laplace_size
+        from fatebias_core.model.laplace import check_laplace_size
 
         check_laplace_size(experiment, len(contrast_fates))  # fail before a long fit, not after it
     data = ModelData.from_experiment(experiment, config.ref_fate, contrast_fates, device=device)
@@ -521,7 +521,7 @@ def refine_posterior(fit_result: FitResult, experiment: Experiment, config: Fate
     method
         ``laplace`` or ``bootstrap``.
     """
-    from .laplace import laplace_posterior
+    from fatebias_core.model.laplace import laplace_posterior
 
     if fit_result.posterior.family != "meanfield":
         raise FitError(f"refine_posterior needs a mean-field fit, got {fit_result.posterior.family}")
@@ -558,7 +558,7 @@ def refine_posterior(fit_result: FitResult, experiment: Experiment, config: Fate
 
 
 def _laplace_classes() -> dict[str, type]:
-    from .laplace import BootstrapPosterior, LaplacePosterior
+    from fatebias_core.model.laplace import BootstrapPosterior, LaplacePosterior
 
     return {"laplace": LaplacePosterior, "bootstrap": BootstrapPosterior}
 

@@ -7,7 +7,7 @@ inverse-variance meta-analysis: with ``w_g = 1 / postsd_g^2``,
 
 and the gene's lfsr on that day is that of Normal(mean, sd): ``Phi(-|mean| / sd)``.
 Days are then called with the same rules as hit calling
-(:func:`fatebias_core.calls.call_days`).
+(:func:`fatebias_core.discovery.calls.call_days`).
 
 A posterior SD of exactly zero (a guide whose posterior is a point, e.g. all mass on
 mash's null component after underflow) is handled as the limit of the formula: the
@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from .calls import CallRule, call_days
-from .config import FatebiasConfig
-from .io import PathLike, read_csv, write_csv
-from .tables import DayAxis, name_column, read_posterior
+from fatebias_core.config import FatebiasConfig
+from fatebias_core.discovery.calls import CallRule, call_days
+from fatebias_core.io import PathLike, read_csv, write_csv
+from fatebias_core.io.tables import DayAxis, name_column, read_posterior
 
 #: Per-day column prefixes of the aggregated table (mean, SD, lfsr).
 AGG_PREFIXES = ("gene_postmean", "gene_postsd", "gene_lfsr")
@@ -98,7 +98,7 @@ def aggregate_guides(mash_guide: pd.DataFrame, config: FatebiasConfig, what: str
         ``postsd_<day>``, ``lfsr_<day>`` per day (other columns are ignored; the guides'
         ``lfsr_min`` is recomputed from their lfsr columns).
     config
-        Calling settings, as in :func:`fatebias_core.calls.rank_hits`.
+        Calling settings, as in :func:`fatebias_core.discovery.calls.rank_hits`.
     what
         The table's name for error messages.
 
@@ -115,7 +115,7 @@ def aggregate_guides(mash_guide: pd.DataFrame, config: FatebiasConfig, what: str
         * ``active_days`` (comma-separated day numbers), ``best_day_among_active``,
           ``min_lfsr_among_active`` (empty/NaN when no day is active) and
           ``hit_anyday``: the daywise and any-day calls of
-          :func:`fatebias_core.calls.call_days` on the gene posteriors;
+          :func:`fatebias_core.discovery.calls.call_days` on the gene posteriors;
         * ``max_abs_postmean``: largest |gene posterior mean| over days;
         * ``guide_min_lfsr_min``, ``median_guide_lfsr_min``: minimum and median over
           the gene's guides of each guide's own ``lfsr_min`` (its smallest lfsr over days).

@@ -1,6 +1,6 @@
 """Posterior summaries and the exports that feed mash (MODEL.md 6).
 
-From a :class:`~fatebias_core.inference.FitResult`, :func:`summarise_posterior` draws S
+From a :class:`~fatebias_core.model.inference.FitResult`, :func:`summarise_posterior` draws S
 samples and summarises, per contrast fate,
 
 * gene/day effects theta: mean, SD, quantiles (``theta_posterior_summary.npz``,
@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import FatebiasConfig
-from .errors import ConfigError
-from .inference import FitResult
-from .io import save_npz, write_csv
+from fatebias_core.config import FatebiasConfig
+from fatebias_core.errors import ConfigError
+from fatebias_core.io import save_npz, write_csv
+from fatebias_core.model.inference import FitResult
 
 log = logging.getLogger("fatebias.posterior")
 

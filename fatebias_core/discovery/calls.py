@@ -14,7 +14,7 @@ Calling rules, for a row (gene) and day d with posterior mean m_d, SD s_d and lf
   ``min_active_days_for_hit_anyday`` days pass.
 
 The same function, :func:`call_days`, calls the days of mash gene tables, of
-guide-aggregated tables (:mod:`fatebias_core.aggregate`) and of the ash across-day
+guide-aggregated tables (:mod:`fatebias_core.discovery.aggregate`) and of the ash across-day
 summary.
 
 Ranking: hits first, then the smallest lfsr among the daywise-active days, then the
@@ -31,10 +31,10 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from .config import FatebiasConfig
-from .errors import ConfigError, InputDataError
-from .io import PathLike, read_csv, write_csv
-from .tables import (
+from fatebias_core.config import FatebiasConfig
+from fatebias_core.errors import ConfigError, InputDataError
+from fatebias_core.io import PathLike, read_csv, write_csv
+from fatebias_core.io.tables import (
     DayAxis,
     DaywisePosterior,
     bool_column,

@@ -13,7 +13,7 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 
-from .model import POSITIVE_SITES, FateModel, delta_from, theta_from
+from fatebias_core.model.fate_model import POSITIVE_SITES, FateModel, delta_from, theta_from
 
 
 def initial_values(model: FateModel) -> dict[str, torch.Tensor]:

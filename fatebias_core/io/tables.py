@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .errors import InputDataError
+from fatebias_core.errors import InputDataError
 
 _DIGITS = re.compile(r"(\d+)(?!.*\d)")
 

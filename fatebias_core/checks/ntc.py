@@ -35,8 +35,8 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 from scipy.stats import norm
 
-from .errors import FitError
-from .types import Experiment
+from fatebias_core.errors import FitError
+from fatebias_core.types import Experiment
 
 __all__ = ["NTCCalibration", "ntc_pseudogenes", "ntc_calibration"]
 
@@ -171,7 +171,7 @@ def ntc_calibration(experiment: Experiment, fit_result, config) -> NTCCalibratio
     experiment
         The fitted experiment (with its NTC guides, ``guides.ntc_ids``).
     fit_result
-        :class:`fatebias_core.inference.FitResult` with a ``laplace`` or ``bootstrap``
+        :class:`fatebias_core.model.inference.FitResult` with a ``laplace`` or ``bootstrap``
         posterior.
     config
         Settings: ``uncertainty``, ``ntc_pseudogene_size``, ``ntc_partitions``, ``seed``
@@ -182,8 +182,12 @@ def ntc_calibration(experiment: Experiment, fit_result, config) -> NTCCalibratio
     NTCCalibration or None
         None when the experiment has no NTC guide.
     """
-    from .laplace import LaplaceResult, leverage_adjusted_residuals, problem_at_mode
-    from .model import Priors
+    from fatebias_core.model.fate_model import Priors
+    from fatebias_core.model.laplace import (
+        LaplaceResult,
+        leverage_adjusted_residuals,
+        problem_at_mode,
+    )
 
     guides = experiment.guides
     if guides.ntc_ids is None or not guides.ntc_names or not (guides.ntc_ids > 0).any():

@@ -43,10 +43,16 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .config import FatebiasConfig
-from .errors import ConfigError, InputDataError
-from .io import read_csv
-from .types import Experiment, FilteredCells, GuideEmbedding, LoadSummary, center_by_group
+from fatebias_core.config import FatebiasConfig
+from fatebias_core.errors import ConfigError, InputDataError
+from fatebias_core.io import read_csv
+from fatebias_core.types import (
+    Experiment,
+    FilteredCells,
+    GuideEmbedding,
+    LoadSummary,
+    center_by_group,
+)
 
 try:  # anndata >= 0.11
     from anndata.io import read_elem

@@ -96,11 +96,11 @@ import pandas as pd
 import scipy.sparse as sp
 import yaml
 
-from . import __version__
-from .config import FatebiasConfig
-from .errors import ConfigError
-from .io import atomic_path, write_csv, write_text
-from .types import center_by_group
+from fatebias_core import __version__
+from fatebias_core.config import FatebiasConfig
+from fatebias_core.errors import ConfigError
+from fatebias_core.io import atomic_path, write_csv, write_text
+from fatebias_core.types import center_by_group
 
 __all__ = [
     "simulate",

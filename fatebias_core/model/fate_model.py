@@ -27,7 +27,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from .types import Experiment
+from fatebias_core.types import Experiment
 
 # Latent sites in the order the guide, checkpoints and posterior draws list them.
 LOCAL_SITES = ("z", "eps", "u")

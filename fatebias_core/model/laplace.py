@@ -30,8 +30,8 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 from scipy.special import log_softmax, softmax
 
-from .errors import FitError
-from .types import Experiment
+from fatebias_core.errors import FitError
+from fatebias_core.types import Experiment
 
 log = logging.getLogger("fatebias.laplace")
 
@@ -756,7 +756,7 @@ def laplace_posterior(
     contrast_fates, ref_fate
         Contrast order and the reference fate.
     priors
-        :class:`fatebias_core.model.Priors` (s_alpha, s_rep, s_gamma).
+        :class:`fatebias_core.model.fate_model.Priors` (s_alpha, s_rep, s_gamma).
     start
         Starting values: a (K, D), b (K, R), c (K,), theta (L, K, D), u (G, K).
     hyper

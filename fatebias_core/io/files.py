@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import InputDataError
+from fatebias_core.errors import InputDataError
 
 PathLike = str | os.PathLike
 

@@ -20,7 +20,7 @@
   holds one burden value); guides are independent of fate given the strata, and hits
   must collapse to about zero.
 * **NTC calibration.** Non-targeting guides grouped into pseudo-genes are score-tested
-  at the run's fit like genes (:mod:`fatebias_core.ntc_check`); their z-scores should
+  at the run's fit like genes (:mod:`fatebias_core.checks.ntc`); their z-scores should
   be N(0, 1). ``ntc_calibration.csv`` holds them, ``diagnostics.json`` their SD and
   share beyond +/-1.96 under the model-based and the cluster-robust variance.
 * **Sanity checks.** Each configured known regulator (``known_regulators``: gene ->
@@ -46,13 +46,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .aggregate import normal_lfsr
-from .config import FatebiasConfig, make_config
-from .errors import ConfigError
-from .inference import FitResult, fit
-from .io import read_csv, write_json
-from .tables import DayAxis, DaywisePosterior, day_axis, name_column, read_posterior
-from .types import Experiment, center_by_group
+from fatebias_core.config import FatebiasConfig, make_config
+from fatebias_core.discovery.aggregate import normal_lfsr
+from fatebias_core.errors import ConfigError
+from fatebias_core.io import read_csv, write_json
+from fatebias_core.io.tables import DayAxis, DaywisePosterior, day_axis, name_column, read_posterior
+from fatebias_core.model.inference import FitResult, fit
+from fatebias_core.types import Experiment, center_by_group
 
 log = logging.getLogger("fatebias.diagnostics")
 
@@ -456,7 +456,7 @@ def permutation_control(experiment: Experiment, config: FatebiasConfig, out_dir:
     diagnostics, no report). Steps of an earlier permutation run on the same permuted
     data are reused.
     """
-    from .pipeline import run_chain
+    from fatebias_core.pipeline.steps import run_chain
 
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -529,8 +529,8 @@ class GenePosterior:
 
 def _summary_from_files(out: Path, config: FatebiasConfig, genes: pd.Series) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
     """Across-day summary (mean, lfsr) aligned to ``genes``: ash output, else the unshrunk export."""
-    from .pipeline import mash_outputs
-    from .posterior import export_paths
+    from fatebias_core.model.posterior import export_paths
+    from fatebias_core.pipeline.steps import mash_outputs
 
     ash = mash_outputs(config, out).ash_files.get(config.contrast_fate)
     exported = export_paths(config, out, [config.contrast_fate])[config.contrast_fate].get("ash_summary")
@@ -551,8 +551,8 @@ def gene_posterior(config: FatebiasConfig, out_dir: str | Path, fallback: FitRes
     ``gene_daywise_for_mash.csv`` (lfsr from the posterior z); posterior draws of
     ``fallback`` (the held-out full fit). None when none is available.
     """
-    from .pipeline import mash_outputs
-    from .posterior import export_paths, summarise_posterior
+    from fatebias_core.model.posterior import export_paths, summarise_posterior
+    from fatebias_core.pipeline.steps import mash_outputs
 
     out = Path(out_dir)
     mash_path = mash_outputs(config, out).path("gene", config.mash_default_mode)
@@ -838,10 +838,10 @@ def ntc_check(experiment: Experiment, config: FatebiasConfig, out_dir: Path):
     Returns None (and logs why) when the run has no fit with a Laplace/bootstrap
     posterior or the experiment has no NTC guide.
     """
-    from .inference import load_fit
-    from .io import write_csv
-    from .ntc_check import ntc_calibration
-    from .pipeline import FIT_DIR
+    from fatebias_core.checks.ntc import ntc_calibration
+    from fatebias_core.io import write_csv
+    from fatebias_core.model.inference import load_fit
+    from fatebias_core.pipeline.steps import FIT_DIR
 
     fit_dir = Path(out_dir) / FIT_DIR
     if not (fit_dir / "fit.json").exists():

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import FatebiasConfig
-from .errors import FatebiasError, InputDataError
-from .io import read_csv
-from .posterior import day_suffixes
-from .tables import DayAxis, bool_column, parse_day_lists, read_posterior
+from fatebias_core.config import FatebiasConfig
+from fatebias_core.errors import FatebiasError, InputDataError
+from fatebias_core.io import read_csv
+from fatebias_core.io.tables import DayAxis, bool_column, parse_day_lists, read_posterior
+from fatebias_core.model.posterior import day_suffixes
 
 #: Smallest lfsr written as a number; below it (underflow included) the text is a bound.
 LFSR_FLOOR = 1e-300
@@ -198,7 +198,7 @@ def contrast_answer(
     FatebiasError
         A table that exists but cannot be used (missing columns, no shared genes, ...).
     """
-    from .calls import SOURCE_PREFIXES, rank_hits
+    from fatebias_core.discovery.calls import SOURCE_PREFIXES, rank_hits
 
     out = Path(out_dir)
     fate = fate or config.contrast_fate

@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import GROUPS, FatebiasConfig
-from .io import write_json
+from fatebias_core.config import GROUPS, FatebiasConfig
+from fatebias_core.io import write_json
 
 # The steps of ``fatebias run``, in order (loading is part of fitting there).
 CHAIN = ("fit", "export", "mash", "aggregate", "rank", "diagnostics", "report")

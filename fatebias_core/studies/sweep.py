@@ -45,9 +45,9 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from .config import FatebiasConfig, make_config, read_yaml
-from .errors import ConfigError, FatebiasError
-from .io import write_csv, write_text
+from fatebias_core.config import FatebiasConfig, make_config, read_yaml
+from fatebias_core.errors import ConfigError, FatebiasError
+from fatebias_core.io import write_csv, write_text
 
 log = logging.getLogger("fatebias.sweep")
 
@@ -250,15 +250,15 @@ def run_one(run: SweepRun, config: FatebiasConfig, run_dir: str | Path) -> dict[
     """Simulate, run the chain and score one run; returns its row of the results table.
 
     The chain stops after ranking (``fatebias report --out <run>/results`` makes a
-    run's report). The row holds the scores of :func:`~fatebias_core.evaluate.score_calls` (pooled
+    run's report). The row holds the scores of :func:`~fatebias_core.discovery.evaluate.score_calls` (pooled
     daywise and any-day precision, recall, F1, FPR; counts), the fit's steps,
     convergence and runtime, and this call's wall time ``runtime_s`` (short when the
     steps were reused).
     """
-    from .config import load_config
-    from .evaluate import evaluate_files
-    from .pipeline import run_chain
-    from .simulate import simulate
+    from fatebias_core.checks.simulate import simulate
+    from fatebias_core.config import load_config
+    from fatebias_core.discovery.evaluate import evaluate_files
+    from fatebias_core.pipeline.steps import run_chain
 
     t0 = time.perf_counter()
     sim = simulate(config, run_dir)
@@ -403,7 +403,7 @@ def plot_sweep(table: pd.DataFrame, spec: SweepSpec, path: str | Path) -> Path:
     One panel per varied dimension (a seeds-only sweep: one panel against the seed).
     Numeric settings spanning a factor of 10 or more use a log axis.
     """
-    from .plots import _save, plt
+    from fatebias_core.report.plots import _save, plt
 
     dims = spec.varied or ["seed"]
     fig, axes = plt.subplots(1, len(dims), figsize=(4.2 * len(dims) + 1.2, 3.6), squeeze=False)

@@ -1,6 +1,6 @@
 """``fatebias check``: the data as a run would load them, checked before any fit; nothing written.
 
-Kept apart from :mod:`fatebias_core.pipeline` so that the check does not import the
+Kept apart from :mod:`fatebias_core.pipeline.steps` so that the check does not import the
 model's numerical stack (torch, Pyro): at 200,000 cells it takes a few seconds.
 """
 
@@ -10,14 +10,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import FatebiasConfig
-from .errors import ConfigError, InputDataError
-from .types import Experiment
+from fatebias_core.config import FatebiasConfig
+from fatebias_core.errors import ConfigError, InputDataError
+from fatebias_core.types import Experiment
 
 
 def load_experiment_checked(config: FatebiasConfig, verbose: bool = True) -> Experiment:
     """Load the experiment named by the configuration (nothing is written)."""
-    from .data import load_experiment
+    from fatebias_core.data.load import load_experiment
 
     if not config.adata_path or not config.guide_map_csv:
         missing = [k for k in ("adata_path", "guide_map_csv") if not getattr(config, k)]
@@ -63,7 +63,7 @@ def check_data(config: FatebiasConfig) -> CheckResult:
     experiment = load_experiment_checked(config, verbose=False)
     notes: list[str] = []
     if config.posterior_method != "meanfield":
-        from .laplace import check_laplace_size
+        from fatebias_core.model.laplace import check_laplace_size
 
         check_laplace_size(experiment, len(config.contrast_fates))
     out = Path(config.out_dir)

@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .answer import ContrastAnswer, contrast_answer, lfsr_text
-from .config import FatebiasConfig
-from .errors import FatebiasError, InputDataError
-from .io import read_csv, write_text
-from .tables import DayAxis, read_posterior, require_columns
+from fatebias_core.config import FatebiasConfig
+from fatebias_core.discovery.answer import ContrastAnswer, contrast_answer, lfsr_text
+from fatebias_core.errors import FatebiasError, InputDataError
+from fatebias_core.io import read_csv, write_text
+from fatebias_core.io.tables import DayAxis, read_posterior, require_columns
 
 log = logging.getLogger("fatebias")
 
@@ -261,7 +261,7 @@ def software_versions() -> dict[str, str]:
     """Versions of fatebias, Python and the numerical stack in the running environment."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from . import __version__
+    from fatebias_core import __version__
 
     out = {"fatebias": __version__, "python": platform.python_version()}
     for label, dist in (("torch", "torch"), ("pyro", "pyro-ppl"), ("numpy", "numpy"), ("pandas", "pandas"), ("matplotlib", "matplotlib")):
@@ -371,7 +371,7 @@ def _setting(value: Any) -> str:
 
 
 def _section_fit(run: _Run, page: _Page, fit_info: dict) -> str:
-    from .plots import plot_elbo
+    from fatebias_core.report.plots import plot_elbo
 
     parts = ["<h2 id='fit'>2. The fit</h2>"]
     if fit_info:
@@ -561,7 +561,7 @@ def _section_hits(run: _Run, page: _Page, answers: dict[str, _Answer | None]) ->
 
 def _contrast(run: _Run, page: _Page, fate: str, ans: _Answer | None, primary: bool) -> str:
     """One contrast's hits table, heatmap, volcano plots and guide concordance."""
-    from .plots import plot_effect_heatmap, plot_volcano
+    from fatebias_core.report.plots import plot_effect_heatmap, plot_volcano
 
     cfg = run.config
     label = f"{fate} vs {cfg.ref_fate}"
@@ -609,7 +609,7 @@ def _contrast(run: _Run, page: _Page, fate: str, ans: _Answer | None, primary: b
 
 
 def _concordance(run: _Run, page: _Page, ans: _Answer, fate: str, sfx: str = "") -> str:
-    from .plots import plot_guide_concordance
+    from fatebias_core.report.plots import plot_guide_concordance
 
     cfg = run.config
     part = f"guide concordance{sfx}"
@@ -674,7 +674,7 @@ def _section_trust(run: _Run, page: _Page) -> str:
 
 
 def _qc(run: _Run, page: _Page) -> str:
-    from .plots import plot_qc_offsets
+    from fatebias_core.report.plots import plot_qc_offsets
 
     cfg = run.config
     tol = cfg.qc_offset_tol
@@ -708,7 +708,7 @@ def _qc(run: _Run, page: _Page) -> str:
 
 
 def _ntc(run: _Run, page: _Page) -> str:
-    from .plots import plot_ntc_qq
+    from fatebias_core.report.plots import plot_ntc_qq
 
     n, missing = _diagnostics_part(run, page, "ntc_calibration", "NTC calibration check")
     if n is None:
@@ -785,7 +785,7 @@ def _sanity(run: _Run, page: _Page) -> str:
 
 
 def _modes(run: _Run, page: _Page) -> str:
-    from .plots import plot_mode_comparison
+    from fatebias_core.report.plots import plot_mode_comparison
 
     cmp_ = run.csv("mash_mode_comparison.csv", ["mode", "n_rows", "n_hits", "n_shared_hits", "jaccard_hits"])
     if cmp_ is None or cmp_.empty:
@@ -815,7 +815,7 @@ def _score(x: Any) -> str:
 
 
 def _recovery(run: _Run, page: _Page) -> str:
-    from .plots import plot_recovery
+    from fatebias_core.report.plots import plot_recovery
 
     conf = run.csv("daywise_confusion.csv", ["level", "tp", "fp", "fn", "tn", "precision", "recall", "f1", "fpr"])
     if conf is None or conf.empty:
@@ -836,7 +836,7 @@ def _recovery(run: _Run, page: _Page) -> str:
 
 
 def _calibration(run: _Run, page: _Page) -> str:
-    from .plots import plot_calibration_coverage, plot_calibration_fsr
+    from fatebias_core.report.plots import plot_calibration_coverage, plot_calibration_fsr
 
     summ = run.csv("calibration_summary.csv", ["metric", "source", "group", "method", "scenario", "level", "value"])
     if summ is None or summ.empty:
@@ -954,7 +954,7 @@ document.querySelectorAll('input.hits-only').forEach(function(only){only.addEven
 
 
 def _resolve_config(out: Path, config: FatebiasConfig | None) -> FatebiasConfig:
-    from .config import load_config, make_config
+    from fatebias_core.config import load_config, make_config
 
     if config is not None:
         return config
@@ -1009,7 +1009,7 @@ def build_report(out_dir: str | Path, config: FatebiasConfig | None = None) -> R
         ]
     title = f"fatebias report: {cfg.contrast_fate} vs {cfg.ref_fate}"
     stamp = time.strftime("%Y-%m-%d %H:%M")
-    from . import __version__
+    from fatebias_core import __version__
 
     doc = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">

@@ -2,7 +2,7 @@
 
 A gene/day is truly active when ``|true_<day>| > truth_thresh``; a gene is truly
 active "any day" when it is truly active on at least one day. Predictions come from a
-ranked hit table (:func:`fatebias_core.calls.rank_hits`): a gene/day is called when the
+ranked hit table (:func:`fatebias_core.discovery.calls.rank_hits`): a gene/day is called when the
 day is in the gene's ``active_days`` (the daywise calls), and a gene is called any day
 when ``hit_anyday`` is true.
 
@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .calls import ASH_DAY, rank_hits
-from .config import FatebiasConfig
-from .errors import InputDataError
-from .io import PathLike, read_csv, write_csv, write_json
-from .tables import (
+from fatebias_core.config import FatebiasConfig
+from fatebias_core.discovery.calls import ASH_DAY, rank_hits
+from fatebias_core.errors import InputDataError
+from fatebias_core.io import PathLike, read_csv, write_csv, write_json
+from fatebias_core.io.tables import (
     DayAxis,
     bool_column,
     day_axis,

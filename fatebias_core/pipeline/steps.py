@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from .check import load_experiment_checked
-from .config import FatebiasConfig
-from .errors import ConfigError
-from .inference import FitResult, fit, load_fit
-from .io import read_csv, write_csv, write_json, write_text
-from .posterior import ExportResult, export_posterior
-from .steps import CHAIN
-from .types import Experiment
+from fatebias_core.config import FatebiasConfig
+from fatebias_core.errors import ConfigError
+from fatebias_core.io import read_csv, write_csv, write_json, write_text
+from fatebias_core.model.inference import FitResult, fit, load_fit
+from fatebias_core.model.posterior import ExportResult, export_posterior
+from fatebias_core.pipeline.check import load_experiment_checked
+from fatebias_core.pipeline.graph import CHAIN
+from fatebias_core.types import Experiment
 
 log = logging.getLogger("fatebias")
 
@@ -68,7 +68,7 @@ def fit_step(experiment: Experiment, config: FatebiasConfig, out_dir: str | Path
     Writes ``fit/variational_params.npz``, ``fit/elbo_trace.csv``, ``fit/fit.json`` and
     ``elbo_trace.png``.
     """
-    from .plots import plot_elbo
+    from fatebias_core.report.plots import plot_elbo
 
     out = _out(config, out_dir)
     fit_dir = out / FIT_DIR
@@ -84,7 +84,7 @@ def fit_step(experiment: Experiment, config: FatebiasConfig, out_dir: str | Path
 # --------------------------------------------------------------------------- export
 def export_step(fit_result: FitResult, config: FatebiasConfig, out_dir: str | Path | None = None) -> ExportResult:
     """Write the posterior exports (MODEL.md 6) and the effects-by-day figure."""
-    from .plots import plot_effects_by_day
+    from fatebias_core.report.plots import plot_effects_by_day
 
     out = _out(config, out_dir)
     result = export_posterior(fit_result, config, out)
@@ -136,8 +136,8 @@ def mash_step(config: FatebiasConfig, out_dir: str | Path | None = None) -> Mash
     ``mash_gene_<mode>.csv``, ``mash_guide_<mode>.csv`` and ``ash_gene_summary.csv``
     (other contrasts with a ``_<FATE>`` suffix).
     """
-    from .mash import ash_table, mash_table
-    from .posterior import export_paths
+    from fatebias_core.mash import ash_table, mash_table
+    from fatebias_core.model.posterior import export_paths
 
     out = _out(config, out_dir)
     result = mash_outputs(config, out)
@@ -164,7 +164,7 @@ def aggregate_paths(config: FatebiasConfig, out_dir: str | Path | None = None) -
 
 def aggregate_step(config: FatebiasConfig, out_dir: str | Path | None = None) -> dict[str, Path]:
     """Guide-to-gene aggregation (MODEL.md 8) of the primary contrast's guide tables, both modes."""
-    from .aggregate import aggregate_file
+    from fatebias_core.discovery.aggregate import aggregate_file
 
     mash = mash_outputs(config, out_dir)
     paths = aggregate_paths(config, out_dir)
@@ -180,9 +180,9 @@ def rank_step(config: FatebiasConfig, out_dir: str | Path | None = None):
 
     Returns
     -------
-    fatebias_core.calls.RankResult
+    fatebias_core.discovery.calls.RankResult
     """
-    from .calls import rank_and_compare
+    from fatebias_core.discovery.calls import rank_and_compare
 
     mash = mash_outputs(config, out_dir)
     if config.discovery_source == "gene":
@@ -204,7 +204,7 @@ def rank_outputs(config: FatebiasConfig, out_dir: str | Path | None = None) -> l
 # --------------------------------------------------------------------------- diagnostics
 def diagnostics_step(experiment: Experiment, config: FatebiasConfig, out_dir: str | Path | None = None):
     """Held-out fit, permutation negative control and sanity checks -> ``diagnostics.json``."""
-    from .diagnostics import run_diagnostics
+    from fatebias_core.checks.diagnostics import run_diagnostics
 
     return run_diagnostics(experiment, config, _out(config, out_dir))
 
@@ -221,9 +221,9 @@ def report_step(config: FatebiasConfig, out_dir: str | Path | None = None):
 
     Returns
     -------
-    fatebias_core.report.ReportResult
+    fatebias_core.report.build.ReportResult
     """
-    from .report import build_report
+    from fatebias_core.report.build import build_report
 
     return build_report(_out(config, out_dir), config)
 
@@ -254,7 +254,7 @@ class ChainResult:
                 f"converged: {self.fit_info.get('converged')}"
             )
         if self.hits is not None:
-            from .answer import contrast_answers, describe_hits
+            from fatebias_core.discovery.answer import contrast_answers, describe_hits
 
             lines.append(f"  hits ({self.config.mash_default_mode} mode; the primary contrast's are in hits_ranked.csv):")
             for ans in contrast_answers(self.out_dir, self.config).values():
@@ -288,7 +288,7 @@ def run_chain(config: FatebiasConfig, until: str | None = None, experiment: Expe
     experiment
         An already loaded experiment (skips reading the files again).
     """
-    from .steps import Manifest, input_version, step_versions
+    from fatebias_core.pipeline.graph import Manifest, input_version, step_versions
 
     t0 = time.perf_counter()
     if experiment is None:
@@ -353,9 +353,9 @@ def forget_steps(config: FatebiasConfig, from_step: str, out_dir: str | Path | N
     list of str
         The steps whose records were dropped.
     """
-    from .diagnostics import PERMUTATION_DIR
-    from .inference import CHECKPOINT_NAME
-    from .steps import Manifest
+    from fatebias_core.checks.diagnostics import PERMUTATION_DIR
+    from fatebias_core.model.inference import CHECKPOINT_NAME
+    from fatebias_core.pipeline.graph import Manifest
 
     if from_step not in CHAIN:
         raise ConfigError(f"--rerun {from_step!r} is not a step (one of: {', '.join(CHAIN)})")
@@ -374,8 +374,8 @@ def forget_steps(config: FatebiasConfig, from_step: str, out_dir: str | Path | N
 
 def step_outputs(step: str, config: FatebiasConfig, out_dir: str | Path | None = None) -> list[Path]:
     """The files ``step`` writes into the run folder (what the manifest checks still exist)."""
-    from .posterior import export_paths
-    from .report import REPORT_FILE
+    from fatebias_core.model.posterior import export_paths
+    from fatebias_core.report.build import REPORT_FILE
 
     out = _out(config, out_dir)
     if step == "fit":
@@ -438,9 +438,9 @@ def run_demo(out_dir: str | Path = "fatebias_demo", config_path: str | Path | No
     goes to ``out_dir``; the run's outputs to ``out_dir/results``; the calls are scored
     against the truth (``daywise_confusion.csv``, ``pred_call_summary.json``).
     """
-    from .config import load_config, make_config
-    from .evaluate import evaluate_files
-    from .simulate import simulate
+    from fatebias_core.checks.simulate import simulate
+    from fatebias_core.config import load_config, make_config
+    from fatebias_core.discovery.evaluate import evaluate_files
 
     base = load_config(config_path) if config_path else make_config()
     out = Path(out_dir)

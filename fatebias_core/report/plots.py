@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .io import atomic_path  # noqa: E402
+from fatebias_core.io import atomic_path  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: str | Path, dpi: int = 110) -> Path:

@@ -1,0 +1,1 @@
+"""Loading an experiment: AnnData + guide map -> filtered cells and the guide embedding."""
