@@ -50,7 +50,7 @@ def _build_fit(p: argparse.ArgumentParser) -> None:
 
 @command("fit", "load the experiment, fit the model and export posterior summaries")(_build_fit)
 def _run_fit(args: argparse.Namespace) -> int:
-    from fatebias_core.pipeline.steps import fit_and_export
+    from fatebias_core.pipeline.chain import fit_and_export
 
     cfg = _config(args, out_dir=args.out, device=args.device, num_steps=args.num_steps)
     result = fit_and_export(cfg)
@@ -143,7 +143,7 @@ def _build_demo(p: argparse.ArgumentParser) -> None:
 
 @command("demo", "simulate a modest experiment and run every step of the chain on it")(_build_demo)
 def _run_demo(args: argparse.Namespace) -> int:
-    from fatebias_core.pipeline.steps import run_demo
+    from fatebias_core.pipeline.chain import run_demo
 
     result = run_demo(args.out, config_path=args.config, engine=args.engine)
     print(result.describe())
@@ -166,7 +166,7 @@ def _build_run(p: argparse.ArgumentParser) -> None:
 
 @command("run", "run the whole chain: fit, export, mash, aggregate, rank, diagnostics")(_build_run)
 def _run_run(args: argparse.Namespace) -> int:
-    from fatebias_core.pipeline.steps import chain_engine, forget_steps
+    from fatebias_core.pipeline.chain import chain_engine, forget_steps
 
     cfg = _config(args, out_dir=args.out)
     if args.rerun:
@@ -270,7 +270,7 @@ def _build_diagnose(p: argparse.ArgumentParser) -> None:
 
 @command("diagnose", "held-out fit, permutation negative control and sanity checks")(_build_diagnose)
 def _run_diagnose(args: argparse.Namespace) -> int:
-    from fatebias_core.pipeline.steps import diagnose
+    from fatebias_core.pipeline.chain import diagnose
 
     cfg = _config(args, out_dir=args.out)
     result = diagnose(cfg)

@@ -14,12 +14,16 @@ import hashlib
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fatebias_core.errors import ConfigError
+
+MashMode = Literal["conservative", "enriched"]
+"""The two mash modes: conservative (canonical covariances, nullbiased prior) and enriched (data-driven covariances)."""
+MASH_MODES: tuple[str, ...] = get_args(MashMode)
 
 # Group names, in the order the README's configuration reference lists them.
 GROUPS = (
@@ -121,7 +125,7 @@ class FatebiasConfig(BaseModel):
     mash_ed_maxiter: int = _f(100000, "Iteration limit of extreme deconvolution (enriched mode); when reached, its covariances are kept and a warning says so.", "mash", ge=1)
 
     # ------------------------------------------------------------------ calls (8-9)
-    mash_default_mode: Literal["conservative", "enriched"] = _f("conservative", "mash mode whose output gives the ranked hits.", "calls")
+    mash_default_mode: MashMode = _f("conservative", "mash mode whose output gives the ranked hits.", "calls")
     discovery_source: Literal["gene", "guide_agg", "ash"] = _f("gene", "Hits from the gene mash table, the guide-aggregated table, or the ash summary.", "calls")
     mash_lfsr_thresh_day: float = _f(0.05, "A day is active when its lfsr is below this ...", "calls", gt=0, lt=1)
     effect_size_eps: float = _f(0.20, "... and P(|effect| >= eps) (logit scale) ...", "calls", ge=0)

@@ -20,9 +20,11 @@ import dagster as dg
 
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.errors import ConfigError, FatebiasError, FitError, InputDataError
+from fatebias_core.io import layout as names
 from fatebias_core.io import read_csv
+from fatebias_core.pipeline.chain import ChainResult
 from fatebias_core.pipeline.check import load_experiment_checked
-from fatebias_core.pipeline.steps import CHAIN, FIT_DIR, ChainResult
+from fatebias_core.pipeline.graph import CHAIN
 
 from .definitions import build_definitions
 from .jobs import CHAIN_JOB, OBSERVE_JOB
@@ -142,7 +144,7 @@ def _chain_result(config: FatebiasConfig, result: dg.ExecuteInProcessResult, run
             status[step] = bool(reused.value) if reused is not None else False
     chain.ran = [s for s in CHAIN if s in status and not status[s]]
     chain.reused = [s for s in CHAIN if s in status and status[s]]
-    fit_json = out / FIT_DIR / "fit.json"
+    fit_json = out / names.FIT_DIR / names.FIT_META
     if fit_json.exists():
         chain.fit_info = json.loads(fit_json.read_text()).get("info", {})
     hits = out / "hits_ranked.csv"

@@ -495,9 +495,9 @@ def fit_loads_only(monkeypatch: pytest.MonkeyPatch) -> None:
         load_experiment(cfg, verbose=False)
         raise AssertionError("bad input was accepted")
 
-    module = types.ModuleType("fatebias_core.pipeline.steps")
+    module = types.ModuleType("fatebias_core.pipeline.chain")
     module.fit_and_export = fit_and_export
-    monkeypatch.setitem(sys.modules, "fatebias_core.pipeline.steps", module)
+    monkeypatch.setitem(sys.modules, "fatebias_core.pipeline.chain", module)
 
 
 @pytest.mark.parametrize(
@@ -530,7 +530,7 @@ def test_unnamed_fate_columns_must_match_the_configured_count() -> None:
 def test_real_fit_command_rejects_bad_input_before_writing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    pytest.importorskip("fatebias_core.pipeline.steps", reason="fatebias_core.pipeline.steps not present")
+    pytest.importorskip("fatebias_core.pipeline.chain", reason="fatebias_core.pipeline.chain not present")
     cfg_path = _bad(tmp_path, _probs(_nan), {})
     out = tmp_path / "results"
     assert cli.main(["fit", "--config", str(cfg_path), "--out", str(out)]) == 2

@@ -13,7 +13,6 @@ import pytest
 
 from fatebias_core import cli
 from fatebias_core.checks.diagnostics import (
-    FINGERPRINT_FILE,
     GenePosterior,
     _reset_if_changed,
     burden_bins,
@@ -29,6 +28,7 @@ from fatebias_core.checks.diagnostics import (
 from fatebias_core.checks.simulate import simulate
 from fatebias_core.config import load_config, make_config
 from fatebias_core.errors import ConfigError
+from fatebias_core.io.layout import PERMUTATION_FINGERPRINT
 from fatebias_core.io.tables import DayAxis, DaywisePosterior
 from fatebias_core.types import (
     Experiment,
@@ -184,7 +184,7 @@ def test_reset_if_changed(tmp_path: Path) -> None:
     (tmp_path / "fit").mkdir()
     (tmp_path / "fit" / "checkpoint.pt").write_text("x")
     (tmp_path / "fatebias_manifest.json").write_text("{}")
-    (tmp_path / FINGERPRINT_FILE).write_text(json.dumps({"fingerprint": "abc"}))
+    (tmp_path / PERMUTATION_FINGERPRINT).write_text(json.dumps({"fingerprint": "abc"}))
     _reset_if_changed(tmp_path, "abc")  # same data: keep
     assert (tmp_path / "fatebias_manifest.json").exists() and (tmp_path / "fit").exists()
     _reset_if_changed(tmp_path, "def")  # other data: forget

@@ -41,25 +41,33 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
+from fatebias_core.checks.ntc import NTCCalibration, ntc_calibration
 from fatebias_core.config import FatebiasConfig, make_config
 from fatebias_core.discovery.aggregate import normal_lfsr
 from fatebias_core.errors import ConfigError
-from fatebias_core.io import read_csv, write_json
+from fatebias_core.io import layout as names
+from fatebias_core.io import read_csv, write_csv, write_json
+from fatebias_core.io.layout import RunLayout
 from fatebias_core.io.tables import DayAxis, DaywisePosterior, day_axis, name_column, read_posterior
-from fatebias_core.model.inference import FitResult, fit
+from fatebias_core.model.inference import FitResult, fit, load_fit
+from fatebias_core.model.posterior import summarise_posterior
 from fatebias_core.types import Experiment, center_by_group
+
+
+class ChainRunner(Protocol):
+    """The engine the permutation control reruns the chain with (``run_chain``'s signature)."""
+
+    def __call__(self, config: FatebiasConfig, until: str | None = ..., experiment: Experiment | None = ...) -> Any: ...
+
 
 log = logging.getLogger("fatebias.diagnostics")
 
 PARTS = ("heldout", "permutation", "sanity", "ntc")
-NTC_TABLE = "ntc_calibration.csv"
-PERMUTATION_DIR = "permutation"
-FINGERPRINT_FILE = "permutation.json"
 PROB_FLOOR = 1e-300
 """Predicted probabilities are floored here before the log (a softmax can underflow to 0)."""
 PERM_HIT_FRACTION = 0.05
@@ -437,37 +445,38 @@ def _reset_if_changed(folder: Path, fingerprint: str) -> None:
     ``perm_seed`` or ``perm_burden_bins`` does not change; its records (and a fit
     checkpoint) are only valid for the permuted data they were made from.
     """
-    marker = folder / FINGERPRINT_FILE
+    marker = folder / names.PERMUTATION_FINGERPRINT
     try:
         previous = json.loads(marker.read_text()).get("fingerprint")
     except (OSError, ValueError, AttributeError):
         previous = None
     if previous != fingerprint:
-        (folder / "fatebias_manifest.json").unlink(missing_ok=True)
-        fit_dir = folder / "fit"
+        (folder / names.MANIFEST).unlink(missing_ok=True)
+        fit_dir = folder / names.FIT_DIR
         if fit_dir.is_dir():
             shutil.rmtree(fit_dir)
 
 
-def permutation_control(experiment: Experiment, config: FatebiasConfig, out_dir: str | Path) -> PermutationResult:
+def permutation_control(
+    experiment: Experiment, config: FatebiasConfig, out_dir: str | Path, run_chain: ChainRunner
+) -> PermutationResult:
     """Permute guide sets within strata and rerun the chain into ``<out_dir>/permutation``.
 
     Uses ``perm_burden_bins`` and ``perm_seed``; the inner run stops after ranking (no
     diagnostics, no report). Steps of an earlier permutation run on the same permuted
-    data are reused.
+    data are reused. ``run_chain`` is the engine that reruns the chain
+    (:func:`fatebias_core.pipeline.chain.run_chain`); the checks do not depend on it.
     """
-    from fatebias_core.pipeline.steps import run_chain
-
     t0 = time.perf_counter()
     out = Path(out_dir)
     perm = permute_guide_sets(experiment, config.perm_burden_bins, config.perm_seed)
-    folder = out / PERMUTATION_DIR
+    folder = out / names.PERMUTATION_DIR
     folder.mkdir(parents=True, exist_ok=True)
     fingerprint = perm.fingerprint()
     _reset_if_changed(folder, fingerprint)
     write_json(
         {"fingerprint": fingerprint, "perm_seed": config.perm_seed, "perm_burden_bins": config.perm_burden_bins},
-        folder / FINGERPRINT_FILE,
+        folder / names.PERMUTATION_FINGERPRINT,
     )
     inner = make_config({**config.model_dump(), "out_dir": str(folder), "run_diagnostics": False}, source="permutation run")
     log.info(
@@ -477,8 +486,8 @@ def permutation_control(experiment: Experiment, config: FatebiasConfig, out_dir:
     chain = run_chain(inner, until="rank", experiment=perm.experiment)
     hits = chain.hits
     hit = hits["hit_anyday"].to_numpy(dtype=bool)
-    comparison = read_csv(folder / "mash_mode_comparison.csv", what="mode comparison")
-    real_path = out / "hits_ranked.csv"
+    comparison = read_csv(folder / names.MODE_COMPARISON, what="mode comparison")
+    real_path = out / names.HITS
     n_real = None
     if real_path.exists():
         n_real = int(read_csv(real_path, what="hits table", usecols=["hit_anyday"])["hit_anyday"].astype(bool).sum())
@@ -529,11 +538,9 @@ class GenePosterior:
 
 def _summary_from_files(out: Path, config: FatebiasConfig, genes: pd.Series) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
     """Across-day summary (mean, lfsr) aligned to ``genes``: ash output, else the unshrunk export."""
-    from fatebias_core.model.posterior import export_paths
-    from fatebias_core.pipeline.steps import mash_outputs
-
-    ash = mash_outputs(config, out).ash_files.get(config.contrast_fate)
-    exported = export_paths(config, out, [config.contrast_fate])[config.contrast_fate].get("ash_summary")
+    layout = RunLayout(out, config)
+    ash = layout.ash()
+    exported = layout.exports().get("ash_summary")
     if ash is not None and ash.exists():
         t = read_csv(ash, what="ash summary", dtype={"gene": str}).set_index("gene").reindex(genes)
         return t["postmean"].to_numpy(float), t["lfsr"].to_numpy(float), ash.name
@@ -551,12 +558,10 @@ def gene_posterior(config: FatebiasConfig, out_dir: str | Path, fallback: FitRes
     ``gene_daywise_for_mash.csv`` (lfsr from the posterior z); posterior draws of
     ``fallback`` (the held-out full fit). None when none is available.
     """
-    from fatebias_core.model.posterior import export_paths, summarise_posterior
-    from fatebias_core.pipeline.steps import mash_outputs
-
     out = Path(out_dir)
-    mash_path = mash_outputs(config, out).path("gene", config.mash_default_mode)
-    export = export_paths(config, out, [config.contrast_fate])[config.contrast_fate]["gene_daywise"]
+    layout = RunLayout(out, config)
+    mash_path = layout.mash("gene", config.mash_default_mode)
+    export = layout.exports()["gene_daywise"]
     if mash_path.exists():
         table = read_csv(mash_path, what="mash gene table", dtype={"gene": str})
         genes = name_column(table, "gene", str(mash_path))
@@ -725,7 +730,7 @@ class DiagnosticsResult:
     sanity: SanityResult | None
     path: Path
     runtime_s: float = 0.0
-    ntc: Any = None  # ntc_check.NTCCalibration | None
+    ntc: NTCCalibration | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -789,6 +794,7 @@ def run_diagnostics(
     out_dir: Path,
     *,
     parts: Sequence[str] = PARTS,
+    run_chain: ChainRunner | None = None,
 ) -> DiagnosticsResult:
     """Run the diagnostics of MODEL.md 10 and write ``<out_dir>/diagnostics.json``.
 
@@ -802,8 +808,11 @@ def run_diagnostics(
         The run folder: ``diagnostics.json`` and ``permutation/`` go here, and the
         sanity checks read the run's mash or export tables from it when present.
     parts
-        Which checks to run (``heldout``, ``permutation``, ``sanity``); the others are
-        ``null`` in the file.
+        Which checks to run (``ntc``, ``heldout``, ``permutation``, ``sanity``); the
+        others are ``null`` in the file.
+    run_chain
+        The engine the permutation control reruns the chain with (needed for the
+        ``permutation`` part).
 
     Returns
     -------
@@ -822,29 +831,26 @@ def run_diagnostics(
             "held-out cross-entropy: full %.5f, nuisance-only %.5f, difference %.5f +/- %.5f",
             s.ce_full, s.ce_nuisance, s.difference, s.difference_se,
         )
-    permutation = permutation_control(experiment, config, out) if "permutation" in parts else None
+    if "permutation" in parts and run_chain is None:
+        raise ConfigError("the permutation control needs run_chain, the engine that reruns the chain")
+    permutation = permutation_control(experiment, config, out, run_chain) if "permutation" in parts else None
     fallback = heldout.full_fit if heldout is not None else None
     sanity = sanity_checks(config, out, fallback) if "sanity" in parts else None
-    path = out / "diagnostics.json"
+    path = out / names.DIAGNOSTICS
     result = DiagnosticsResult(heldout, permutation, sanity, path, ntc=ntc)
     result.runtime_s = time.perf_counter() - t0
     write_json(_json_ready(result.to_dict()), path)
     return result
 
 
-def ntc_check(experiment: Experiment, config: FatebiasConfig, out_dir: Path):
+def ntc_check(experiment: Experiment, config: FatebiasConfig, out_dir: Path) -> NTCCalibration | None:
     """The NTC pseudo-gene calibration check of the run's fit; writes ``ntc_calibration.csv``.
 
     Returns None (and logs why) when the run has no fit with a Laplace/bootstrap
     posterior or the experiment has no NTC guide.
     """
-    from fatebias_core.checks.ntc import ntc_calibration
-    from fatebias_core.io import write_csv
-    from fatebias_core.model.inference import load_fit
-    from fatebias_core.pipeline.steps import FIT_DIR
-
-    fit_dir = Path(out_dir) / FIT_DIR
-    if not (fit_dir / "fit.json").exists():
+    fit_dir = Path(out_dir) / names.FIT_DIR
+    if not (fit_dir / names.FIT_META).exists():
         log.info("NTC calibration check skipped: no fit in %s", fit_dir)
         return None
     fit_result = load_fit(fit_dir)
@@ -855,7 +861,7 @@ def ntc_check(experiment: Experiment, config: FatebiasConfig, out_dir: Path):
     if result is None:
         log.info("NTC calibration check skipped: the experiment has no NTC guide")
         return None
-    write_csv(result.table, Path(out_dir) / NTC_TABLE)
+    write_csv(result.table, Path(out_dir) / names.NTC_TABLE)
     log.info(result.describe())
     return result
 

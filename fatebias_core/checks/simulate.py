@@ -100,6 +100,7 @@ from fatebias_core import __version__
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.errors import ConfigError
 from fatebias_core.io import atomic_path, write_csv, write_text
+from fatebias_core.io import layout as names
 from fatebias_core.types import center_by_group
 
 __all__ = [
@@ -958,9 +959,9 @@ def run_config(config: FatebiasConfig, n_days: int, n_reps: int) -> dict[str, An
     data = config.model_dump(mode="json")
     default = FatebiasConfig().model_dump(mode="json")
     out: dict[str, Any] = {
-        "adata_path": "adata.h5ad",
-        "guide_map_csv": "guide_map.csv",
-        "out_dir": "results",
+        "adata_path": names.SIM_ADATA,
+        "guide_map_csv": names.SIM_GUIDE_MAP,
+        "out_dir": names.SIM_RESULTS,
         "D": n_days,
         "R": n_reps,
     }
@@ -1011,26 +1012,26 @@ def simulate(config: FatebiasConfig, out_dir: str | Path) -> SimulationResult:
         raise ConfigError(f"output folder {out} exists and is not a folder")
     data = simulate_experiment(config)  # validates settings before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, Path] = {"adata": out / "adata.h5ad"}
+    paths: dict[str, Path] = {"adata": out / names.SIM_ADATA}
     with atomic_path(paths["adata"]) as tmp:
         data.adata.write_h5ad(tmp)
-    paths["guide_map"] = write_csv(data.guide_map, out / "guide_map.csv")
+    paths["guide_map"] = write_csv(data.guide_map, out / names.SIM_GUIDE_MAP)
     for fate, table in data.truth_daywise.items():
         suffix = config.file_suffix(fate)
-        paths[f"truth_daywise{suffix}"] = write_csv(table, out / f"truth_daywise{suffix}.csv")
+        paths[f"truth_daywise{suffix}"] = write_csv(table, out / names.truth_daywise_file(suffix))
     for fate, table in data.truth_estimand.items():
         suffix = config.file_suffix(fate)
         paths[f"truth_estimand_daywise{suffix}"] = write_csv(
-            table, out / f"truth_estimand_daywise{suffix}.csv"
+            table, out / names.truth_estimand_file(suffix)
         )
-    paths["truth_guides"] = write_csv(data.truth_guides, out / "truth_guides.csv")
+    paths["truth_guides"] = write_csv(data.truth_guides, out / names.SIM_TRUTH_GUIDES)
     paths["metadata"] = write_text(
-        yaml.safe_dump(data.metadata, sort_keys=False), out / "sim_metadata.yaml"
+        yaml.safe_dump(data.metadata, sort_keys=False), out / names.SIM_METADATA
     )
     header = "# fatebias run configuration for the simulated experiment in this folder (fatebias simulate)\n"
     realised = data.metadata["realised"]
     run = run_config(config, realised["n_days"], realised["n_reps"])
-    paths["config"] = write_text(header + yaml.safe_dump(run, sort_keys=False), out / "config.yaml")
+    paths["config"] = write_text(header + yaml.safe_dump(run, sort_keys=False), out / names.SIM_CONFIG)
 
     counts = {
         k: int(realised[k])

@@ -34,6 +34,7 @@ from scipy.stats import norm
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.errors import ConfigError, InputDataError
 from fatebias_core.io import PathLike, read_csv, write_csv
+from fatebias_core.io import layout as names
 from fatebias_core.io.tables import (
     DayAxis,
     DaywisePosterior,
@@ -542,7 +543,7 @@ def rank_and_compare(
     comparison = compare_modes(by_mode, top_n=top_n)
     out = Path(out_dir)
     paths = {
-        "hits_ranked.csv": write_csv(by_mode[config.mash_default_mode], out / "hits_ranked.csv"),
-        "mash_mode_comparison.csv": write_csv(comparison, out / "mash_mode_comparison.csv"),
+        names.HITS: write_csv(by_mode[config.mash_default_mode], out / names.HITS),
+        names.MODE_COMPARISON: write_csv(comparison, out / names.MODE_COMPARISON),
     }
     return RankResult(by_mode[config.mash_default_mode], by_mode, comparison, paths)

@@ -31,6 +31,7 @@ from fatebias_core.config import FatebiasConfig
 from fatebias_core.discovery.calls import ASH_DAY, rank_hits
 from fatebias_core.errors import InputDataError
 from fatebias_core.io import PathLike, read_csv, write_csv, write_json
+from fatebias_core.io import layout as names
 from fatebias_core.io.tables import (
     DayAxis,
     bool_column,
@@ -310,8 +311,8 @@ def evaluate_files(
     summary = {"hits_file": str(hits_path), "truth_file": str(truth_path), **ev.summary}
     out = Path(out_dir)
     paths = {
-        "daywise_confusion.csv": write_csv(ev.confusion, out / "daywise_confusion.csv"),
-        "pred_call_summary.json": write_json(summary, out / "pred_call_summary.json"),
+        names.DAYWISE_CONFUSION: write_csv(ev.confusion, out / names.DAYWISE_CONFUSION),
+        names.CALL_SUMMARY: write_json(summary, out / names.CALL_SUMMARY),
     }
     return Evaluation(confusion=ev.confusion, summary=summary, paths=paths)
 

@@ -30,6 +30,7 @@ from pyro.optim import ClippedAdam
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.errors import FitError
 from fatebias_core.io import atomic_path, save_npz, write_csv, write_json
+from fatebias_core.io import layout as names
 from fatebias_core.model.fate_model import (
     FateModel,
     ModelData,
@@ -148,8 +149,8 @@ class FitResult:
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_npz(folder / "variational_params.npz", gene_of_guide=self.gene_of_guide, day_counts=self.day_counts, **self.posterior.params)
-        write_csv(pd.DataFrame({"step": np.arange(1, len(self.elbo) + 1), "loss": self.elbo}), folder / "elbo_trace.csv")
+        save_npz(folder / names.FIT_PARAMS, gene_of_guide=self.gene_of_guide, day_counts=self.day_counts, **self.posterior.params)
+        write_csv(pd.DataFrame({"step": np.arange(1, len(self.elbo) + 1), "loss": self.elbo}), folder / names.FIT_ELBO)
         meta = {
             "format": FIT_FORMAT,
             "family": self.posterior.family,
@@ -163,14 +164,14 @@ class FitResult:
             "guide_effects": self.guide_effects,
             "info": self.info,
         }
-        write_json(meta, folder / "fit.json")
+        write_json(meta, folder / names.FIT_META)
         return folder
 
 
 def load_fit(folder: str | Path) -> FitResult:
     """Load a :class:`FitResult` saved by :meth:`FitResult.save`."""
     folder = Path(folder)
-    meta_path, params_path = folder / "fit.json", folder / "variational_params.npz"
+    meta_path, params_path = folder / names.FIT_META, folder / names.FIT_PARAMS
     for p in (meta_path, params_path):
         if not p.exists():
             raise FitError(f"no saved fit in {folder}: {p.name} is missing")
@@ -178,7 +179,7 @@ def load_fit(folder: str | Path) -> FitResult:
         meta = json.loads(meta_path.read_text())
         with np.load(params_path) as z:
             arrays = {k: z[k] for k in z.files}
-        elbo = pd.read_csv(folder / "elbo_trace.csv")["loss"].to_numpy()
+        elbo = pd.read_csv(folder / names.FIT_ELBO)["loss"].to_numpy()
     except (OSError, ValueError, KeyError) as exc:
         raise FitError(f"saved fit in {folder} could not be read ({exc.__class__.__name__}: {exc})") from None
     if meta.get("format") != FIT_FORMAT:
@@ -265,7 +266,7 @@ def steps_to_convergence(elbo: np.ndarray, window: int, tol: float) -> int | Non
 
 
 # --------------------------------------------------------------------------- checkpoints
-CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_NAME = names.CHECKPOINT
 
 
 def _save_checkpoint(

@@ -29,6 +29,7 @@ import pandas as pd
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.errors import ConfigError
 from fatebias_core.io import save_npz, write_csv
+from fatebias_core.io.layout import RunLayout
 from fatebias_core.model.inference import FitResult
 
 log = logging.getLogger("fatebias.posterior")
@@ -220,27 +221,6 @@ class ExportResult:
         return self.files[fate or self.summary.primary][kind]
 
 
-EXPORT_FILES = {
-    "gene_daywise": "gene_daywise_for_mash{sfx}.csv",
-    "guide_daywise": "guide_daywise_for_mash{sfx}.csv",
-    "theta_npz": "theta_posterior_summary{sfx}.npz",
-    "delta_npz": "delta_posterior_summary{sfx}.npz",
-    "qc_delta": "qc_delta_mean_by_gene{sfx}.csv",
-    "qc_offset": "qc_theta_beta_offset_by_gene{sfx}.csv",
-    "ash_summary": "gene_summary_for_ash{sfx}.csv",
-}
-
-
-def export_paths(config: FatebiasConfig, out_dir: str | Path, contrast_fates: list[str]) -> dict[str, dict[str, Path]]:
-    """Where :func:`export_posterior` writes each kind of file, by contrast fate."""
-    out = Path(out_dir)
-    kinds = [k for k in EXPORT_FILES if k != "ash_summary" or config.export_ash_summary]
-    return {
-        fate: {kind: out / EXPORT_FILES[kind].format(sfx=config.file_suffix(fate)) for kind in kinds}
-        for fate in contrast_fates
-    }
-
-
 def export_posterior(fit: FitResult, config: FatebiasConfig, out_dir: str | Path | None = None, summary: PosteriorSummary | None = None) -> ExportResult:
     """Write the posterior exports of every contrast into ``out_dir``.
 
@@ -265,7 +245,7 @@ def export_posterior(fit: FitResult, config: FatebiasConfig, out_dir: str | Path
     summary = summary or summarise_posterior(fit, config)
     result = ExportResult(out_dir=out, summary=summary)
     sfx_days = summary.suffixes
-    all_paths = export_paths(config, out, list(summary.contrasts))
+    all_paths = RunLayout(out, config).all_exports(list(summary.contrasts))
     for fate, c in summary.contrasts.items():
         paths = all_paths[fate]
         write_csv(summary.gene_daywise(fate), paths["gene_daywise"])

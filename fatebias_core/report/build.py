@@ -34,13 +34,13 @@ import pandas as pd
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.discovery.answer import ContrastAnswer, contrast_answer, lfsr_text
 from fatebias_core.errors import FatebiasError, InputDataError
+from fatebias_core.io import layout as names
 from fatebias_core.io import read_csv, write_text
 from fatebias_core.io.tables import DayAxis, read_posterior, require_columns
 
 log = logging.getLogger("fatebias")
 
-REPORT_FILE = "report.html"
-MASH_MODES = ("conservative", "enriched")
+REPORT_FILE = names.REPORT
 
 #: Rows of the hits table written into the page (the CSV has them all).
 MAX_TABLE_ROWS = 1000

@@ -17,25 +17,22 @@ from typing import Any
 import dagster as dg
 from dagster import AssetExecutionContext
 
+from fatebias_core.config import MASH_MODES
+from fatebias_core.io import layout as names
 from fatebias_core.io import write_text
-from fatebias_core.model.posterior import export_paths
+from fatebias_core.io.layout import RunLayout
+from fatebias_core.pipeline.chain import diagnostics_step
 from fatebias_core.pipeline.steps import (
-    DROPPED_CELLS_FILE,
-    FIT_DIR,
-    aggregate_paths,
+    MashOutputs,
     aggregate_step,
-    diagnostics_step,
     export_step,
     fit_step,
     load_step,
-    mash_outputs,
     mash_step,
-    rank_outputs,
     rank_step,
     report_step,
     step_outputs,
 )
-from fatebias_core.report.build import REPORT_FILE
 from fatebias_core.types import Experiment, FilteredCells, GuideEmbedding, LoadSummary
 
 from .. import metadata as meta
@@ -145,7 +142,7 @@ def build_chain(
         cfg = run.config
         done = run.execute(
             lambda: load_step(cfg, run.out_dir),
-            outputs=lambda: [run.out_dir / "load_summary.json", run.out_dir / DROPPED_CELLS_FILE, run.out_dir / "config_used.yaml"],
+            outputs=lambda: [run.out_dir / names.LOAD_SUMMARY, run.out_dir / names.DROPPED_CELLS, run.out_dir / names.CONFIG_USED],
             metrics=lambda e: {"input_version": input_version(cfg), "input_files": input_files(cfg), "n_cells": e.n_cells},
             always=True,
         )
@@ -179,7 +176,7 @@ def build_chain(
         from fatebias_core.model.inference import load_fit
 
         run = StepRun.start(context, "fit", layout)
-        fit_dir = run.out_dir / FIT_DIR
+        fit_dir = run.out_dir / names.FIT_DIR
         experiment = Experiment(filtered_cells[0], guide_embeddings, filtered_cells[1])
         done = run.execute(
             lambda: fit_step(experiment, run.config, run.out_dir),
@@ -208,7 +205,7 @@ def build_chain(
         done = run.execute(
             lambda: export_step(fitted_posterior, cfg, run.out_dir), outputs=lambda: step_outputs("export", cfg, run.out_dir)
         )
-        files = export_paths(cfg, run.out_dir, cfg.contrast_fates)
+        files = RunLayout(run.out_dir, cfg).all_exports()
         md = meta.export_metadata(files, cfg.contrast_fate)
         outputs = step_outputs("export", cfg, run.out_dir)
         common_md = run.record(done.reused, outputs, metrics={"qc": md["QC offsets"].value}, row_counts=meta.row_counts(outputs))
@@ -224,7 +221,7 @@ def build_chain(
     def mash_outputs_asset(context: AssetExecutionContext) -> dg.MaterializeResult:
         run = StepRun.start(context, "mash", layout)
         cfg = run.config
-        planned = mash_outputs(cfg, run.out_dir)
+        planned = MashOutputs(RunLayout(run.out_dir, cfg))
         done = run.execute(lambda: mash_step(cfg, run.out_dir), outputs=lambda: planned.all_paths)
         messages = done.value.messages if done.value is not None else []
         tables = {} if done.reused else results.mash_tables(planned)
@@ -246,7 +243,7 @@ def build_chain(
     def aggregated_genes(context: AssetExecutionContext) -> dg.MaterializeResult:
         run = StepRun.start(context, "aggregate", layout)
         cfg = run.config
-        paths = aggregate_paths(cfg, run.out_dir)
+        paths = {mode: RunLayout(run.out_dir, cfg).guide_agg(mode) for mode in MASH_MODES}
         done = run.execute(lambda: aggregate_step(cfg, run.out_dir), outputs=lambda: list(paths.values()))
         md = meta.aggregate_metadata(paths)
         tables = {} if done.reused else results.aggregate_tables(paths)
@@ -264,7 +261,7 @@ def build_chain(
     def ranked_hits(context: AssetExecutionContext) -> dg.MaterializeResult:
         run = StepRun.start(context, "rank", layout)
         cfg = run.config
-        outputs = rank_outputs(cfg, run.out_dir)
+        outputs = RunLayout(run.out_dir, cfg).rank_files()
         done = run.execute(
             lambda: rank_step(cfg, run.out_dir),
             outputs=lambda: outputs,
@@ -330,7 +327,7 @@ def build_chain(
     )
     def report(context: AssetExecutionContext) -> dg.MaterializeResult:
         run = StepRun.start(context, "report", layout)
-        path = run.out_dir / REPORT_FILE
+        path = run.out_dir / names.REPORT
         done = run.execute(
             lambda: report_step(run.config, run.out_dir),
             outputs=lambda: [path],

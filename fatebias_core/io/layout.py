@@ -1,0 +1,177 @@
+"""Every file name of a run folder, a fit folder and a simulation folder, in one place.
+
+The names are the public interface that downstream scripts read
+(``gene_daywise_for_mash.csv``, ``mash_gene_<mode>.csv``, ``hits_ranked.csv``, ...), so
+they are defined here once; the steps, the diagnostics, the report, the CLI and the
+Dagster assets ask :class:`RunLayout` where a file lives rather than spelling its name.
+
+The primary contrast's files keep their plain names; every other contrast's files carry
+the suffix ``_<FATE>`` (:meth:`FatebiasConfig.file_suffix`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fatebias_core.config import MASH_MODES, FatebiasConfig
+from fatebias_core.io.files import PathLike
+
+# ---------------------------------------------------------------- the fit folder (<run>/fit)
+FIT_DIR = "fit"
+FIT_META = "fit.json"
+FIT_PARAMS = "variational_params.npz"
+FIT_ELBO = "elbo_trace.csv"
+CHECKPOINT = "checkpoint.pt"
+
+# ---------------------------------------------------------------- the run folder
+LOAD_SUMMARY = "load_summary.json"
+DROPPED_CELLS = "dropped_cells.csv"
+CONFIG_USED = "config_used.yaml"
+MANIFEST = "fatebias_manifest.json"
+ELBO_FIGURE = "elbo_trace.png"
+EFFECTS_FIGURE = "effects_by_day.png"
+HITS = "hits_ranked.csv"
+MODE_COMPARISON = "mash_mode_comparison.csv"
+DIAGNOSTICS = "diagnostics.json"
+NTC_TABLE = "ntc_calibration.csv"
+PERMUTATION_DIR = "permutation"
+PERMUTATION_FINGERPRINT = "permutation.json"
+REPORT = "report.html"
+DAYWISE_CONFUSION = "daywise_confusion.csv"
+CALL_SUMMARY = "pred_call_summary.json"
+
+EXPORT_FILES = {
+    "gene_daywise": "gene_daywise_for_mash{sfx}.csv",
+    "guide_daywise": "guide_daywise_for_mash{sfx}.csv",
+    "theta_npz": "theta_posterior_summary{sfx}.npz",
+    "delta_npz": "delta_posterior_summary{sfx}.npz",
+    "qc_delta": "qc_delta_mean_by_gene{sfx}.csv",
+    "qc_offset": "qc_theta_beta_offset_by_gene{sfx}.csv",
+    "ash_summary": "gene_summary_for_ash{sfx}.csv",
+}
+"""The posterior exports of one contrast, by kind."""
+
+MASH_FILE = "mash_{level}_{mode}{sfx}.csv"
+ASH_FILE = "ash_gene_summary{sfx}.csv"
+GUIDE_AGG_FILE = "gene_from_guide_mash_{mode}.csv"
+
+# ---------------------------------------------------------------- a simulation folder
+SIM_ADATA = "adata.h5ad"
+SIM_GUIDE_MAP = "guide_map.csv"
+SIM_TRUTH_GUIDES = "truth_guides.csv"
+SIM_METADATA = "sim_metadata.yaml"
+SIM_CONFIG = "config.yaml"
+SIM_RESULTS = "results"
+"""The run folder ``fatebias demo`` and a simulation's ``config.yaml`` write into."""
+
+
+def truth_daywise_file(suffix: str = "") -> str:
+    """The simulated truth of a contrast (``truth_daywise<suffix>.csv``)."""
+    return f"truth_daywise{suffix}.csv"
+
+
+def truth_estimand_file(suffix: str = "") -> str:
+    """The estimand a fit targets under the simulated realism (``truth_estimand_daywise<suffix>.csv``)."""
+    return f"truth_estimand_daywise{suffix}.csv"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where each output of a run lives, for one run folder and configuration.
+
+    Parameters
+    ----------
+    root
+        The run folder.
+    config
+        The configuration: it decides the contrasts (file suffixes) and whether the
+        across-day ash files exist.
+    """
+
+    root: Path
+    config: FatebiasConfig
+
+    @classmethod
+    def of(cls, config: FatebiasConfig, out_dir: PathLike | None = None) -> RunLayout:
+        """The layout of ``out_dir`` (``config.out_dir`` when None)."""
+        return cls(Path(out_dir if out_dir is not None else config.out_dir), config)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.root / name
+
+    @property
+    def fit_dir(self) -> Path:
+        return self.root / FIT_DIR
+
+    @property
+    def permutation_dir(self) -> Path:
+        return self.root / PERMUTATION_DIR
+
+    def _sfx(self, fate: str | None) -> str:
+        return self.config.file_suffix(fate or self.config.contrast_fate)
+
+    # ------------------------------------------------------------ per step
+    def load_files(self) -> list[Path]:
+        """``load_summary.json`` and ``dropped_cells.csv``."""
+        return [self.root / LOAD_SUMMARY, self.root / DROPPED_CELLS]
+
+    def fit_files(self) -> list[Path]:
+        """The saved fit that later steps load (metadata and parameters)."""
+        return [self.fit_dir / FIT_META, self.fit_dir / FIT_PARAMS]
+
+    def exports(self, fate: str | None = None) -> dict[str, Path]:
+        """The posterior exports of contrast ``fate`` (primary when None), by kind."""
+        kinds = [k for k in EXPORT_FILES if k != "ash_summary" or self.config.export_ash_summary]
+        sfx = self._sfx(fate)
+        return {kind: self.root / EXPORT_FILES[kind].format(sfx=sfx) for kind in kinds}
+
+    def all_exports(self, fates: list[str] | None = None) -> dict[str, dict[str, Path]]:
+        """:meth:`exports` of every contrast (or of ``fates``)."""
+        return {fate: self.exports(fate) for fate in (fates if fates is not None else self.config.contrast_fates)}
+
+    def mash(self, level: str, mode: str, fate: str | None = None) -> Path:
+        """``mash_<level>_<mode>[_<FATE>].csv``: mash of the gene or guide table in ``mode``."""
+        return self.root / MASH_FILE.format(level=level, mode=mode, sfx=self._sfx(fate))
+
+    def ash(self, fate: str | None = None) -> Path | None:
+        """``ash_gene_summary[_<FATE>].csv``, or None when ``export_ash_summary`` is off."""
+        return self.root / ASH_FILE.format(sfx=self._sfx(fate)) if self.config.export_ash_summary else None
+
+    def mash_tables(self) -> dict[tuple[str, str, str], Path]:
+        """Every mash table, by (level, mode, fate)."""
+        return {
+            (level, mode, fate): self.mash(level, mode, fate)
+            for fate in self.config.contrast_fates
+            for level in ("gene", "guide")
+            for mode in MASH_MODES
+        }
+
+    def mash_files(self) -> list[Path]:
+        """Every file the mash step writes: the mash tables and the ash summaries."""
+        ash = [self.ash(fate) for fate in self.config.contrast_fates]
+        return [*self.mash_tables().values(), *(p for p in ash if p is not None)]
+
+    def guide_agg(self, mode: str) -> Path:
+        """``gene_from_guide_mash_<mode>.csv``: guide-level mash aggregated to genes."""
+        return self.root / GUIDE_AGG_FILE.format(mode=mode)
+
+    def rank_files(self) -> list[Path]:
+        """``hits_ranked.csv`` and ``mash_mode_comparison.csv``."""
+        return [self.root / HITS, self.root / MODE_COMPARISON]
+
+    def step_files(self, step: str) -> list[Path]:
+        """The files ``step`` writes (what a manifest checks still exist)."""
+        files = {
+            "load": self.load_files,
+            "fit": self.fit_files,
+            "export": lambda: [p for f in self.all_exports().values() for p in f.values()],
+            "mash": self.mash_files,
+            "aggregate": lambda: [self.guide_agg(m) for m in MASH_MODES],
+            "rank": self.rank_files,
+            "diagnostics": lambda: [self.root / DIAGNOSTICS],
+            "report": lambda: [self.root / REPORT],
+        }
+        if step not in files:
+            raise ValueError(f"no such step: {step}")
+        return files[step]()
