@@ -52,7 +52,11 @@ def test_one_tiny_cell_end_to_end(tmp_path):
     assert set(df["method"]) == {"meanfield", "laplace", "bootstrap"}
     assert {"model", "mash:plain_se:conservative", "mash:se_inflated:enriched"} <= set(df["source"])
     cov = df[(df["source"] == "model") & (df["metric"] == "coverage") & (df["group"] == "all")]
-    assert cov["value"].between(0, 1).all()
+    # Nested intervals: for every method and group, coverage cannot fall as the level rises.
+    for _, g in cov.groupby(["method", "group"]):
+        by_level = g.sort_values("level")["value"].to_numpy()
+        assert (np.diff(by_level) >= 0).all(), by_level
+    assert (cov.groupby("level")["n"].nunique() == 1).all()  # every method scores the same gene/days
     lap90 = cov[(cov["method"] == "laplace") & (cov["level"] == 0.9)]["value"].item()
     assert lap90 >= 0.7
     res = write_calibration(df, tmp_path)

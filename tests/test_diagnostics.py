@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import norm
 
 from fatebias_core import cli
 from fatebias_core.checks.diagnostics import (
@@ -229,7 +230,7 @@ def test_gene_posterior_prefers_mash_then_exports(tmp_path: Path) -> None:
     )
     post = gene_posterior(cfg, tmp_path)
     assert post.lfsr_from == "posterior z" and post.summary_mean is None
-    assert post.daywise.lfsr[0].tolist() == pytest.approx([2.866516e-07, 0.02275013], rel=1e-5)  # Phi(-5), Phi(-2)
+    assert post.daywise.lfsr[0].tolist() == pytest.approx([norm.cdf(-5.0), norm.cdf(-2.0)], rel=1e-12)  # A: 0.5/0.1, 0.4/0.2
     table = {"gene": ["B", "A"]}
     for d, (m, lf) in enumerate([((-0.1, 0.3), (0.5, 0.01)), ((0.0, 0.2), (0.9, 0.2))]):
         table |= {f"postmean_d{d}": m, f"postsd_d{d}": [0.1, 0.1], f"lfsr_d{d}": lf}
