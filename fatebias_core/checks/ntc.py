@@ -36,6 +36,8 @@ import scipy.sparse as sp
 from scipy.stats import norm
 
 from fatebias_core.errors import FitError
+from fatebias_core.model.fate_model import Priors
+from fatebias_core.model.laplace import LaplaceResult, leverage_adjusted_residuals, problem_at_mode
 from fatebias_core.types import Experiment
 
 __all__ = ["NTCCalibration", "ntc_pseudogenes", "ntc_calibration"]
@@ -182,13 +184,6 @@ def ntc_calibration(experiment: Experiment, fit_result, config) -> NTCCalibratio
     NTCCalibration or None
         None when the experiment has no NTC guide.
     """
-    from fatebias_core.model.fate_model import Priors
-    from fatebias_core.model.laplace import (
-        LaplaceResult,
-        leverage_adjusted_residuals,
-        problem_at_mode,
-    )
-
     guides = experiment.guides
     if guides.ntc_ids is None or not guides.ntc_names or not (guides.ntc_ids > 0).any():
         return None

@@ -29,6 +29,8 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 from scipy.special import log_softmax, softmax
+from scipy.stats import norm
+from scipy.stats import t as student_t
 
 from fatebias_core.errors import FitError
 from fatebias_core.types import Experiment
@@ -487,10 +489,8 @@ def robust_covariance(problem: LaplaceProblem, res: LaplaceResult, chunk: int = 
 
 def t_scale(df: np.ndarray, level: float = 0.9) -> np.ndarray:
     """Factor that widens a normal interval to the Student-t interval with ``df`` degrees of freedom."""
-    from scipy.stats import norm, t
-
     q = 0.5 + level / 2
-    return t.ppf(q, np.maximum(df, 2.0)) / norm.ppf(q)
+    return student_t.ppf(q, np.maximum(df, 2.0)) / norm.ppf(q)
 
 
 def gene_blocks(layout: Layout, gene_of_guide: np.ndarray, n_contrasts: int) -> tuple[np.ndarray, np.ndarray]:

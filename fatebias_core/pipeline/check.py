@@ -1,7 +1,8 @@
 """``fatebias check``: the data as a run would load them, checked before any fit; nothing written.
 
 Kept apart from :mod:`fatebias_core.pipeline.steps` so that the check does not import the
-model's numerical stack (torch, Pyro): at 200,000 cells it takes a few seconds.
+model's numerical stack (torch, Pyro): at 200,000 cells it takes a few seconds. The
+Laplace size check it runs is plain arithmetic (numpy/scipy only).
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fatebias_core.config import FatebiasConfig
+from fatebias_core.data.load import load_experiment
 from fatebias_core.errors import ConfigError, InputDataError
+from fatebias_core.model.laplace import check_laplace_size
 from fatebias_core.types import Experiment
 
 
 def load_experiment_checked(config: FatebiasConfig, verbose: bool = True) -> Experiment:
     """Load the experiment named by the configuration (nothing is written)."""
-    from fatebias_core.data.load import load_experiment
-
     if not config.adata_path or not config.guide_map_csv:
         missing = [k for k in ("adata_path", "guide_map_csv") if not getattr(config, k)]
         raise ConfigError(f"the configuration does not name {' and '.join(missing)}")
@@ -63,8 +64,6 @@ def check_data(config: FatebiasConfig) -> CheckResult:
     experiment = load_experiment_checked(config, verbose=False)
     notes: list[str] = []
     if config.posterior_method != "meanfield":
-        from fatebias_core.model.laplace import check_laplace_size
-
         check_laplace_size(experiment, len(config.contrast_fates))
     out = Path(config.out_dir)
     if out.exists() and not out.is_dir():

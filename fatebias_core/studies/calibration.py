@@ -33,9 +33,16 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
+from fatebias_core.checks.simulate import simulate_experiment
 from fatebias_core.config import FatebiasConfig
+from fatebias_core.data.load import load_experiment
+from fatebias_core.discovery.calls import CallRule, call_days
 from fatebias_core.errors import ConfigError
 from fatebias_core.io import write_csv, write_text
+from fatebias_core.mash import mash_table
+from fatebias_core.model.inference import fit, refine_posterior
+from fatebias_core.model.posterior import QUANTILES, summarise_posterior
+from fatebias_core.report.plots import plot_calibration_coverage, plot_calibration_fsr
 
 log = logging.getLogger("fatebias.calibration")
 
@@ -148,8 +155,6 @@ def hit_rows(postmean: np.ndarray, postsd: np.ndarray, lfsr: np.ndarray, truth: 
     (|truth| > ``sim_truth_thresh``; a call with the wrong sign is a false one).
     Any day: hits, and false hits (genes with no true effect on any day).
     """
-    from fatebias_core.discovery.calls import CallRule, call_days
-
     calls = call_days(postmean, postsd, lfsr, CallRule.from_config(config, postmean.shape[1]))
     active = np.abs(truth) > config.sim_truth_thresh
     right = calls.active & active & (np.sign(postmean) == np.sign(truth))
@@ -199,12 +204,6 @@ def calibration_run(scenario: str, seed: int, base: FatebiasConfig, methods: Ite
         Tidy rows: scenario, seed, method, source (``model`` or ``mash:<variant>:<mode>``),
         metric, group, level, value, n, runtime_s.
     """
-    from fatebias_core.checks.simulate import simulate_experiment
-    from fatebias_core.data.load import load_experiment
-    from fatebias_core.mash import mash_table
-    from fatebias_core.model.inference import fit, refine_posterior
-    from fatebias_core.model.posterior import QUANTILES, summarise_posterior
-
     methods = list(methods)
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
@@ -366,8 +365,6 @@ def calibration_markdown(summary: pd.DataFrame) -> str:
 
 def write_calibration(results: pd.DataFrame, out_dir: str | Path) -> CalibrationResult:
     """Write the tidy results, the summary and the figures (also used by the platform)."""
-    from fatebias_core.report.plots import plot_calibration_coverage, plot_calibration_fsr
-
     out = Path(out_dir)
     summary = summarise_calibration(results)
     paths = {

@@ -45,9 +45,12 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from fatebias_core.config import FatebiasConfig, make_config, read_yaml
+from fatebias_core.checks.simulate import simulate
+from fatebias_core.config import FatebiasConfig, load_config, make_config, read_yaml
+from fatebias_core.discovery.evaluate import evaluate_files
 from fatebias_core.errors import ConfigError, FatebiasError
 from fatebias_core.io import write_csv, write_text
+from fatebias_core.pipeline.chain import run_chain
 
 log = logging.getLogger("fatebias.sweep")
 
@@ -255,11 +258,6 @@ def run_one(run: SweepRun, config: FatebiasConfig, run_dir: str | Path) -> dict[
     convergence and runtime, and this call's wall time ``runtime_s`` (short when the
     steps were reused).
     """
-    from fatebias_core.checks.simulate import simulate
-    from fatebias_core.config import load_config
-    from fatebias_core.discovery.evaluate import evaluate_files
-    from fatebias_core.pipeline.chain import run_chain
-
     t0 = time.perf_counter()
     sim = simulate(config, run_dir)
     run_cfg = load_config(sim.paths["config"])
