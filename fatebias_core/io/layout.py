@@ -147,10 +147,13 @@ class RunLayout:
             for mode in MASH_MODES
         }
 
+    def ash_tables(self) -> dict[str, Path]:
+        """Every ash summary, by contrast fate (none when ``export_ash_summary`` is off)."""
+        return {fate: p for fate in self.config.contrast_fates if (p := self.ash(fate)) is not None}
+
     def mash_files(self) -> list[Path]:
         """Every file the mash step writes: the mash tables and the ash summaries."""
-        ash = [self.ash(fate) for fate in self.config.contrast_fates]
-        return [*self.mash_tables().values(), *(p for p in ash if p is not None)]
+        return [*self.mash_tables().values(), *self.ash_tables().values()]
 
     def guide_agg(self, mode: str) -> Path:
         """``gene_from_guide_mash_<mode>.csv``: guide-level mash aggregated to genes."""

@@ -105,6 +105,11 @@ class MashOutputs:
         return self.layout.mash_tables()
 
     @property
+    def ash_files(self) -> dict[str, Path]:
+        """Every ash summary, by contrast fate."""
+        return self.layout.ash_tables()
+
+    @property
     def all_paths(self) -> list[Path]:
         return self.layout.mash_files()
 
