@@ -2,7 +2,7 @@
 
 ``fatebias calibrate`` scores the default inference (Laplace posterior, mash conservative)
 on this package's own simulator, whose fate probabilities are Dirichlet(c * pi) around
-the model's probabilities pi (MODEL.md 11). This script keeps the simulated truth but
+the model's probabilities pi (docs/method.md, "Simulation"). This script keeps the simulated truth but
 redraws the probabilities from another noise model, to see what the calibration depends on:
 
 * ``dirichlet50``: Dirichlet(50 pi), drawn here (a check of the harness);

@@ -1,4 +1,4 @@
-"""Benchmark: recovery of the simulated truth by the whole chain (MODEL.md 11).
+"""Benchmark: recovery of the simulated truth by the whole chain (docs/method.md, "Simulation").
 
 Runs ``fatebias simulate`` + ``fatebias run`` (local engine, diagnostics off) on the
 seed pipeline's own simulation (25,000 cells, 100 genes, 600 guides, Kmax 9, 10% active

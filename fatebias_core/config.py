@@ -44,7 +44,7 @@ def _f(default: Any, doc: str, group: str, **kwargs: Any) -> Any:
 
 
 class FatebiasConfig(BaseModel):
-    """Every setting of a fatebias run, validated, with defaults (MODEL.md sections 1-11)."""
+    """Every setting of a fatebias run, validated, with defaults (docs/method.md)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 

@@ -1,4 +1,4 @@
-"""Typed objects that flow through the chain (MODEL.md sections 1-2).
+"""Typed objects that flow through the chain (docs/method.md, "Inputs" and "Data").
 
 Loading produces an :class:`Experiment` (cells + guide embedding + loading summary);
 the fit consumes it. All arrays are numpy; the model moves them to torch itself.
@@ -106,7 +106,7 @@ class FilteredCells:
 class GuideEmbedding:
     """The padded embedding-sum representation of each cell's guides.
 
-    Convention (MODEL.md 2): non-NTC guides have ids 1..G; every NTC guide maps to id 0
+    Convention (docs/method.md, "Data"): non-NTC guides have ids 1..G; every NTC guide maps to id 0
     with mask 1 (a real entry that adds nothing); padding is id 0 with mask 0. Genes
     have ids 1..L and ``gene_of_guide[0] = 0``.
 

@@ -1,4 +1,4 @@
-"""Loading: input layouts, validation errors, the guide embedding, filtering (MODEL.md 1-2)."""
+"""Loading: input layouts, validation errors, the guide embedding, filtering (docs/method.md, "Inputs" and "Data")."""
 
 from __future__ import annotations
 

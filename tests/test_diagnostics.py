@@ -1,4 +1,4 @@
-"""Diagnostics (MODEL.md 10): held-out split and cross-entropy, permutation control, sanity checks."""
+"""Diagnostics (docs/method.md, "Diagnostics"): held-out split and cross-entropy, permutation control, sanity checks."""
 
 from __future__ import annotations
 

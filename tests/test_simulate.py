@@ -1,4 +1,4 @@
-"""Simulation (MODEL.md 11): layout, truth, the model equation, determinism, round trip."""
+"""Simulation (docs/method.md, "Simulation"): layout, truth, the model equation, determinism, round trip."""
 
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def test_round_trip_through_the_loader(sim_dir: Path) -> None:
 
 
 def test_model_equation_and_loader_conventions_agree() -> None:
-    """Recompute pi from the true parameters and the *loaded* embedding (MODEL.md 4)."""
+    """Recompute pi from the true parameters and the *loaded* embedding (docs/method.md, "Model")."""
     cfg = sim_config(
         fates=["EC", "NEU", "MES"]
     )  # the reference and contrasts not in column 0/1/2 order

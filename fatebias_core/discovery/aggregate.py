@@ -1,4 +1,4 @@
-"""Guide-to-gene aggregation of guide-level mash posteriors (MODEL.md section 8).
+"""Guide-to-gene aggregation of guide-level mash posteriors (docs/method.md, "Guide-to-gene aggregation").
 
 For each gene and day the posteriors of the gene's guides are combined by a fixed-effect
 inverse-variance meta-analysis: with ``w_g = 1 / postsd_g^2``,

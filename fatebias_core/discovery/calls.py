@@ -1,4 +1,4 @@
-"""Hit calling and ranking (MODEL.md section 9) and the comparison of mash modes.
+"""Hit calling and ranking (docs/method.md, "Calls") and the comparison of mash modes.
 
 Calling rules, for a row (gene) and day d with posterior mean m_d, SD s_d and lfsr_d:
 
@@ -117,7 +117,7 @@ class CallRule:
 
     @classmethod
     def for_ash(cls, config: FatebiasConfig) -> CallRule:
-        """The ash summary's rule (MODEL.md 6): lfsr < ash_lfsr_thresh, no probability gate.
+        """The ash summary's rule (docs/method.md, "Contrasts and summaries"): lfsr < ash_lfsr_thresh, no probability gate.
 
         The q-value condition is applied by :func:`rank_hits` as an extra gate; the
         single pseudo-day needs no multiplicity correction and one active day makes a hit.
@@ -329,7 +329,7 @@ def rank_hits(
     source: str | None = None,
     what: str = "table",
 ) -> pd.DataFrame:
-    """Call and rank the rows of a discovery table (MODEL.md 9).
+    """Call and rank the rows of a discovery table (docs/method.md, "Calls").
 
     Parameters
     ----------
@@ -361,7 +361,7 @@ def rank_hits(
     Notes
     -----
     An ash summary is one pseudo-day labelled ``sum``: it is called when
-    ``lfsr < ash_lfsr_thresh`` and ``qvalue < ash_qvalue_thresh`` (MODEL.md 6), with no
+    ``lfsr < ash_lfsr_thresh`` and ``qvalue < ash_qvalue_thresh`` (docs/method.md, "Contrasts and summaries"), with no
     probability gate (``plarge_sum`` is reported for information); its day lists and
     best days read ``sum``.
 

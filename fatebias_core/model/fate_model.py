@@ -1,4 +1,4 @@
-"""The MOI-aware fate model (MODEL.md sections 3-4) as a Pyro model.
+"""The MOI-aware fate model (docs/method.md, "Model") as a Pyro model.
 
 Every non-reference fate ("contrast") has its own copy of every parameter; the
 contrasts are vectorised along one tensor dimension ``K`` rather than looped over.
@@ -37,7 +37,7 @@ POSITIVE_SITES = frozenset({"tau", "sigma_time", "sigma_guide"})
 
 @dataclass(frozen=True)
 class Priors:
-    """Prior scales of the model (MODEL.md 3)."""
+    """Prior scales of the model (docs/method.md, "Model")."""
 
     s_alpha: float = 2.0
     s_rep: float = 0.5
@@ -246,7 +246,7 @@ def soft_label_loglik(data: ModelData, idx: torch.Tensor | None, eta: torch.Tens
 
 # --------------------------------------------------------------------------- the Pyro model
 class FateModel:
-    """The Pyro model of MODEL.md 3-4 over a :class:`ModelData`.
+    """The Pyro model (docs/method.md, "Model") over a :class:`ModelData`.
 
     Parameters
     ----------

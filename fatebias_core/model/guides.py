@@ -1,6 +1,6 @@
 """Variational families for the fate model.
 
-The baseline is a mean-field guide over the non-centred latents (MODEL.md 5): an
+The baseline is a mean-field guide over the non-centred latents (docs/method.md, "Inference"): an
 independent normal per coordinate for the real-valued sites and a log-normal for the
 positive scales.
 """

@@ -1,4 +1,4 @@
-"""Posterior summaries and the exports that feed mash (MODEL.md 6).
+"""Posterior summaries and the exports that feed mash (docs/method.md, "Contrasts and summaries").
 
 From a :class:`~fatebias_core.model.inference.FitResult`, :func:`summarise_posterior` draws S
 samples and summarises, per contrast fate,

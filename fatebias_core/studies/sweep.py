@@ -1,7 +1,7 @@
 """Sweeps over simulation and prior settings, scored against the simulated truth.
 
 A sweep runs the whole chain on many simulations: for each combination of settings
-and each seed it simulates an experiment (MODEL.md 11), runs fit, export, mash,
+and each seed it simulates an experiment (docs/method.md, "Simulation"), runs fit, export, mash,
 aggregation and ranking on it, and scores the calls against the truth. The result is a
 tidy table ``sweep_results.csv`` (one row per run: the varied settings, the seed, the
 recovery scores and the runtime) and a figure ``sweep_results.png`` (scores against

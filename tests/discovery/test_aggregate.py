@@ -1,4 +1,4 @@
-"""Guide-to-gene aggregation (MODEL.md 8)."""
+"""Guide-to-gene aggregation (docs/method.md, "Guide-to-gene aggregation")."""
 
 from __future__ import annotations
 

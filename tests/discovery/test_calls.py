@@ -1,4 +1,4 @@
-"""Hit calling and ranking (MODEL.md 9) and the mode comparison."""
+"""Hit calling and ranking (docs/method.md, "Calls") and the mode comparison."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Scoring calls against the truth (MODEL.md 11)."""
+"""Scoring calls against the truth (docs/method.md, "Simulation")."""
 
 from __future__ import annotations
 
