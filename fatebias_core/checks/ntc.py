@@ -35,8 +35,10 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 from scipy.stats import norm
 
+from fatebias_core.config import FatebiasConfig
 from fatebias_core.errors import FitError
 from fatebias_core.model.fate_model import Priors
+from fatebias_core.model.inference import FitResult
 from fatebias_core.model.laplace import (
     LaplaceProblem,
     LaplaceResult,
@@ -185,7 +187,7 @@ class _ScoreTerms:
     raw_scores: list[sp.csr_matrix]  # per contrast, the (clusters, P) raw scores
 
 
-def _score_terms(experiment: Experiment, fit_result, config) -> _ScoreTerms:
+def _score_terms(experiment: Experiment, fit_result: FitResult, config: FatebiasConfig) -> _ScoreTerms:
     """The problem at the fitted mode, its Hessian's factor, residuals and per-cluster scores."""
     problem, psi = problem_at_mode(experiment, fit_result.posterior, fit_result.contrast_fates, fit_result.ref_fate, Priors.from_config(config))
     _, hess, pi = problem.gradient_and_hessian(psi)
