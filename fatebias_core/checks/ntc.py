@@ -35,9 +35,16 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 from scipy.stats import norm
 
+from fatebias_core.config import FatebiasConfig
 from fatebias_core.errors import FitError
 from fatebias_core.model.fate_model import Priors
-from fatebias_core.model.laplace import LaplaceResult, leverage_adjusted_residuals, problem_at_mode
+from fatebias_core.model.inference import FitResult
+from fatebias_core.model.laplace import (
+    LaplaceProblem,
+    LaplaceResult,
+    leverage_adjusted_residuals,
+    problem_at_mode,
+)
 from fatebias_core.types import Experiment
 
 __all__ = ["NTCCalibration", "ntc_pseudogenes", "ntc_calibration"]
@@ -165,6 +172,70 @@ def _pseudo_design(experiment: Experiment, groups: list[np.ndarray]) -> tuple[sp
     return z, pd.DataFrame(labels)
 
 
+@dataclass(frozen=True)
+class _ScoreTerms:
+    """What every contrast's score test shares: the fit at its mode and its cell-level terms."""
+
+    problem: LaplaceProblem
+    chol: tuple[np.ndarray, bool]  # Cholesky factor of the posterior Hessian
+    adjusted: np.ndarray  # (N, K) leverage-adjusted residuals
+    pk: np.ndarray  # (N, K) fitted probabilities of the contrast fates
+    resid: np.ndarray  # (N, K) weighted residuals w (p - pi)
+    n_clusters: int
+    by_cluster: sp.csr_matrix  # (clusters, N) indicator of each cell's cluster
+    XT: sp.csr_matrix  # the design transposed
+    raw_scores: list[sp.csr_matrix]  # per contrast, the (clusters, P) raw scores
+
+
+def _score_terms(experiment: Experiment, fit_result: FitResult, config: FatebiasConfig) -> _ScoreTerms:
+    """The problem at the fitted mode, its Hessian's factor, residuals and per-cluster scores."""
+    problem, psi = problem_at_mode(experiment, fit_result.posterior, fit_result.contrast_fates, fit_result.ref_fate, Priors.from_config(config))
+    _, hess, pi = problem.gradient_and_hessian(psi)
+    chol = sla.cho_factor(hess, lower=True, check_finite=False)
+    hinv = sla.cho_solve(chol, np.eye(hess.shape[0]), check_finite=False)
+    at_mode = LaplaceResult(psi=psi, cov=hinv, n_iter=0, converged=True, objective=float("nan"), pi=pi)
+    # The robust variance uses the clones' leverage-adjusted residuals, as the posterior does.
+    adjusted = leverage_adjusted_residuals(problem, at_mode)
+    w, idx = problem.weight, problem.contrast_index
+    cluster = problem.clusters
+    n_clusters = int(cluster.max()) + 1
+    return _ScoreTerms(
+        problem=problem,
+        chol=chol,
+        adjusted=adjusted,
+        pk=pi[:, idx],
+        resid=w * (problem.p[:, idx] - pi[:, idx]),
+        n_clusters=n_clusters,
+        by_cluster=sp.csr_matrix((np.ones(cluster.size), (cluster, np.arange(cluster.size))), shape=(n_clusters, cluster.size)),
+        XT=problem.X.T.tocsr(),
+        raw_scores=problem.cluster_scores(adjusted),
+    )
+
+
+def _contrast_scores(t: _ScoreTerms, Z: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per pseudo-gene/day column of ``Z``, the score for contrast k and its model and robust variances."""
+    problem, pk, w = t.problem, t.pk, t.problem.weight
+    K, P = problem.n_contrasts, problem.layout.size
+    # Cross-information of the pseudo-gene columns (contrast k) with every parameter.
+    B = np.concatenate(
+        [
+            problem.centre_rows(np.asarray((t.XT.multiply(w * pk[:, kk] * ((kk == k) - pk[:, k])) @ Z).todense()), kk)
+            for kk in range(K)
+        ]
+    )  # (K P, M)
+    Y = sla.cho_solve(t.chol, B, check_finite=False)
+    own = np.asarray(Z.multiply(Z).T @ (w * pk[:, k] * (1 - pk[:, k]))).ravel()
+    var_model = own - np.einsum("pm,pm->m", B, Y)
+    score = np.asarray(Z.T @ t.resid[:, k]).ravel()
+    # Per-cluster efficient scores: the pseudo-gene score minus its projection on the
+    # fitted parameters' scores (u rows of Y centred like the parameters).
+    u_c = np.asarray((t.by_cluster @ Z.multiply(t.adjusted[:, [k]])).todense())
+    for kk in range(K):
+        u_c -= t.raw_scores[kk] @ problem.centre_rows(Y[kk * P : (kk + 1) * P], kk)
+    var_robust = (u_c**2).sum(axis=0)
+    return score, var_model, var_robust
+
+
 def ntc_calibration(experiment: Experiment, fit_result, config) -> NTCCalibration | None:
     """Score-test z-scores of NTC pseudo-genes at a fitted Laplace/bootstrap posterior.
 
@@ -192,42 +263,11 @@ def ntc_calibration(experiment: Experiment, fit_result, config) -> NTCCalibratio
     per_gene = np.bincount(guides.gene_of_guide[1:], minlength=guides.n_genes + 1)[1:]
     size = config.ntc_pseudogene_size or max(int(np.median(per_gene)), 1)
     groups = ntc_pseudogenes(len(guides.ntc_names), size, config.ntc_partitions, config.seed)
-    problem, psi = problem_at_mode(experiment, fit_result.posterior, fit_result.contrast_fates, fit_result.ref_fate, Priors.from_config(config))
-    _, hess, pi = problem.gradient_and_hessian(psi)
-    chol = sla.cho_factor(hess, lower=True, check_finite=False)
-    hinv = sla.cho_solve(chol, np.eye(hess.shape[0]), check_finite=False)
-    at_mode = LaplaceResult(psi=psi, cov=hinv, n_iter=0, converged=True, objective=float("nan"), pi=pi)
-    # The robust variance uses the clones' leverage-adjusted residuals, as the posterior does.
-    adjusted = leverage_adjusted_residuals(problem, at_mode)
+    terms = _score_terms(experiment, fit_result, config)
     Z, labels = _pseudo_design(experiment, groups)
-    K, P = problem.n_contrasts, problem.layout.size
-    w = problem.weight
-    idx = problem.contrast_index
-    pk, resid = pi[:, idx], w * (problem.p[:, idx] - pi[:, idx])  # (N, K)
-    cluster = problem.clusters
-    n_clusters = int(cluster.max()) + 1
-    A = sp.csr_matrix((np.ones(cluster.size), (cluster, np.arange(cluster.size))), shape=(n_clusters, cluster.size))
-    XT = problem.X.T.tocsr()
-    raw_scores = problem.cluster_scores(adjusted)  # (C, P) per contrast
     frames = []
-    for k in range(K):
-        # Cross-information of the pseudo-gene columns (contrast k) with every parameter.
-        B = np.concatenate(
-            [
-                problem.centre_rows(np.asarray((XT.multiply(w * pk[:, kk] * ((kk == k) - pk[:, k])) @ Z).todense()), kk)
-                for kk in range(K)
-            ]
-        )  # (K P, M)
-        Y = sla.cho_solve(chol, B, check_finite=False)
-        own = np.asarray(Z.multiply(Z).T @ (w * pk[:, k] * (1 - pk[:, k]))).ravel()
-        var_model = own - np.einsum("pm,pm->m", B, Y)
-        score = np.asarray(Z.T @ resid[:, k]).ravel()
-        # Per-cluster efficient scores: the pseudo-gene score minus its projection on the
-        # fitted parameters' scores (u rows of Y centred like the parameters).
-        u_c = np.asarray((A @ Z.multiply(adjusted[:, [k]])).todense())
-        for kk in range(K):
-            u_c -= raw_scores[kk] @ problem.centre_rows(Y[kk * P : (kk + 1) * P], kk)
-        var_robust = (u_c**2).sum(axis=0)
+    for k in range(terms.problem.n_contrasts):
+        score, var_model, var_robust = _contrast_scores(terms, Z, k)
         frames.append(
             labels.assign(
                 fate=fit_result.contrast_fates[k],
@@ -243,5 +283,5 @@ def ntc_calibration(experiment: Experiment, fit_result, config) -> NTCCalibratio
         uncertainty=config.uncertainty,
         n_ntc_guides=len(guides.ntc_names),
         pseudo_gene_size=int(groups[0].shape[1]),
-        n_clusters=n_clusters,
+        n_clusters=terms.n_clusters,
     )

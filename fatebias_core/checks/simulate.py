@@ -1,4 +1,4 @@
-"""Simulate a time-course Perturb-seq experiment from the model, with known truth (MODEL.md 11).
+"""Simulate a time-course Perturb-seq experiment from the model, with known truth.
 
 :func:`simulate_experiment` draws everything in memory; :func:`simulate` writes it to a
 folder ready for ``fatebias run --config <folder>/config.yaml``.
@@ -26,9 +26,9 @@ Design (every draw uses the ``sim_*`` settings; ``C`` non-reference fates, ``D``
 * Nuisance: day intercepts a random walk over days (start and steps N(0, 0.5)), so
   fate proportions shift over time; replicate effects N(0, 0.1); burden slope
   N(0, 0.05) on the burden centred within day.
-* eta and pi as MODEL.md 4 (the reference fate's logit is 0); observed fate
-  probabilities ``p_i ~ Dirichlet(sim_concentration * pi_i)``, floored at 1e-8 and
-  renormalised in float64.
+* eta and pi as in the model (docs/method.md, "Model"; the reference fate's logit is
+  0); observed fate probabilities ``p_i ~ Dirichlet(sim_concentration * pi_i)``,
+  floored at 1e-8 and renormalised in float64.
 
 Realism settings, each off by default (the defaults give exactly the design above):
 
@@ -505,6 +505,286 @@ def _draw_effects(
     }
 
 
+@dataclass(frozen=True)
+class _Streams:
+    """The independent random streams spawned from ``sim_seed`` (see the module docstring)."""
+
+    effects: np.random.Generator
+    cells: np.random.Generator
+    noise: np.random.Generator
+    clones: np.random.Generator
+    knockdown: np.random.Generator
+    batch: np.random.Generator
+    logit: np.random.Generator
+    estimand: np.random.Generator
+
+
+@dataclass(frozen=True)
+class _Design:
+    """Names and labels of the simulated genes, guides, days, replicates and cells."""
+
+    gene_names: list[str]
+    gene_of_guide: np.ndarray
+    guide_names: list[str]
+    ntc_names: list[str]
+    day_labels: list[str]
+    rep_labels: list[str]
+    cell_names: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Cells:
+    """Each cell's day, replicate and guides, and the clones behind them (``None`` without clones)."""
+
+    day: np.ndarray
+    rep: np.ndarray
+    targets: np.ndarray
+    ntcs: np.ndarray
+    burden: np.ndarray
+    clone: np.ndarray | None = None
+    clone_bias: np.ndarray | None = None
+
+
+def _streams(seed: int) -> _Streams:
+    """The :data:`N_STREAMS` generators spawned from ``seed``, in their fixed order."""
+    return _Streams(*(np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(N_STREAMS)))
+
+
+def _design(config: FatebiasConfig) -> _Design:
+    """Gene, guide, day, replicate and cell names; guides spread evenly over the genes."""
+    n_genes, n_guides = config.sim_n_genes, config.sim_n_guides
+    gene_names = _names("G", n_genes)
+    per_gene = n_guides // n_genes + (np.arange(n_genes) < n_guides % n_genes)
+    gene_of_guide = np.repeat(np.arange(n_genes), per_gene)
+    within = np.arange(n_guides) - np.repeat(np.cumsum(per_gene) - per_gene, per_gene) + 1
+    return _Design(
+        gene_names=gene_names,
+        gene_of_guide=gene_of_guide,
+        guide_names=[f"{gene_names[g]}_sg{j}" for g, j in zip(gene_of_guide, within, strict=True)],
+        ntc_names=_names("NTC_", config.sim_n_ntc_guides),
+        day_labels=[f"d{d}" for d in range(config.sim_n_days)],
+        rep_labels=[f"rep{r + 1}" for r in range(config.sim_n_reps)],
+        cell_names=np.asarray(_names("cell", config.sim_n_cells), dtype=object),
+    )
+
+
+def _draw_cells(config: FatebiasConfig, streams: _Streams, n_c: int) -> _Cells:
+    """Day, replicate and guides of each cell: independent cells (the cells stream) or clones."""
+    if config.sim_clone_size_mean > 0:
+        return _draw_clones(config, streams.clones, n_c)
+    n_days, n_reps = config.sim_n_days, config.sim_n_reps
+    group = streams.cells.permutation(np.arange(config.sim_n_cells) % (n_days * n_reps))
+    targets, ntcs, burden = _guide_sets(streams.cells, config.sim_n_cells, config)
+    return _Cells(group // n_reps, group % n_reps, targets, ntcs, burden)
+
+
+def _draw_clones(config: FatebiasConfig, rng: np.random.Generator, n_c: int) -> _Cells:
+    """Cells in clones sharing a guide set, a replicate and a logit bias (the clones stream)."""
+    n_cells, n_days, n_reps = config.sim_n_cells, config.sim_n_days, config.sim_n_reps
+    sizes = _clone_sizes(rng, n_cells, config.sim_clone_size_mean)
+    n_clones = len(sizes)
+    clone = rng.permutation(np.repeat(np.arange(n_clones), sizes))
+    day = rng.permutation(np.arange(n_cells) % n_days)
+    rep = rng.permutation(np.arange(n_clones) % n_reps)[clone]
+    c_targets, c_ntcs, c_burden = _guide_sets(rng, n_clones, config)
+    clone_bias = rng.normal(0.0, 1.0, size=(n_clones, n_c)) * config.sim_clone_bias_sd
+    if (np.bincount(day * n_reps + rep, minlength=n_days * n_reps) == 0).any():
+        raise ConfigError(
+            f"{n_clones} clones leave a day x replicate group without cells: "
+            "lower sim_clone_size_mean or raise sim_n_cells"
+        )
+    return _Cells(
+        day, rep, c_targets[clone], c_ntcs[clone], c_burden[clone], clone=clone, clone_bias=clone_bias
+    )
+
+
+def _guide_sums(
+    config: FatebiasConfig,
+    eff: dict[str, np.ndarray],
+    gene_of_guide: np.ndarray,
+    cells: _Cells,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(N, C) sum of each cell's guide effects on its day, and the knockdown efficiencies (or None)."""
+    n_guides, n_days = len(gene_of_guide), config.sim_n_days
+    targets, day = cells.targets, cells.day
+    beta = np.zeros((n_guides + 1, eff["theta"].shape[1], n_days))
+    beta[1:] = eff["theta"][gene_of_guide] + eff["delta"][:, :, None]
+    ids = np.where(targets >= 0, targets + 1, 0)
+    if config.sim_knockdown_sd > 0:
+        knockdown = np.clip(
+            1.0 + rng.normal(0.0, 1.0, size=(n_guides, config.sim_n_reps)) * config.sim_knockdown_sd,
+            0.0,
+            2.0,
+        )
+        scale = np.where(targets >= 0, knockdown[np.maximum(targets, 0), cells.rep[:, None]], 0.0)
+        return (beta[ids, :, day[:, None]] * scale[..., None]).sum(axis=1), knockdown
+    return beta[ids, :, day[:, None]].sum(axis=1), None  # (N, C); id 0 adds nothing
+
+
+def _latent_logits(
+    config: FatebiasConfig,
+    eff: dict[str, np.ndarray],
+    gene_of_guide: np.ndarray,
+    cells: _Cells,
+    streams: _Streams,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(N, C) eta per contrast fate (reference logit 0), the knockdown and the batch offsets."""
+    n_days, day, rep = config.sim_n_days, cells.day, cells.rep
+    guide_sum, knockdown = _guide_sums(config, eff, gene_of_guide, cells, streams.knockdown)
+    burden_c = center_by_group(cells.burden, day, n_days).astype(np.float64)
+    eta_c = (
+        eff["day_intercept"][:, day].T
+        + eff["rep_effect"][:, rep].T
+        + eff["burden_slope"][None, :] * burden_c[:, None]
+        + guide_sum
+    )
+    batch_offset: np.ndarray | None = None
+    if config.sim_batch_sd > 0:
+        n_c = eta_c.shape[1]
+        batch_offset = (
+            streams.batch.normal(0.0, 1.0, size=(n_c, n_days, config.sim_n_reps)) * config.sim_batch_sd
+        )
+        eta_c = eta_c + batch_offset[:, day, rep].T
+    return eta_c, knockdown, batch_offset
+
+
+def _observed_probs(
+    config: FatebiasConfig,
+    pi: np.ndarray,
+    eta_cell: np.ndarray,
+    cols: list[int],
+    day: np.ndarray,
+    streams: _Streams,
+) -> np.ndarray:
+    """Observed fate probabilities: Dirichlet or logistic-normal noise, then optional smoothing."""
+    if config.sim_noise == "dirichlet":
+        probs = _dirichlet(streams.noise, config.sim_concentration, pi)
+    else:
+        noise = streams.logit.normal(0.0, 1.0, size=eta_cell.shape) * config.sim_logit_noise_sd
+        probs = _floor(_softmax(eta_cell + noise, cols, len(config.fates)))
+    if config.sim_smoothing_k > 1 and config.sim_smoothing_weight > 0:
+        probs = _smooth(
+            probs, day, config.sim_n_days, config.sim_smoothing_k, config.sim_smoothing_weight
+        )
+    return probs
+
+
+def _guide_umi_matrix(
+    config: FatebiasConfig, cells: _Cells, rng: np.random.Generator
+) -> sp.csr_matrix:
+    """(N, G + NTC) guide UMI counts: targeting columns (gene order), then NTC columns."""
+    n_guides, targets, ntcs = config.sim_n_guides, cells.targets, cells.ntcs
+    rows_t, slot_t = np.nonzero(targets >= 0)
+    rows_n, slot_n = np.nonzero(ntcs >= 0)
+    rows = np.concatenate([rows_t, rows_n])
+    cols_g = np.concatenate([targets[rows_t, slot_t], n_guides + ntcs[rows_n, slot_n]])
+    umi = (1 + rng.poisson(UMI_EXTRA_MEAN, size=rows.size)).astype(np.float32)
+    shape = (config.sim_n_cells, n_guides + config.sim_n_ntc_guides)
+    guide_matrix = sp.csr_matrix((umi, (rows, cols_g)), shape=shape)
+    guide_matrix.sort_indices()
+    return guide_matrix
+
+
+def _guide_map(design: _Design) -> pd.DataFrame:
+    """The guide map: ``guide_name, gene_name, is_ntc`` (targeting guides, then NTCs)."""
+    n_guides, n_ntc = len(design.guide_names), len(design.ntc_names)
+    return pd.DataFrame(
+        {
+            "guide_name": design.guide_names + design.ntc_names,
+            "gene_name": [design.gene_names[g] for g in design.gene_of_guide] + ["non-targeting"] * n_ntc,
+            "is_ntc": np.r_[np.zeros(n_guides, dtype=int), np.ones(n_ntc, dtype=int)],
+        }
+    )
+
+
+def _daywise_tables(
+    gene_names: list[str], contrasts: tuple[str, ...] | list[str], effects: np.ndarray
+) -> dict[str, pd.DataFrame]:
+    """Per contrast fate, a table ``gene, true_d0..`` of the (L, C, D) ``effects``."""
+    return {
+        f: pd.DataFrame(
+            {"gene": gene_names, **{f"true_d{d}": effects[:, c, d] for d in range(effects.shape[2])}}
+        )
+        for c, f in enumerate(contrasts)
+    }
+
+
+def _gene_efficiency(params: SimulatedParams, n_genes: int) -> np.ndarray:
+    """(L,) each gene's realised mean knockdown efficiency over its guides and the replicates."""
+    if params.knockdown is None:
+        return np.ones(n_genes)
+    return np.bincount(
+        params.gene_of_guide, weights=params.knockdown.mean(axis=1), minlength=n_genes
+    ) / np.bincount(params.gene_of_guide, minlength=n_genes)
+
+
+def _truth_estimand(
+    config: FatebiasConfig, params: SimulatedParams, kappa: np.ndarray
+) -> dict[str, pd.DataFrame]:
+    """Per contrast fate, ``gene, true_d0..`` of kappa x efficiency x theta (the fit's target)."""
+    # A gene's effect in this experiment is that of its guides as they knocked down here:
+    # theta scaled by the realised mean efficiency of its guides over the replicates.
+    gene_efficiency = _gene_efficiency(params, len(params.gene_names))
+    theta = params.theta
+    return {
+        f: pd.DataFrame(
+            {
+                "gene": list(params.gene_names),
+                **{f"true_d{d}": kappa[c] * gene_efficiency * theta[:, c, d] for d in range(theta.shape[2])},
+            }
+        )
+        for c, f in enumerate(params.contrast_fates)
+    }
+
+
+def _truth_guides(design: _Design, contrasts: tuple[str, ...] | list[str], delta: np.ndarray) -> pd.DataFrame:
+    """``guide, gene, delta_<fate>`` for every targeting guide and contrast fate."""
+    return pd.DataFrame(
+        {
+            "guide": design.guide_names,
+            "gene": [design.gene_names[g] for g in design.gene_of_guide],
+            **{f"delta_{f}": delta[:, c] for c, f in enumerate(contrasts)},
+        }
+    )
+
+
+def _params(
+    contrasts: tuple[str, ...] | list[str],
+    design: _Design,
+    eff: dict[str, np.ndarray],
+    cells: _Cells,
+    pi: np.ndarray,
+    eta_c: np.ndarray,
+    knockdown: np.ndarray | None,
+    batch_offset: np.ndarray | None,
+) -> SimulatedParams:
+    """The true parameters gathered into a :class:`SimulatedParams`."""
+    return SimulatedParams(
+        contrast_fates=tuple(contrasts),
+        gene_names=tuple(design.gene_names),
+        guide_names=tuple(design.guide_names),
+        ntc_names=tuple(design.ntc_names),
+        gene_of_guide=design.gene_of_guide,
+        theta=eff["theta"],
+        delta=eff["delta"],
+        active=eff["active"],
+        profile=eff["profile"],
+        day_intercept=eff["day_intercept"],
+        rep_effect=eff["rep_effect"],
+        burden_slope=eff["burden_slope"],
+        day=cells.day,
+        rep=cells.rep,
+        burden=cells.burden,
+        true_probs=pi,
+        eta=eta_c,
+        clone=cells.clone,
+        clone_bias=cells.clone_bias,
+        knockdown=knockdown,
+        batch_offset=batch_offset,
+    )
+
+
 def simulate_experiment(config: FatebiasConfig) -> SimulatedData:
     """Draw a simulated experiment in memory (see the module docstring for the design).
 
@@ -528,187 +808,47 @@ def simulate_experiment(config: FatebiasConfig) -> SimulatedData:
     import anndata as ad
 
     _check(config)
-    seeds = np.random.SeedSequence(config.sim_seed).spawn(N_STREAMS)
-    effects_rng, cells_rng, noise_rng = (np.random.default_rng(s) for s in seeds[:3])
-    clone_rng, knockdown_rng, batch_rng, logit_rng, estimand_rng = (
-        np.random.default_rng(s) for s in seeds[3:]
-    )
-    n_cells, n_genes, n_guides = config.sim_n_cells, config.sim_n_genes, config.sim_n_guides
-    n_ntc, n_days, n_reps = config.sim_n_ntc_guides, config.sim_n_days, config.sim_n_reps
+    streams = _streams(config.sim_seed)
     fates, contrasts = list(config.fates), config.contrast_fates
     cols = [fates.index(f) for f in contrasts]
-    n_c = len(contrasts)
-
-    # Design: genes, guides, labels.
-    gene_names = _names("G", n_genes)
-    per_gene = n_guides // n_genes + (np.arange(n_genes) < n_guides % n_genes)
-    gene_of_guide = np.repeat(np.arange(n_genes), per_gene)
-    within = np.arange(n_guides) - np.repeat(np.cumsum(per_gene) - per_gene, per_gene) + 1
-    guide_names = [f"{gene_names[g]}_sg{j}" for g, j in zip(gene_of_guide, within, strict=True)]
-    ntc_names = _names("NTC_", n_ntc)
-    day_labels = [f"d{d}" for d in range(n_days)]
-    rep_labels = [f"rep{r + 1}" for r in range(n_reps)]
-    cell_names = np.asarray(_names("cell", n_cells), dtype=object)
-
-    eff = _draw_effects(config, gene_of_guide, effects_rng)
-
-    # Cells: day x replicate, guides (independent cells, or clones sharing a guide set).
-    clone: np.ndarray | None = None
-    clone_bias: np.ndarray | None = None
-    if config.sim_clone_size_mean > 0:
-        sizes = _clone_sizes(clone_rng, n_cells, config.sim_clone_size_mean)
-        n_clones = len(sizes)
-        clone = clone_rng.permutation(np.repeat(np.arange(n_clones), sizes))
-        day = clone_rng.permutation(np.arange(n_cells) % n_days)
-        rep = clone_rng.permutation(np.arange(n_clones) % n_reps)[clone]
-        c_targets, c_ntcs, c_burden = _guide_sets(clone_rng, n_clones, config)
-        targets, ntcs, burden = c_targets[clone], c_ntcs[clone], c_burden[clone]
-        clone_bias = clone_rng.normal(0.0, 1.0, size=(n_clones, n_c)) * config.sim_clone_bias_sd
-        if (np.bincount(day * n_reps + rep, minlength=n_days * n_reps) == 0).any():
-            raise ConfigError(
-                f"{n_clones} clones leave a day x replicate group without cells: "
-                "lower sim_clone_size_mean or raise sim_n_cells"
-            )
-    else:
-        group = cells_rng.permutation(np.arange(n_cells) % (n_days * n_reps))
-        day, rep = group // n_reps, group % n_reps
-        targets, ntcs, burden = _guide_sets(cells_rng, n_cells, config)
-
-    # Model (MODEL.md 4): eta per contrast fate, reference logit 0.
-    beta = np.zeros((n_guides + 1, n_c, n_days))
-    beta[1:] = eff["theta"][gene_of_guide] + eff["delta"][:, :, None]
-    ids = np.where(targets >= 0, targets + 1, 0)
-    knockdown: np.ndarray | None = None
-    if config.sim_knockdown_sd > 0:
-        knockdown = np.clip(
-            1.0 + knockdown_rng.normal(0.0, 1.0, size=(n_guides, n_reps)) * config.sim_knockdown_sd,
-            0.0,
-            2.0,
-        )
-        scale = np.where(targets >= 0, knockdown[np.maximum(targets, 0), rep[:, None]], 0.0)
-        guide_sum = (beta[ids, :, day[:, None]] * scale[..., None]).sum(axis=1)
-    else:
-        guide_sum = beta[ids, :, day[:, None]].sum(axis=1)  # (N, C); id 0 adds nothing
-    burden_c = center_by_group(burden, day, n_days).astype(np.float64)
-    eta_c = (
-        eff["day_intercept"][:, day].T
-        + eff["rep_effect"][:, rep].T
-        + eff["burden_slope"][None, :] * burden_c[:, None]
-        + guide_sum
-    )
-    batch_offset: np.ndarray | None = None
-    if config.sim_batch_sd > 0:
-        batch_offset = batch_rng.normal(0.0, 1.0, size=(n_c, n_days, n_reps)) * config.sim_batch_sd
-        eta_c = eta_c + batch_offset[:, day, rep].T
-    eta_cell = eta_c if clone_bias is None else eta_c + clone_bias[clone]
+    design = _design(config)
+    eff = _draw_effects(config, design.gene_of_guide, streams.effects)
+    cells = _draw_cells(config, streams, len(contrasts))
+    eta_c, knockdown, batch_offset = _latent_logits(config, eff, design.gene_of_guide, cells, streams)
+    eta_cell = eta_c if cells.clone_bias is None else eta_c + cells.clone_bias[cells.clone]
     pi = _softmax(eta_cell, cols, len(fates))
-
-    # Noise: Dirichlet via normalised gammas, or logistic-normal; then optional smoothing.
-    if config.sim_noise == "dirichlet":
-        probs = _dirichlet(noise_rng, config.sim_concentration, pi)
-    else:
-        noise = logit_rng.normal(0.0, 1.0, size=eta_cell.shape) * config.sim_logit_noise_sd
-        probs = _floor(_softmax(eta_cell + noise, cols, len(fates)))
-    if config.sim_smoothing_k > 1 and config.sim_smoothing_weight > 0:
-        probs = _smooth(probs, day, n_days, config.sim_smoothing_k, config.sim_smoothing_weight)
-
-    # Guide matrix: targeting columns (gene order) then NTC columns; UMI counts as values.
-    rows_t, slot_t = np.nonzero(targets >= 0)
-    rows_n, slot_n = np.nonzero(ntcs >= 0)
-    rows = np.concatenate([rows_t, rows_n])
-    cols_g = np.concatenate([targets[rows_t, slot_t], n_guides + ntcs[rows_n, slot_n]])
-    umi = (1 + noise_rng.poisson(UMI_EXTRA_MEAN, size=rows.size)).astype(np.float32)
-    guide_matrix = sp.csr_matrix((umi, (rows, cols_g)), shape=(n_cells, n_guides + n_ntc))
-    guide_matrix.sort_indices()
+    probs = _observed_probs(config, pi, eta_cell, cols, cells.day, streams)
+    guide_matrix = _guide_umi_matrix(config, cells, streams.noise)  # after the Dirichlet draws
 
     adata = _anndata(
         config,
         ad,
-        cell_names,
-        day_labels,
-        rep_labels,
-        day,
-        rep,
+        design.cell_names,
+        design.day_labels,
+        design.rep_labels,
+        cells.day,
+        cells.rep,
         probs,
         guide_matrix,
-        guide_names + ntc_names,
+        design.guide_names + design.ntc_names,
     )
-    if clone is not None and config.sim_write_clone_labels:
-        clone_labels = _names("clone", int(clone.max()) + 1)
-        adata.obs["clone"] = pd.Categorical.from_codes(clone, categories=clone_labels)
-    guide_map = pd.DataFrame(
-        {
-            "guide_name": guide_names + ntc_names,
-            "gene_name": [gene_names[g] for g in gene_of_guide] + ["non-targeting"] * n_ntc,
-            "is_ntc": np.r_[np.zeros(n_guides, dtype=int), np.ones(n_ntc, dtype=int)],
-        }
-    )
-    params = SimulatedParams(
-        contrast_fates=tuple(contrasts),
-        gene_names=tuple(gene_names),
-        guide_names=tuple(guide_names),
-        ntc_names=tuple(ntc_names),
-        gene_of_guide=gene_of_guide,
-        theta=eff["theta"],
-        delta=eff["delta"],
-        active=eff["active"],
-        profile=eff["profile"],
-        day_intercept=eff["day_intercept"],
-        rep_effect=eff["rep_effect"],
-        burden_slope=eff["burden_slope"],
-        day=day,
-        rep=rep,
-        burden=burden,
-        true_probs=pi,
-        eta=eta_c,
-        clone=clone,
-        clone_bias=clone_bias,
-        knockdown=knockdown,
-        batch_offset=batch_offset,
-    )
-    truth_daywise = {
-        f: pd.DataFrame(
-            {"gene": gene_names, **{f"true_d{d}": eff["theta"][:, c, d] for d in range(n_days)}}
-        )
-        for c, f in enumerate(contrasts)
-    }
-    kappa, kappa_parts = _estimand_kappa(config, params, estimand_rng)
-    # A gene's effect in this experiment is that of its guides as they knocked down here:
-    # theta scaled by the realised mean efficiency of its guides over the replicates.
-    gene_efficiency = (
-        np.ones(n_genes)
-        if params.knockdown is None
-        else np.bincount(gene_of_guide, weights=params.knockdown.mean(axis=1), minlength=n_genes)
-        / np.bincount(gene_of_guide, minlength=n_genes)
-    )
-    truth_estimand = {
-        f: pd.DataFrame(
-            {
-                "gene": gene_names,
-                **{f"true_d{d}": kappa[c] * gene_efficiency * eff["theta"][:, c, d] for d in range(n_days)},
-            }
-        )
-        for c, f in enumerate(contrasts)
-    }
-    truth_guides = pd.DataFrame(
-        {
-            "guide": guide_names,
-            "gene": [gene_names[g] for g in gene_of_guide],
-            **{f"delta_{f}": eff["delta"][:, c] for c, f in enumerate(contrasts)},
-        }
-    )
+    if cells.clone is not None and config.sim_write_clone_labels:
+        clone_labels = _names("clone", int(cells.clone.max()) + 1)
+        adata.obs["clone"] = pd.Categorical.from_codes(cells.clone, categories=clone_labels)
+    params = _params(contrasts, design, eff, cells, pi, eta_c, knockdown, batch_offset)
+    kappa, kappa_parts = _estimand_kappa(config, params, streams.estimand)
     kappa_by_fate = {f: float(kappa[c]) for c, f in enumerate(contrasts)}
-    metadata = _metadata(config, params, probs, day_labels, rep_labels)
+    metadata = _metadata(config, params, probs, design.day_labels, design.rep_labels)
     metadata["estimand"] = {f: round(k, 6) for f, k in kappa_by_fate.items()}
     metadata["estimand_parts"] = kappa_parts
     return SimulatedData(
         adata,
-        guide_map,
-        truth_daywise,
-        truth_guides,
+        _guide_map(design),
+        _daywise_tables(design.gene_names, contrasts, eff["theta"]),
+        _truth_guides(design, contrasts, eff["delta"]),
         params,
         metadata,
-        truth_estimand=truth_estimand,
+        truth_estimand=_truth_estimand(config, params, kappa),
         kappa=kappa_by_fate,
     )
 
@@ -826,6 +966,11 @@ def _anndata(
     )
 
 
+def _r6(x: Any) -> Any:
+    """``x`` as float64 rounded to 6 digits, as plain Python lists."""
+    return np.round(np.asarray(x, dtype=np.float64), 6).tolist()
+
+
 def _metadata(
     config: FatebiasConfig,
     params: SimulatedParams,
@@ -835,117 +980,130 @@ def _metadata(
 ) -> dict[str, Any]:
     """Exact settings and realised counts, plain Python types only."""
     settings = config.model_dump(mode="json")
-    contrasts = list(params.contrast_fates)
-    thresh = config.sim_truth_thresh
-
-    def r6(x: Any) -> Any:
-        return np.round(np.asarray(x, dtype=np.float64), 6).tolist()
-
-    day_mean = np.stack([probs[params.day == d].mean(axis=0) for d in range(len(day_labels))])
     return {
         "fatebias_version": __version__,
         "settings": {k: v for k, v in settings.items() if k.startswith("sim_")},
         "fates": list(config.fates),
         "ref_fate": config.ref_fate,
-        "contrast_fates": contrasts,
+        "contrast_fates": list(params.contrast_fates),
         "keys": {
             k: settings[k]
             for k in ("fate_prob_key", "guide_key", "covar_key", "rep_key", "day_key")
         },
-        "design": {
-            "guides_per_cell": f"Poisson(({config.sim_kmax} + 1) / 2) clipped to [1, {config.sim_kmax}]",
-            "ntc_slots": f"Binomial(k, {config.sim_ntc_fraction})",
-            "profiles": list(PROFILES),
-            "day_intercept_sd": DAY_INTERCEPT_SD,
-            "rep_effect_sd": REP_EFFECT_SD,
-            "burden_slope_sd": BURDEN_SLOPE_SD,
-            "prob_floor": PROB_FLOOR,
-            "clones": (
-                f"sizes 1 + Poisson({config.sim_clone_size_mean} - 1), last cut to fit; one guide set "
-                f"and replicate per clone; logit bias N(0, {config.sim_clone_bias_sd}^2) per clone x contrast"
-                if config.sim_clone_size_mean > 0
-                else "off"
-            ),
-            "smoothing": (
-                f"within day, p' = (1 - {config.sim_smoothing_weight}) p + "
-                f"{config.sim_smoothing_weight} mean over {config.sim_smoothing_k} nearest neighbours"
-                if config.sim_smoothing_k > 1 and config.sim_smoothing_weight > 0
-                else "off"
-            ),
-            "noise": (
-                f"Dirichlet({config.sim_concentration} x pi)"
-                if config.sim_noise == "dirichlet"
-                else f"softmax(eta + N(0, {config.sim_logit_noise_sd}^2))"
-            ),
-            "knockdown": (
-                f"efficiency clip(N(1, {config.sim_knockdown_sd}^2), 0, 2) per guide x replicate"
-                if config.sim_knockdown_sd > 0
-                else "off"
-            ),
-            "batch": (
-                f"N(0, {config.sim_batch_sd}^2) per contrast x day x replicate"
-                if config.sim_batch_sd > 0
-                else "off"
-            ),
-            "estimand_mc": {
-                "reps": ESTIMAND_MC_REPS,
-                "smoothing_reps": ESTIMAND_SMOOTH_REPS,
-                "max_cells": ESTIMAND_MAX_CELLS,
-            },
-        },
-        "realised": {
-            "n_cells": int(len(params.day)),
-            "n_genes": len(params.gene_names),
-            "n_guides": len(params.guide_names),
-            "n_ntc_guides": len(params.ntc_names),
-            "n_days": len(day_labels),
-            "n_reps": len(rep_labels),
-            "cells_per_day": dict(
-                zip(
-                    day_labels,
-                    np.bincount(params.day, minlength=len(day_labels)).tolist(),
-                    strict=True,
-                )
-            ),
-            "cells_per_rep": dict(
-                zip(
-                    rep_labels,
-                    np.bincount(params.rep, minlength=len(rep_labels)).tolist(),
-                    strict=True,
-                )
-            ),
-            "guides_per_cell_mean": round(float(params.burden.mean()), 6),
-            "guides_per_cell_max": int(params.burden.max()),
-            **(
-                {
-                    "n_clones": int(params.clone.max()) + 1,
-                    "clone_size_mean": round(len(params.clone) / (int(params.clone.max()) + 1), 6),
-                }
-                if params.clone is not None
-                else {}
-            ),
-            "n_active_genes": {f: int(params.active[:, c].sum()) for c, f in enumerate(contrasts)},
-            "profiles": {
-                f: {p: int((params.profile[:, c] == p).sum()) for p in ("none", *PROFILES)}
-                for c, f in enumerate(contrasts)
-            },
-            "truly_active_gene_days": {
-                f: int((np.abs(params.theta[:, c]) > thresh).sum()) for c, f in enumerate(contrasts)
-            },
-            "fate_proportions_per_day": {
-                lab: dict(zip(config.fates, r6(day_mean[d]), strict=True))
-                for d, lab in enumerate(day_labels)
-            },
-        },
+        "design": _design_metadata(config),
+        "realised": _realised_metadata(config, params, probs, day_labels, rep_labels),
         "nuisance": {
             f: {
-                "day_intercept": r6(params.day_intercept[c]),
-                "rep_effect": r6(params.rep_effect[c]),
+                "day_intercept": _r6(params.day_intercept[c]),
+                "rep_effect": _r6(params.rep_effect[c]),
                 "burden_slope": round(float(params.burden_slope[c]), 6),
             }
-            for c, f in enumerate(contrasts)
+            for c, f in enumerate(params.contrast_fates)
         },
     }
+
+
+def _design_metadata(config: FatebiasConfig) -> dict[str, Any]:
+    """The design's distributions and constants in words (``design`` of the metadata)."""
+    return {
+        "guides_per_cell": f"Poisson(({config.sim_kmax} + 1) / 2) clipped to [1, {config.sim_kmax}]",
+        "ntc_slots": f"Binomial(k, {config.sim_ntc_fraction})",
+        "profiles": list(PROFILES),
+        "day_intercept_sd": DAY_INTERCEPT_SD,
+        "rep_effect_sd": REP_EFFECT_SD,
+        "burden_slope_sd": BURDEN_SLOPE_SD,
+        "prob_floor": PROB_FLOOR,
+        **_realism_metadata(config),
+        "estimand_mc": {
+            "reps": ESTIMAND_MC_REPS,
+            "smoothing_reps": ESTIMAND_SMOOTH_REPS,
+            "max_cells": ESTIMAND_MAX_CELLS,
+        },
+    }
+
+
+def _realism_metadata(config: FatebiasConfig) -> dict[str, str]:
+    """The realism settings in words, ``off`` where a setting is off."""
+    return {
+        "clones": (
+            f"sizes 1 + Poisson({config.sim_clone_size_mean} - 1), last cut to fit; one guide set "
+            f"and replicate per clone; logit bias N(0, {config.sim_clone_bias_sd}^2) per clone x contrast"
+            if config.sim_clone_size_mean > 0
+            else "off"
+        ),
+        "smoothing": (
+            f"within day, p' = (1 - {config.sim_smoothing_weight}) p + "
+            f"{config.sim_smoothing_weight} mean over {config.sim_smoothing_k} nearest neighbours"
+            if config.sim_smoothing_k > 1 and config.sim_smoothing_weight > 0
+            else "off"
+        ),
+        "noise": (
+            f"Dirichlet({config.sim_concentration} x pi)"
+            if config.sim_noise == "dirichlet"
+            else f"softmax(eta + N(0, {config.sim_logit_noise_sd}^2))"
+        ),
+        "knockdown": (
+            f"efficiency clip(N(1, {config.sim_knockdown_sd}^2), 0, 2) per guide x replicate"
+            if config.sim_knockdown_sd > 0
+            else "off"
+        ),
+        "batch": (
+            f"N(0, {config.sim_batch_sd}^2) per contrast x day x replicate"
+            if config.sim_batch_sd > 0
+            else "off"
+        ),
+    }
+
+
+def _realised_metadata(
+    config: FatebiasConfig,
+    params: SimulatedParams,
+    probs: np.ndarray,
+    day_labels: list[str],
+    rep_labels: list[str],
+) -> dict[str, Any]:
+    """Realised counts: cells, genes, guides, clones, active genes and fate proportions."""
+    contrasts = params.contrast_fates
+    day_mean = np.stack([probs[params.day == d].mean(axis=0) for d in range(len(day_labels))])
+    return {
+        "n_cells": int(len(params.day)),
+        "n_genes": len(params.gene_names),
+        "n_guides": len(params.guide_names),
+        "n_ntc_guides": len(params.ntc_names),
+        "n_days": len(day_labels),
+        "n_reps": len(rep_labels),
+        "cells_per_day": _counts_by_label(params.day, day_labels),
+        "cells_per_rep": _counts_by_label(params.rep, rep_labels),
+        "guides_per_cell_mean": round(float(params.burden.mean()), 6),
+        "guides_per_cell_max": int(params.burden.max()),
+        **_clone_metadata(params.clone),
+        "n_active_genes": {f: int(params.active[:, c].sum()) for c, f in enumerate(contrasts)},
+        "profiles": {
+            f: {p: int((params.profile[:, c] == p).sum()) for p in ("none", *PROFILES)}
+            for c, f in enumerate(contrasts)
+        },
+        "truly_active_gene_days": {
+            f: int((np.abs(params.theta[:, c]) > config.sim_truth_thresh).sum())
+            for c, f in enumerate(contrasts)
+        },
+        "fate_proportions_per_day": {
+            lab: dict(zip(config.fates, _r6(day_mean[d]), strict=True))
+            for d, lab in enumerate(day_labels)
+        },
+    }
+
+
+def _counts_by_label(codes: np.ndarray, labels: list[str]) -> dict[str, int]:
+    """``{label: number of cells}`` for 0-based codes into ``labels``."""
+    return dict(zip(labels, np.bincount(codes, minlength=len(labels)).tolist(), strict=True))
+
+
+def _clone_metadata(clone: np.ndarray | None) -> dict[str, Any]:
+    """``n_clones`` and ``clone_size_mean`` with clones; nothing without."""
+    if clone is None:
+        return {}
+    n_clones = int(clone.max()) + 1
+    return {"n_clones": n_clones, "clone_size_mean": round(len(clone) / n_clones, 6)}
 
 
 def run_config(config: FatebiasConfig, n_days: int, n_reps: int) -> dict[str, Any]:

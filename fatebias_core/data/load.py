@@ -1,9 +1,10 @@
 """Load an experiment: AnnData + guide map -> :class:`~fatebias_core.types.Experiment`.
 
-This is MODEL.md sections 1-2. :func:`load_experiment` reads only what the model needs
-from the ``.h5ad`` (the fate probabilities, the guide matrix, the day and replicate
-labels and a few ``uns`` entries; never ``X`` or the layers), validates everything,
-and builds the padded guide embedding with array arithmetic on the CSR structure.
+This is the data step (docs/method.md, "Data"). :func:`load_experiment` reads only what
+the model needs from the ``.h5ad`` (the fate probabilities, the guide matrix, the day
+and replicate labels and a few ``uns`` entries; never ``X`` or the layers), validates
+everything, and builds the padded guide embedding with array arithmetic on the CSR
+structure.
 
 Conventions (documented here once, relied on by the model):
 
@@ -35,7 +36,7 @@ import re
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -769,6 +770,195 @@ def guide_set_clusters(guide_ids: np.ndarray, ntc_ids: np.ndarray, rep: np.ndarr
 
 
 # --------------------------------------------------------------------------- load
+@dataclass(frozen=True)
+class _Inputs:
+    """What :func:`load_experiment` reads from the AnnData source, one row per cell."""
+
+    source: str
+    n_in: int  # cells in the source
+    raw_probs: np.ndarray  # the fate matrix as read (for the row checks)
+    fate_origin: str
+    probs: np.ndarray  # cleaned fate probabilities
+    n_renorm: int
+    csr: sp.csr_matrix
+    matrix_guides: list[str]
+    day: pd.Series
+    rep: pd.Series
+    rep_where: str
+    clone: pd.Series | None
+    cell_names: np.ndarray
+
+    def subset(self, rows: np.ndarray) -> _Inputs:
+        """The cells where ``rows`` (a boolean mask) is true."""
+        return replace(
+            self,
+            probs=self.probs[rows],
+            csr=self.csr[rows],
+            day=self.day[rows].reset_index(drop=True),
+            rep=self.rep[rows].reset_index(drop=True),
+            clone=None if self.clone is None else self.clone[rows].reset_index(drop=True),
+            cell_names=self.cell_names[rows],
+        )
+
+
+def _read_inputs(config: FatebiasConfig, adata: Any | None) -> _Inputs:
+    """Read the fate matrix, guide matrix, labels and cell names, checking each as it is read."""
+    with _open_source(config, adata) as src:
+        source = src.source
+        raw_probs, fate_origin = _fate_matrix(src, config)
+        probs, n_renorm = clean_fate_probs(
+            raw_probs,
+            config.fate_sum_tol,
+            f"{source}: obsm[{config.fate_prob_key!r}]",
+            drop=config.drop_invalid_cells,
+        )
+        csr, matrix_guides = _guide_matrix(src, config.guide_key)
+        day_raw = src.require_obs(config.day_key, "day_key").reset_index(drop=True)
+        rep_raw, rep_where = _replicates(src, config)
+        clone_raw = (
+            src.obs(config.clone_key).reset_index(drop=True)
+            if config.clone_key in src.obs_keys()
+            else None
+        )
+        return _Inputs(
+            source=source,
+            n_in=src.n_obs,
+            raw_probs=raw_probs,
+            fate_origin=fate_origin,
+            probs=probs,
+            n_renorm=n_renorm,
+            csr=csr,
+            matrix_guides=matrix_guides,
+            day=day_raw,
+            rep=rep_raw.reset_index(drop=True),
+            rep_where=rep_where,
+            clone=clone_raw,
+            cell_names=src.obs_names(),
+        )
+
+
+def _invalid_reasons(inputs: _Inputs, config: FatebiasConfig) -> np.ndarray:
+    """(N,) code of why each cell is invalid (0: valid): bad fate rows, then missing labels."""
+    source, n_in, drop = inputs.source, inputs.n_in, config.drop_invalid_cells
+    labelled = [
+        (f"obs[{config.day_key!r}] (day_key)", inputs.day, 4),
+        (f"{inputs.rep_where} (rep_key)", inputs.rep, 5),
+    ]
+    if inputs.clone is not None:
+        labelled.append((f"obs[{config.clone_key!r}] (clone_key)", inputs.clone, 6))
+    if drop:
+        reason = fate_row_problems(inputs.raw_probs, config.fate_sum_tol)
+    else:
+        reason = np.zeros(n_in, dtype=np.int8)
+    for what, series, code in labelled:
+        if len(series) != n_in:
+            raise InputDataError(f"{source}: {what} has {len(series)} values for {n_in} cells")
+        missing = series.isna().to_numpy()
+        if missing.any():
+            if not drop:
+                raise InputDataError(f"{source}: {what}: {int(missing.sum())} cells have no label; {DROP_HINT}")
+            reason = np.where((reason == 0) & missing, code, reason).astype(np.int8)
+    return reason
+
+
+def _levels(
+    inputs: _Inputs, config: FatebiasConfig
+) -> tuple[np.ndarray, tuple[str, ...], np.ndarray, tuple[str, ...]]:
+    """Day and replicate codes and levels, checked against the configured ``D`` and ``R``."""
+    source = inputs.source
+    day, day_labels = order_labels(
+        inputs.day, f"{source}: obs[{config.day_key!r}]", True, order=config.day_order
+    )
+    rep, rep_labels = order_labels(inputs.rep, f"{source}: {inputs.rep_where}", False)
+    for setting, configured, found, where in (
+        ("D", config.D, day_labels, f"obs[{config.day_key!r}]"),
+        ("R", config.R, rep_labels, inputs.rep_where),
+    ):
+        if configured is not None and configured != len(found):
+            raise InputDataError(
+                f"{source}: {where} has {len(found)} levels ({_listing(found)}) "
+                f"but {setting} = {configured} is configured"
+            )
+    return day, day_labels, rep, rep_labels
+
+
+def _clusters(
+    config: FatebiasConfig,
+    clone: pd.Series | None,
+    keep: np.ndarray,
+    guide_ids: np.ndarray,
+    ntc_ids: np.ndarray,
+    rep: np.ndarray,
+) -> tuple[np.ndarray, str]:
+    """Cluster id of each kept cell and where the clusters come from (clone labels or guide sets)."""
+    if clone is not None:
+        cluster = pd.factorize(clone.astype(str).to_numpy()[keep])[0].astype(np.int64)
+        return cluster, f"obs[{config.clone_key!r}]"
+    return guide_set_clusters(guide_ids, ntc_ids, rep), "identical guide sets within a replicate"
+
+
+def _day_counts(day: np.ndarray, day_labels: tuple[str, ...], source: str, kmax: int) -> np.ndarray:
+    """Kept cells per day; an error when a day has none left."""
+    day_counts = np.bincount(day, minlength=len(day_labels))
+    if (day_counts == 0).any():
+        empty = [lab for lab, c in zip(day_labels, day_counts, strict=True) if c == 0]
+        raise InputDataError(
+            f"{source}: days {_listing(empty)} have no cells left after the Kmax={kmax} filter"
+        )
+    return day_counts
+
+
+def _dropped_cells(
+    cell_names: np.ndarray, valid: np.ndarray, reason: np.ndarray, keep: np.ndarray, kmax: int
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The dropped cells with their reasons (invalid first, then over Kmax) and counts by reason."""
+    valid_names = cell_names[valid]
+    kmax_reason = f"more than Kmax={kmax} guides"
+    dropped = pd.DataFrame({
+        "cell": np.concatenate([cell_names[~valid], valid_names[~keep]]).astype(str),
+        "reason": np.concatenate([
+            _reason_names(reason[~valid]),
+            np.full(int((~keep).sum()), kmax_reason, dtype=object),
+        ]),
+    })
+    counts = {f"cells with {k}": int(v) for k, v in dropped["reason"].value_counts(sort=False).items()}
+    counts.setdefault(f"cells with {kmax_reason}", 0)
+    return dropped, counts
+
+
+def _load_summary(
+    inputs: _Inputs,
+    cells: FilteredCells,
+    guides: GuideEmbedding,
+    index: _GuideIndex,
+    dropped: dict[str, int],
+    day_counts: np.ndarray,
+    drop: bool,
+) -> LoadSummary:
+    """The loading summary: counts in and kept, guides, fate names, clusters and fate means."""
+    per_gene = np.bincount(index.gene_of_guide[1:], minlength=guides.n_genes + 1)[1:]
+    return LoadSummary(
+        source=inputs.source,
+        n_cells_in=inputs.n_in,
+        n_cells_kept=cells.n_cells,
+        dropped=dropped,
+        guides_per_cell=_stats(cells.burden, ("mean", "median", "max")),
+        n_guides_matrix=len(inputs.matrix_guides),
+        n_guides_mapped=guides.n_guides,
+        n_ntc_guides=index.n_ntc,
+        unmapped_guides=index.unmapped,
+        map_guides_absent=index.map_absent,
+        guides_per_gene=_stats(per_gene, ("min", "median", "max")),
+        fate_names_source=inputs.fate_origin,
+        n_renormalised=inputs.n_renorm,
+        cells_per_day={lab: int(c) for lab, c in zip(cells.day_labels, day_counts, strict=True)},
+        n_clusters=int(cells.cluster.max(initial=-1)) + 1,
+        cluster_source=cells.cluster_source,
+        fate_mean_by_day=_fate_means_by_day(cells.fate_probs, cells.day, cells.day_labels, cells.fates),
+        drop_invalid_cells=drop,
+    )
+
+
 def load_experiment(
     config: FatebiasConfig,
     verbose: bool = True,
@@ -776,7 +966,7 @@ def load_experiment(
     adata: Any | None = None,
     guide_map: pd.DataFrame | None = None,
 ) -> Experiment:
-    """Load and validate an experiment (MODEL.md sections 1-2).
+    """Load and validate an experiment (docs/method.md, "Data").
 
     Parameters
     ----------
@@ -806,77 +996,23 @@ def load_experiment(
         gmap = read_guide_map(config.guide_map_csv)
     else:
         gmap = validate_guide_map(guide_map, source="(in memory)")
-
-    drop = config.drop_invalid_cells
-    with _open_source(config, adata) as src:
-        source = src.source
-        n_in = src.n_obs
-        raw_probs, fate_origin = _fate_matrix(src, config)
-        probs, n_renorm = clean_fate_probs(
-            raw_probs, config.fate_sum_tol, f"{source}: obsm[{config.fate_prob_key!r}]", drop=drop
-        )
-        csr, matrix_guides = _guide_matrix(src, config.guide_key)
-        day_raw = src.require_obs(config.day_key, "day_key").reset_index(drop=True)
-        rep_raw, rep_where = _replicates(src, config)
-        rep_raw = rep_raw.reset_index(drop=True)
-        clone_raw = src.obs(config.clone_key).reset_index(drop=True) if config.clone_key in src.obs_keys() else None
-        cell_names = src.obs_names()
-    labelled = [
-        (f"obs[{config.day_key!r}] (day_key)", day_raw, 4),
-        (f"{rep_where} (rep_key)", rep_raw, 5),
-    ] + ([(f"obs[{config.clone_key!r}] (clone_key)", clone_raw, 6)] if clone_raw is not None else [])
-    reason = fate_row_problems(raw_probs, config.fate_sum_tol) if drop else np.zeros(n_in, dtype=np.int8)
-    for what, series, code in labelled:
-        if len(series) != n_in:
-            raise InputDataError(f"{source}: {what} has {len(series)} values for {n_in} cells")
-        missing = series.isna().to_numpy()
-        if missing.any():
-            if not drop:
-                raise InputDataError(f"{source}: {what}: {int(missing.sum())} cells have no label; {DROP_HINT}")
-            reason = np.where((reason == 0) & missing, code, reason).astype(np.int8)
+    inputs = _read_inputs(config, adata)
+    source = inputs.source
+    reason = _invalid_reasons(inputs, config)
     valid = reason == 0
     if not valid.any():
         raise InputDataError(f"{source}: no valid cell left ({_drop_text(reason)})")
-    if not valid.all():
-        csr = csr[valid]
-        probs = probs[valid]
-        day_raw, rep_raw = day_raw[valid].reset_index(drop=True), rep_raw[valid].reset_index(drop=True)
-        clone_raw = None if clone_raw is None else clone_raw[valid].reset_index(drop=True)
-    valid_names = cell_names[valid]
-    day_all, day_labels = order_labels(
-        day_raw, f"{source}: obs[{config.day_key!r}]", True, order=config.day_order
-    )
-    rep_all, rep_labels = order_labels(rep_raw, f"{source}: {rep_where}", False)
-    for setting, configured, found, where in (
-        ("D", config.D, day_labels, f"obs[{config.day_key!r}]"),
-        ("R", config.R, rep_labels, rep_where),
-    ):
-        if configured is not None and configured != len(found):
-            raise InputDataError(
-                f"{source}: {where} has {len(found)} levels ({_listing(found)}) "
-                f"but {setting} = {configured} is configured"
-            )
+    kept = inputs if valid.all() else inputs.subset(valid)
+    day_all, day_labels, rep_all, rep_labels = _levels(kept, config)
+    index = _index_guides(gmap, inputs.matrix_guides, f"{source} obsm[{config.guide_key!r}]")
 
-    index = _index_guides(gmap, matrix_guides, f"{source} obsm[{config.guide_key!r}]")
-
-    guide_ids, mask, keep, burden_all = embed_guides(csr, index.column_ids, config.Kmax)
+    guide_ids, mask, keep, burden_all = embed_guides(kept.csr, index.column_ids, config.Kmax)
     day, rep, burden = day_all[keep], rep_all[keep], burden_all[keep]
-    ntc_ids = embed_guides(csr[keep], index.ntc_column_ids, csr.shape[1])[0]
-    if clone_raw is not None:
-        cluster = pd.factorize(clone_raw.astype(str).to_numpy()[keep])[0].astype(np.int64)
-        cluster_source = f"obs[{config.clone_key!r}]"
-    else:
-        cluster = guide_set_clusters(guide_ids, ntc_ids, rep)
-        cluster_source = "identical guide sets within a replicate"
-    day_counts = np.bincount(day, minlength=len(day_labels))
-    if (day_counts == 0).any():
-        empty = [lab for lab, c in zip(day_labels, day_counts, strict=True) if c == 0]
-        raise InputDataError(
-            f"{source}: days {_listing(empty)} have no cells left after the Kmax={config.Kmax} filter"
-        )
-
+    ntc_ids = embed_guides(kept.csr[keep], index.ntc_column_ids, kept.csr.shape[1])[0]
+    cluster, cluster_source = _clusters(config, kept.clone, keep, guide_ids, ntc_ids, rep)
+    day_counts = _day_counts(day, day_labels, source, config.Kmax)
     cells = FilteredCells(
-        fate_probs=probs[keep],
+        fate_probs=kept.probs[keep],
         fates=tuple(config.fates),
         day=day,
         day_labels=day_labels,
@@ -884,7 +1020,7 @@ def load_experiment(
         rep_labels=rep_labels,
         burden=burden,
         burden_centered=center_by_group(burden, day, len(day_labels)),
-        cell_names=valid_names[keep],
+        cell_names=inputs.cell_names[valid][keep],
         cluster=cluster,
         cluster_source=cluster_source,
     )
@@ -897,37 +1033,9 @@ def load_experiment(
         ntc_ids=ntc_ids,
         ntc_names=index.ntc_names,
     )
-    per_gene = np.bincount(index.gene_of_guide[1:], minlength=guides.n_genes + 1)[1:]
-    kmax_reason = f"more than Kmax={config.Kmax} guides"
-    dropped_cells = pd.DataFrame({
-        "cell": np.concatenate([cell_names[~valid], valid_names[~keep]]).astype(str),
-        "reason": np.concatenate([
-            _reason_names(reason[~valid]),
-            np.full(int((~keep).sum()), kmax_reason, dtype=object),
-        ]),
-    })
-    dropped_counts = {f"cells with {k}": int(v) for k, v in dropped_cells["reason"].value_counts(sort=False).items()}
-    dropped_counts.setdefault(f"cells with {kmax_reason}", 0)
-    fate_means = _fate_means_by_day(probs[keep], day, day_labels, config.fates)
-    summary = LoadSummary(
-        source=source,
-        n_cells_in=n_in,
-        n_cells_kept=cells.n_cells,
-        dropped=dropped_counts,
-        guides_per_cell=_stats(burden, ("mean", "median", "max")),
-        n_guides_matrix=len(matrix_guides),
-        n_guides_mapped=guides.n_guides,
-        n_ntc_guides=index.n_ntc,
-        unmapped_guides=index.unmapped,
-        map_guides_absent=index.map_absent,
-        guides_per_gene=_stats(per_gene, ("min", "median", "max")),
-        fate_names_source=fate_origin,
-        n_renormalised=n_renorm,
-        cells_per_day={lab: int(c) for lab, c in zip(day_labels, day_counts, strict=True)},
-        n_clusters=int(cluster.max(initial=-1)) + 1,
-        cluster_source=cluster_source,
-        fate_mean_by_day=fate_means,
-        drop_invalid_cells=drop,
+    dropped_cells, dropped = _dropped_cells(inputs.cell_names, valid, reason, keep, config.Kmax)
+    summary = _load_summary(
+        inputs, cells, guides, index, dropped, day_counts, config.drop_invalid_cells
     )
     if verbose:
         print(summary.format())

@@ -1,4 +1,4 @@
-"""Scoring ranked hits against a simulation's truth (MODEL.md section 11).
+"""Scoring ranked hits against a simulation's truth (:mod:`fatebias_core.checks.simulate`).
 
 A gene/day is truly active when ``|true_<day>| > truth_thresh``; a gene is truly
 active "any day" when it is truly active on at least one day. Predictions come from a
@@ -182,6 +182,83 @@ def _by_level(confusion: pd.DataFrame) -> dict[str, dict[str, Any]]:
     return {rec.pop("level"): rec for rec in confusion.to_dict("records")}
 
 
+def _hit_table(
+    hits: pd.DataFrame, t_axis: DayAxis, what_hits: str, what_truth: str
+) -> tuple[pd.Series, DayAxis | None, np.ndarray]:
+    """The hit table's genes, days (None for an ash summary) and ``hit_anyday``, checked."""
+    require_rows(hits, what_hits)
+    require_columns(hits, ["gene", "active_days", "hit_anyday"], what_hits)
+    h_genes = name_column(hits, "gene", what_hits, unique=True)
+    h_axis = _hit_days(hits, what_hits)
+    hit_any = bool_column(hits, "hit_anyday", what_hits)
+    if h_axis is not None and set(h_axis.numbers) != set(t_axis.numbers):
+        raise InputDataError(
+            f"{what_hits} has days {list(h_axis.numbers)} but {what_truth} has days {list(t_axis.numbers)}"
+        )
+    return h_genes, h_axis, hit_any
+
+
+def _called_days(
+    hits: pd.DataFrame, t_axis: DayAxis, row_of: np.ndarray, what_hits: str
+) -> np.ndarray:
+    """(truth genes, days) bool: the days each truth gene is called on (none when absent)."""
+    long = parse_day_lists(hits["active_days"])
+    day_index = {str(num): j for j, num in enumerate(t_axis.numbers)}
+    unknown = ~long["key"].isin(list(day_index))
+    if unknown.any():
+        raise InputDataError(
+            f"{what_hits}: column active_days names day {long['key'][unknown].iloc[0]!r}, "
+            f"not one of {list(day_index)} ({int(unknown.sum())} entries)"
+        )
+    called = np.zeros((len(hits), len(t_axis)), dtype=bool)
+    called[long["row"].to_numpy(), long["key"].map(day_index).to_numpy(dtype=np.int64)] = True
+    return np.where((row_of >= 0)[:, None], called[np.maximum(row_of, 0)], False)
+
+
+def _score_summary(
+    truth_thresh: float,
+    config: FatebiasConfig | None,
+    t_genes: pd.Series,
+    t_axis: DayAxis,
+    t_active: np.ndarray,
+    h_genes: pd.Series,
+    hit_any: np.ndarray,
+    row_of: np.ndarray,
+    pred_days: np.ndarray | None,
+    confusion: pd.DataFrame,
+) -> dict[str, Any]:
+    """The evaluation summary: settings, gene and gene/day counts, hits and scores by level."""
+    by_level = _by_level(confusion)
+    pooled = by_level.get("overall")
+    found = row_of >= 0
+    n_shared = int(found.sum())
+    hit_genes = h_genes[hit_any].tolist()
+    return {
+        "truth_thresh": truth_thresh,
+        "call_settings": None if config is None else {k: getattr(config, k) for k in CALL_SETTINGS},
+        "days": list(t_axis.labels),
+        "daywise_scored": pred_days is not None,
+        "counts": {
+            "n_genes_truth": len(t_genes),
+            "n_genes_hits_table": len(h_genes),
+            "n_genes_scored": len(t_genes),
+            "n_genes_shared": n_shared,
+            "n_truth_genes_missing_from_hits": int((~found).sum()),
+            "n_hits_table_genes_not_in_truth": len(h_genes) - n_shared,
+            "n_true_active_gene_days": int(t_active.sum()),
+            "n_called_gene_days": None if pred_days is None else int(pred_days.sum()),
+            "n_true_active_genes": int(t_active.any(axis=1).sum()),
+        },
+        "n_hits": len(hit_genes),
+        "hit_genes": hit_genes,
+        "scores": by_level,
+        "anyday_precision": by_level["anyday"]["precision"],
+        "anyday_recall": by_level["anyday"]["recall"],
+        "daywise_precision": None if pooled is None else pooled["precision"],
+        "daywise_recall": None if pooled is None else pooled["recall"],
+    }
+
+
 def score_calls(
     hits: pd.DataFrame,
     truth: pd.DataFrame,
@@ -223,20 +300,10 @@ def score_calls(
     if not (truth_thresh >= 0 and math.isfinite(truth_thresh)):
         raise InputDataError(f"truth threshold must be a non-negative number, got {truth_thresh}")
     t_genes, t_axis, t_active = _truth_matrix(truth, truth_thresh, what_truth)
-    require_rows(hits, what_hits)
-    require_columns(hits, ["gene", "active_days", "hit_anyday"], what_hits)
-    h_genes = name_column(hits, "gene", what_hits, unique=True)
-    h_axis = _hit_days(hits, what_hits)
-    hit_any = bool_column(hits, "hit_anyday", what_hits)
-    if h_axis is not None and set(h_axis.numbers) != set(t_axis.numbers):
-        raise InputDataError(
-            f"{what_hits} has days {list(h_axis.numbers)} but {what_truth} has days {list(t_axis.numbers)}"
-        )
-
+    h_genes, h_axis, hit_any = _hit_table(hits, t_axis, what_hits, what_truth)
     row_of = pd.Index(h_genes).get_indexer(t_genes)  # hit row of each truth gene, -1 if absent
     found = row_of >= 0
-    n_shared = int(found.sum())
-    if n_shared == 0:
+    if not found.any():
         raise InputDataError(
             f"{what_hits} ({len(h_genes)} genes) and {what_truth} ({len(t_genes)} genes) share no gene"
         )
@@ -247,48 +314,13 @@ def score_calls(
     if h_axis is None:
         confusion = anyday
     else:
-        long = parse_day_lists(hits["active_days"])
-        day_index = {str(num): j for j, num in enumerate(t_axis.numbers)}
-        unknown = ~long["key"].isin(list(day_index))
-        if unknown.any():
-            raise InputDataError(
-                f"{what_hits}: column active_days names day {long['key'][unknown].iloc[0]!r}, "
-                f"not one of {list(day_index)} ({int(unknown.sum())} entries)"
-            )
-        called = np.zeros((len(h_genes), len(t_axis)), dtype=bool)
-        called[long["row"].to_numpy(), long["key"].map(day_index).to_numpy(dtype=np.int64)] = True
-        pred_days = np.where(found[:, None], called[np.maximum(row_of, 0)], False)
+        pred_days = _called_days(hits, t_axis, row_of, what_hits)
         daywise = confusion_counts(pred_days, t_active, list(t_axis.labels))
         overall = confusion_counts(pred_days.reshape(-1, 1), t_active.reshape(-1, 1), ["overall"])
         confusion = pd.concat([daywise, overall, anyday], ignore_index=True)
-
-    by_level = _by_level(confusion)
-    pooled = by_level.get("overall")
-    hit_genes = h_genes[hit_any].tolist()
-    summary: dict[str, Any] = {
-        "truth_thresh": truth_thresh,
-        "call_settings": None if config is None else {k: getattr(config, k) for k in CALL_SETTINGS},
-        "days": list(t_axis.labels),
-        "daywise_scored": h_axis is not None,
-        "counts": {
-            "n_genes_truth": len(t_genes),
-            "n_genes_hits_table": len(h_genes),
-            "n_genes_scored": len(t_genes),
-            "n_genes_shared": n_shared,
-            "n_truth_genes_missing_from_hits": int((~found).sum()),
-            "n_hits_table_genes_not_in_truth": len(h_genes) - n_shared,
-            "n_true_active_gene_days": int(t_active.sum()),
-            "n_called_gene_days": None if pred_days is None else int(pred_days.sum()),
-            "n_true_active_genes": int(t_active.any(axis=1).sum()),
-        },
-        "n_hits": len(hit_genes),
-        "hit_genes": hit_genes,
-        "scores": by_level,
-        "anyday_precision": by_level["anyday"]["precision"],
-        "anyday_recall": by_level["anyday"]["recall"],
-        "daywise_precision": None if pooled is None else pooled["precision"],
-        "daywise_recall": None if pooled is None else pooled["recall"],
-    }
+    summary = _score_summary(
+        truth_thresh, config, t_genes, t_axis, t_active, h_genes, hit_any, row_of, pred_days, confusion
+    )
     return Evaluation(confusion=confusion, summary=_json_safe(summary))
 
 

@@ -138,6 +138,43 @@ def ash(
         optimum where the likelihood is flat; ``"optimum"``: iterate to the optimum
         (:func:`~fatebias_core.mash.mixture_weights.fit_mixture_weights`).
     """
+    b, s, lo, hi = _checked_inputs(betahat, sebetahat, mixcompdist, grange, optimizer)
+    sd = autoselect_grid(b, s, gridmult) if mixsd is None else np.asarray(mixsd, dtype=np.float64)
+    if pointmass:
+        sd = np.concatenate([[0.0], sd])
+    pvec = set_prior(sd.size, prior, nullweight, int(np.argmin(sd)))
+    ll, ca, cb, pvec = _component_loglik(b, s, sd, pvec, mixcompdist, lo, hi)
+    lnorm = ll.max(axis=1)
+    lik = np.exp(ll - lnorm[:, None])
+    pi = _mixture_weights(lik, pvec, optimizer, tol)
+
+    keep = pi > pi_thresh
+    w = lik[:, keep] * pi[keep]
+    w /= w.sum(axis=1, keepdims=True)
+    if mixcompdist == "normal":
+        postmean, postsd, is_zero, pneg = _normal_posterior(b, s, sd[keep], w)
+        mixsd_out = sd
+    else:
+        postmean, postsd, is_zero, pneg = _uniform_mixture_posterior(b, s, ca[keep], cb[keep], w)
+        mixsd_out = np.maximum(np.abs(ca), np.abs(cb))
+    lfdr = (w * is_zero).sum(axis=1)
+    negp = (w * pneg).sum(axis=1)
+    lfsr = compute_lfsr(negp, lfdr)
+    loglik = float(np.sum(np.log(lik @ pi) + lnorm))
+    return AshFit(
+        pi, mixsd_out, mixcompdist, ca, cb, postmean, postsd, lfsr, lfdr, negp,
+        qval_from_lfdr(lfdr), qval_from_lfdr(lfsr), loglik,
+    )
+
+
+def _checked_inputs(
+    betahat: np.ndarray,
+    sebetahat: np.ndarray,
+    mixcompdist: str,
+    grange: tuple[float, float],
+    optimizer: str,
+) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Flat float64 estimates and standard errors and the range (lo, hi), after checking all."""
     if optimizer not in ("mixsqp_r", "optimum"):
         raise ValueError(f"optimizer must be 'mixsqp_r' or 'optimum', got {optimizer!r}")
     b = np.asarray(betahat, dtype=np.float64).ravel()
@@ -155,25 +192,30 @@ def ash(
     lo, hi = float(min(grange)), float(max(grange))
     if mixcompdist == "normal" and (lo > -math.inf or hi < math.inf):
         raise ValueError("grange applies to uniform mixture components only (a normal mixture is unbounded)")
-    sd = autoselect_grid(b, s, gridmult) if mixsd is None else np.asarray(mixsd, dtype=np.float64)
-    if pointmass:
-        sd = np.concatenate([[0.0], sd])
-    K = sd.size
-    null_comp = int(np.argmin(sd))
-    pvec = set_prior(K, prior, nullweight, null_comp)
+    return b, s, lo, hi
 
+
+def _component_loglik(
+    b: np.ndarray,
+    s: np.ndarray,
+    sd: np.ndarray,
+    pvec: np.ndarray,
+    mixcompdist: str,
+    lo: float,
+    hi: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(n, K) log likelihood of each effect under each component; the components' ends and penalties."""
     if mixcompdist == "normal":
         tot_var = s[:, None] ** 2 + sd[None, :] ** 2
         ll = -0.5 * (math.log(2.0 * math.pi) + np.log(tot_var) + b[:, None] ** 2 / tot_var)
-        ca, cb = np.full(K, -math.inf), np.full(K, math.inf)
-    else:
-        ca, cb, pvec = _uniform_components(sd, pvec, mixcompdist, lo, hi)
-        ll = _uniform_log_density(b, s, ca, cb)
-        K = ca.size
-    lnorm = ll.max(axis=1)
-    lik = np.exp(ll - lnorm[:, None])
+        return ll, np.full(sd.size, -math.inf), np.full(sd.size, math.inf), pvec
+    ca, cb, pvec = _uniform_components(sd, pvec, mixcompdist, lo, hi)
+    return _uniform_log_density(b, s, ca, cb), ca, cb, pvec
 
-    pi = np.zeros(K)
+
+def _mixture_weights(lik: np.ndarray, pvec: np.ndarray, optimizer: str, tol: float) -> np.ndarray:
+    """(K,) fitted mixture proportions (components that no effect supports get 0)."""
+    pi = np.zeros(lik.shape[1])
     nonzero = lik.max(axis=0) > 0
     lk, pk = lik[:, nonzero], pvec[nonzero]
     if lk.shape[1] == 1:
@@ -190,37 +232,34 @@ def ash(
     else:
         # the gradient at the global null points inwards: pi = (1, 0, ..., 0) is optimal
         pi[np.flatnonzero(nonzero)[0]] = 1.0
-    pi = np.maximum(pi, 0.0)
+    return np.maximum(pi, 0.0)
 
-    keep = pi > pi_thresh
-    w = lik[:, keep] * pi[keep]
-    w /= w.sum(axis=1, keepdims=True)
-    if mixcompdist == "normal":
-        sk = sd[keep]
-        shrink = sk**2 / (sk**2 + s[:, None] ** 2)  # (n, k)
-        mu = shrink * b[:, None]
-        var = shrink * s[:, None] ** 2
-        postmean = (w * mu).sum(axis=1)
-        postsd = np.sqrt(np.maximum((w * (mu**2 + var)).sum(axis=1) - postmean**2, 0.0))
-        is_zero = var == 0.0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            pneg = np.where(is_zero, 0.0, ndtr(-mu / np.sqrt(var)))
-        mixsd_out = sd
-    else:
-        m1, m2, pneg = _uniform_posterior(b, s, ca[keep], cb[keep])
-        postmean = (w * m1).sum(axis=1)
-        second = np.maximum((w * m2).sum(axis=1), 0.0)
-        postsd = np.sqrt(np.maximum(second - postmean**2, 0.0))
-        is_zero = np.broadcast_to((ca[keep] == 0.0) & (cb[keep] == 0.0), w.shape)
-        mixsd_out = np.maximum(np.abs(ca), np.abs(cb))
-    lfdr = (w * is_zero).sum(axis=1)
-    negp = (w * pneg).sum(axis=1)
-    lfsr = compute_lfsr(negp, lfdr)
-    loglik = float(np.sum(np.log(lik @ pi) + lnorm))
-    return AshFit(
-        pi, mixsd_out, mixcompdist, ca, cb, postmean, postsd, lfsr, lfdr, negp,
-        qval_from_lfdr(lfdr), qval_from_lfdr(lfsr), loglik,
-    )
+
+def _normal_posterior(
+    b: np.ndarray, s: np.ndarray, sk: np.ndarray, w: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Posterior mean and SD over normal components ``sk``, and each one's point mass and P(< 0)."""
+    shrink = sk**2 / (sk**2 + s[:, None] ** 2)  # (n, k)
+    mu = shrink * b[:, None]
+    var = shrink * s[:, None] ** 2
+    postmean = (w * mu).sum(axis=1)
+    postsd = np.sqrt(np.maximum((w * (mu**2 + var)).sum(axis=1) - postmean**2, 0.0))
+    is_zero = var == 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pneg = np.where(is_zero, 0.0, ndtr(-mu / np.sqrt(var)))
+    return postmean, postsd, is_zero, pneg
+
+
+def _uniform_mixture_posterior(
+    b: np.ndarray, s: np.ndarray, a: np.ndarray, c: np.ndarray, w: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Posterior mean and SD over uniform components U[a, c], and each one's point mass and P(< 0)."""
+    m1, m2, pneg = _uniform_posterior(b, s, a, c)
+    postmean = (w * m1).sum(axis=1)
+    second = np.maximum((w * m2).sum(axis=1), 0.0)
+    postsd = np.sqrt(np.maximum(second - postmean**2, 0.0))
+    is_zero = np.broadcast_to((a == 0.0) & (c == 0.0), w.shape)
+    return postmean, postsd, is_zero, pneg
 
 
 def ash_with_settings(betahat: np.ndarray, sebetahat: np.ndarray, settings: str = "default") -> AshFit:
