@@ -91,10 +91,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import yaml
+from scipy.spatial import cKDTree
 
 from fatebias_core import __version__
 from fatebias_core.config import FatebiasConfig
@@ -412,8 +414,6 @@ def _smooth(probs: np.ndarray, day: np.ndarray, n_days: int, k: int, weight: flo
     a cell is always among its own neighbours (if ties push it out, it replaces the
     farthest one). Rows stay on the simplex (convex combinations of simplex rows).
     """
-    from scipy.spatial import cKDTree
-
     out = probs.copy()
     for d in range(n_days):  # a loop over days; cells are vectorised
         idx = np.flatnonzero(day == d)
@@ -805,8 +805,6 @@ def simulate_experiment(config: FatebiasConfig) -> SimulatedData:
     ConfigError
         Fewer guides than genes, or fewer cells than day x replicate groups.
     """
-    import anndata as ad
-
     _check(config)
     streams = _streams(config.sim_seed)
     fates, contrasts = list(config.fates), config.contrast_fates
