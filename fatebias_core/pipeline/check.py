@@ -14,6 +14,7 @@ from pathlib import Path
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.data.load import load_experiment
 from fatebias_core.errors import ConfigError, InputDataError
+from fatebias_core.io import layout as names
 from fatebias_core.model.laplace import check_laplace_size
 from fatebias_core.types import Experiment
 
@@ -70,6 +71,6 @@ def check_data(config: FatebiasConfig) -> CheckResult:
         raise ConfigError(f"out_dir: {out} exists and is not a folder")
     if experiment.summary.n_dropped:
         notes.append("fatebias run lists every dropped cell, with its reason, in dropped_cells.csv")
-    if (out / "fatebias_manifest.json").exists():
+    if (out / names.MANIFEST).exists():
         notes.append(f"{out} holds an earlier run: steps whose inputs and settings are unchanged will be reused")
     return CheckResult(experiment=experiment, runtime_s=time.perf_counter() - t0, notes=notes)

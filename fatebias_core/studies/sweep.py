@@ -49,6 +49,7 @@ from fatebias_core.checks.simulate import simulate
 from fatebias_core.config import FatebiasConfig, load_config, make_config, read_yaml
 from fatebias_core.discovery.evaluate import evaluate_files
 from fatebias_core.errors import ConfigError, FatebiasError
+from fatebias_core.io import layout as names
 from fatebias_core.io import write_csv, write_text
 from fatebias_core.pipeline.chain import run_chain
 
@@ -263,7 +264,7 @@ def run_one(run: SweepRun, config: FatebiasConfig, run_dir: str | Path) -> dict[
     run_cfg = load_config(sim.paths["config"])
     chain = run_chain(run_cfg, until="rank")
     ev = evaluate_files(
-        chain.out_dir / "hits_ranked.csv", sim.paths["truth_daywise"], chain.out_dir,
+        chain.out_dir / names.HITS, sim.paths["truth_daywise"], chain.out_dir,
         truth_thresh=run_cfg.sim_truth_thresh, config=run_cfg,
     )
     row = score_row(ev.summary)
