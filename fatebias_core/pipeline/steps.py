@@ -176,13 +176,16 @@ def aggregate_step(config: FatebiasConfig, out_dir: str | Path | None = None) ->
 def rank_step(config: FatebiasConfig, out_dir: str | Path | None = None):
     """Call and rank hits (MODEL.md 9) from the configured discovery source; compare the modes.
 
-    Writes ``hits_ranked.csv`` (``mash_default_mode``) and ``mash_mode_comparison.csv``.
+    Writes ``hits_ranked.csv`` (``mash_default_mode``) and ``mash_mode_comparison.csv``;
+    every other contrast's gene mash table (``mash_default_mode``) ranked with the same
+    calls goes to ``hits_ranked_<FATE>.csv``, which the report reads.
 
     Returns
     -------
     fatebias_core.discovery.calls.RankResult
+        The primary contrast's ranking and the mode comparison.
     """
-    from fatebias_core.discovery.calls import rank_and_compare
+    from fatebias_core.discovery.calls import rank_and_compare, rank_file
 
     mash = mash_outputs(config, out_dir)
     if config.discovery_source == "gene":
@@ -193,12 +196,22 @@ def rank_step(config: FatebiasConfig, out_dir: str | Path | None = None):
         if not config.export_ash_summary:
             raise ConfigError("discovery_source: ash needs export_ash_summary: true")
         inputs = {config.mash_default_mode: mash.ash_files[mash.primary]}
-    return rank_and_compare(inputs, _out(config, out_dir), config)
+    result = rank_and_compare(inputs, _out(config, out_dir), config)
+    for fate, path in contrast_hits_paths(config, out_dir).items():
+        rank_file(mash.path("gene", config.mash_default_mode, fate), path, config, source="gene")
+    return result
 
 
 def rank_outputs(config: FatebiasConfig, out_dir: str | Path | None = None) -> list[Path]:
+    """The primary contrast's ``hits_ranked.csv`` and ``mash_mode_comparison.csv``."""
     out = _out(config, out_dir)
     return [out / "hits_ranked.csv", out / "mash_mode_comparison.csv"]
+
+
+def contrast_hits_paths(config: FatebiasConfig, out_dir: str | Path | None = None) -> dict[str, Path]:
+    """``hits_ranked_<FATE>.csv`` of every contrast but the primary one (ranked gene mash tables)."""
+    out = _out(config, out_dir)
+    return {fate: out / f"hits_ranked{config.file_suffix(fate)}.csv" for fate in config.contrast_fates[1:]}
 
 
 # --------------------------------------------------------------------------- diagnostics
@@ -387,7 +400,7 @@ def step_outputs(step: str, config: FatebiasConfig, out_dir: str | Path | None =
     if step == "aggregate":
         return list(aggregate_paths(config, out).values())
     if step == "rank":
-        return rank_outputs(config, out)
+        return [*rank_outputs(config, out), *contrast_hits_paths(config, out).values()]
     if step == "diagnostics":
         return [out / "diagnostics.json"]
     if step == "report":
