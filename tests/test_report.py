@@ -22,7 +22,7 @@ from fatebias_core.checks.diagnostics import (
 from fatebias_core.checks.ntc import NTCCalibration
 from fatebias_core.cli import main
 from fatebias_core.config import FatebiasConfig, make_config
-from fatebias_core.discovery.calls import rank_and_compare, rank_hits
+from fatebias_core.discovery.calls import rank_and_compare, rank_file, rank_hits
 from fatebias_core.discovery.evaluate import evaluate_files
 from fatebias_core.errors import InputDataError
 from fatebias_core.io import write_csv, write_json, write_text
@@ -119,6 +119,8 @@ def make_run_folder(out: Path) -> FatebiasConfig:
     neu_guides = _daywise(guide_names, np.roll(guide_truth, 5 * GUIDES_PER_GENE, axis=0), np.full(guide_truth.shape, 0.08), rng)
     write_csv(_mash_like(neu_guides, 0.85), out / "mash_guide_conservative_NEU.csv")
     rank_and_compare({m: out / f"mash_gene_{m}.csv" for m in ("conservative", "enriched")}, out, cfg)
+    # What the rank step writes for every other contrast.
+    rank_file(out / "mash_gene_conservative_NEU.csv", out / "hits_ranked_NEU.csv", cfg, source="gene")
     for sfx in ("", "_NEU"):
         write_csv(pd.DataFrame({"gene": GENES, "n_guides": 3, "mean_delta": 1e-17 * rng.standard_normal(N_GENES)}),
                   out / f"qc_delta_mean_by_gene{sfx}.csv")
@@ -148,7 +150,7 @@ def make_run_folder(out: Path) -> FatebiasConfig:
 
     manifest = Manifest.open(out)
     for step, files in (("fit", ["fit/fit.json"]), ("export", ["gene_daywise_for_mash.csv"]), ("mash", ["mash_gene_conservative.csv"]),
-                        ("rank", ["hits_ranked.csv"]), ("diagnostics", ["diagnostics.json"])):
+                        ("rank", ["hits_ranked.csv", "hits_ranked_NEU.csv"]), ("diagnostics", ["diagnostics.json"])):
         manifest.record(step, "v1", [out / f for f in files], {"converged": True} if step == "fit" else None)
     return cfg
 
