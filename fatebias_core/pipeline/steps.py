@@ -388,7 +388,7 @@ def forget_steps(config: FatebiasConfig, from_step: str, out_dir: str | Path | N
 def step_outputs(step: str, config: FatebiasConfig, out_dir: str | Path | None = None) -> list[Path]:
     """The files ``step`` writes into the run folder (what the manifest checks still exist)."""
     from fatebias_core.model.posterior import export_paths
-    from fatebias_core.report.build import REPORT_FILE
+    from fatebias_core.report import REPORT_FILE
 
     out = _out(config, out_dir)
     if step == "fit":

@@ -1,1 +1,8 @@
-"""Figures and the self-contained HTML report of a run folder."""
+"""Figures and the self-contained HTML report of a run folder (:func:`fatebias_core.report.build.build_report`).
+
+Importing this package is cheap: the page's builders (matplotlib, Jinja2) load with
+:mod:`fatebias_core.report.build`.
+"""
+
+#: The page a run folder's report is written to.
+REPORT_FILE = "report.html"

@@ -30,13 +30,12 @@ from pathlib import Path
 from fatebias_core.config import FatebiasConfig, load_config, make_config
 from fatebias_core.errors import InputDataError
 from fatebias_core.io import write_text
+from fatebias_core.report import REPORT_FILE
 from fatebias_core.report.context import build_context, software_versions
 from fatebias_core.report.folder import PageLog, RunFolder
 from fatebias_core.report.render import render_page
 
 log = logging.getLogger("fatebias")
-
-REPORT_FILE = "report.html"
 
 
 @dataclass

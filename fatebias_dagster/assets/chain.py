@@ -35,7 +35,7 @@ from fatebias_core.pipeline.steps import (
     report_step,
     step_outputs,
 )
-from fatebias_core.report.build import REPORT_FILE
+from fatebias_core.report import REPORT_FILE
 from fatebias_core.types import Experiment, FilteredCells, GuideEmbedding, LoadSummary
 
 from .. import metadata as meta
