@@ -1,15 +1,19 @@
-"""The HTML report: sections, hits, embedded figures, no external links, absent inputs, CLI, browser."""
+"""The HTML report: sections, hits read from the ranked files, embedded figures, no external links,
+escaping, templates shipped as package data, absent inputs, CLI, browser."""
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import shutil
 import subprocess
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from markupsafe import escape
 from scipy.stats import norm
 
 from fatebias_core.checks.diagnostics import (
@@ -22,13 +26,14 @@ from fatebias_core.checks.diagnostics import (
 from fatebias_core.checks.ntc import NTCCalibration
 from fatebias_core.cli import main
 from fatebias_core.config import FatebiasConfig, make_config
-from fatebias_core.discovery.calls import rank_and_compare, rank_hits
+from fatebias_core.discovery.calls import rank_and_compare, rank_file, rank_hits
 from fatebias_core.discovery.evaluate import evaluate_files
 from fatebias_core.errors import InputDataError
 from fatebias_core.io import write_csv, write_json, write_text
 from fatebias_core.pipeline.graph import Manifest
 from fatebias_core.pipeline.steps import report_step
 from fatebias_core.report.build import build_report
+from fatebias_core.report.render import PAGE_TEMPLATE, environment
 from fatebias_core.types import LoadSummary
 
 DAYS = ("d0", "d1", "d2", "d3")
@@ -119,6 +124,8 @@ def make_run_folder(out: Path) -> FatebiasConfig:
     neu_guides = _daywise(guide_names, np.roll(guide_truth, 5 * GUIDES_PER_GENE, axis=0), np.full(guide_truth.shape, 0.08), rng)
     write_csv(_mash_like(neu_guides, 0.85), out / "mash_guide_conservative_NEU.csv")
     rank_and_compare({m: out / f"mash_gene_{m}.csv" for m in ("conservative", "enriched")}, out, cfg)
+    # What the rank step writes for every other contrast.
+    rank_file(out / "mash_gene_conservative_NEU.csv", out / "hits_ranked_NEU.csv", cfg, source="gene")
     for sfx in ("", "_NEU"):
         write_csv(pd.DataFrame({"gene": GENES, "n_guides": 3, "mean_delta": 1e-17 * rng.standard_normal(N_GENES)}),
                   out / f"qc_delta_mean_by_gene{sfx}.csv")
@@ -148,7 +155,7 @@ def make_run_folder(out: Path) -> FatebiasConfig:
 
     manifest = Manifest.open(out)
     for step, files in (("fit", ["fit/fit.json"]), ("export", ["gene_daywise_for_mash.csv"]), ("mash", ["mash_gene_conservative.csv"]),
-                        ("rank", ["hits_ranked.csv"]), ("diagnostics", ["diagnostics.json"])):
+                        ("rank", ["hits_ranked.csv", "hits_ranked_NEU.csv"]), ("diagnostics", ["diagnostics.json"])):
         manifest.record(step, "v1", [out / f for f in files], {"converged": True} if step == "fit" else None)
     return cfg
 
@@ -208,9 +215,9 @@ def test_report_lists_the_hits(report, run_folder):
     assert table.count('<tr class="hit"') == len(hit_genes)
     assert table.count("<tr class=") == N_GENES
     for gene in hit_genes:
-        assert f"<td>{__import__('html').escape(gene)}</td>" in table
+        assert f"<td>{escape(gene)}</td>" in table
     # The strangely named gene is escaped everywhere, never written raw.
-    assert ODD_GENE not in page and "G&lt;b&gt;&amp;&quot;30" in page
+    assert ODD_GENE not in page and "G&lt;b&gt;&amp;&#34;30" in page
     # G01 is active on d1-d3 (positive): its called days read as labels.
     g01 = table[table.index("<td>G01</td>"):]
     assert g01[: g01.index("</tr>")].count("d1, d2, d3") == 1
@@ -360,7 +367,7 @@ def test_hit_table_gives_direction_interval_and_probability(report, run_folder):
     out, _ = run_folder
     table = page[page.index("id='hits-table-MES'"):]
     table = table[: table.index("</table>")]
-    for header in ("direction", "90% CI (logit)", "change in P(MES) at the day&#x27;s baseline"):
+    for header in ("direction", "90% CI (logit)", "change in P(MES) at the day&#39;s baseline"):
         assert f"<th>{header}</th>" in table, header
     mash = pd.read_csv(out / "mash_gene_conservative.csv", dtype={"gene": str}).set_index("gene")
     # G02 is active on d0 and d1 with a negative effect: it moves cells towards EC.
@@ -395,14 +402,14 @@ def test_underflowed_lfsr_reads_as_a_bound(run_folder, tmp_path):
 
 
 def test_loss_figure_marks_every_weight_change(report):
-    from fatebias_core.report.build import _weight_steps
+    from fatebias_core.report.context import weight_steps
 
     _, page = report
     assert "re-estimated once more, at steps 31 and 61 (dashed lines)" in page
     # Older fits recorded only the last change: the earlier one is derived from the settings.
     cfg = make_config()
-    assert _weight_steps({"steps": 4000, "weight_switch_step": 2000}, cfg) == [1000, 2000]
-    assert _weight_steps({"steps": 4000}, cfg) == []
+    assert weight_steps({"steps": 4000, "weight_switch_step": 2000}, cfg) == [1000, 2000]
+    assert weight_steps({"steps": 4000}, cfg) == []
 
 
 def test_volcano_labels_never_overlap():
@@ -446,3 +453,126 @@ def test_dropped_cells_are_counted_and_named(run_folder, tmp_path):
     assert "10 cells with more than Kmax=20 guides; 3 cells with fate probabilities NaN or infinite" in page
     assert "<th>dropped cells (dropped_cells.csv)</th><td>13: c1 (fate probabilities NaN or infinite), c4" in page
     assert "(+5 more)" in page
+
+
+# --------------------------------------------------------------------------- templates, reading, escaping
+RANKED_DTYPES = {"gene": str, "active_days": str, "active_days_any": str}
+
+
+def _table_rows(page: str, fate: str) -> list[list[str]]:
+    """The cells of every row of a contrast's hits table, as the page has them."""
+    table = page[page.index(f"id='hits-table-{fate}'"):]
+    table = table[: table.index("</table>")]
+    rows = re.findall(r'<tr class="(?:hit|nohit)"[^>]*>(.*?)</tr>', table)
+    return [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in rows]
+
+
+def test_hits_table_is_read_from_the_ranked_files_not_recomputed(run_folder, tmp_path):
+    """Edit hits_ranked.csv (and hits_ranked_NEU.csv) by hand after the rank step: the page follows the files."""
+    src, _ = run_folder
+    out = tmp_path / "results"
+    shutil.copytree(src, out)
+    hits = pd.read_csv(out / "hits_ranked.csv", dtype=RANKED_DTYPES)
+    # Reverse the ranking, make the last-ranked non-hit a hit and drop two rows: no ranking would give this.
+    edited = hits.iloc[::-1].reset_index(drop=True).drop(index=[3, 4]).reset_index(drop=True)
+    flip = edited.index[~edited["hit_anyday"].astype(bool)][0]
+    edited.loc[flip, "hit_anyday"] = True
+    write_csv(edited, out / "hits_ranked.csv")
+    neu = pd.read_csv(out / "hits_ranked_NEU.csv", dtype=RANKED_DTYPES).iloc[:7]
+    write_csv(neu, out / "hits_ranked_NEU.csv")
+
+    page = build_report(out).path.read_text()
+    for fate, table in (("MES", edited), ("NEU", neu)):
+        rows = _table_rows(page, fate)
+        assert [str(escape(g)) for g in table["gene"]] == [r[1] for r in rows], fate
+        assert [("yes" if h else "no") for h in table["hit_anyday"].astype(bool)] == [r[2] for r in rows], fate
+    assert f"{int(edited['hit_anyday'].sum())} hits of {len(edited)} genes" in page
+    assert "7 hits of 7 genes" in page or f"{int(neu['hit_anyday'].sum())} hits of 7 genes" in page
+
+
+def test_other_contrast_without_its_ranked_file_says_so(run_folder, tmp_path):
+    """No hits_ranked_NEU.csv (a folder ranked before the rank step wrote it): the page says so, ranks nothing."""
+    src, _ = run_folder
+    out = tmp_path / "results"
+    shutil.copytree(src, out)
+    (out / "hits_ranked_NEU.csv").unlink()
+    result = build_report(out)
+    page = result.path.read_text()
+    assert "hits_ranked_NEU.csv not found: the rank step writes it" in page
+    assert "hits (NEU)" in result.absent and "hits table (NEU)" not in result.sections
+    assert "hits table" in result.sections
+
+
+def test_a_script_in_a_gene_name_is_escaped(run_folder, tmp_path):
+    """Gene names come from the user's files: a <script> in one is shown as text, never run."""
+    src, _ = run_folder
+    out = tmp_path / "results"
+    shutil.copytree(src, out)
+    evil = '<script>alert("x")</script>'
+    hits = pd.read_csv(out / "hits_ranked.csv", dtype=RANKED_DTYPES)
+    hits.loc[0, "gene"] = evil
+    write_csv(hits, out / "hits_ranked.csv")
+    page = build_report(out).path.read_text()
+    assert evil not in page
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page
+    assert page.count("<script>") == 1  # the page's own script, at the end
+
+
+def test_page_references_nothing_outside_itself(report):
+    """No http(s) URL anywhere, no linked style sheet or script; images are data: URIs."""
+    _, page = report
+    assert not re.search(r"https?://", page, flags=re.IGNORECASE)
+    targets = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)""", page, flags=re.IGNORECASE)
+    assert targets and all(t.startswith(("data:", "#")) for t in targets), targets
+    assert "<link" not in page and "@import" not in page and "<script src" not in page
+    assert not re.search(r"url\((?!data:)", page)
+    # The style sheet and the script are in the page itself.
+    assert "table.sortable th.asc::after" in page and "querySelectorAll('table.sortable')" in page
+
+
+def test_templates_and_static_files_ship_as_package_data():
+    """The templates and static files are found through importlib.resources, and pyproject ships them."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    report = resources.files("fatebias_core.report")
+    names = [f"templates/{t.name}" for t in report.joinpath("templates").iterdir() if t.name.endswith(".j2")]
+    names += [f"static/{t.name}" for t in report.joinpath("static").iterdir() if t.is_file()]
+    assert f"templates/{PAGE_TEMPLATE}" in names and "static/report.css" in names and "static/report.js" in names
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["fatebias_core"]
+    for name in names:
+        assert any(fnmatch.fnmatch(f"report/{name}", p) for p in patterns), name
+    assert any(dep.startswith("jinja2") for dep in pyproject["project"]["dependencies"])
+    env = environment()
+    assert env.autoescape(PAGE_TEMPLATE) is True
+    for name in names:
+        if name.startswith("templates/"):
+            env.get_template(name.removeprefix("templates/"))  # parses
+
+
+def test_a_wheel_ships_the_templates(tmp_path):
+    """A non-editable install (a wheel built from the package) renders the page's templates and static files."""
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for package in ("fatebias_core", "fatebias_dagster"):
+        shutil.copytree(root / package, src / package, ignore=skip)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
+                   check=True, capture_output=True, timeout=300)
+    wheel = next((tmp_path / "dist").glob("fatebias-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert f"fatebias_core/report/templates/{PAGE_TEMPLATE}" in names and "fatebias_core/report/static/report.js" in names
+    target = tmp_path / "site"
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True, capture_output=True, timeout=300)
+    check = ("import fatebias_core.report.render as r; assert r.__file__.startswith(%r), r.__file__; "
+             "env = r.environment(); [env.get_template(t) for t in env.list_templates()]; "
+             "s = r.read_static(); assert 'table.sortable' in s.css and 'addEventListener' in s.js; print(len(env.list_templates()))")
+    proc = subprocess.run([sys.executable, "-c", check % str(target)], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) >= 8

@@ -2,8 +2,9 @@
 
 Shared by the console summary of ``fatebias run``/``demo`` and the HTML report. For
 every contrast (fate vs the reference fate) it reads the ranked calls (the primary
-contrast's ``hits_ranked.csv``; the other contrasts' gene mash tables, ranked with the
-same calls) and expresses each effect three ways:
+contrast's ``hits_ranked.csv``; the other contrasts' ``hits_ranked_<FATE>.csv``, their
+gene mash tables ranked with the same calls by the rank step) and expresses each
+effect three ways:
 
 * the direction in words: a positive logit effect moves cells *towards* the contrast
   fate, a negative one towards the reference fate;
@@ -26,7 +27,9 @@ import numpy as np
 import pandas as pd
 
 from fatebias_core.config import FatebiasConfig
+from fatebias_core.discovery.calls import SOURCE_PREFIXES, rank_hits
 from fatebias_core.errors import FatebiasError, InputDataError
+from fatebias_core.io import layout as names
 from fatebias_core.io import read_csv
 from fatebias_core.io.tables import DayAxis, bool_column, parse_day_lists, read_posterior
 from fatebias_core.model.posterior import day_suffixes
@@ -148,7 +151,7 @@ class ContrastAnswer:
 
 def baselines(out_dir: str | Path, fate: str, axis: DayAxis) -> np.ndarray | None:
     """(D,) mean probability of ``fate`` per day of ``axis`` from ``load_summary.json``; None if absent."""
-    path = Path(out_dir) / "load_summary.json"
+    path = Path(out_dir) / names.LOAD_SUMMARY
     try:
         means = json.loads(path.read_text()).get("fate_mean_by_day") or {}
     except (OSError, ValueError, AttributeError):
@@ -160,6 +163,11 @@ def baselines(out_dir: str | Path, fate: str, axis: DayAxis) -> np.ndarray | Non
     if any(v is None for v in values):
         return None
     return np.asarray(values, dtype=float)
+
+
+def ranked_hits_name(config: FatebiasConfig, fate: str) -> str:
+    """The ranked hits file of a contrast: ``hits_ranked.csv``, ``hits_ranked_<FATE>.csv`` for the others."""
+    return names.HITS_FILE.format(sfx=config.file_suffix(fate))
 
 
 def _called_matrix(day_lists: pd.Series, axis: DayAxis) -> np.ndarray:
@@ -190,25 +198,23 @@ def contrast_answer(
     """The ranked answer of one contrast of a run folder (None when its table is absent).
 
     The primary contrast reads ``hits_ranked.csv`` (for ``discovery_source: ash`` its
-    daywise effects come from the gene mash table); the others rank their gene mash
-    table (``mash_gene_<mode>_<FATE>.csv``) with the same calls.
+    daywise effects come from the gene mash table); the others read the ranking of
+    their gene mash table that the rank step writes (``hits_ranked_<FATE>.csv``).
 
     Raises
     ------
     FatebiasError
         A table that exists but cannot be used (missing columns, no shared genes, ...).
     """
-    from fatebias_core.discovery.calls import SOURCE_PREFIXES, rank_hits
-
     out = Path(out_dir)
     fate = fate or config.contrast_fate
     read = read or _default_reader(out)
-    mash_name = f"mash_gene_{config.mash_default_mode}{config.file_suffix(fate)}.csv"
+    mash_name = names.MASH_FILE.format(level="gene", mode=config.mash_default_mode, sfx=config.file_suffix(fate))
     if fate == config.contrast_fate:
-        hits = read("hits_ranked.csv")
+        hits = read(names.HITS)
         if hits is None:
             return None
-        hit = bool_column(hits, "hit_anyday", "hits_ranked.csv")
+        hit = bool_column(hits, "hit_anyday", names.HITS)
         if config.discovery_source in SOURCE_PREFIXES:
             daywise, prefixes = hits, SOURCE_PREFIXES[config.discovery_source]
             effects_from = f"hits_ranked.csv ({config.discovery_source} table, {config.mash_default_mode} mode)"
@@ -225,13 +231,13 @@ def contrast_answer(
             daywise = ranked.iloc[row[keep]].reset_index(drop=True)
             effects_from, prefixes = f"{mash_name} (hits from the across-day ash summary)", SOURCE_PREFIXES["gene"]
     else:
-        table = read(mash_name)
-        if table is None:
+        name = ranked_hits_name(config, fate)
+        hits = daywise = read(name)
+        if hits is None:
             return None
-        hits = daywise = rank_hits(table, config, source="gene", what=mash_name)
-        hit = hits["hit_anyday"].to_numpy(dtype=bool)
+        hit = bool_column(hits, "hit_anyday", name)
         prefixes = SOURCE_PREFIXES["gene"]
-        effects_from = f"{mash_name} (gene table, {config.mash_default_mode} mode)"
+        effects_from = f"{name} ({mash_name} ranked, {config.mash_default_mode} mode)"
     post = read_posterior(daywise, prefixes, effects_from.split(" ")[0])
     return ContrastAnswer(
         fate=fate, ref=config.ref_fate, hits=hits, genes=hits["gene"].astype(str).to_numpy(), hit=np.asarray(hit, dtype=bool),

@@ -391,14 +391,16 @@ def rank_hits(
     return out.iloc[order.index.to_numpy()].reset_index(drop=True)
 
 
-def rank_file(in_path: PathLike, out_path: PathLike, config: FatebiasConfig) -> pd.DataFrame:
+def rank_file(
+    in_path: PathLike, out_path: PathLike, config: FatebiasConfig, source: str | None = None
+) -> pd.DataFrame:
     """Read a discovery table, call and rank it (:func:`rank_hits`), write ``hits_ranked.csv``.
 
-    The table's kind is ``config.discovery_source``. Nothing is written when the input
-    is invalid; the output is written atomically.
+    The table's kind is ``source`` (default ``config.discovery_source``). Nothing is
+    written when the input is invalid; the output is written atomically.
     """
     table = read_csv(in_path, what="discovery table", dtype={"gene": str, "guide": str})
-    ranked = rank_hits(table, config, what=str(in_path))
+    ranked = rank_hits(table, config, source=source, what=str(in_path))
     write_csv(ranked, out_path)
     return ranked
 

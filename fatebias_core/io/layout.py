@@ -32,6 +32,7 @@ MANIFEST = "fatebias_manifest.json"
 ELBO_FIGURE = "elbo_trace.png"
 EFFECTS_FIGURE = "effects_by_day.png"
 HITS = "hits_ranked.csv"
+HITS_FILE = "hits_ranked{sfx}.csv"
 MODE_COMPARISON = "mash_mode_comparison.csv"
 DIAGNOSTICS = "diagnostics.json"
 NTC_TABLE = "ntc_calibration.csv"
@@ -159,9 +160,20 @@ class RunLayout:
         """``gene_from_guide_mash_<mode>.csv``: guide-level mash aggregated to genes."""
         return self.root / GUIDE_AGG_FILE.format(mode=mode)
 
+    def contrast_hits(self) -> dict[str, Path]:
+        """``hits_ranked_<FATE>.csv`` of every contrast but the primary one, by fate."""
+        primary = self.config.contrast_fate
+        return {
+            fate: self.root / HITS_FILE.format(sfx=self._sfx(fate)) for fate in self.config.contrast_fates if fate != primary
+        }
+
+    def hits(self, fate: str | None = None) -> Path:
+        """The ranked hits of contrast ``fate`` (``hits_ranked.csv`` for the primary one)."""
+        return self.root / HITS_FILE.format(sfx=self._sfx(fate))
+
     def rank_files(self) -> list[Path]:
-        """``hits_ranked.csv`` and ``mash_mode_comparison.csv``."""
-        return [self.root / HITS, self.root / MODE_COMPARISON]
+        """``hits_ranked.csv``, ``mash_mode_comparison.csv`` and every other contrast's ``hits_ranked_<FATE>.csv``."""
+        return [self.root / HITS, self.root / MODE_COMPARISON, *self.contrast_hits().values()]
 
     def step_files(self, step: str) -> list[Path]:
         """The files ``step`` writes (what a manifest checks still exist)."""

@@ -16,7 +16,7 @@ import pandas as pd
 
 from fatebias_core.config import MASH_MODES, FatebiasConfig
 from fatebias_core.discovery.aggregate import aggregate_file
-from fatebias_core.discovery.calls import RankResult, rank_and_compare
+from fatebias_core.discovery.calls import RankResult, rank_and_compare, rank_file
 from fatebias_core.errors import ConfigError
 from fatebias_core.io import layout as names
 from fatebias_core.io import read_csv, write_csv, write_json
@@ -162,9 +162,20 @@ def discovery_inputs(config: FatebiasConfig, out_dir: str | Path | None = None) 
 def rank_step(config: FatebiasConfig, out_dir: str | Path | None = None) -> RankResult:
     """Call and rank hits from the configured discovery source; compare the modes.
 
-    Writes ``hits_ranked.csv`` (``mash_default_mode``) and ``mash_mode_comparison.csv``.
+    Writes ``hits_ranked.csv`` (``mash_default_mode``) and ``mash_mode_comparison.csv``;
+    every other contrast's gene mash table (``mash_default_mode``) ranked with the same
+    calls goes to ``hits_ranked_<FATE>.csv``, which the report reads.
+
+    Returns
+    -------
+    RankResult
+        The primary contrast's ranking and the mode comparison.
     """
-    return rank_and_compare(discovery_inputs(config, out_dir), _layout(config, out_dir).root, config)
+    layout = _layout(config, out_dir)
+    result = rank_and_compare(discovery_inputs(config, out_dir), layout.root, config)
+    for fate, path in layout.contrast_hits().items():
+        rank_file(layout.mash("gene", config.mash_default_mode, fate), path, config, source="gene")
+    return result
 
 
 # --------------------------------------------------------------------------- report
