@@ -71,8 +71,8 @@ def volcano(model: FateBias, day: str | int, *, fate: str | None = None, label_t
                          eps=cfg.effect_size_eps, label_top=label_top, fate=ans.fate, ref=ans.ref, ax=ax)
 
 
-def guides(model: FateBias, gene: str, *, fate: str | None = None, ax: Axes | None = None) -> Axes:
-    """One gene's effect by day (mean +/- 2 SD) beside its guides' effects: do the guides agree?"""
+def guides(model: FateBias, gene: str, *, fate: str | None = None, legend: bool = True, ax: Axes | None = None) -> Axes:
+    """One gene's effect by day (mean +/- 2 SD, before mash) beside its guides' effects: do the guides agree?"""
     post = model.posterior
     c = post.contrasts[model._fate(fate)]
     if gene not in post.gene_names:
@@ -81,7 +81,8 @@ def guides(model: FateBias, gene: str, *, fate: str | None = None, ax: Axes | No
     rows = np.asarray(post.guide_genes) == gene
     ax = plots.guide_concordance(c.theta_mean[i], c.theta_sd[i], c.beta_mean[rows], post.day_labels,
                                  title=f"{gene} ({int(rows.sum())} guides)", ax=ax)
-    ax.legend(handles=plots.concordance_legend(), frameon=False, fontsize=7)
+    if legend:
+        ax.legend(handles=plots.concordance_legend(), frameon=False, fontsize=7)
     return ax
 
 
