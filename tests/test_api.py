@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 import yaml
 from matplotlib.axes import Axes
 
+import fatebias_core.api as fb
 from fatebias_core.api import FateBias, pl, stored_tables
 from fatebias_core.checks.simulate import simulate_experiment
 from fatebias_core.config import make_config
@@ -150,11 +152,24 @@ def test_plots_draw_on_the_given_axes(model):
 
 
 def test_importing_changes_no_global_state():
-    """Importing the API (and the plots) neither picks a matplotlib backend nor opens a figure."""
+    """Importing the API (and the plots) picks no matplotlib backend, opens no figure, sets up no logging."""
     code = (
-        "import matplotlib, fatebias_core.api, fatebias_core.report.plots, matplotlib.pyplot as plt; "
+        "import logging, matplotlib, fatebias_core.api, fatebias_core.report.plots, matplotlib.pyplot as plt; "
         "assert matplotlib.rcParams._get_backend_or_none() is None, matplotlib.rcParams._get_backend_or_none(); "
-        "assert plt.get_fignums() == []"
+        "assert plt.get_fignums() == []; assert not logging.getLogger().handlers"
     )
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_readme_example_uses_the_api_that_exists():
+    """Every fb.*, fb.pl.* and model.* name in the README's Python example exists (the notebook runs the same calls)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## In Python (notebooks)", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    for name in re.findall(r"\bfb\.pl\.(\w+)", block):
+        assert hasattr(pl, name), name
+    for name in re.findall(r"\bfb\.(?!pl\.)(\w+)", block):
+        assert hasattr(fb, name), name
+    for name in re.findall(r"\bmodel\.(\w+)", block):
+        assert hasattr(FateBias, name), name
+    compile(block, "README example", "exec")
