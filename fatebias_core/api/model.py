@@ -135,7 +135,7 @@ class FateBias:
             raise FitError("the model is not trained: call model.train() (or FateBias.load) first")
         return self.fit_result
 
-    def _cached(self, key: tuple, make) -> Any:
+    def _cached(self, key: tuple, make: Callable[[], Any]) -> Any:
         if key not in self._cache:
             self._cache[key] = make()
         return self._cache[key]
@@ -233,6 +233,7 @@ class FateBias:
         """
         fate = self._fate(fate)
         makers = self._table_makers([fate])
+        # The folder only feeds the day baselines, which come from the loaded experiment instead.
         answer = contrast_answer(Path(), self.config, fate, read=lambda name: makers[name]() if name in makers else None)
         if answer is None:  # cannot happen: every table is made in memory
             raise InputDataError(f"no ranked table for {fate}")
