@@ -93,7 +93,14 @@ def save_npz(path: PathLike, **arrays: np.ndarray) -> Path:
 
 
 def read_csv(path: PathLike, what: str = "table", **kwargs: Any) -> pd.DataFrame:
-    """Read a CSV, turning a missing, empty or unparsable file into a one-line error."""
+    """Read a CSV, turning a missing, empty or unparsable file into a one-line error.
+
+    Floats are parsed with pandas' ``round_trip`` converter (unless ``float_precision`` is
+    given): a value written by :func:`write_csv` reads back bit for bit, so a step fed a
+    file computes exactly what it would from the table in memory (the default converter
+    can be off by one unit in the last place).
+    """
+    kwargs.setdefault("float_precision", "round_trip")
     path = Path(path)
     if not path.exists():
         raise InputDataError(f"{what} file not found: {path}")

@@ -402,10 +402,11 @@ def plot_sweep(table: pd.DataFrame, spec: SweepSpec, path: str | Path) -> Path:
     One panel per varied dimension (a seeds-only sweep: one panel against the seed).
     Numeric settings spanning a factor of 10 or more use a log axis.
     """
-    from fatebias_core.report.plots import _save, plt
+    from fatebias_core.report.plots import _save, file_figure
 
     dims = spec.varied or ["seed"]
-    fig, axes = plt.subplots(1, len(dims), figsize=(4.2 * len(dims) + 1.2, 3.6), squeeze=False)
+    fig = file_figure((4.2 * len(dims) + 1.2, 3.6))  # its own Agg canvas: never shown, no pyplot
+    axes = fig.subplots(1, len(dims), squeeze=False)
     for ax, dim in zip(axes[0], dims, strict=True):
         col = table[dim]
         values = list(dict.fromkeys(col.tolist()))  # first-seen order (the spec's)
