@@ -23,7 +23,7 @@ from fatebias_core.checks.simulate import simulate_experiment
 from fatebias_core.config import make_config
 from fatebias_core.data.load import load_experiment
 from fatebias_core.errors import ConfigError, InputDataError
-from fatebias_core.pipeline.steps import run_chain
+from fatebias_core.pipeline.chain import run_chain
 from tests.conftest import TINY_CHAIN
 
 #: Files of a run folder that differ by design between two writes of the same results.

@@ -23,35 +23,26 @@ import numpy as np
 import pandas as pd
 
 from fatebias_core.api.uns import UNS_KEY, store_tables
-from fatebias_core.config import FatebiasConfig, make_config, read_yaml
+from fatebias_core.config import MASH_MODES, FatebiasConfig, make_config, read_yaml
 from fatebias_core.data.load import load_experiment
 from fatebias_core.discovery.aggregate import aggregate_guides
 from fatebias_core.discovery.answer import ContrastAnswer, contrast_answer
 from fatebias_core.discovery.calls import compare_modes, rank_hits
 from fatebias_core.errors import ConfigError, FitError, InputDataError
+from fatebias_core.io import layout as names
 from fatebias_core.io import write_csv, write_text
+from fatebias_core.io.layout import RunLayout
 from fatebias_core.mash import ash_table, mash_table
 from fatebias_core.model.inference import FitResult, fit, load_fit
 from fatebias_core.model.posterior import (
     PosteriorSummary,
     day_suffixes,
-    export_posterior,
     summarise_posterior,
 )
-from fatebias_core.pipeline.steps import (
-    FIT_DIR,
-    MASH_MODES,
-    aggregate_paths,
-    mash_outputs,
-    rank_outputs,
-    report_step,
-    write_load_files,
-)
-from fatebias_core.report.plots import plot_effects_by_day, plot_elbo
+from fatebias_core.pipeline.steps import export_step, report_step, save_fit, write_load_files
 
 #: The keys :meth:`FateBias.setup_anndata` records: where the inputs live in the AnnData.
 SETUP_KEYS = ("fate_prob_key", "guide_key", "day_key", "covar_key", "rep_key", "clone_key")
-CONFIG_FILE = "config_used.yaml"
 
 
 class FateBias:
@@ -210,6 +201,8 @@ class FateBias:
     def get_ranked(self, mode: str | None = None, fate: str | None = None) -> pd.DataFrame:
         """Every gene called and ranked, hits first (``hits_ranked.csv`` for the default mode)."""
         mode, fate = self._mode(mode), self._fate(fate)
+        if fate != self.config.contrast_fate:  # other contrasts: their gene mash table, as the rank step does
+            return self._cached(("rank", mode, fate), lambda: rank_hits(self.get_mash("gene", mode, fate), self.config, source="gene"))
         return self._cached(("rank", mode, fate), lambda: rank_hits(self.get_discovery_table(mode, fate), self.config))
 
     def get_hits(self, mode: str | None = None, fate: str | None = None) -> pd.DataFrame:
@@ -257,19 +250,19 @@ class FateBias:
 
     def _table_makers(self, fates: list[str] | None = None) -> dict[str, Callable[[], pd.DataFrame]]:
         """File name -> the call that makes that table (nothing is computed here)."""
-        cfg, out = self.config, Path()
+        cfg = self.config
+        layout = RunLayout(Path(), cfg)
         fates = fates or cfg.contrast_fates
-        mash = mash_outputs(cfg, out)
         makers: dict[str, Callable[[], pd.DataFrame]] = {
-            mash.path(level, mode, fate).name: partial(self.get_mash, level, mode, fate)
-            for (level, mode, fate) in mash.files if fate in fates
+            path.name: partial(self.get_mash, level, mode, fate)
+            for (level, mode, fate), path in layout.mash_tables().items() if fate in fates
         }
-        makers |= {mash.ash_files[fate].name: partial(self.get_ash, fate) for fate in mash.ash_files if fate in fates}
+        makers |= {path.name: partial(self.get_ash, fate) for fate, path in layout.ash_tables().items() if fate in fates}
         if cfg.contrast_fate in fates:
-            makers |= {path.name: partial(self.get_gene_from_guides, mode) for mode, path in aggregate_paths(cfg, out).items()}
-            hits_name, comparison_name = (p.name for p in rank_outputs(cfg, out))
-            makers[hits_name] = self.get_ranked
-            makers[comparison_name] = self.get_mode_comparison
+            makers |= {layout.guide_agg(mode).name: partial(self.get_gene_from_guides, mode) for mode in MASH_MODES}
+            makers[names.HITS] = self.get_ranked
+            makers[names.MODE_COMPARISON] = self.get_mode_comparison
+        makers |= {path.name: partial(self.get_ranked, None, fate) for fate, path in layout.contrast_hits().items() if fate in fates}
         return makers
 
     def write(self, out_dir: str | Path, report: bool = False) -> Path:
@@ -284,15 +277,9 @@ class FateBias:
         cfg = self.config.model_copy(update={"out_dir": str(out)})
         fitted = self._fitted()
         write_load_files(self.experiment, out)
-        write_text(cfg.to_yaml(), out / CONFIG_FILE)
-        fitted.save(out / FIT_DIR)
-        plot_elbo(fitted.elbo, out / "elbo_trace.png", n_cells=self.experiment.n_cells,
-                  switch_step=fitted.info.get("weight_switch_step"), weight_steps=fitted.info.get("weight_update_steps"))
-        export_posterior(fitted, cfg, out, summary=self.posterior)
-        c = self.posterior.contrasts[self.posterior.primary]
-        plot_effects_by_day(c.theta_mean, c.theta_sd, self.posterior.gene_names, self.posterior.day_labels,
-                            out / "effects_by_day.png",
-                            title=f"{self.posterior.primary} vs {fitted.ref_fate}: gene effects by day (mean +/- 2 SD)")
+        write_text(cfg.to_yaml(), out / names.CONFIG_USED)
+        save_fit(fitted, self.experiment, RunLayout(out, cfg))
+        export_step(fitted, cfg, out, summary=self.posterior)
         for name, table in self.run_tables().items():
             write_csv(table, out / name)
         if report:
@@ -317,8 +304,8 @@ class FateBias:
     def save(self, folder: str | Path) -> Path:
         """Save the fit and the settings (``fit/`` and ``config_used.yaml``, as in a run folder)."""
         folder = Path(folder)
-        self._fitted().save(folder / FIT_DIR)
-        write_text(self.config.to_yaml(), folder / CONFIG_FILE)
+        self._fitted().save(folder / names.FIT_DIR)
+        write_text(self.config.to_yaml(), folder / names.CONFIG_USED)
         return folder
 
     @classmethod
@@ -328,9 +315,9 @@ class FateBias:
         ``settings`` change the later steps (mash, calls); the fit is used as saved.
         """
         folder = Path(folder)
-        config = make_config(read_yaml(folder / CONFIG_FILE, what=CONFIG_FILE), source=str(folder / CONFIG_FILE))
+        config = make_config(read_yaml(folder / names.CONFIG_USED, what=names.CONFIG_USED), source=str(folder / names.CONFIG_USED))
         model = cls(adata, guide_map, config=config, **settings)
-        model.fit_result = load_fit(folder / FIT_DIR)
+        model.fit_result = load_fit(folder / names.FIT_DIR)
         return model
 
 

@@ -23,7 +23,7 @@ from fatebias_core.io import read_csv, write_csv, write_json
 from fatebias_core.io.layout import RunLayout
 from fatebias_core.mash import ash_table, mash_table
 from fatebias_core.model.inference import FitResult, fit
-from fatebias_core.model.posterior import ExportResult, export_posterior
+from fatebias_core.model.posterior import ExportResult, PosteriorSummary, export_posterior
 from fatebias_core.pipeline.check import load_experiment_checked
 from fatebias_core.report.build import ReportResult, build_report
 from fatebias_core.report.plots import plot_effects_by_day, plot_elbo
@@ -66,23 +66,34 @@ def fit_step(experiment: Experiment, config: FatebiasConfig, out_dir: str | Path
     """
     layout = _layout(config, out_dir)
     result = fit(experiment, config, checkpoint_dir=layout.fit_dir)
+    save_fit(result, experiment, layout)
+    return result
+
+
+def save_fit(result: FitResult, experiment: Experiment, layout: RunLayout) -> None:
+    """Save a fit into the run folder: ``fit/`` and the ELBO trace figure."""
     result.save(layout.fit_dir)
     plot_elbo(
         result.elbo, layout / names.ELBO_FIGURE, n_cells=experiment.n_cells,
         switch_step=result.info.get("weight_switch_step"), weight_steps=result.info.get("weight_update_steps"),
     )
-    return result
 
 
 # --------------------------------------------------------------------------- export
-def export_step(fit_result: FitResult, config: FatebiasConfig, out_dir: str | Path | None = None) -> ExportResult:
-    """Write the posterior exports (gene/day and guide/day tables) and the effects-by-day figure."""
+def export_step(
+    fit_result: FitResult, config: FatebiasConfig, out_dir: str | Path | None = None, summary: PosteriorSummary | None = None
+) -> ExportResult:
+    """Write the posterior exports (gene/day and guide/day tables) and the effects-by-day figure.
+
+    ``summary`` is the posterior summary when already drawn (it is drawn when None).
+    """
     layout = _layout(config, out_dir)
-    result = export_posterior(fit_result, config, layout.root)
-    c = result.summary.contrasts[result.summary.primary]
+    result = export_posterior(fit_result, config, layout.root, summary=summary)
+    s = result.summary
+    c = s.contrasts[s.primary]
     plot_effects_by_day(
-        c.theta_mean, c.theta_sd, result.summary.gene_names, result.summary.day_labels, layout / names.EFFECTS_FIGURE,
-        title=f"{result.summary.primary} vs {fit_result.ref_fate}: gene effects by day (mean +/- 2 SD)",
+        c.theta_mean, c.theta_sd, s.gene_names, s.day_labels, layout / names.EFFECTS_FIGURE,
+        title=f"{s.primary} vs {fit_result.ref_fate}: gene effects by day (mean +/- 2 SD)",
     )
     return result
 
