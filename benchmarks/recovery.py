@@ -21,7 +21,7 @@ import pandas as pd
 from fatebias_core.checks.simulate import simulate
 from fatebias_core.config import load_config, make_config
 from fatebias_core.discovery.evaluate import evaluate_files
-from fatebias_core.pipeline.steps import run_chain
+from fatebias_core.pipeline.chain import run_chain
 
 SEED_LIKE = {"sim_n_cells": 25000, "sim_n_genes": 100, "sim_n_guides": 600, "sim_kmax": 9,
              "sim_active_frac": 0.1, "sim_concentration": 50.0}

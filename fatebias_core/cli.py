@@ -12,6 +12,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 
+from fatebias_core.config import DEVICES, MASH_BACKENDS, MASH_MODES
 from fatebias_core.errors import FatebiasError
 from fatebias_core.pipeline.graph import CHAIN
 
@@ -44,13 +45,13 @@ def _config(args: argparse.Namespace, **overrides):
 def _build_fit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", required=True, help="YAML configuration file")
     p.add_argument("--out", help="output folder (overrides out_dir)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="torch device (overrides device)")
+    p.add_argument("--device", choices=DEVICES, help="torch device (overrides device)")
     p.add_argument("--num-steps", type=int, help="SVI steps (overrides num_steps)")
 
 
 @command("fit", "load the experiment, fit the model and export posterior summaries")(_build_fit)
 def _run_fit(args: argparse.Namespace) -> int:
-    from fatebias_core.pipeline.steps import fit_and_export
+    from fatebias_core.pipeline.chain import fit_and_export
 
     cfg = _config(args, out_dir=args.out, device=args.device, num_steps=args.num_steps)
     result = fit_and_export(cfg)
@@ -143,7 +144,7 @@ def _build_demo(p: argparse.ArgumentParser) -> None:
 
 @command("demo", "simulate a modest experiment and run every step of the chain on it")(_build_demo)
 def _run_demo(args: argparse.Namespace) -> int:
-    from fatebias_core.pipeline.steps import run_demo
+    from fatebias_core.pipeline.chain import run_demo
 
     result = run_demo(args.out, config_path=args.config, engine=args.engine)
     print(result.describe())
@@ -166,7 +167,7 @@ def _build_run(p: argparse.ArgumentParser) -> None:
 
 @command("run", "run the whole chain: fit, export, mash, aggregate, rank, diagnostics")(_build_run)
 def _run_run(args: argparse.Namespace) -> int:
-    from fatebias_core.pipeline.steps import chain_engine, forget_steps
+    from fatebias_core.pipeline.chain import chain_engine, forget_steps
 
     cfg = _config(args, out_dir=args.out)
     if args.rerun:
@@ -182,9 +183,9 @@ def _run_run(args: argparse.Namespace) -> int:
 def _build_mash(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="daywise table with betahat_d*, se_d* columns")
     p.add_argument("output", help="output CSV (input columns + postmean_d*, postsd_d*, lfsr_d*, lfsr_min, best_day)")
-    p.add_argument("--mode", choices=["conservative", "enriched"], default="conservative")
+    p.add_argument("--mode", choices=MASH_MODES, default="conservative")
     p.add_argument("--config", "-c", help="YAML with mash_* settings")
-    p.add_argument("--backend", choices=["native", "r"], help="overrides mash_backend")
+    p.add_argument("--backend", choices=MASH_BACKENDS, help="overrides mash_backend")
 
 
 @command("mash", "multivariate adaptive shrinkage of a daywise effect table")(_build_mash)

@@ -18,7 +18,7 @@ import dagster as dg
 
 from .assets.recovery import GROUP, build_recovery_assets
 from .executors import executor_from_env
-from .io_manager import run_folder_io_manager
+from .io_manager import RunFolderIOManager
 from .resources import ComputeResource, ExperimentConfig, LineageStore, MashBackend, StudyConfig
 
 STUDY_JOB = "simulation_study"
@@ -36,7 +36,7 @@ def build_study_definitions(study: StudyConfig | None = None) -> dg.Definitions:
             "compute": ComputeResource.from_env(),
             "mash": MashBackend.from_env(),
             "lineage": LineageStore.from_env(),
-            "io_manager": run_folder_io_manager,
+            "io_manager": RunFolderIOManager(experiment=study),
         },
         jobs=[
             dg.define_asset_job(
@@ -49,4 +49,7 @@ def build_study_definitions(study: StudyConfig | None = None) -> dg.Definitions:
     )
 
 
-defs = build_study_definitions()
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The study's code location (workspace.yaml, ``-m fatebias_dagster.study``)."""
+    return build_study_definitions()

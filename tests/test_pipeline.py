@@ -17,7 +17,7 @@ import yaml
 
 from fatebias_core.cli import main
 from fatebias_core.config import load_config
-from fatebias_core.pipeline.steps import run_chain
+from fatebias_core.pipeline.chain import run_chain
 
 from .conftest import TINY_FIT, TINY_SIM
 
@@ -142,8 +142,8 @@ def test_rerun_flag_remakes_the_step_and_what_follows(chain, sim_folder, capsys)
 
 
 def test_forget_steps_reaches_the_permutation_run(chain, tmp_path):
+    from fatebias_core.pipeline.chain import forget_steps
     from fatebias_core.pipeline.graph import Manifest
-    from fatebias_core.pipeline.steps import forget_steps
 
     out = tmp_path / "run"
     (out / "permutation" / "fit").mkdir(parents=True)

@@ -456,7 +456,7 @@ def permutation_control(experiment: Experiment, config: FatebiasConfig, out_dir:
     diagnostics, no report). Steps of an earlier permutation run on the same permuted
     data are reused.
     """
-    from fatebias_core.pipeline.steps import run_chain
+    from fatebias_core.pipeline.chain import run_chain
 
     t0 = time.perf_counter()
     out = Path(out_dir)

@@ -258,7 +258,7 @@ def run_one(run: SweepRun, config: FatebiasConfig, run_dir: str | Path) -> dict[
     from fatebias_core.checks.simulate import simulate
     from fatebias_core.config import load_config
     from fatebias_core.discovery.evaluate import evaluate_files
-    from fatebias_core.pipeline.steps import run_chain
+    from fatebias_core.pipeline.chain import run_chain
 
     t0 = time.perf_counter()
     sim = simulate(config, run_dir)

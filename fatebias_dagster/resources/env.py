@@ -1,0 +1,20 @@
+"""Resource fields set from the environment through ``dg.EnvVar``."""
+
+from __future__ import annotations
+
+import os
+from typing import TypeVar
+
+import dagster as dg
+
+T = TypeVar("T")
+
+
+def env_or(name: str, default: T) -> dg.EnvVar | T:
+    """``dg.EnvVar(name)`` when the variable is set, else ``default``.
+
+    Dagster resolves an ``EnvVar`` when the resource is initialised and shows the
+    variable's name (not its value) in the UI; an unset one fails there, so a variable
+    the user did not set leaves the field at its default.
+    """
+    return dg.EnvVar(name) if os.environ.get(name) else default
