@@ -64,10 +64,19 @@ def _user_error(result: dg.ExecuteInProcessResult) -> FatebiasError | None:
     return None
 
 
+#: The instance settings written into a new home (Dagster's defaults otherwise: SQLite storage in the home).
+INSTANCE_YAML = "# Dagster instance of fatebias runs (see the README: Dagster).\ntelemetry:\n  enabled: false\n"
+
+
 def dagster_home() -> Path:
-    """The persistent instance's folder: ``DAGSTER_HOME``, else ``~/.fatebias/dagster_home`` (created)."""
+    """The persistent instance's folder: ``DAGSTER_HOME``, else ``~/.fatebias/dagster_home``.
+
+    A new folder receives a ``dagster.yaml`` (without one Dagster prints a notice on every run).
+    """
     home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        write_text(INSTANCE_YAML, home / "dagster.yaml")
     return home
 
 
@@ -86,15 +95,17 @@ def _recorded_version(instance: dg.DagsterInstance, key: dg.AssetKey) -> str | N
 def stale_assets(instance: dg.DagsterInstance, config: FatebiasConfig) -> list[dg.AssetKey]:
     """The chain's assets whose data version in ``instance`` is not the step's version now.
 
-    A step whose files are gone is stale too, whatever the instance says.
+    A step whose files are gone is stale too, whatever the instance says; diagnostics
+    switched off (``run_diagnostics: false``) never is.
     """
     versions, layout, out = step_versions(config), ChainLayout(), Path(config.out_dir)
     stale: list[dg.AssetKey] = []
     for name, step in STEPS.items():
+        if name == "diagnostics" and not config.run_diagnostics:
+            continue  # switched off: nothing to run
         keys = layout.keys_of(name)
         current = all(_recorded_version(instance, k) == versions[name] for k in keys)
-        files = name == "diagnostics" and not config.run_diagnostics or all(p.exists() for p in step.outputs(config, out))
-        if not (current and files):
+        if not (current and all(p.exists() for p in step.outputs(config, out))):
             stale.extend(keys)
     return stale
 
@@ -189,10 +200,7 @@ def _chain_result(config: FatebiasConfig, result: dg.ExecuteInProcessResult | No
     chain = ChainResult(out_dir=out, config=config, runtime_s=runtime_s)
     ran: set[str] = set()
     for event in result.get_asset_materialization_events() if result is not None else []:
-        mat = event.step_materialization_data.materialization
-        disabled = mat.metadata.get("run_diagnostics")
-        if disabled is None or disabled.value:  # diagnostics switched off: recorded, nothing computed
-            ran.add(ASSET_STEP.get(mat.asset_key.path[-1], ""))
+        ran.add(ASSET_STEP.get(event.step_materialization_data.materialization.asset_key.path[-1], ""))
     steps = [s for s in CHAIN if s != "diagnostics" or config.run_diagnostics]
     chain.ran = [s for s in steps if s in ran]
     chain.reused = [s for s in steps if s not in ran]

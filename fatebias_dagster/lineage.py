@@ -131,29 +131,29 @@ ORDER BY made_at, m.asset_key
 CHANGES_SQL = """
 WITH RECURSIVE hits AS (SELECT * FROM materializations WHERE asset_key = 'ranked_hits'),
 ends AS (
-    (SELECT 'now' AS at, run_id, asset_key, partition_key FROM hits ORDER BY finished_at DESC LIMIT 1)
+    (SELECT 'now' AS which, run_id, asset_key, partition_key FROM hits ORDER BY finished_at DESC LIMIT 1)
     UNION ALL
     (SELECT 'last_week', run_id, asset_key, partition_key FROM hits
      WHERE finished_at <= now() - INTERVAL 7 DAY ORDER BY finished_at DESC LIMIT 1)
 ),
-made_from(at, run_id, asset_key, partition_key) AS (
+made_from(which, run_id, asset_key, partition_key) AS (
     SELECT * FROM ends
     UNION
-    SELECT m.at, e.upstream_run_id, e.upstream_asset_key, e.upstream_partition_key
+    SELECT m.which, e.upstream_run_id, e.upstream_asset_key, e.upstream_partition_key
     FROM edges e JOIN made_from m USING (run_id, asset_key, partition_key)
 ),
 used AS (      -- every setting and the input files each hit list was made from
-    SELECT at, 'input files' AS what, m.input_id AS value
+    SELECT which, 'input files' AS what, m.input_id AS value
     FROM made_from JOIN materializations m USING (run_id, asset_key, partition_key)
     WHERE m.input_id IS NOT NULL
     UNION
-    SELECT at, k.key, s."values" ->> k.key
+    SELECT which, k.key, s."values" ->> k.key
     FROM made_from JOIN materializations m USING (run_id, asset_key, partition_key)
     JOIN settings s USING (settings_id), unnest(json_keys(s."values")) AS k(key)
 )
-SELECT what, max(value) FILTER (at = 'last_week') AS last_week, max(value) FILTER (at = 'now') AS now
+SELECT what, max(value) FILTER (which = 'last_week') AS last_week, max(value) FILTER (which = 'now') AS now
 FROM used GROUP BY what
-HAVING count(DISTINCT at) = 2 AND last_week IS DISTINCT FROM now
+HAVING count(DISTINCT which) = 2 AND last_week IS DISTINCT FROM now
 ORDER BY what = 'input files' DESC, what
 """
 

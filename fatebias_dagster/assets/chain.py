@@ -159,9 +159,10 @@ def materialize(run: StepRun, layout: ChainLayout, inputs: Mapping[str, Any]) ->
     """Run the step and yield each of its assets with its data version and metadata."""
     step, names = run.step, STEP_ASSETS[run.step.name]
     if step.name == "diagnostics" and not run.config.run_diagnostics:
-        # Recorded (not skipped) so that the report downstream still runs.
+        # Recorded (so that the report's automation is not held up) but kept out of the
+        # lineage database: nothing was computed.
         run.context.log.info("run_diagnostics is false: diagnostics disabled, nothing computed")
-        md = {"run_diagnostics": dg.MetadataValue.bool(False), **run.metadata([], {})}
+        md = {"run_diagnostics": dg.MetadataValue.bool(False)}
         yield from (dg.Output(None, n, data_version=dg.DataVersion(run.version), metadata=md) for n in names)
         return
     values = {r: step_value(r, inputs) for r in step.reads}
