@@ -5,8 +5,10 @@ fatebias_core never imports Dagster: its command line finds this engine through 
 The run observes the sources, then materializes the assets whose data version in the
 Dagster instance differs from the step's version now (or whose files are gone): the
 others are current and are not run at all. The instance is persistent, so a later
-``dagster dev`` shows the run: ``DAGSTER_HOME`` when set, else
-``~/.fatebias/dagster_home`` (:func:`dagster_home`).
+``dagster dev`` shows the run: ``DAGSTER_HOME`` when set, else the run folder's own
+``<out_dir>/dagster_home`` (:func:`dagster_home`). One instance per experiment: the
+chain's asset keys are the same for every experiment, so two experiments sharing an
+instance would be one asset graph to Dagster.
 """
 
 from __future__ import annotations
@@ -32,13 +34,13 @@ from fatebias_core.pipeline.steps import FIT_DIR, write_load_files
 
 from .definitions import build_definitions
 from .jobs import CHAIN_JOB, OBSERVE_JOB
-from .lineage import record_run
+from .lineage import MD_RUN_FOLDER, record_run
 from .resources import ExperimentConfig, LineageStore
 from .runner import ChainLayout
 from .versions import ASSET_STEP, step_versions
 
-#: The instance ``fatebias run`` records its runs in when ``DAGSTER_HOME`` is unset.
-DEFAULT_DAGSTER_HOME = Path("~/.fatebias/dagster_home")
+#: The folder, inside the run folder, of the instance ``fatebias run`` uses when ``DAGSTER_HOME`` is unset.
+DAGSTER_HOME_DIR = "dagster_home"
 
 _USER_ERRORS: dict[str, type[FatebiasError]] = {
     cls.__name__: cls for cls in (FatebiasError, ConfigError, InputDataError, FitError)
@@ -68,12 +70,12 @@ def _user_error(result: dg.ExecuteInProcessResult) -> FatebiasError | None:
 INSTANCE_YAML = "# Dagster instance of fatebias runs (see the README: Dagster).\ntelemetry:\n  enabled: false\n"
 
 
-def dagster_home() -> Path:
-    """The persistent instance's folder: ``DAGSTER_HOME``, else ``~/.fatebias/dagster_home``.
+def dagster_home(out_dir: str | Path) -> Path:
+    """The persistent instance's folder: ``DAGSTER_HOME``, else ``<out_dir>/dagster_home``.
 
     A new folder receives a ``dagster.yaml`` (without one Dagster prints a notice on every run).
     """
-    home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).expanduser().resolve()
+    home = Path(os.environ.get("DAGSTER_HOME") or Path(out_dir) / DAGSTER_HOME_DIR).expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
         write_text(INSTANCE_YAML, home / "dagster.yaml")
@@ -81,15 +83,20 @@ def dagster_home() -> Path:
 
 
 @contextlib.contextmanager
-def persistent_instance() -> Iterator[dg.DagsterInstance]:
+def persistent_instance(out_dir: str | Path) -> Iterator[dg.DagsterInstance]:
     """The Dagster instance in :func:`dagster_home` (``dagster dev`` with the same home shows its runs)."""
-    with dg.DagsterInstance.from_config(str(dagster_home())) as instance:
+    with dg.DagsterInstance.from_config(str(dagster_home(out_dir))) as instance:
         yield instance
 
 
-def _recorded_version(instance: dg.DagsterInstance, key: dg.AssetKey) -> str | None:
-    entry = instance.get_latest_materialization_event(key)
-    return None if entry is None else (entry.tags or {}).get("dagster/data_version")
+def _recorded_version(instance: dg.DagsterInstance, key: dg.AssetKey, out_dir: Path, scan: int = 50) -> str | None:
+    """The data version of ``key``'s latest materialization made in ``out_dir`` (a shared
+    ``DAGSTER_HOME`` may also hold other run folders' materializations of the same key)."""
+    for rec in instance.fetch_materializations(key, limit=scan).records:
+        folder = rec.asset_materialization.metadata.get(MD_RUN_FOLDER) if rec.asset_materialization else None
+        if folder is not None and str(folder.value) == str(out_dir):
+            return (rec.event_log_entry.tags or {}).get("dagster/data_version")
+    return None
 
 
 def stale_assets(instance: dg.DagsterInstance, config: FatebiasConfig) -> list[dg.AssetKey]:
@@ -98,13 +105,13 @@ def stale_assets(instance: dg.DagsterInstance, config: FatebiasConfig) -> list[d
     A step whose files are gone is stale too, whatever the instance says; diagnostics
     switched off (``run_diagnostics: false``) never is.
     """
-    versions, layout, out = step_versions(config), ChainLayout(), Path(config.out_dir)
+    versions, layout, out = step_versions(config), ChainLayout(), Path(config.out_dir).resolve()
     stale: list[dg.AssetKey] = []
     for name, step in STEPS.items():
         if name == "diagnostics" and not config.run_diagnostics:
             continue  # switched off: nothing to run
         keys = layout.keys_of(name)
-        current = all(_recorded_version(instance, k) == versions[name] for k in keys)
+        current = all(_recorded_version(instance, k, out) == versions[name] for k in keys)
         if not (current and all(p.exists() for p in step.outputs(config, out))):
             stale.extend(keys)
     return stale
@@ -145,7 +152,8 @@ def run_chain(config: FatebiasConfig, instance: dg.DagsterInstance | None = None
     config
         Validated settings naming the experiment (``adata_path``, ``guide_map_csv``).
     instance
-        The Dagster instance to record the run in (default: :func:`persistent_instance`).
+        The Dagster instance to record the run in (default: :func:`persistent_instance`
+        of the run folder).
 
     Returns
     -------
@@ -173,7 +181,7 @@ def run_chain(config: FatebiasConfig, instance: dg.DagsterInstance | None = None
         path.write_text(config.to_yaml())
         defs = build_definitions(ExperimentConfig(config_path=str(path)), automation=False, executor=dg.in_process_executor)
         with contextlib.ExitStack() as stack:
-            inst = instance or stack.enter_context(persistent_instance())
+            inst = instance or stack.enter_context(persistent_instance(config.out_dir))
             result = _execute(defs, inst, config)
     if result is not None and not result.success:
         err = _user_error(result)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,18 +25,6 @@ GUIDE_MAP = pd.DataFrame(
         "is_ntc": [0, 0, 0, 0, 0, 1, 1],
     }
 )
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _dagster_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Runs through the Dagster engine record into a temporary instance, never the user's."""
-    old = os.environ.get("DAGSTER_HOME")
-    os.environ["DAGSTER_HOME"] = str(tmp_path_factory.mktemp("dagster_home"))
-    yield
-    if old is None:
-        os.environ.pop("DAGSTER_HOME", None)
-    else:
-        os.environ["DAGSTER_HOME"] = old
 
 
 class Lineage(np.ndarray):

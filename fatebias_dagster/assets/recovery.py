@@ -52,6 +52,11 @@ def build_recovery_assets(study: Study) -> list[dg.AssetsDefinition]:
         partitions_def=partitions, group_name=GROUP, fit_op_tags=fit_op_tags(), fit_pool=fit_pool(), include_diagnostics=False
     )
     chain = build_chain(LAYOUT, options)
+    return [sim, *chain, recovery_scores_asset(partitions), recovery_summary_asset(partitions)]
+
+
+def recovery_scores_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    """``study/recovery_scores``: one partition's ranked hits scored against its truth."""
 
     @dg.asset(
         key=SCORES_KEY,
@@ -97,6 +102,12 @@ def build_recovery_assets(study: Study) -> list[dg.AssetsDefinition]:
         md = {k: dg.MetadataValue.float(meta.rounded(v, 3)) for k, v in row.items() if k.endswith(("precision", "recall", "f1")) and not _is_nan(v)}
         md["confusion"] = dg.MetadataValue.md(meta.markdown_table(ev.confusion, max_rows=len(ev.confusion)))
         return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={**common, **md})
+
+    return recovery_scores
+
+
+def recovery_summary_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    """``recovery_summary``: every scored partition in one table and figure."""
 
     @dg.asset(
         key=SUMMARY_KEY,
@@ -150,7 +161,7 @@ def build_recovery_assets(study: Study) -> list[dg.AssetsDefinition]:
         }
         return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={**common, **md})
 
-    return [sim, *chain, recovery_scores, recovery_summary]
+    return recovery_summary
 
 
 def _is_nan(v: Any) -> bool:

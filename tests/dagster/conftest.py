@@ -58,11 +58,10 @@ def simulate_tiny(folder: Path, **settings: object) -> Path:
 
 
 @pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pytest.MonkeyPatch]:
-    """The platform's environment variables unset; a fresh Dagster instance in DAGSTER_HOME."""
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """The platform's environment variables unset (``fatebias run``'s instance: the run folder's own)."""
     for name in PLATFORM_ENV:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     yield monkeypatch
 
 
@@ -87,12 +86,7 @@ def write_debug_instance_yaml(home: Path) -> Path:
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
-    """The current environment without the platform's variables, plus ``extra``.
-
-    ``DAGSTER_HOME`` stays the test's own (never the user's ``~/.fatebias/dagster_home``)
-    unless ``extra`` names another.
-    """
+    """The current environment without the platform's variables, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if k not in PLATFORM_ENV}
-    env["DAGSTER_HOME"] = os.environ["DAGSTER_HOME"]
     env.update(extra)
     return env

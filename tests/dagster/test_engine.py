@@ -57,13 +57,14 @@ def test_demo_and_run_at_once_then_threshold_edit(tmp_path: Path, tiny_experimen
 
     prov = db.query(PROVENANCE_SQL)
     assert set(prov["asset_key"]) == CHAIN_ROWS - {"report"}  # what the hit list was built from, along the edges
-    assert prov["run_id"].nunique() == 1
+    assert prov["run_id"].nunique() == 1  # each experiment has its own instance: no crossed edges
     load = prov.set_index("asset_key").loc["filtered_cells"]
     assert load["input_files"][0].endswith("adata.h5ad") and load["input_files"][1].endswith("guide_map.csv")
     assert prov.set_index("asset_key").loc["ranked_hits", "settings"]
 
     # Only ranking (and aggregation, which calls days with the same thresholds) reruns: the
-    # persistent instance (DAGSTER_HOME) holds the data versions the subprocesses recorded.
+    # run folder's persistent instance holds the data versions the subprocess recorded.
+    assert (run_dir / "results" / "dagster_home" / "dagster.yaml").is_file()
     cfg_path = run_dir / "config.yaml"
     data = yaml.safe_load(cfg_path.read_text())
     cfg_path.write_text(yaml.safe_dump({**data, "mash_lfsr_thresh_day": 0.01}))
