@@ -25,7 +25,6 @@ import dagster as dg
 
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.pipeline.graph import (
-    UPSTREAM,
     code_versions,
     file_hash,
     input_version,
@@ -111,18 +110,6 @@ def step_versions(config: FatebiasConfig) -> dict[str, str]:
     return core_step_versions(config, watched_input_version(config))
 
 
-def upstream_closure(step: str) -> list[str]:
-    """``step`` and every step it reads from, transitively."""
-    seen: list[str] = []
-    stack = [step]
-    while stack:
-        s = stack.pop()
-        if s not in seen:
-            seen.append(s)
-            stack.extend(UPSTREAM[s])
-    return seen
-
-
 __all__ = [
     "ASSET_STEP",
     "code_versions",
@@ -136,6 +123,5 @@ __all__ = [
     "settings_values",
     "settings_version",
     "step_versions",
-    "upstream_closure",
     "watched_input_version",
 ]

@@ -31,5 +31,10 @@ class LineageStore(dg.ConfigurableResource):
         return cls(path=env_or(LINEAGE_ENV, None))
 
     def db(self, default: Path) -> LineageDB:
-        """The lineage database (``default`` when no path is configured)."""
-        return LineageDB(Path(self.path) if self.path else default, timeout_s=self.timeout_s)
+        """The lineage database (``default`` when no path is configured).
+
+        Outside a run (``fatebias lineage``, the engine) the ``EnvVar`` is resolved here;
+        inside one Dagster has resolved it already.
+        """
+        resolved = self.process_config_and_initialize()
+        return LineageDB(Path(resolved.path) if resolved.path else default, timeout_s=resolved.timeout_s)
