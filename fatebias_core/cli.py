@@ -174,7 +174,7 @@ def _run_run(args: argparse.Namespace) -> int:
         dropped = forget_steps(cfg, args.rerun)
         if dropped:
             print(f"rerunning {', '.join(dropped)} in {cfg.out_dir}", file=sys.stderr)
-    result = chain_engine(args.engine)(cfg)
+    result = chain_engine(args.engine)(cfg, rerun=args.rerun)
     print(result.describe())
     return 0
 

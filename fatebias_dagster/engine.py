@@ -29,7 +29,7 @@ from fatebias_core.errors import ConfigError, FatebiasError, FitError, InputData
 from fatebias_core.io import read_csv, write_text
 from fatebias_core.pipeline.chain import ChainResult
 from fatebias_core.pipeline.check import load_experiment_checked
-from fatebias_core.pipeline.graph import CHAIN, STEPS
+from fatebias_core.pipeline.graph import CHAIN, STEPS, downstream
 from fatebias_core.pipeline.steps import FIT_DIR, write_load_files
 
 from .definitions import build_definitions
@@ -117,8 +117,10 @@ def stale_assets(instance: dg.DagsterInstance, config: FatebiasConfig) -> list[d
     return stale
 
 
-def _execute(defs: dg.Definitions, instance: dg.DagsterInstance, config: FatebiasConfig) -> dg.ExecuteInProcessResult | None:
-    """Observe the sources, then materialize the stale assets (None: all were current)."""
+def _execute(
+    defs: dg.Definitions, instance: dg.DagsterInstance, config: FatebiasConfig, rerun: str | None = None
+) -> dg.ExecuteInProcessResult | None:
+    """Observe the sources, then materialize the stale assets and ``rerun`` onwards (None: nothing to do)."""
     # Failures come back as exceptions (user errors as their one line); Dagster's own log
     # would print them again with a stack trace.
     run_config = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
@@ -126,6 +128,8 @@ def _execute(defs: dg.Definitions, instance: dg.DagsterInstance, config: Fatebia
     if not observed.success:
         return observed
     stale = stale_assets(instance, config)
+    forced = [k for s in (downstream(rerun) if rerun else []) for k in ChainLayout().keys_of(s)]
+    stale += [k for k in forced if k not in stale and (config.run_diagnostics or k.path[-1] != "diagnostics")]
     if not stale:
         return None
     result = defs.resolve_job_def(CHAIN_JOB).execute_in_process(
@@ -144,7 +148,7 @@ def _failure(result: dg.ExecuteInProcessResult) -> str:
     return "see the log above"
 
 
-def run_chain(config: FatebiasConfig, instance: dg.DagsterInstance | None = None) -> ChainResult:
+def run_chain(config: FatebiasConfig, instance: dg.DagsterInstance | None = None, rerun: str | None = None) -> ChainResult:
     """Materialize the stale part of the chain for ``config`` in this process, through Dagster.
 
     Parameters
@@ -154,6 +158,8 @@ def run_chain(config: FatebiasConfig, instance: dg.DagsterInstance | None = None
     instance
         The Dagster instance to record the run in (default: :func:`persistent_instance`
         of the run folder).
+    rerun
+        Remake this step and every step after it even when current (``--rerun``).
 
     Returns
     -------
@@ -182,7 +188,7 @@ def run_chain(config: FatebiasConfig, instance: dg.DagsterInstance | None = None
         defs = build_definitions(ExperimentConfig(config_path=str(path)), automation=False, executor=dg.in_process_executor)
         with contextlib.ExitStack() as stack:
             inst = instance or stack.enter_context(persistent_instance(config.out_dir))
-            result = _execute(defs, inst, config)
+            result = _execute(defs, inst, config, rerun)
     if result is not None and not result.success:
         err = _user_error(result)
         if err is not None:

@@ -33,6 +33,7 @@ from fatebias_core.pipeline.graph import (
     STEPS,
     Manifest,
     Step,
+    downstream,
     input_version,
     step_versions,
 )
@@ -98,7 +99,9 @@ def step_inputs(step: Step, config: FatebiasConfig, out: Path, values: dict[str,
     return values
 
 
-def run_chain(config: FatebiasConfig, until: str | None = None, experiment: Experiment | None = None) -> ChainResult:
+def run_chain(
+    config: FatebiasConfig, until: str | None = None, experiment: Experiment | None = None, rerun: str | None = None
+) -> ChainResult:
     """Run every step of the chain into ``config.out_dir``, reusing steps that are current.
 
     A step is reused when the run folder's manifest records it made at the same version
@@ -114,6 +117,8 @@ def run_chain(config: FatebiasConfig, until: str | None = None, experiment: Expe
         Stop after this step (``export`` for ``fatebias fit``).
     experiment
         An already loaded experiment (skips reading the files again).
+    rerun
+        Remake this step and every step after it even when current (``--rerun``).
     """
     t0 = time.perf_counter()
     if experiment is None:
@@ -126,9 +131,10 @@ def run_chain(config: FatebiasConfig, until: str | None = None, experiment: Expe
     manifest = Manifest.open(out)
     result = ChainResult(out_dir=out, config=config)
     values: dict[str, Any] = {"load": experiment}
+    forced = set(downstream(rerun)) if rerun else set()
     for step in chain_steps(config, until):
         # The report reruns whenever any step before it ran: the page shows them all.
-        force = step.name == "report" and bool(result.ran)
+        force = step.name in forced or (step.name == "report" and bool(result.ran))
         if not force and manifest.is_current(step.name, versions[step.name]):
             result.reused.append(step.name)
         else:

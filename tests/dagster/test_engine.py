@@ -85,6 +85,8 @@ def test_demo_and_run_at_once_then_threshold_edit(tmp_path: Path, tiny_experimen
     # Nothing changed: no Dagster run at all.
     again = run_chain(load_config(cfg_path))
     assert again.ran == [] and again.reused == ["fit", "export", "mash", "aggregate", "rank", "report"]
+    forced = run_chain(load_config(cfg_path), rerun="rank")  # fatebias run --rerun rank
+    assert forced.ran == ["rank", "report"] and forced.reused == ["fit", "export", "mash", "aggregate"]
 
     # The values handed between assets are rebuilt from the run folder's files (no pickles): a
     # fresh instance materializes daywise_exports alone from the fit's npz.
