@@ -35,6 +35,7 @@ from .executors import executor_from_env, fit_op_tags, fit_pool
 from .io_manager import RunFolderIOManager
 from .jobs import build_chain_job, build_observe_job
 from .resources import ComputeResource, ExperimentConfig, LineageStore, MashBackend
+from .resources.env import resolved
 from .runner import ChainLayout
 from .versions import EXPERIMENT_KEY, SIMULATED_KEY
 
@@ -84,7 +85,7 @@ def build_definitions(
     resources = chain_resources(experiment)
     # The graph's shape (demo or real files) is fixed when the definitions load: read the
     # configuration named now (an EnvVar field is resolved here).
-    demo = resources["experiment"].process_config_and_initialize().is_demo()
+    demo = resolved(resources["experiment"]).is_demo()
     assets = chain_assets(demo, automation=automation)
     chain_job = build_chain_job()
     return dg.Definitions(
