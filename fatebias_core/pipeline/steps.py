@@ -1,9 +1,10 @@
-"""The chain as step functions, and the whole chain in one call.
+"""The chain as step functions (the whole chain: :mod:`fatebias_core.pipeline.chain`).
 
 Each ``*_step`` function is one step of MODEL.md's chain: it takes typed inputs and the
 configuration, writes its files (seed names) into the run folder, and returns a typed
-result. ``fatebias run``/``demo`` (through :func:`run_chain`) and the Dagster assets
-call the same functions; neither adds logic of its own.
+result. ``fatebias run``/``demo`` (through :func:`fatebias_core.pipeline.chain.run_chain`)
+and the Dagster assets call the same functions (through the step table,
+:data:`fatebias_core.pipeline.graph.STEPS`); neither adds logic of its own.
 """
 
 from __future__ import annotations
