@@ -13,6 +13,7 @@ copy (keys ``study/...``) are the same code. Each step of
   ``fatebias run --engine local``.
 """
 
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -163,7 +164,7 @@ def materialize(run: StepRun, layout: ChainLayout, inputs: Mapping[str, Any]) ->
         # lineage database: nothing was computed.
         run.context.log.info("run_diagnostics is false: diagnostics disabled, nothing computed")
         md = {"run_diagnostics": dg.MetadataValue.bool(False)}
-        yield from (dg.Output(None, n, data_version=dg.DataVersion(run.version), metadata=md) for n in names)
+        yield from (versioned_output(None, n, run.version, md) for n in names)
         return
     values = {r: step_value(r, inputs) for r in step.reads}
     value = step.call(run.config, run.out_dir, values)
@@ -176,7 +177,14 @@ def materialize(run: StepRun, layout: ChainLayout, inputs: Mapping[str, Any]) ->
     common["step version"] = dg.MetadataValue.text(run.version)
     for name, asset_value in asset_values(step.name, value).items():
         md = {**common, **described.metadata.get("", {}), **described.metadata.get(name, {})}
-        yield dg.Output(asset_value, name, data_version=dg.DataVersion(run.version), metadata=md)
+        yield versioned_output(asset_value, name, run.version, md)
 
 
-__all__ = ["CHAIN_GROUP", "DESCRIPTIONS", "ChainOptions", "build_chain", "step_asset"]
+def versioned_output(value: Any, name: str, version: str, metadata: Mapping[str, Any]) -> dg.Output:
+    """An output carrying its data version (a beta parameter in this Dagster version; its warning silenced)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return dg.Output(value, name, data_version=dg.DataVersion(version), metadata=dict(metadata))
+
+
+__all__ = ["CHAIN_GROUP", "DESCRIPTIONS", "ChainOptions", "build_chain", "step_asset", "versioned_output"]
