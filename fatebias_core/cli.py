@@ -12,6 +12,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 
+from fatebias_core.config import DEVICES, MASH_BACKENDS, MASH_MODES
 from fatebias_core.errors import FatebiasError
 from fatebias_core.pipeline.graph import CHAIN
 
@@ -44,7 +45,7 @@ def _config(args: argparse.Namespace, **overrides):
 def _build_fit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", required=True, help="YAML configuration file")
     p.add_argument("--out", help="output folder (overrides out_dir)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="torch device (overrides device)")
+    p.add_argument("--device", choices=DEVICES, help="torch device (overrides device)")
     p.add_argument("--num-steps", type=int, help="SVI steps (overrides num_steps)")
 
 
@@ -173,7 +174,7 @@ def _run_run(args: argparse.Namespace) -> int:
         dropped = forget_steps(cfg, args.rerun)
         if dropped:
             print(f"rerunning {', '.join(dropped)} in {cfg.out_dir}", file=sys.stderr)
-    result = chain_engine(args.engine)(cfg)
+    result = chain_engine(args.engine)(cfg, rerun=args.rerun)
     print(result.describe())
     return 0
 
@@ -182,9 +183,9 @@ def _run_run(args: argparse.Namespace) -> int:
 def _build_mash(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="daywise table with betahat_d*, se_d* columns")
     p.add_argument("output", help="output CSV (input columns + postmean_d*, postsd_d*, lfsr_d*, lfsr_min, best_day)")
-    p.add_argument("--mode", choices=["conservative", "enriched"], default="conservative")
+    p.add_argument("--mode", choices=MASH_MODES, default="conservative")
     p.add_argument("--config", "-c", help="YAML with mash_* settings")
-    p.add_argument("--backend", choices=["native", "r"], help="overrides mash_backend")
+    p.add_argument("--backend", choices=MASH_BACKENDS, help="overrides mash_backend")
 
 
 @command("mash", "multivariate adaptive shrinkage of a daywise effect table")(_build_mash)

@@ -21,8 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fatebias_core.errors import ConfigError
 
+#: Allowed values of the settings that the command line and the platform also offer.
+Device = Literal["auto", "cpu", "cuda"]
+MashBackendName = Literal["native", "r"]
 MashMode = Literal["conservative", "enriched"]
-"""The two mash modes: conservative (canonical covariances, nullbiased prior) and enriched (data-driven covariances)."""
+DEVICES: tuple[str, ...] = get_args(Device)
+MASH_BACKENDS: tuple[str, ...] = get_args(MashBackendName)
 MASH_MODES: tuple[str, ...] = get_args(MashMode)
 
 # Group names, in the order the README's configuration reference lists them.
@@ -87,7 +91,7 @@ class FatebiasConfig(BaseModel):
     convergence_tol: float = _f(1e-4, "Converged when the windowed mean ELBO changes by less than this fraction.", "inference", gt=0)
     num_posterior_draws: int = _f(1000, "Posterior draws S taken from the fitted guide.", "inference", ge=10)
     seed: int = _f(0, "Random seed: the same seed gives the same numbers on CPU.", "inference")
-    device: Literal["auto", "cpu", "cuda"] = _f("auto", "Torch device for the fit: auto picks cuda when available.", "inference")
+    device: Device = _f("auto", "Torch device for the fit: auto picks cuda when available.", "inference")
     posterior_method: Literal["meanfield", "laplace", "bootstrap"] = _f("laplace", "Posterior of the effects: the SVI mean-field guide; a Laplace approximation at the conditional mode that keeps their correlations; or a one-step Newton bootstrap over cells around that mode.", "inference")
     uncertainty: Literal["cluster_robust", "model"] = _f("cluster_robust", "Covariance of the laplace/bootstrap posterior: cluster_robust treats clones (clone_key, or identical guide sets) as the independent units (a sandwich H^-1 (Q + J) H^-1 with J summed over clones; the bootstrap resamples clones); model trusts the likelihood's curvature, right only when cells are independent.", "inference")
     bootstrap_replicates: int = _f(200, "Replicates of posterior_method: bootstrap.", "inference", ge=10)
@@ -104,7 +108,7 @@ class FatebiasConfig(BaseModel):
     qc_offset_tol: float = _f(1e-3, "Warn when |mean delta| or |theta - mean beta| of a gene exceeds this.", "exports", gt=0)
 
     # ------------------------------------------------------------------ mash (7)
-    mash_backend: Literal["native", "r"] = _f("native", "mash implementation: native (numpy/scipy) or r (rpy2 + R mashr).", "mash")
+    mash_backend: MashBackendName = _f("native", "mash implementation: native (numpy/scipy) or r (rpy2 + R mashr).", "mash")
     mash_se_inflate: float = _f(1.5, "Standard errors are multiplied by this before mash ...", "mash", gt=0)
     mash_se_floor: float = _f(0.02, "... and floored at this.", "mash", ge=0)
     mash_estimate_V: bool = _f(True, "Estimate the null correlation V (estimate_null_correlation_simple); identity if false.", "mash")

@@ -6,12 +6,13 @@
   started for that: hashing happens in the sensor.
 * Every chain asset carries :data:`RERUN_ON_NEW_DATA`: once it has been materialized,
   it is rematerialized when one of its upstream assets updates (a source observed with
-  a new data version, or an upstream asset requested in the same tick), so one edit
+  a new data version, or an upstream asset requested in the same tick) or its code
+  version changed (an edit of a module its step runs), so one edit
   reruns exactly the stale assets, in one run. ``fatebias_automation``, the
   automation-condition sensor that evaluates it, runs by default and tags its runs
   ``gpu`` (one at a time, ``dagster.yaml``).
 * ``nightly_refresh`` (stopped by default) materializes the chain every night at 03:00;
-  current steps are reused, so it costs nothing when nothing changed.
+  every step is recomputed (use it to refresh from sources outside the change sensor's view).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ DATA_VERSION_TAG = "dagster/data_version"  # the tag Dagster reads an observatio
 
 RERUN_ON_NEW_DATA = (
     (
-        dg.AutomationCondition.any_deps_updated().since_last_handled()
+        (dg.AutomationCondition.any_deps_updated() | dg.AutomationCondition.code_version_changed()).since_last_handled()
         & ~dg.AutomationCondition.missing()
         & ~dg.AutomationCondition.any_deps_missing()
         & ~dg.AutomationCondition.any_deps_in_progress()
@@ -96,5 +97,5 @@ def build_schedule(job: dg.UnresolvedAssetJobDefinition) -> dg.ScheduleDefinitio
         job=job,
         cron_schedule="0 3 * * *",
         default_status=dg.DefaultScheduleStatus.STOPPED,
-        description="Materializes the chain at 03:00; steps whose files are current are reused.",
+        description="Materializes the whole chain at 03:00 (every step recomputed).",
     )

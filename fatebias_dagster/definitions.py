@@ -23,7 +23,7 @@ import warnings
 
 import dagster as dg
 
-from .assets.chain import build_chain
+from .assets.chain import ChainOptions, build_chain
 from .assets.sources import build_sources
 from .automation import (
     RERUN_ON_NEW_DATA,
@@ -32,9 +32,10 @@ from .automation import (
     build_schedule,
 )
 from .executors import executor_from_env, fit_op_tags, fit_pool
-from .io_manager import run_folder_io_manager
+from .io_manager import RunFolderIOManager
 from .jobs import build_chain_job, build_observe_job
 from .resources import ComputeResource, ExperimentConfig, LineageStore, MashBackend
+from .resources.env import resolved
 from .runner import ChainLayout
 from .versions import EXPERIMENT_KEY, SIMULATED_KEY
 
@@ -47,12 +48,13 @@ if os.environ.get("FATEBIAS_LOG_LEVEL", "INFO").upper() != "DEBUG":
 
 def chain_resources(experiment: ExperimentConfig | None = None) -> dict[str, object]:
     """The resources of the main chain, from the environment unless ``experiment`` is given."""
+    experiment = experiment or ExperimentConfig.from_env()
     return {
-        "experiment": experiment or ExperimentConfig.from_env(),
+        "experiment": experiment,
         "compute": ComputeResource.from_env(),
         "mash": MashBackend.from_env(),
         "lineage": LineageStore.from_env(),
-        "io_manager": run_folder_io_manager,
+        "io_manager": RunFolderIOManager(experiment=experiment),
     }
 
 
@@ -62,12 +64,7 @@ def chain_assets(demo: bool, automation: bool = True) -> list:
     condition = RERUN_ON_NEW_DATA if automation else None
     return [
         *build_sources(demo, automation_condition=condition),
-        *build_chain(
-            layout,
-            automation_condition=condition,
-            fit_op_tags=fit_op_tags(),
-            fit_pool=fit_pool(),
-        ),
+        *build_chain(layout, ChainOptions(automation_condition=condition, fit_op_tags=fit_op_tags(), fit_pool=fit_pool())),
     ]
 
 
@@ -86,7 +83,9 @@ def build_definitions(
         The executor (default: from ``FATEBIAS_EXECUTOR``).
     """
     resources = chain_resources(experiment)
-    demo = resources["experiment"].is_demo()
+    # The graph's shape (demo or real files) is fixed when the definitions load: read the
+    # configuration named now (an EnvVar field is resolved here).
+    demo = resolved(resources["experiment"]).is_demo()
     assets = chain_assets(demo, automation=automation)
     chain_job = build_chain_job()
     return dg.Definitions(
@@ -98,3 +97,8 @@ def build_definitions(
         executor=executor or executor_from_env(),
     )
 
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The main code location, loaded by ``dagster dev`` (workspace.yaml) and ``-m fatebias_dagster``."""
+    return build_definitions()

@@ -2,34 +2,46 @@
 
 fatebias_core never imports Dagster: its command line finds this engine through the
 ``fatebias.engines`` entry point (``dagster = "fatebias_dagster.engine:run_chain"``).
-The run materializes the same assets as ``dagster dev`` (sources observed first), writes
-the same lineage rows, and is recorded in the Dagster instance named by
-``DAGSTER_HOME`` when that is set (so it shows in the UI), else in an ephemeral one.
+The run observes the sources, then materializes the assets whose data version in the
+Dagster instance differs from the step's version now (or whose files are gone): the
+others are current and are not run at all. The instance is persistent, so a later
+``dagster dev`` shows the run: ``DAGSTER_HOME`` when set, else the run folder's own
+``<out_dir>/dagster_home`` (:func:`dagster_home`). One instance per experiment: the
+chain's asset keys are the same for every experiment, so two experiments sharing an
+instance would be one asset graph to Dagster.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.errors import ConfigError, FatebiasError, FitError, InputDataError
-from fatebias_core.io import layout as names
-from fatebias_core.io import read_csv
+from fatebias_core.io import layout as run_files
+from fatebias_core.io import read_csv, write_text
 from fatebias_core.pipeline.chain import ChainResult
 from fatebias_core.pipeline.check import load_experiment_checked
-from fatebias_core.pipeline.graph import CHAIN
+from fatebias_core.pipeline.graph import CHAIN, STEPS, downstream
+from fatebias_core.pipeline.steps import write_load_files
 
 from .definitions import build_definitions
 from .jobs import CHAIN_JOB, OBSERVE_JOB
+from .lineage import MD_RUN_FOLDER, record_run
 from .resources import ExperimentConfig, LineageStore
-from .versions import ASSET_STEP
+from .runner import ChainLayout
+from .versions import ASSET_STEP, step_versions
+
+#: The folder, inside the run folder, of the instance ``fatebias run`` uses when ``DAGSTER_HOME`` is unset.
+DAGSTER_HOME_DIR = "dagster_home"
 
 _USER_ERRORS: dict[str, type[FatebiasError]] = {
     cls.__name__: cls for cls in (FatebiasError, ConfigError, InputDataError, FitError)
@@ -55,15 +67,77 @@ def _user_error(result: dg.ExecuteInProcessResult) -> FatebiasError | None:
     return None
 
 
-def _execute(defs: dg.Definitions, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
-    """Observe the sources, then materialize the chain: two runs in ``instance``."""
+#: The instance settings written into a new home (Dagster's defaults otherwise: SQLite storage in the home).
+INSTANCE_YAML = "# Dagster instance of fatebias runs (see the README: Dagster).\ntelemetry:\n  enabled: false\n"
+
+
+def dagster_home(out_dir: str | Path) -> Path:
+    """The persistent instance's folder: ``DAGSTER_HOME``, else ``<out_dir>/dagster_home``.
+
+    A new folder receives a ``dagster.yaml`` (without one Dagster prints a notice on every run).
+    """
+    home = Path(os.environ.get("DAGSTER_HOME") or Path(out_dir) / DAGSTER_HOME_DIR).expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        write_text(INSTANCE_YAML, home / "dagster.yaml")
+    return home
+
+
+@contextlib.contextmanager
+def persistent_instance(out_dir: str | Path) -> Iterator[dg.DagsterInstance]:
+    """The Dagster instance in :func:`dagster_home` (``dagster dev`` with the same home shows its runs)."""
+    with dg.DagsterInstance.from_config(str(dagster_home(out_dir))) as instance:
+        yield instance
+
+
+def _recorded_version(instance: dg.DagsterInstance, key: dg.AssetKey, out_dir: Path, scan: int = 50) -> str | None:
+    """The data version of ``key``'s latest materialization made in ``out_dir`` (a shared
+    ``DAGSTER_HOME`` may also hold other run folders' materializations of the same key)."""
+    for rec in instance.fetch_materializations(key, limit=scan).records:
+        folder = rec.asset_materialization.metadata.get(MD_RUN_FOLDER) if rec.asset_materialization else None
+        if folder is not None and str(folder.value) == str(out_dir):
+            return (rec.event_log_entry.tags or {}).get("dagster/data_version")
+    return None
+
+
+def stale_assets(instance: dg.DagsterInstance, config: FatebiasConfig) -> list[dg.AssetKey]:
+    """The chain's assets whose data version in ``instance`` is not the step's version now.
+
+    A step whose files are gone is stale too, whatever the instance says; diagnostics
+    switched off (``run_diagnostics: false``) never is.
+    """
+    versions, layout, out = step_versions(config), ChainLayout(), Path(config.out_dir).resolve()
+    stale: list[dg.AssetKey] = []
+    for name, step in STEPS.items():
+        if name == "diagnostics" and not config.run_diagnostics:
+            continue  # switched off: nothing to run
+        keys = layout.keys_of(name)
+        current = all(_recorded_version(instance, k, out) == versions[name] for k in keys)
+        if not (current and all(p.exists() for p in step.outputs(config, out))):
+            stale.extend(keys)
+    return stale
+
+
+def _execute(
+    defs: dg.Definitions, instance: dg.DagsterInstance, config: FatebiasConfig, rerun: str | None = None
+) -> dg.ExecuteInProcessResult | None:
+    """Observe the sources, then materialize the stale assets and ``rerun`` onwards (None: nothing to do)."""
     # Failures come back as exceptions (user errors as their one line); Dagster's own log
     # would print them again with a stack trace.
     run_config = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
     observed = defs.resolve_job_def(OBSERVE_JOB).execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
     if not observed.success:
         return observed
-    return defs.resolve_job_def(CHAIN_JOB).execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
+    stale = stale_assets(instance, config)
+    forced = [k for s in (downstream(rerun) if rerun else []) for k in ChainLayout().keys_of(s)]
+    stale += [k for k in forced if k not in stale and (config.run_diagnostics or k.path[-1] != "diagnostics")]
+    if not stale:
+        return None
+    result = defs.resolve_job_def(CHAIN_JOB).execute_in_process(
+        instance=instance, run_config=run_config, raise_on_error=False, asset_selection=stale
+    )
+    record_run(instance, result.run_id)
+    return result
 
 
 def _failure(result: dg.ExecuteInProcessResult) -> str:
@@ -75,16 +149,18 @@ def _failure(result: dg.ExecuteInProcessResult) -> str:
     return "see the log above"
 
 
-def run_chain(config: FatebiasConfig, instance: dg.DagsterInstance | None = None) -> ChainResult:
-    """Materialize the whole chain for ``config`` in this process, through Dagster.
+def run_chain(config: FatebiasConfig, instance: dg.DagsterInstance | None = None, rerun: str | None = None) -> ChainResult:
+    """Materialize the stale part of the chain for ``config`` in this process, through Dagster.
 
     Parameters
     ----------
     config
         Validated settings naming the experiment (``adata_path``, ``guide_map_csv``).
     instance
-        The Dagster instance to record the run in (default: ``DAGSTER_HOME``'s, else an
-        ephemeral one).
+        The Dagster instance to record the run in (default: :func:`persistent_instance`
+        of the run folder).
+    rerun
+        Remake this step and every step after it even when current (``--rerun``).
 
     Returns
     -------
@@ -102,52 +178,51 @@ def run_chain(config: FatebiasConfig, instance: dg.DagsterInstance | None = None
     t0 = time.perf_counter()
     # Validate the inputs before Dagster observes anything: a run that fails validation
     # leaves no run folder, lineage database or lock behind (a few seconds at 200k cells).
-    load_experiment_checked(config, verbose=False)
+    experiment = load_experiment_checked(config, verbose=False)
     # Dagster's instance storage migrates with alembic, which logs every step at INFO.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     config = _absolute(config)
+    _write_run_files(config, experiment)
     with tempfile.TemporaryDirectory(prefix="fatebias-engine-") as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(config.to_yaml())
         defs = build_definitions(ExperimentConfig(config_path=str(path)), automation=False, executor=dg.in_process_executor)
-        if instance is not None:
-            result = _execute(defs, instance)
-        elif os.environ.get("DAGSTER_HOME"):
-            with dg.DagsterInstance.get() as inst:
-                result = _execute(defs, inst)
-        else:
-            with dg.DagsterInstance.ephemeral() as inst:
-                result = _execute(defs, inst)
-    if not result.success:
+        with contextlib.ExitStack() as stack:
+            inst = instance or stack.enter_context(persistent_instance(config.out_dir))
+            result = _execute(defs, inst, config, rerun)
+    if result is not None and not result.success:
         err = _user_error(result)
         if err is not None:
             raise err
         raise RuntimeError(f"the chain failed in Dagster run {result.run_id}: {_failure(result)}")
     chain = _chain_result(config, result, time.perf_counter() - t0)
     lineage = LineageStore.from_env().db(Path(config.out_dir) / "lineage.duckdb").path
-    chain.notes.append(f"Dagster run {result.run_id}; lineage in {lineage}")
+    run = f"Dagster run {result.run_id}" if result is not None else "every step current: no Dagster run"
+    chain.notes.append(f"{run}; lineage in {lineage}")
     return chain
 
 
-def _chain_result(config: FatebiasConfig, result: dg.ExecuteInProcessResult, runtime_s: float) -> ChainResult:
+def _write_run_files(config: FatebiasConfig, experiment: object) -> None:
+    """The files ``fatebias run`` writes whatever it reruns (as the local engine does)."""
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_load_files(experiment, out)
+    write_text(config.to_yaml(), out / run_files.CONFIG_USED)
+
+
+def _chain_result(config: FatebiasConfig, result: dg.ExecuteInProcessResult | None, runtime_s: float) -> ChainResult:
     out = Path(config.out_dir)
     chain = ChainResult(out_dir=out, config=config, runtime_s=runtime_s)
-    status: dict[str, bool] = {}
-    for event in result.get_asset_materialization_events():
-        mat = event.step_materialization_data.materialization
-        step = ASSET_STEP.get(mat.asset_key.path[-1])
-        reused = mat.metadata.get("reused")
-        disabled = mat.metadata.get("run_diagnostics")
-        if disabled is not None and not disabled.value:
-            continue  # diagnostics switched off: recorded, nothing computed
-        if step and step in CHAIN:
-            status[step] = bool(reused.value) if reused is not None else False
-    chain.ran = [s for s in CHAIN if s in status and not status[s]]
-    chain.reused = [s for s in CHAIN if s in status and status[s]]
-    fit_json = out / names.FIT_DIR / names.FIT_META
+    ran: set[str] = set()
+    for event in result.get_asset_materialization_events() if result is not None else []:
+        ran.add(ASSET_STEP.get(event.step_materialization_data.materialization.asset_key.path[-1], ""))
+    steps = [s for s in CHAIN if s != "diagnostics" or config.run_diagnostics]
+    chain.ran = [s for s in steps if s in ran]
+    chain.reused = [s for s in steps if s not in ran]
+    fit_json = out / run_files.FIT_DIR / run_files.FIT_META
     if fit_json.exists():
         chain.fit_info = json.loads(fit_json.read_text()).get("info", {})
-    hits = out / "hits_ranked.csv"
+    hits = out / run_files.HITS
     if hits.exists():
         chain.hits = read_csv(hits, what="hits", dtype={"gene": str, "active_days": str, "active_days_any": str})
     return chain

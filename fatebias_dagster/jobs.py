@@ -24,7 +24,7 @@ def build_chain_job() -> dg.UnresolvedAssetJobDefinition:
         CHAIN_JOB,
         selection=dg.AssetSelection.all(),
         tags={"gpu": "1"},
-        description="Materialize the whole chain (steps whose files are current are reused).",
+        description="Materialize the whole chain (fatebias run selects only its stale assets).",
     )
 
 

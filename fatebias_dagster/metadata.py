@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from fatebias_core.config import FatebiasConfig
+from fatebias_core.io import layout as run_files
 from fatebias_core.types import GuideEmbedding, LoadSummary
 
 MD = dg.MetadataValue
@@ -72,7 +73,7 @@ def load_metadata(summary: LoadSummary, config: FatebiasConfig) -> dict[str, Any
         "cells in": MD.int(summary.n_cells_in),
         "cells kept": MD.int(summary.n_cells_kept),
         "dropped": MD.json({k: int(v) for k, v in summary.dropped.items()}),
-        "dropped cells listed in": MD.path("dropped_cells.csv"),
+        "dropped cells listed in": MD.path(run_files.DROPPED_CELLS),
         "cells per day": MD.json(summary.cells_per_day),
         "Kmax": MD.int(config.Kmax),
         "fate names from": MD.text(summary.fate_names_source),

@@ -18,8 +18,9 @@ import dagster as dg
 
 from .assets.recovery import GROUP, build_recovery_assets
 from .executors import executor_from_env
-from .io_manager import run_folder_io_manager
+from .io_manager import RunFolderIOManager
 from .resources import ComputeResource, ExperimentConfig, LineageStore, MashBackend, StudyConfig
+from .resources.env import resolved
 
 STUDY_JOB = "simulation_study"
 
@@ -27,7 +28,9 @@ STUDY_JOB = "simulation_study"
 def build_study_definitions(study: StudyConfig | None = None) -> dg.Definitions:
     """The study's definitions (resources from the environment unless ``study`` is given)."""
     study = study or StudyConfig.from_env(ExperimentConfig.from_env())
-    assets = build_recovery_assets(study.load())
+    # The partitions are fixed when the definitions load: read the study named now (an
+    # EnvVar field is resolved here).
+    assets = build_recovery_assets(resolved(study).load())
     partitioned = dg.AssetSelection.groups(GROUP) - dg.AssetSelection.assets("recovery_summary")
     return dg.Definitions(
         assets=assets,
@@ -36,7 +39,7 @@ def build_study_definitions(study: StudyConfig | None = None) -> dg.Definitions:
             "compute": ComputeResource.from_env(),
             "mash": MashBackend.from_env(),
             "lineage": LineageStore.from_env(),
-            "io_manager": run_folder_io_manager,
+            "io_manager": RunFolderIOManager(experiment=study),
         },
         jobs=[
             dg.define_asset_job(
@@ -49,4 +52,7 @@ def build_study_definitions(study: StudyConfig | None = None) -> dg.Definitions:
     )
 
 
-defs = build_study_definitions()
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The study's code location (workspace.yaml, ``-m fatebias_dagster.study``)."""
+    return build_study_definitions()

@@ -1,6 +1,7 @@
 """Data versions: the same step versions ``fatebias run`` uses, reported to Dagster.
 
-fatebias_core.pipeline.graph defines a step's *version* as a hash of its code version, the
+fatebias_core.pipeline.graph defines a step's *version* as a hash of its code version (a hash
+of the sources it runs), the
 settings it reads, its upstream steps' versions and (for loading) the input files'
 content hash. The platform reports exactly that as each asset's data version, and
 models the two kinds of change that make a step stale as observable sources:
@@ -24,8 +25,7 @@ import dagster as dg
 
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.pipeline.graph import (
-    CODE_VERSIONS,
-    UPSTREAM,
+    code_versions,
     file_hash,
     input_version,
     step_settings,
@@ -107,24 +107,12 @@ def watched_input_version(config: FatebiasConfig) -> str:
 
 def step_versions(config: FatebiasConfig) -> dict[str, str]:
     """Every step's version for the current settings and files (fatebias_core.pipeline.graph)."""
-    return core_step_versions(config, input_version(config))
-
-
-def upstream_closure(step: str) -> list[str]:
-    """``step`` and every step it reads from, transitively."""
-    seen: list[str] = []
-    stack = [step]
-    while stack:
-        s = stack.pop()
-        if s not in seen:
-            seen.append(s)
-            stack.extend(UPSTREAM[s])
-    return seen
+    return core_step_versions(config, watched_input_version(config))
 
 
 __all__ = [
     "ASSET_STEP",
-    "CODE_VERSIONS",
+    "code_versions",
     "EXPERIMENT_KEY",
     "SETTINGS_STEPS",
     "SIMULATED_KEY",
@@ -135,6 +123,5 @@ __all__ = [
     "settings_values",
     "settings_version",
     "step_versions",
-    "upstream_closure",
     "watched_input_version",
 ]

@@ -1,9 +1,10 @@
-"""The whole chain in one call: the local engine, the demo, and forgetting steps.
+"""The local engine: the step table run in order in this process, reusing current steps.
 
-:func:`run_chain` walks the step table (:mod:`fatebias_core.pipeline.graph`), reusing
-a step when the run folder's manifest records it made at the same version, and calls the
-step functions of :mod:`fatebias_core.pipeline.steps`. The diagnostics step lives here
-because its permutation control reruns the chain itself.
+``fatebias run --engine local`` (and ``fatebias fit``/``demo``) call :func:`run_chain`.
+A step is reused when the run folder's manifest (``fatebias_manifest.json``) records
+it made at the same version (:func:`fatebias_core.pipeline.graph.step_versions`) and
+its files still exist. The Dagster engine does not read the manifest: Dagster's own
+data and code versions decide what is stale there.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import time
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from fatebias_core.checks.diagnostics import DiagnosticsResult, run_diagnostics
+from fatebias_core.checks.diagnostics import DiagnosticsResult
 from fatebias_core.checks.simulate import simulate
 from fatebias_core.config import FatebiasConfig, load_config, make_config
 from fatebias_core.discovery.answer import contrast_answers, describe_hits
@@ -24,19 +26,22 @@ from fatebias_core.discovery.evaluate import evaluate_files
 from fatebias_core.errors import ConfigError
 from fatebias_core.io import layout as names
 from fatebias_core.io import read_csv, write_text
-from fatebias_core.io.layout import RunLayout
-from fatebias_core.model.inference import FitResult, load_fit
 from fatebias_core.pipeline.check import load_experiment_checked
-from fatebias_core.pipeline.graph import CHAIN, Manifest, input_version, step_versions
+from fatebias_core.pipeline.graph import (
+    CHAIN,
+    MANIFEST_FILE,
+    STEPS,
+    Manifest,
+    Step,
+    downstream,
+    input_version,
+    step_versions,
+)
 from fatebias_core.pipeline.steps import (
-    aggregate_step,
-    export_step,
-    fit_step,
+    diagnostics_step,
     load_step,
-    mash_step,
-    rank_step,
     report_step,
-    step_outputs,
+    step_metrics,
     write_load_files,
 )
 from fatebias_core.types import Experiment
@@ -44,22 +49,6 @@ from fatebias_core.types import Experiment
 log = logging.getLogger("fatebias")
 
 
-# --------------------------------------------------------------------------- diagnostics
-def diagnostics_step(experiment: Experiment, config: FatebiasConfig, out_dir: str | Path | None = None) -> DiagnosticsResult:
-    """Held-out fit, permutation negative control and sanity checks -> ``diagnostics.json``.
-
-    The permutation control reruns this chain (:func:`run_chain`) on permuted data.
-    """
-    return run_diagnostics(experiment, config, RunLayout.of(config, out_dir).root, run_chain=run_chain)
-
-
-def diagnose(config: FatebiasConfig) -> DiagnosticsResult:
-    """``fatebias diagnose``: load the experiment and run the diagnostics."""
-    experiment = load_step(config)
-    return diagnostics_step(experiment, config)
-
-
-# --------------------------------------------------------------------------- whole chain
 @dataclass
 class ChainResult:
     """What :func:`run_chain` made, and which steps it reused."""
@@ -89,7 +78,7 @@ class ChainResult:
             for ans in contrast_answers(self.out_dir, self.config).values():
                 lines.extend(describe_hits(ans))
         lines.extend(f"  {n}" for n in self.notes)
-        report = self.out_dir / names.REPORT
+        report = self.out_dir / "report.html"
         if report.is_file() and "report" in self.ran + self.reused:
             lines.append(f"  report: {report.resolve()} (open it in a browser)")
         return "\n".join(lines)
@@ -100,7 +89,25 @@ def fit_and_export(config: FatebiasConfig) -> ChainResult:
     return run_chain(config, until="export")
 
 
-def run_chain(config: FatebiasConfig, until: str | None = None, experiment: Experiment | None = None) -> ChainResult:
+def chain_steps(config: FatebiasConfig, until: str | None = None) -> list[Step]:
+    """The steps ``fatebias run`` runs, in order (diagnostics only when ``run_diagnostics``)."""
+    names = CHAIN if until is None else CHAIN[: CHAIN.index(until) + 1]
+    return [STEPS[n] for n in names if n != "diagnostics" or config.run_diagnostics]
+
+
+def step_inputs(step: Step, config: FatebiasConfig, out: Path, values: dict[str, Any]) -> dict[str, Any]:
+    """The values ``step`` takes, rebuilt from the run folder for steps reused in this run."""
+    for name in step.reads:
+        if name not in values:
+            reload = STEPS[name].reload
+            assert reload is not None, f"step {name} has no value to give {step.name}"
+            values[name] = reload(config, out)
+    return values
+
+
+def run_chain(
+    config: FatebiasConfig, until: str | None = None, experiment: Experiment | None = None, rerun: str | None = None
+) -> ChainResult:
     """Run every step of the chain into ``config.out_dir``, reusing steps that are current.
 
     A step is reused when the run folder's manifest records it made at the same version
@@ -116,6 +123,8 @@ def run_chain(config: FatebiasConfig, until: str | None = None, experiment: Expe
         Stop after this step (``export`` for ``fatebias fit``).
     experiment
         An already loaded experiment (skips reading the files again).
+    rerun
+        Remake this step and every step after it even when current (``--rerun``).
     """
     t0 = time.perf_counter()
     if experiment is None:
@@ -127,53 +136,39 @@ def run_chain(config: FatebiasConfig, until: str | None = None, experiment: Expe
     versions = step_versions(config, input_version(config))
     manifest = Manifest.open(out)
     result = ChainResult(out_dir=out, config=config)
-    fitted: list[FitResult] = []
-
-    def fit_result() -> FitResult:
-        if not fitted:
-            fitted.append(load_fit(out / names.FIT_DIR))
-        return fitted[0]
-
-    def do_fit() -> FitResult:
-        fitted[:] = [fit_step(experiment, config, out)]
-        return fitted[0]
-
-    make = {
-        "fit": do_fit,
-        "export": lambda: export_step(fit_result(), config, out),
-        "mash": lambda: mash_step(config, out),
-        "aggregate": lambda: aggregate_step(config, out),
-        "rank": lambda: rank_step(config, out),
-        "diagnostics": lambda: diagnostics_step(experiment, config, out),
-        "report": lambda: report_step(config, out),
-    }
-    for step in CHAIN if until is None else CHAIN[: CHAIN.index(until) + 1]:
-        if step == "diagnostics" and not config.run_diagnostics:
-            continue
+    values: dict[str, Any] = {"load": experiment}
+    forced = set(downstream(rerun)) if rerun else set()
+    for step in chain_steps(config, until):
         # The report reruns whenever any step before it ran: the page shows them all.
-        force = step == "report" and bool(result.ran)
-        if not force and manifest.is_current(step, versions[step]):
-            result.reused.append(step)
+        force = step.name in forced or (step.name == "report" and bool(result.ran))
+        if not force and manifest.is_current(step.name, versions[step.name]):
+            result.reused.append(step.name)
         else:
-            value = make[step]()
-            manifest.record(step, versions[step], step_outputs(step, config, out), step_metrics(step, value))
-            result.ran.append(step)
-        if step == "fit":
-            result.fit_info = fit_result().info
-        elif step == "rank":
-            result.hits = read_csv(out / names.HITS, what="hits", dtype={"gene": str})
+            values[step.name] = step.call(config, out, step_inputs(step, config, out, values), engine=run_chain)
+            metrics = step_metrics(step.name, values[step.name])
+            manifest.record(step.name, versions[step.name], step.outputs(config, out), metrics)
+            result.ran.append(step.name)
+        _collect(result, step, config, out, values)
     result.runtime_s = time.perf_counter() - t0
     return result
+
+
+def _collect(result: ChainResult, step: Step, config: FatebiasConfig, out: Path, values: dict[str, Any]) -> None:
+    """Keep the fit's facts and the ranked hits for the summary."""
+    if step.name == "fit":
+        result.fit_info = step_inputs(STEPS["export"], config, out, values)["fit"].info
+    elif step.name == "rank":
+        result.hits = read_csv(out / names.HITS, what="hits", dtype={"gene": str})
 
 
 def forget_steps(config: FatebiasConfig, from_step: str, out_dir: str | Path | None = None) -> list[str]:
     """Make ``from_step`` and every step after it rerun on the next ``fatebias run``.
 
-    Their records are dropped from the run folder's manifest (both engines read it);
-    forgetting ``fit`` also deletes its checkpoint, so the fit starts over rather than
-    resuming. The permutation control's own run (``<out>/permutation``) forgets the same
-    steps, so rerunning diagnostics after the fit also refits its permuted data.
-    Outputs stay in place until the rerun replaces them (atomically).
+    Their records are dropped from the run folder's manifest; forgetting ``fit`` also
+    deletes its checkpoint, so the fit starts over rather than resuming. The permutation
+    control's own run (``<out>/permutation``) forgets the same steps, so rerunning
+    diagnostics after the fit also refits its permuted data. Outputs stay in place
+    until the rerun replaces them (atomically).
 
     Returns
     -------
@@ -182,31 +177,29 @@ def forget_steps(config: FatebiasConfig, from_step: str, out_dir: str | Path | N
     """
     if from_step not in CHAIN:
         raise ConfigError(f"--rerun {from_step!r} is not a step (one of: {', '.join(CHAIN)})")
-    out = RunLayout.of(config, out_dir).root
-    steps = CHAIN[CHAIN.index(from_step) :]
+    out = Path(out_dir or config.out_dir)
+    names = CHAIN[CHAIN.index(from_step) :]
     dropped: list[str] = []
     for folder in (out, out / names.PERMUTATION_DIR):
-        if "fit" in steps:
+        if "fit" in names:
             (folder / names.FIT_DIR / names.CHECKPOINT).unlink(missing_ok=True)
-        if (folder / names.MANIFEST).exists():
-            forgot = Manifest.open(folder).forget(steps)
+        if (folder / MANIFEST_FILE).exists():
+            forgot = Manifest.open(folder).forget(names)
             if folder == out:
                 dropped = forgot
     return dropped
 
 
-def step_metrics(step: str, value) -> dict:
-    """Headline numbers of a finished step, kept in the manifest."""
-    if step == "fit":
-        return {"final_loss_per_cell": value.info["final_loss_per_cell"], "converged": value.info["converged"]}
-    if step == "rank":
-        return {"n_hits": int(value.hits["hit_anyday"].sum())}
-    if step == "report":
-        return {"size_bytes": value.size_bytes, "n_figures": value.n_figures}
-    return {}
+# --------------------------------------------------------------------------- engines and demo
+DEMO_RESULTS = "results"
 
 
-# --------------------------------------------------------------------------- demo
+def diagnose(config: FatebiasConfig) -> DiagnosticsResult:
+    """``fatebias diagnose``: load the experiment and run the diagnostics."""
+    experiment = load_step(config)
+    return diagnostics_step(experiment, config, run_chain=run_chain)
+
+
 def chain_engine(name: str = "auto"):
     """The function that runs the whole chain: ``local`` (:func:`run_chain`) or a plugin.
 

@@ -1,76 +1,277 @@
-"""The steps of the chain, what settings each depends on, and a run manifest.
+"""The step table: each step's upstream steps, settings, files, function and code.
 
-Both ``fatebias run`` and the Dagster assets decide what is stale the same way: a
-step's *version* is the hash of the settings it reads plus the versions of the steps it
-reads from (and, for loading, the content hash of the input files). A step whose
-version matches the manifest and whose outputs exist is not rerun; so changing only a
-ranking threshold reruns ranking, not the fit.
+:data:`STEPS` is the one description of the chain. The local engine
+(:func:`fatebias_core.pipeline.chain.run_chain`), the run manifest and the Dagster
+assets are all built from it.
+
+A step's *version* is the hash of its code version, the settings it reads, the versions
+of the steps it reads from and (for loading) the content hash of the input files. The
+code version is itself a hash: of the step function's source and of the source of every
+fatebias_core module it runs (:attr:`Step.modules` and, transitively, the
+fatebias_core modules they import). Editing a module therefore makes every step that
+runs it, and every step downstream, stale; no number is bumped by hand.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
+import inspect
 import json
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import fatebias_core
 from fatebias_core.config import GROUPS, FatebiasConfig
+from fatebias_core.io import layout as names
 from fatebias_core.io import write_json
+from fatebias_core.io.layout import RunLayout
+from fatebias_core.model.inference import load_fit
+from fatebias_core.pipeline import steps
+from fatebias_core.pipeline.check import load_experiment_checked
 
-# The steps of ``fatebias run``, in order (loading is part of fitting there).
-CHAIN = ("fit", "export", "mash", "aggregate", "rank", "diagnostics", "report")
+PACKAGE = "fatebias_core"
+PACKAGE_ROOT = Path(fatebias_core.__file__).parent
 
-# Bump a step's code version when its computation changes meaning.
-CODE_VERSIONS = {
-    "load": "2",
-    "fit": "2",
-    "export": "1",
-    "mash": "2",
-    "aggregate": "1",
-    "rank": "1",
-    "diagnostics": "2",
-    "report": "2",
-}
+#: Modules whose edits do not change what a step computes: the schema (setting values are
+#: hashed on their own), error messages, the command line and the orchestration itself.
+#: A step's own function in ``pipeline/steps.py`` is hashed by its source instead.
+PLUMBING = frozenset(
+    {
+        "fatebias_core.config",
+        "fatebias_core.errors",
+        "fatebias_core.cli",
+        "fatebias_core.pipeline",
+        "fatebias_core.pipeline.graph",
+        "fatebias_core.pipeline.steps",
+        "fatebias_core.pipeline.chain",
+    }
+)
 
-UPSTREAM = {
-    "load": (),
-    "fit": ("load",),
-    "export": ("fit",),
-    "mash": ("export",),
-    "aggregate": ("mash",),
-    "rank": ("mash", "aggregate", "export"),
-    "diagnostics": ("load", "rank"),  # sanity checks and the permutation verdict read the ranked results
-    "report": ("rank", "diagnostics"),
-}
+#: Settings that never change results.
+COSMETIC = frozenset({"progress", "out_dir", "device", "checkpoint_every"})
 
-# Settings that never change results.
-_COSMETIC = {"progress", "out_dir", "device", "checkpoint_every"}
+MANIFEST_FILE = names.MANIFEST
 
 
+@dataclass(frozen=True)
+class Step:
+    """One step of the chain.
+
+    Attributes
+    ----------
+    name
+        The step's name (``fit``, ``rank``, ...).
+    upstream
+        Steps whose results it reads (files or values), in the order of its version hash.
+    settings
+        The configuration fields it reads.
+    outputs
+        ``(config, out_dir) -> files`` it writes into the run folder.
+    run
+        The fatebias_core function, called as ``run(*values of reads, config, out_dir)``.
+    modules
+        The fatebias_core modules ``run`` computes with (their imports are followed).
+    reads
+        Upstream steps whose in-memory value ``run`` takes (the rest it reads from files).
+    reload
+        ``(config, out_dir) -> value`` rebuilt from the files, for a step whose value a
+        later step takes (None: no value).
+    engine
+        Whether ``run`` takes the chain's engine (``run_chain``) to rerun the chain.
+    """
+
+    name: str
+    upstream: tuple[str, ...]
+    settings: tuple[str, ...]
+    outputs: Callable[[FatebiasConfig, Path], list[Path]]
+    run: Callable[..., Any]
+    modules: tuple[str, ...]
+    reads: tuple[str, ...] = ()
+    reload: Callable[[FatebiasConfig, Path], Any] | None = None
+    engine: bool = False
+
+    def call(self, config: FatebiasConfig, out_dir: Path, values: Mapping[str, Any], engine: Callable[..., Any] | None = None) -> Any:
+        """Run the step with the values of the steps it reads (``values[step]``).
+
+        ``engine`` is the function that runs the whole chain; a step with ``engine`` set
+        (the diagnostics, whose permutation control reruns the chain) receives it as
+        ``run_chain``.
+        """
+        extra = {"run_chain": engine} if self.engine else {}
+        return self.run(*(values[r] for r in self.reads), config, out_dir, **extra)
+
+
+# --------------------------------------------------------------------------- settings
 def _group(name: str) -> list[str]:
     return [
         f for f, info in FatebiasConfig.model_fields.items()
-        if (info.json_schema_extra or {}).get("group") == name and f not in _COSMETIC
+        if (info.json_schema_extra or {}).get("group") == name and f not in COSMETIC
     ]
 
 
-def step_settings(step: str) -> list[str]:
-    """Names of the configuration fields that ``step`` reads."""
+def _settings_table() -> dict[str, tuple[str, ...]]:
     g = {name: _group(name) for name in GROUPS}
     table = {
         "load": g["inputs"],
         "fit": g["model"] + [f for f in g["inference"] if f != "num_posterior_draws"],
         "export": ["num_posterior_draws", "seed", *g["exports"]],
-        "mash": [f for f in g["mash"]],
+        "mash": g["mash"],
         "aggregate": g["calls"],
         "rank": g["calls"] + ["ash_lfsr_thresh", "ash_qvalue_thresh"],
         "diagnostics": g["model"] + g["inference"] + g["mash"] + g["calls"] + g["diagnostics"],
         "report": [],
     }
-    return table[step]
+    return {k: tuple(v) for k, v in table.items()}
 
 
+# --------------------------------------------------------------------------- files and values
+def _load_outputs(config: FatebiasConfig, out: Path) -> list[Path]:
+    return RunLayout(out, config).load_files()
+
+
+def _outputs(step: str) -> Callable[[FatebiasConfig, Path], list[Path]]:
+    def outputs(config: FatebiasConfig, out: Path) -> list[Path]:
+        return steps.step_outputs(step, config, out)
+
+    return outputs
+
+
+def _reload_experiment(config: FatebiasConfig, out: Path) -> Any:
+    return load_experiment_checked(config, verbose=False)
+
+
+def _reload_fit(config: FatebiasConfig, out: Path) -> Any:
+    return load_fit(out / names.FIT_DIR)
+
+
+def _build_steps() -> dict[str, Step]:
+    s = _settings_table()
+    table = [
+        Step("load", (), s["load"], _load_outputs, steps.load_step,
+             ("fatebias_core.pipeline.check", "fatebias_core.data.load"), reload=_reload_experiment),
+        Step("fit", ("load",), s["fit"], _outputs("fit"), steps.fit_step,
+             ("fatebias_core.model.inference", "fatebias_core.report.plots"), reads=("load",), reload=_reload_fit),
+        Step("export", ("fit",), s["export"], _outputs("export"), steps.export_step,
+             ("fatebias_core.model.posterior", "fatebias_core.report.plots"), reads=("fit",)),
+        Step("mash", ("export",), s["mash"], _outputs("mash"), steps.mash_step, ("fatebias_core.mash",)),
+        Step("aggregate", ("mash",), s["aggregate"], _outputs("aggregate"), steps.aggregate_step,
+             ("fatebias_core.discovery.aggregate",)),
+        Step("rank", ("mash", "aggregate", "export"), s["rank"], _outputs("rank"), steps.rank_step,
+             ("fatebias_core.discovery.calls",)),
+        # The sanity checks and the permutation verdict read the ranked results.
+        Step("diagnostics", ("load", "rank"), s["diagnostics"], _outputs("diagnostics"), steps.diagnostics_step,
+             ("fatebias_core.checks.diagnostics",), reads=("load",), engine=True),
+        Step("report", ("rank", "diagnostics"), s["report"], _outputs("report"), steps.report_step,
+             ("fatebias_core.report.build", "fatebias_core.report.plots")),
+    ]
+    return {step.name: step for step in table}
+
+
+#: Every step, in topological order.
+STEPS: dict[str, Step] = _build_steps()
+
+#: The steps of ``fatebias run``, in order (loading is part of fitting there).
+CHAIN: tuple[str, ...] = tuple(name for name in STEPS if name != "load")
+
+#: Each step's upstream steps.
+UPSTREAM: dict[str, tuple[str, ...]] = {name: step.upstream for name, step in STEPS.items()}
+
+
+def step_settings(step: str) -> list[str]:
+    """Names of the configuration fields that ``step`` reads."""
+    return list(STEPS[step].settings)
+
+
+def downstream(step: str) -> list[str]:
+    """``step`` and every step that reads from it, transitively, in chain order."""
+    out = {step}
+    for name, s in STEPS.items():
+        if out.intersection(s.upstream):
+            out.add(name)
+    return [name for name in STEPS if name in out]
+
+
+# --------------------------------------------------------------------------- code versions
+def module_path(module: str) -> Path:
+    """The source file of a fatebias_core module or package."""
+    parts = module.split(".")[1:]
+    base = PACKAGE_ROOT.joinpath(*parts)
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
+
+def read_source(module: str) -> str:
+    """The source text of a fatebias_core module (the code-version tests replace this)."""
+    return module_path(module).read_text()
+
+
+def _is_module(name: str) -> bool:
+    return module_path(name).is_file()
+
+
+def module_imports(module: str) -> set[str]:
+    """The fatebias_core modules ``module`` imports, at module level or inside functions."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(read_source(module))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == PACKAGE)
+        elif isinstance(node, ast.ImportFrom):
+            base = _absolute(module, node)
+            if base is None or base.split(".")[0] != PACKAGE:
+                continue
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names if _is_module(f"{base}.{a.name}"))
+    return {m for m in found if _is_module(m)}
+
+
+def _absolute(module: str, node: ast.ImportFrom) -> str | None:
+    if not node.level:
+        return node.module
+    package = module if module_path(module).name == "__init__.py" else module.rsplit(".", 1)[0]
+    base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+    return f"{base}.{node.module}" if node.module else base
+
+
+def module_closure(modules: tuple[str, ...]) -> list[str]:
+    """``modules`` and every fatebias_core module they import, transitively, minus :data:`PLUMBING`."""
+    seen: set[str] = set()
+    stack = [m for m in modules if m not in PLUMBING]
+    while stack:
+        m = stack.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        stack.extend(d for d in module_imports(m) if d not in PLUMBING and d not in seen)
+    return sorted(seen)
+
+
+def modules_version(modules: tuple[str, ...], *functions: Callable[..., Any]) -> str:
+    """Hash of the source of ``functions`` and of ``modules`` with every module they import."""
+    h = hashlib.sha256()
+    for fn in functions:
+        h.update(inspect.getsource(fn).encode())
+    for m in module_closure(modules):
+        h.update(f"\0{m}\0".encode())
+        h.update(read_source(m).encode())
+    return h.hexdigest()[:16]
+
+
+def code_version(step: str) -> str:
+    """Hash of ``step``'s function source and of the source of every module it computes with."""
+    return modules_version(STEPS[step].modules, STEPS[step].run)
+
+
+@functools.cache
+def code_versions() -> dict[str, str]:
+    """Every step's code version, computed once per process."""
+    return {name: code_version(name) for name in STEPS}
+
+
+# --------------------------------------------------------------------------- versions
 def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
     """SHA-256 of a file's content (first 16 hex digits)."""
     h = hashlib.sha256()
@@ -86,46 +287,49 @@ def input_version(config: FatebiasConfig) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def step_versions(config: FatebiasConfig, inputs: str) -> dict[str, str]:
-    """The version of every step given the settings and the input files' version."""
+def step_versions(config: FatebiasConfig, inputs: str, codes: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The version of every step given the settings, the input files' version and the code versions."""
+    codes = code_versions() if codes is None else codes
     out: dict[str, str] = {}
-    for step in UPSTREAM:  # insertion order is topological
+    for name, step in STEPS.items():  # topological order
         payload = {
-            "code": CODE_VERSIONS[step],
-            "settings": config.hash(step_settings(step)),
-            "upstream": [out[u] for u in UPSTREAM[step]],
-            "inputs": inputs if step == "load" else None,
+            "code": codes[name],
+            "settings": config.hash(list(step.settings)),
+            "upstream": [out[u] for u in step.upstream],
+            "inputs": inputs if name == "load" else None,
         }
-        out[step] = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        out[name] = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
     return out
 
 
+# --------------------------------------------------------------------------- manifest
 @dataclass
 class Manifest:
-    """What each step of a run folder was made from (``fatebias_manifest.json``)."""
+    """What each step of a run folder was made from (``fatebias_manifest.json``; local engine)."""
 
     path: Path
     steps: dict[str, dict]
 
     @classmethod
     def open(cls, out_dir: str | Path) -> Manifest:
-        path = Path(out_dir) / "fatebias_manifest.json"
-        steps = {}
+        """The manifest of ``out_dir`` (empty when there is none or it is unreadable)."""
+        path = Path(out_dir) / MANIFEST_FILE
+        recs: dict[str, dict] = {}
         if path.exists():
             try:
-                steps = json.loads(path.read_text()).get("steps", {})
+                recs = json.loads(path.read_text()).get("steps", {})
             except (json.JSONDecodeError, AttributeError):
-                steps = {}
-        return cls(path, steps)
+                recs = {}
+        return cls(path, recs)
 
     def is_current(self, step: str, version: str) -> bool:
         """True when ``step`` was last made at ``version`` and all its outputs still exist."""
         rec = self.steps.get(step)
         return bool(rec and rec.get("version") == version and all(Path(p).exists() for p in rec.get("outputs", [])))
 
-    def forget(self, steps: list[str] | tuple[str, ...]) -> list[str]:
-        """Drop the records of ``steps`` (so they are remade on the next run); return those dropped."""
-        dropped = [s for s in steps if self.steps.pop(s, None) is not None]
+    def forget(self, names: list[str] | tuple[str, ...]) -> list[str]:
+        """Drop the records of ``names`` (so they are remade on the next run); return those dropped."""
+        dropped = [s for s in names if self.steps.pop(s, None) is not None]
         if dropped:
             write_json({"steps": self.steps}, self.path)
         return dropped

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fatebias_core.checks.diagnostics import ChainRunner, DiagnosticsResult, run_diagnostics
 from fatebias_core.config import MASH_MODES, FatebiasConfig
 from fatebias_core.discovery.aggregate import aggregate_file
 from fatebias_core.discovery.calls import RankResult, rank_and_compare, rank_file
@@ -189,6 +190,18 @@ def rank_step(config: FatebiasConfig, out_dir: str | Path | None = None) -> Rank
     return result
 
 
+# --------------------------------------------------------------------------- diagnostics
+def diagnostics_step(
+    experiment: Experiment, config: FatebiasConfig, out_dir: str | Path | None = None, run_chain: ChainRunner | None = None
+) -> DiagnosticsResult:
+    """Held-out fit, permutation negative control and sanity checks -> ``diagnostics.json``.
+
+    ``run_chain`` is the engine the permutation control reruns the chain with (the step
+    table passes :func:`fatebias_core.pipeline.chain.run_chain`).
+    """
+    return run_diagnostics(experiment, config, _layout(config, out_dir).root, run_chain=run_chain)
+
+
 # --------------------------------------------------------------------------- report
 def report_step(config: FatebiasConfig, out_dir: str | Path | None = None) -> ReportResult:
     """Write ``report.html``, the self-contained HTML report of the run folder's files."""
@@ -198,3 +211,14 @@ def report_step(config: FatebiasConfig, out_dir: str | Path | None = None) -> Re
 def step_outputs(step: str, config: FatebiasConfig, out_dir: str | Path | None = None) -> list[Path]:
     """The files ``step`` writes into the run folder (what the manifest checks still exist)."""
     return _layout(config, out_dir).step_files(step)
+
+
+def step_metrics(step: str, value: object) -> dict:
+    """Headline numbers of a finished step, kept in the manifest."""
+    if step == "fit":
+        return {"final_loss_per_cell": value.info["final_loss_per_cell"], "converged": value.info["converged"]}
+    if step == "rank":
+        return {"n_hits": int(value.hits["hit_anyday"].sum())}
+    if step == "report":
+        return {"size_bytes": value.size_bytes, "n_figures": value.n_figures}
+    return {}

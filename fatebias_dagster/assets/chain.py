@@ -1,44 +1,36 @@
-"""The chain's software-defined assets (PLATFORM.md), each a thin call into fatebias_core.
+"""The chain's software-defined assets, one factory over fatebias_core's step table.
 
 :func:`build_chain` makes one copy of the chain for a :class:`ChainLayout`: the main
-chain (keys ``filtered_cells`` ... ``diagnostics``) and the simulation study's
-partitioned copy (keys ``study/...``) are the same code. Files keep the seed's names in
-the run folder; the values handed from asset to asset are fatebias_core's own typed
-objects (:class:`FilteredCells` with its :class:`LoadSummary`, :class:`GuideEmbedding`,
-:class:`FitResult`); the later steps read and write files in the run folder.
+chain (keys ``filtered_cells`` ... ``report``) and the simulation study's partitioned
+copy (keys ``study/...``) are the same code. Each step of
+:data:`fatebias_core.pipeline.graph.STEPS` becomes one (multi-)asset:
+
+* its assets are :data:`~fatebias_dagster.versions.STEP_ASSETS` of the step;
+* the upstream steps whose value it takes (:attr:`Step.reads`) are ``ins``, loaded by
+  the run-folder IO manager from the files they wrote; the others are ``deps``;
+* its code version is the step's code version (a hash of the sources it runs) and its
+  data version the step's version, so Dagster's own staleness follows the same rules as
+  ``fatebias run --engine local``.
 """
 
-
-import json
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
-from dagster import AssetExecutionContext
 
-from fatebias_core.config import MASH_MODES
-from fatebias_core.io import layout as names
 from fatebias_core.io import write_text
-from fatebias_core.io.layout import RunLayout
-from fatebias_core.pipeline.chain import diagnostics_step
-from fatebias_core.pipeline.steps import (
-    MashOutputs,
-    aggregate_step,
-    export_step,
-    fit_step,
-    load_step,
-    mash_step,
-    rank_step,
-    report_step,
-    step_outputs,
-)
-from fatebias_core.types import Experiment, FilteredCells, GuideEmbedding, LoadSummary
+from fatebias_core.io.layout import CONFIG_USED
+from fatebias_core.pipeline.chain import run_chain
+from fatebias_core.pipeline.graph import STEPS, Step, code_versions
 
 from .. import metadata as meta
-from .. import results
-from ..runner import CHAIN_RESOURCES, ChainLayout, StepRun
-from ..versions import CODE_VERSIONS, input_files, input_version
+from ..lineage import record_lineage
+from ..resources import ChainSource, ComputeResource, LineageStore, MashBackend
+from ..runner import ChainLayout, StepRun, asset_values, step_value
+from ..versions import STEP_ASSETS
+from .describe import DESCRIBE
 
 DESCRIPTIONS = {
     "filtered_cells": "Cells kept after validation and the Kmax filter: fate probabilities, day, replicate, "
@@ -77,36 +69,22 @@ KINDS = {
     "report": {"html"},
 }
 
-
-def versioned_output(value: Any, version: str, metadata: Mapping[str, Any], output_name: str = "result") -> dg.Output:
-    """An output carrying its data version (a beta parameter in this Dagster version; warning silenced)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", dg.BetaWarning)
-        return dg.Output(value, output_name, data_version=dg.DataVersion(version), metadata=dict(metadata))
+#: The op of the loading step (it makes two assets).
+LOAD_OP = "load_experiment"
 
 
-def build_chain(
-    layout: ChainLayout,
-    *,
-    partitions_def: dg.PartitionsDefinition | None = None,
-    automation_condition: dg.AutomationCondition | None = None,
-    group_name: str | None = None,
-    fit_op_tags: Mapping[str, Any] | None = None,
-    fit_pool: str | None = "gpu",
-    include_diagnostics: bool = True,
-) -> list[dg.AssetsDefinition]:
-    """The chain's assets for ``layout``.
+@dataclass(frozen=True)
+class ChainOptions:
+    """How one copy of the chain is deployed.
 
-    Parameters
+    Attributes
     ----------
-    layout
-        Key prefix, root asset and whether the steps depend on settings sources.
     partitions_def
         Partitions of every asset (the simulation study's scenario x seed).
     automation_condition
         Declarative automation of every asset (the main chain reruns on new data).
     group_name
-        Group of every asset (default ``chain``).
+        Group of every asset.
     fit_op_tags
         Tags of the fit's op (the GPU request of a Kubernetes or Dask deployment).
     fit_pool
@@ -115,237 +93,100 @@ def build_chain(
         Whether the chain has the diagnostics asset.
     """
 
-    def spec(name: str, step: str) -> dict[str, Any]:
-        return {
-            "description": DESCRIPTIONS[name],
-            "code_version": CODE_VERSIONS[step],
-            "group_name": group_name or CHAIN_GROUP,
-            "kinds": KINDS[name],
-            "automation_condition": automation_condition,
-        }
+    partitions_def: dg.PartitionsDefinition | None = None
+    automation_condition: dg.AutomationCondition | None = None
+    group_name: str = CHAIN_GROUP
+    fit_op_tags: Mapping[str, Any] | None = None
+    fit_pool: str | None = "gpu"
+    include_diagnostics: bool = True
 
-    common = {"partitions_def": partitions_def, "required_resource_keys": set(CHAIN_RESOURCES)}
-    key = layout.key
 
-    # ------------------------------------------------------------------ load
+def build_chain(layout: ChainLayout, options: ChainOptions | None = None) -> list[dg.AssetsDefinition]:
+    """The chain's assets for ``layout``: one per step of the step table."""
+    options = options or ChainOptions()
+    names = [s for s in STEPS if options.include_diagnostics or s != "diagnostics"]
+    return [step_asset(STEPS[s], layout, options) for s in names]
+
+
+def _edges(step: Step, layout: ChainLayout, options: ChainOptions) -> tuple[dict[str, dg.AssetIn], list[dg.AssetKey]]:
+    """``ins`` (values the step takes) and ``deps`` (everything else it reads) of ``step``'s asset."""
+    ins = {name: dg.AssetIn(layout.key(name)) for r in step.reads for name in STEP_ASSETS[r]}
+    present = [u for u in step.upstream if options.include_diagnostics or u != "diagnostics"]
+    deps = [k for u in present if u not in step.reads for k in layout.keys_of(u)]
+    root = [layout.root] if step.name == "load" else []
+    return ins, [*root, *deps, *layout.settings_deps(step.name)]
+
+
+def step_asset(step: Step, layout: ChainLayout, options: ChainOptions) -> dg.AssetsDefinition:
+    """The (multi-)asset of one step of the chain."""
+    names = STEP_ASSETS[step.name]
+    ins, deps = _edges(step, layout, options)
+    outs = {
+        name: dg.AssetOut(
+            key=layout.key(name),
+            description=DESCRIPTIONS[name],
+            code_version=code_versions()[step.name],
+            group_name=options.group_name,
+            kinds=KINDS[name],
+            automation_condition=options.automation_condition,
+        )
+        for name in names
+    }
+    fit = step.name == "fit"
+
     @dg.multi_asset(
-        name=layout.op_name("load_experiment"),
-        outs={
-            "filtered_cells": dg.AssetOut(key=key("filtered_cells"), **spec("filtered_cells", "load")),
-            "guide_embeddings": dg.AssetOut(key=key("guide_embeddings"), **spec("guide_embeddings", "load")),
-        },
-        deps=[layout.root, *layout.settings_deps("load")],
-        **common,
+        name=layout.op_name(LOAD_OP if step.name == "load" else names[0]),
+        outs=outs,
+        ins=ins,
+        deps=deps,
+        partitions_def=options.partitions_def,
+        op_tags=dict(options.fit_op_tags or {}) if fit else None,
+        pool=options.fit_pool if fit else None,
+        hooks={record_lineage},
     )
-    def load_experiment(context: AssetExecutionContext):
-        run = StepRun.start(context, "load", layout)
-        cfg = run.config
-        done = run.execute(
-            lambda: load_step(cfg, run.out_dir),
-            outputs=lambda: [run.out_dir / names.LOAD_SUMMARY, run.out_dir / names.DROPPED_CELLS, run.out_dir / names.CONFIG_USED],
-            metrics=lambda e: {"input_version": input_version(cfg), "input_files": input_files(cfg), "n_cells": e.n_cells},
-            always=True,
-        )
-        experiment: Experiment = done.value
-        write_text(cfg.to_yaml(), run.out_dir / "config_used.yaml")
-        common_md = run.record(done.reused, [run.out_dir / "load_summary.json"], metrics={"n_cells": experiment.n_cells})
-        yield versioned_output(
-            (experiment.cells, experiment.summary), run.version,
-            {**common_md, **meta.load_metadata(experiment.summary, cfg)}, "filtered_cells",
-        )
-        yield versioned_output(
-            experiment.guides, run.version,
-            {**common_md, **meta.guides_metadata(experiment.guides, experiment.summary)}, "guide_embeddings",
-        )
+    def _asset(
+        context: dg.AssetExecutionContext,
+        experiment: ChainSource,
+        compute: ComputeResource,
+        mash: MashBackend,
+        lineage: LineageStore,
+        **inputs: Any,
+    ) -> Iterator[dg.Output]:
+        run = StepRun.start(context, step, experiment, compute, mash, lineage)
+        yield from materialize(run, layout, inputs)
 
-    # ------------------------------------------------------------------ fit
-    @dg.asset(
-        key=key("fitted_posterior"),
-        ins={"filtered_cells": dg.AssetIn(key("filtered_cells")), "guide_embeddings": dg.AssetIn(key("guide_embeddings"))},
-        deps=layout.settings_deps("fit"),
-        op_tags=dict(fit_op_tags or {}),
-        pool=fit_pool,
-        **spec("fitted_posterior", "fit"),
-        **common,
-    )
-    def fitted_posterior(
-        context: AssetExecutionContext,
-        filtered_cells: tuple[FilteredCells, LoadSummary],
-        guide_embeddings: GuideEmbedding,
-    ):
-        from fatebias_core.model.inference import load_fit
-
-        run = StepRun.start(context, "fit", layout)
-        fit_dir = run.out_dir / names.FIT_DIR
-        experiment = Experiment(filtered_cells[0], guide_embeddings, filtered_cells[1])
-        done = run.execute(
-            lambda: fit_step(experiment, run.config, run.out_dir),
-            outputs=lambda: step_outputs("fit", run.config, run.out_dir),
-            reuse=lambda: load_fit(fit_dir),
-            metrics=lambda r: {"final_loss_per_cell": r.info["final_loss_per_cell"], "converged": r.info["converged"]},
-        )
-        fit = done.value
-        info = fit.info
-        headline = {k: info.get(k) for k in ("steps", "converged", "final_loss_per_cell", "ms_per_step", "device", "runtime_s")}
-        outputs = [fit_dir / n for n in ("fit.json", "variational_params.npz", "elbo_trace.csv")]
-        common_md = run.record(done.reused, outputs, metrics=headline, row_counts=meta.row_counts(outputs))
-        return versioned_output(fit, run.version, {**common_md, **meta.fit_metadata(info, run.out_dir)})
-
-    # ------------------------------------------------------------------ exports
-    @dg.asset(
-        key=key("daywise_exports"),
-        ins={"fitted_posterior": dg.AssetIn(key("fitted_posterior"))},
-        deps=layout.settings_deps("export"),
-        **spec("daywise_exports", "export"),
-        **common,
-    )
-    def daywise_exports(context: AssetExecutionContext, fitted_posterior) -> dg.MaterializeResult:
-        run = StepRun.start(context, "export", layout)
-        cfg = run.config
-        done = run.execute(
-            lambda: export_step(fitted_posterior, cfg, run.out_dir), outputs=lambda: step_outputs("export", cfg, run.out_dir)
-        )
-        files = RunLayout(run.out_dir, cfg).all_exports()
-        md = meta.export_metadata(files, cfg.contrast_fate)
-        outputs = step_outputs("export", cfg, run.out_dir)
-        common_md = run.record(done.reused, outputs, metrics={"qc": md["QC offsets"].value}, row_counts=meta.row_counts(outputs))
-        return dg.MaterializeResult(data_version=dg.DataVersion(run.version), metadata={**common_md, **md})
-
-    # ------------------------------------------------------------------ mash
-    @dg.asset(
-        key=key("mash_outputs"),
-        deps=[key("daywise_exports"), *layout.settings_deps("mash")],
-        **spec("mash_outputs", "mash"),
-        **common,
-    )
-    def mash_outputs_asset(context: AssetExecutionContext) -> dg.MaterializeResult:
-        run = StepRun.start(context, "mash", layout)
-        cfg = run.config
-        planned = MashOutputs(RunLayout(run.out_dir, cfg))
-        done = run.execute(lambda: mash_step(cfg, run.out_dir), outputs=lambda: planned.all_paths)
-        messages = done.value.messages if done.value is not None else []
-        tables = {} if done.reused else results.mash_tables(planned)
-        sig = {f"{level}_{mode}_{fate}": meta.significant_rows(p, cfg.mash_lfsr_thresh_day) for (level, mode, fate), p in planned.files.items()}
-        common_md = run.record(
-            done.reused, planned.all_paths, metrics={"significant_rows": sig},
-            row_counts=meta.row_counts(planned.all_paths), tables=tables,
-        )
-        md = meta.mash_metadata(planned.files, cfg.mash_lfsr_thresh_day, messages)
-        return dg.MaterializeResult(data_version=dg.DataVersion(run.version), metadata={**common_md, **md})
-
-    # ------------------------------------------------------------------ aggregate
-    @dg.asset(
-        key=key("aggregated_genes"),
-        deps=[key("mash_outputs"), *layout.settings_deps("aggregate")],
-        **spec("aggregated_genes", "aggregate"),
-        **common,
-    )
-    def aggregated_genes(context: AssetExecutionContext) -> dg.MaterializeResult:
-        run = StepRun.start(context, "aggregate", layout)
-        cfg = run.config
-        paths = {mode: RunLayout(run.out_dir, cfg).guide_agg(mode) for mode in MASH_MODES}
-        done = run.execute(lambda: aggregate_step(cfg, run.out_dir), outputs=lambda: list(paths.values()))
-        md = meta.aggregate_metadata(paths)
-        tables = {} if done.reused else results.aggregate_tables(paths)
-        metrics = {k: v.value for k, v in md.items()}
-        common_md = run.record(done.reused, list(paths.values()), metrics=metrics, row_counts=meta.row_counts(paths.values()), tables=tables)
-        return dg.MaterializeResult(data_version=dg.DataVersion(run.version), metadata={**common_md, **md})
-
-    # ------------------------------------------------------------------ rank
-    @dg.asset(
-        key=key("ranked_hits"),
-        deps=[key("mash_outputs"), key("aggregated_genes"), key("daywise_exports"), *layout.settings_deps("rank")],
-        **spec("ranked_hits", "rank"),
-        **common,
-    )
-    def ranked_hits(context: AssetExecutionContext) -> dg.MaterializeResult:
-        run = StepRun.start(context, "rank", layout)
-        cfg = run.config
-        outputs = RunLayout(run.out_dir, cfg).rank_files()
-        done = run.execute(
-            lambda: rank_step(cfg, run.out_dir),
-            outputs=lambda: outputs,
-            metrics=lambda r: {"n_hits": int(r.hits["hit_anyday"].sum())},
-        )
-        tables = results.rank_tables(*outputs)
-        hits, comparison = tables["hits"], tables["mash_mode_comparison"]
-        metrics = {"n_hits": int(hits["hit_anyday"].astype(bool).sum()), "n_genes": len(hits)}
-        common_md = run.record(
-            done.reused, outputs, metrics=metrics, row_counts=meta.row_counts(outputs), tables={} if done.reused else tables
-        )
-        md = meta.rank_metadata(hits, comparison, cfg.mash_default_mode)
-        return dg.MaterializeResult(data_version=dg.DataVersion(run.version), metadata={**common_md, **md})
-
-    assets = [load_experiment, fitted_posterior, daywise_exports, mash_outputs_asset, aggregated_genes, ranked_hits]
-
-    # ------------------------------------------------------------------ diagnostics
-    if include_diagnostics:
-
-        @dg.asset(
-            key=key("diagnostics"),
-            ins={"filtered_cells": dg.AssetIn(key("filtered_cells")), "guide_embeddings": dg.AssetIn(key("guide_embeddings"))},
-            # The sanity checks and the permutation verdict read the ranked results.
-            deps=[key("ranked_hits"), *layout.settings_deps("diagnostics")],
-            output_required=False,
-            **spec("diagnostics", "diagnostics"),
-            **common,
-        )
-        def diagnostics(context: AssetExecutionContext, filtered_cells, guide_embeddings):
-            run = StepRun.start(context, "diagnostics", layout)
-            cfg = run.config
-            if not cfg.run_diagnostics:
-                # Recorded (not skipped) so that the report downstream still runs.
-                context.log.info("run_diagnostics is false: diagnostics disabled, nothing computed")
-                yield dg.MaterializeResult(
-                    data_version=dg.DataVersion(run.version),
-                    metadata={"run_diagnostics": dg.MetadataValue.bool(False)},
-                )
-                return
-            experiment = Experiment(filtered_cells[0], guide_embeddings, filtered_cells[1])
-            path = run.out_dir / "diagnostics.json"
-            done = run.execute(lambda: diagnostics_step(experiment, cfg, run.out_dir), outputs=lambda: [path])
-            summary = json.loads(path.read_text())
-            common_md = run.record(done.reused, [path], metrics=summary if isinstance(summary, dict) else {})
-            ntc = (summary.get("ntc_calibration") or {}).get("headline") if isinstance(summary, dict) else None
-            ntc_md = {} if not ntc else {
-                "ntc_z_sd": dg.MetadataValue.float(round(float(ntc["sd"]), 3)),
-                "ntc_beyond_1.96": dg.MetadataValue.float(round(float(ntc["beyond_1.96"]), 3)),
-            }
-            yield dg.MaterializeResult(
-                data_version=dg.DataVersion(run.version),
-                metadata={**common_md, **ntc_md, "summary": dg.MetadataValue.json(meta.round_tree(summary, 4))},
-            )
-
-        assets.append(diagnostics)
-
-    # ------------------------------------------------------------------ report
-    @dg.asset(
-        key=key("report"),
-        deps=[key("ranked_hits"), *([key("diagnostics")] if include_diagnostics else [])],
-        **spec("report", "report"),
-        **common,
-    )
-    def report(context: AssetExecutionContext) -> dg.MaterializeResult:
-        run = StepRun.start(context, "report", layout)
-        path = run.out_dir / names.REPORT
-        done = run.execute(
-            lambda: report_step(run.config, run.out_dir),
-            outputs=lambda: [path],
-            metrics=lambda r: {"size_bytes": r.size_bytes, "n_figures": r.n_figures},
-        )
-        common_md = run.record(done.reused, [path], metrics={"size_bytes": path.stat().st_size})
-        return dg.MaterializeResult(
-            data_version=dg.DataVersion(run.version),
-            metadata={
-                **common_md,
-                "report": dg.MetadataValue.url(path.resolve().as_uri()),
-                "report path": dg.MetadataValue.path(str(path.resolve())),
-                "size (KiB)": dg.MetadataValue.int(path.stat().st_size // 1024),
-            },
-        )
-
-    assets.append(report)
-    return assets
+    return _asset
 
 
-__all__ = ["CHAIN_GROUP", "DESCRIPTIONS", "build_chain", "versioned_output"]
+def materialize(run: StepRun, layout: ChainLayout, inputs: Mapping[str, Any]) -> Iterator[dg.Output]:
+    """Run the step and yield each of its assets with its data version and metadata."""
+    step, names = run.step, STEP_ASSETS[run.step.name]
+    if step.name == "diagnostics" and not run.config.run_diagnostics:
+        # Recorded (so that the report's automation is not held up) but kept out of the
+        # lineage database: nothing was computed.
+        run.context.log.info("run_diagnostics is false: diagnostics disabled, nothing computed")
+        md = {"run_diagnostics": dg.MetadataValue.bool(False)}
+        yield from (versioned_output(None, n, run.version, md) for n in names)
+        return
+    values = {r: step_value(r, inputs) for r in step.reads}
+    value = step.call(run.config, run.out_dir, values, engine=run_chain)
+    outputs = step.outputs(run.config, run.out_dir)
+    if step.name == "load":
+        outputs.append(write_text(run.config.to_yaml(), run.out_dir / CONFIG_USED))
+    described = DESCRIBE[step.name](run, value)
+    run.save_results(layout.key(names[0]), described.tables)
+    common = run.metadata(outputs, described.metrics, row_counts=meta.row_counts(outputs), **described.lineage)
+    common["step version"] = dg.MetadataValue.text(run.version)
+    for name, asset_value in asset_values(step.name, value).items():
+        md = {**common, **described.metadata.get("", {}), **described.metadata.get(name, {})}
+        yield versioned_output(asset_value, name, run.version, md)
+
+
+def versioned_output(value: Any, name: str, version: str, metadata: Mapping[str, Any]) -> dg.Output:
+    """An output carrying its data version (a beta parameter in this Dagster version; its warning silenced)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return dg.Output(value, name, data_version=dg.DataVersion(version), metadata=dict(metadata))
+
+
+__all__ = ["CHAIN_GROUP", "DESCRIPTIONS", "ChainOptions", "build_chain", "step_asset", "versioned_output"]

@@ -10,7 +10,6 @@ scored partition into one table and figure, in the format of ``fatebias sweep``
 (``sweep_results.csv``/``.png``, :func:`fatebias_core.studies.sweep.plot_sweep`).
 """
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -22,36 +21,43 @@ import pandas as pd
 from dagster import AssetExecutionContext
 
 from fatebias_core.discovery.evaluate import evaluate_files
+from fatebias_core.io import layout as run_files
 from fatebias_core.io import read_csv, write_csv
-from fatebias_core.pipeline.graph import file_hash
+from fatebias_core.pipeline.graph import file_hash, modules_version
 from fatebias_core.studies.sweep import plot_sweep, score_row
 
 from .. import metadata as meta
 from ..executors import fit_op_tags, fit_pool
-from ..lineage import utcnow
+from ..lineage import record_lineage, utcnow
+from ..resources import ComputeResource, LineageStore, MashBackend, StudyConfig
 from ..resources.study import Study
-from ..runner import CHAIN_RESOURCES, ChainLayout, append_lineage, manifest_lock
+from ..runner import ChainLayout, lineage_metadata, manifest_lock, save_results
 from ..versions import input_files, step_versions
-from .chain import build_chain
+from .chain import ChainOptions, build_chain
 from .sources import build_simulated_experiment
 
 GROUP = "recovery_study"
 LAYOUT = ChainLayout(prefix=("study",), root=dg.AssetKey(["study", "simulated_experiment"]), settings_sources=False)
 SCORES_KEY = dg.AssetKey(["study", "recovery_scores"])
 SUMMARY_KEY = dg.AssetKey("recovery_summary")
-EVALUATE_CODE_VERSION = "1"
-SUMMARY_CODE_VERSION = "1"
-SCORE_FILES = ("daywise_confusion.csv", "pred_call_summary.json")
+EVALUATE_CODE_VERSION = modules_version(("fatebias_core.discovery.evaluate",))
+SUMMARY_CODE_VERSION = modules_version(("fatebias_core.studies.sweep",))
+SCORE_FILES = (run_files.DAYWISE_CONFUSION, run_files.CALL_SUMMARY)
 
 
 def build_recovery_assets(study: Study) -> list[dg.AssetsDefinition]:
     """The study's assets for ``study``'s partitions."""
     partitions = study.partitions_def()
     sim = build_simulated_experiment(LAYOUT.root, partitions_def=partitions, group_name=GROUP)
-    chain = build_chain(
-        LAYOUT, partitions_def=partitions, group_name=GROUP, fit_op_tags=fit_op_tags(), fit_pool=fit_pool(),
-        include_diagnostics=False,
+    options = ChainOptions(
+        partitions_def=partitions, group_name=GROUP, fit_op_tags=fit_op_tags(), fit_pool=fit_pool(), include_diagnostics=False
     )
+    chain = build_chain(LAYOUT, options)
+    return [sim, *chain, recovery_scores_asset(partitions), recovery_summary_asset(partitions)]
+
+
+def recovery_scores_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    """``study/recovery_scores``: one partition's ranked hits scored against its truth."""
 
     @dg.asset(
         key=SCORES_KEY,
@@ -62,38 +68,47 @@ def build_recovery_assets(study: Study) -> list[dg.AssetsDefinition]:
         kinds={"pandas", "csv"},
         description="Recovery of the simulated truth by one partition's ranked hits: TP, FP, FN, TN, "
         "precision, recall, F1 and FPR per day, pooled and any-day: daywise_confusion.csv, pred_call_summary.json.",
-        required_resource_keys=set(CHAIN_RESOURCES),
+        hooks={record_lineage},
     )
-    def recovery_scores(context: AssetExecutionContext) -> dg.MaterializeResult:
+    def recovery_scores(
+        context: AssetExecutionContext,
+        experiment: StudyConfig,
+        compute: ComputeResource,
+        mash: MashBackend,
+        lineage: LineageStore,
+    ) -> dg.MaterializeResult:
         started = utcnow()
-        r = context.resources
         key = context.partition_key
-        folder = r.experiment.run_folder(key, **r.compute.overrides(), **r.mash.overrides())
-        run, _ = r.experiment.sweep_run(key)
-        truth = r.experiment.partition_dir(key) / "truth_daywise.csv"
-        hits = folder.out_dir / "hits_ranked.csv"
+        folder = experiment.run_folder(key, **compute.overrides(), **mash.overrides())
+        run, _ = experiment.sweep_run(key)
+        truth = experiment.partition_dir(key) / run_files.truth_daywise_file()
+        hits = folder.out_dir / run_files.HITS
         cfg = folder.config
         ev = evaluate_files(hits, truth, folder.out_dir, truth_thresh=cfg.sim_truth_thresh, config=cfg)
-        with manifest_lock(folder.out_dir) as manifest:
-            rank_version = manifest.steps.get("rank", {}).get("version") or step_versions(cfg)["rank"]
+        rank_version = step_versions(cfg)["rank"]
         payload = [EVALUATE_CODE_VERSION, rank_version, file_hash(truth), cfg.sim_truth_thresh]
         version = hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
         row = {"partition": str(key), "scenario": Study.variant(run), "seed": run.seed, **score_row(ev.summary)}
         with manifest_lock(folder.out_dir) as manifest:
             manifest.record("evaluate", version, [folder.out_dir / n for n in SCORE_FILES], row)
         confusion = ev.confusion.assign(scenario=row["scenario"], seed=run.seed)
-        common = append_lineage(
-            context, folder, asset_key=SCORES_KEY, step="evaluate", started_at=started, data_version=version,
-            code_version=EVALUATE_CODE_VERSION, settings={"sim_truth_thresh": cfg.sim_truth_thresh},
-            upstream_versions={LAYOUT.key("ranked_hits").to_user_string(): rank_version},
-            lineage={SCORES_KEY.to_user_string(): version, LAYOUT.key("ranked_hits").to_user_string(): rank_version},
+        db = lineage.db(folder.lineage_db)
+        save_results(context, db, SCORES_KEY, folder.partition_key, {"recovery_scores": confusion})
+        common = lineage_metadata(
+            step="evaluate", db=db, out_dir=folder.out_dir, started_at=started,
+            settings={"sim_truth_thresh": cfg.sim_truth_thresh}, outputs=list(ev.paths.values()),
+            metrics={k: v for k, v in row.items() if not _is_nan(v)},
             input_files=input_files(cfg) + [str(truth)], input_version=file_hash(truth),
-            outputs=list(ev.paths.values()), metrics={k: v for k, v in row.items() if not _is_nan(v)},
-            tables={"recovery_scores": confusion},
         )
         md = {k: dg.MetadataValue.float(meta.rounded(v, 3)) for k, v in row.items() if k.endswith(("precision", "recall", "f1")) and not _is_nan(v)}
         md["confusion"] = dg.MetadataValue.md(meta.markdown_table(ev.confusion, max_rows=len(ev.confusion)))
         return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={**common, **md})
+
+    return recovery_scores
+
+
+def recovery_summary_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    """``recovery_summary``: every scored partition in one table and figure."""
 
     @dg.asset(
         key=SUMMARY_KEY,
@@ -103,11 +118,13 @@ def build_recovery_assets(study: Study) -> list[dg.AssetsDefinition]:
         kinds={"pandas", "matplotlib"},
         description="Every scored partition of the study in one table and figure: recovery_summary.csv (one row "
         "per simulation: variant, seed, daywise and any-day precision, recall, F1, FPR) and recovery_summary.png.",
-        required_resource_keys=set(CHAIN_RESOURCES),
+        hooks={record_lineage},
     )
-    def recovery_summary(context: AssetExecutionContext) -> dg.MaterializeResult:
+    def recovery_summary(
+        context: AssetExecutionContext, experiment: StudyConfig, lineage: LineageStore
+    ) -> dg.MaterializeResult:
         started = utcnow()
-        res = context.resources.experiment
+        res = experiment
         study = res.load()
         rows, versions = [], {}
         for key in partitions.get_partition_keys():
@@ -129,14 +146,11 @@ def build_recovery_assets(study: Study) -> list[dg.AssetsDefinition]:
         csv = write_csv(table, root / "recovery_summary.csv")
         png = plot_sweep(table, study.spec, root / "recovery_summary.png")
         version = hashlib.sha256(json.dumps([SUMMARY_CODE_VERSION, sorted(versions.items())]).encode()).hexdigest()[:16]
-        first = res.run_folder(partitions.get_partition_keys()[0])
-        summary_folder = dataclasses.replace(first, out_dir=root, partition_key=None)
-        common = append_lineage(
-            context, summary_folder, asset_key=SUMMARY_KEY, step="summarise", started_at=started, data_version=version,
-            code_version=SUMMARY_CODE_VERSION, settings={"study": study.spec.to_dict()}, upstream_versions=versions,
-            lineage={SUMMARY_KEY.to_user_string(): version, **versions}, input_files=[], input_version="",
+        db = lineage.db(res.experiment.lineage_default())
+        save_results(context, db, SUMMARY_KEY, None, {"recovery_summary": table})
+        common = lineage_metadata(
+            step="summarise", db=db, out_dir=root, started_at=started, settings={"study": study.spec.to_dict()},
             outputs=[csv, png], row_counts={csv.name: len(table)}, metrics={"partitions": len(table)},
-            tables={"recovery_summary": table},
         )
         shown = read_csv(csv, what="recovery summary")
         cols = [c for c in ("scenario", "seed", "daywise_precision", "daywise_recall", "anyday_precision", "anyday_recall", "anyday_fpr") if c in shown]
@@ -148,7 +162,7 @@ def build_recovery_assets(study: Study) -> list[dg.AssetsDefinition]:
         }
         return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={**common, **md})
 
-    return [sim, *chain, recovery_scores, recovery_summary]
+    return recovery_summary
 
 
 def _is_nan(v: Any) -> bool:

@@ -25,13 +25,15 @@ from typing import Any
 import dagster as dg
 from dagster import AssetExecutionContext
 
+from fatebias_core.checks.simulate import simulate
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.errors import InputDataError
-from fatebias_core.pipeline.graph import input_version
+from fatebias_core.io import layout as run_files
+from fatebias_core.pipeline.graph import input_version, modules_version
 
-from ..lineage import utcnow
-from ..resources import ComputeResource, ExperimentConfig, MashBackend
-from ..runner import append_lineage, manifest_lock
+from ..lineage import record_lineage, utcnow
+from ..resources import ChainSource, ComputeResource, ExperimentConfig, LineageStore, MashBackend
+from ..runner import lineage_metadata, manifest_lock
 from ..versions import (
     EXPERIMENT_KEY,
     SETTINGS_STEPS,
@@ -45,7 +47,8 @@ from ..versions import (
 )
 
 SOURCE_CODE_VERSION = "1"
-SIMULATE_CODE_VERSION = "1"
+#: The simulator's code version: a hash of the sources it runs, as the chain's steps.
+SIMULATE_CODE_VERSION = modules_version(("fatebias_core.checks.simulate",))
 
 SETTINGS_DESCRIPTIONS = {
     "load": "inputs: file keys, fates, Kmax, expected days and replicates",
@@ -133,13 +136,13 @@ def build_sources(demo: bool, automation_condition: dg.AutomationCondition | Non
                 kinds={"anndata"},
             )
         ],
-        required_resource_keys={"experiment", "compute", "mash"},
     )
-    def observe_experiment(context) -> Iterator[dg.ObserveResult]:
-        r = context.resources
-        sv = source_versions(r.experiment, r.compute, r.mash).get(EXPERIMENT_KEY)
+    def observe_experiment(
+        experiment: ExperimentConfig, compute: ComputeResource, mash: MashBackend
+    ) -> Iterator[dg.ObserveResult]:
+        sv = source_versions(experiment, compute, mash).get(EXPERIMENT_KEY)
         if sv is None:
-            missing = [f for f in input_files(r.experiment.chain_config()) if not Path(f).exists()]
+            missing = [f for f in input_files(experiment.chain_config()) if not Path(f).exists()]
             raise InputDataError(f"experiment file not found: {missing[0]}")
         yield dg.ObserveResult(asset_key=EXPERIMENT_KEY, data_version=dg.DataVersion(sv.version), metadata=sv.metadata)
 
@@ -169,11 +172,11 @@ def _settings_source(step: str) -> dg.AssetsDefinition:
                 kinds={"yaml"},
             )
         ],
-        required_resource_keys={"experiment", "compute", "mash"},
     )
-    def observe_settings(context) -> Iterator[dg.ObserveResult]:
-        r = context.resources
-        sv = source_versions(r.experiment, r.compute, r.mash)[key]
+    def observe_settings(
+        experiment: ExperimentConfig, compute: ComputeResource, mash: MashBackend
+    ) -> Iterator[dg.ObserveResult]:
+        sv = source_versions(experiment, compute, mash)[key]
         yield dg.ObserveResult(asset_key=key, data_version=dg.DataVersion(sv.version), metadata=sv.metadata)
 
     return observe_settings
@@ -211,47 +214,25 @@ def build_simulated_experiment(
         description="A simulated time-course Perturb-seq experiment with known truth: "
         "adata.h5ad (CellRank 2 layout), guide_map.csv, truth_daywise.csv, truth_guides.csv, "
         "sim_metadata.yaml and a run-ready config.yaml.",
-        required_resource_keys={"experiment", "compute", "mash", "lineage"},
+        hooks={record_lineage},
     )
-    def simulated_experiment(context: AssetExecutionContext) -> dg.MaterializeResult:
-        from fatebias_core.checks.simulate import simulate
-
+    def simulated_experiment(
+        context: AssetExecutionContext,
+        experiment: ChainSource,
+        compute: ComputeResource,
+        mash: MashBackend,
+        lineage: LineageStore,
+    ) -> dg.MaterializeResult:
         started = utcnow()
-        r = context.resources
         partition = context.partition_key if context.has_partition_key else None
-        sim_config, folder_path = r.experiment.simulation_target(partition)
-        run_folder = r.experiment.run_folder(partition, **r.compute.overrides(), **r.mash.overrides())
-        version = simulation_version(sim_config)
-        outputs = [folder_path / n for n in ("adata.h5ad", "guide_map.csv", "truth_daywise.csv", "truth_guides.csv", "sim_metadata.yaml", "config.yaml")]
-        with manifest_lock(folder_path) as manifest:
-            current = manifest.is_current("simulate", version)
-        counts: dict[str, Any] = {}
-        if current:
-            context.log.info(f"simulation in {folder_path} is current (version {version}); reused")
-            counts = manifest.steps["simulate"].get("metrics", {})
-        else:
-            sim = simulate(sim_config, folder_path)
-            context.log.info(sim.describe())
-            counts = {**sim.counts, "truly_active_gene_days": sim.active_gene_days}
-            with manifest_lock(folder_path) as manifest:
-                manifest.record("simulate", version, list(sim.paths.values()), counts)
+        sim_config, folder_path = experiment.simulation_target(partition)
+        run_folder = experiment.run_folder(partition, **compute.overrides(), **mash.overrides())
+        counts, outputs = _simulate(context, sim_config, folder_path)
         data_version = input_version(run_folder.config)
-        common = append_lineage(
-            context,
-            run_folder,
-            asset_key=key,
-            step="simulate",
-            started_at=started,
-            data_version=data_version,
-            code_version=SIMULATE_CODE_VERSION,
-            settings=settings_values(sim_config, SIMULATION_SETTINGS),
-            upstream_versions={settings_dep.to_user_string(): settings_version(sim_config, SIMULATION_SETTINGS)} if settings_dep else {},
-            lineage={key.to_user_string(): data_version},
-            input_files=input_files(run_folder.config),
-            input_version=data_version,
-            outputs=outputs,
-            reused=current,
-            metrics=counts,
+        common = lineage_metadata(
+            step="simulate", db=lineage.db(run_folder.lineage_db), out_dir=folder_path, started_at=started,
+            settings=settings_values(sim_config, SIMULATION_SETTINGS), outputs=outputs, metrics=counts,
+            input_files=input_files(run_folder.config), input_version=data_version,
         )
         md = {k: dg.MetadataValue.int(int(v)) for k, v in counts.items() if isinstance(v, int)}
         md["truly active gene/days"] = dg.MetadataValue.json(counts.get("truly_active_gene_days", {}))
@@ -259,3 +240,20 @@ def build_simulated_experiment(
         return dg.MaterializeResult(data_version=dg.DataVersion(data_version), metadata={**common, **md})
 
     return simulated_experiment
+
+
+def _simulate(context: AssetExecutionContext, sim_config: FatebiasConfig, folder: Path) -> tuple[dict[str, Any], list[Path]]:
+    """Simulate into ``folder`` unless its manifest records a simulation with the same settings."""
+    version = simulation_version(sim_config)
+    names = (run_files.SIM_ADATA, run_files.SIM_GUIDE_MAP, run_files.truth_daywise_file(), run_files.SIM_TRUTH_GUIDES, run_files.SIM_METADATA, run_files.SIM_CONFIG)
+    outputs = [folder / n for n in names]
+    with manifest_lock(folder) as manifest:
+        if manifest.is_current("simulate", version):
+            context.log.info(f"simulation in {folder} is current (version {version}); reused")
+            return manifest.steps["simulate"].get("metrics", {}), outputs
+    sim = simulate(sim_config, folder)
+    context.log.info(sim.describe())
+    counts = {**sim.counts, "truly_active_gene_days": sim.active_gene_days}
+    with manifest_lock(folder) as manifest:
+        manifest.record("simulate", version, list(sim.paths.values()), counts)
+    return counts, outputs

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
+from fatebias_core.config import DEVICES
 from fatebias_core.errors import ConfigError
 
+from .env import env_or
+
 DEVICE_ENV = "FATEBIAS_DEVICE"
-DEVICES = ("auto", "cpu", "cuda")
 
 
 class ComputeResource(dg.ConfigurableResource):
@@ -23,13 +24,13 @@ class ComputeResource(dg.ConfigurableResource):
 
     device: str | None = Field(
         default=None,
-        description="Torch device of the fit: auto | cpu | cuda (FATEBIAS_DEVICE). Unset: the configuration's device.",
+        description=f"Torch device of the fit: {' | '.join(DEVICES)} ({DEVICE_ENV}). Unset: the configuration's device.",
     )
 
     @classmethod
     def from_env(cls) -> ComputeResource:
-        """The resource as the environment configures it."""
-        return cls(device=os.environ.get(DEVICE_ENV) or None)
+        """The resource with its device from ``FATEBIAS_DEVICE`` (a ``dg.EnvVar``) when set."""
+        return cls(device=env_or(DEVICE_ENV, None))
 
     def overrides(self) -> dict[str, Any]:
         """Settings this resource imposes on the configuration."""

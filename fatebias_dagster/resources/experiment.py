@@ -13,7 +13,6 @@ steps whose settings changed).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,8 @@ from pydantic import Field
 
 from fatebias_core.config import FatebiasConfig, load_config, make_config
 from fatebias_core.errors import ConfigError
+
+from .env import env_or
 
 CONFIG_ENV = "FATEBIAS_CONFIG"
 DEMO_DIR_ENV = "FATEBIAS_DEMO_DIR"
@@ -70,7 +71,23 @@ def demo_run_config(base: FatebiasConfig, demo_dir: str | Path) -> FatebiasConfi
     return make_config(values, source=f"demo run configuration for {folder}")
 
 
-class ExperimentConfig(dg.ConfigurableResource):
+class ChainSource(dg.ConfigurableResource):
+    """What a chain asset asks of its ``experiment`` resource: the run folder of a partition.
+
+    :class:`ExperimentConfig` (the main chain) and
+    :class:`~fatebias_dagster.resources.study.StudyConfig` (a study's partitions) are both.
+    """
+
+    def run_folder(self, partition_key: str | None = None, **overrides: object) -> RunFolder:
+        """The run folder and effective settings (``overrides`` from the compute and mash resources)."""
+        raise NotImplementedError
+
+    def simulation_target(self, partition_key: str | None = None) -> tuple[FatebiasConfig, Path]:
+        """The settings and folder of a simulation."""
+        raise NotImplementedError
+
+
+class ExperimentConfig(ChainSource):
     """The experiment and its settings: the YAML named by FATEBIAS_CONFIG, or the built-in demo."""
 
     config_path: str | None = Field(
@@ -85,8 +102,8 @@ class ExperimentConfig(dg.ConfigurableResource):
 
     @classmethod
     def from_env(cls) -> ExperimentConfig:
-        """The resource as the environment configures it."""
-        return cls(config_path=os.environ.get(CONFIG_ENV) or None, demo_dir=os.environ.get(DEMO_DIR_ENV) or DEFAULT_DEMO_DIR)
+        """The resource with ``FATEBIAS_CONFIG`` and ``FATEBIAS_DEMO_DIR`` (``dg.EnvVar``) where set."""
+        return cls(config_path=env_or(CONFIG_ENV, None), demo_dir=env_or(DEMO_DIR_ENV, DEFAULT_DEMO_DIR))
 
     def base_config(self) -> FatebiasConfig:
         """The settings as written in the YAML (defaults when there is none)."""

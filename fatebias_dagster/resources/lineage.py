@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
 from ..lineage import LineageDB
+from .env import env_or
 
 LINEAGE_ENV = "FATEBIAS_LINEAGE_DB"
 
@@ -27,9 +27,14 @@ class LineageStore(dg.ConfigurableResource):
 
     @classmethod
     def from_env(cls) -> LineageStore:
-        """The resource as the environment configures it."""
-        return cls(path=os.environ.get(LINEAGE_ENV) or None)
+        """The resource with its path from ``FATEBIAS_LINEAGE_DB`` (a ``dg.EnvVar``) when set."""
+        return cls(path=env_or(LINEAGE_ENV, None))
 
     def db(self, default: Path) -> LineageDB:
-        """The lineage database (``default`` when no path is configured)."""
-        return LineageDB(Path(self.path) if self.path else default, timeout_s=self.timeout_s)
+        """The lineage database (``default`` when no path is configured).
+
+        Outside a run (``fatebias lineage``, the engine) the ``EnvVar`` is resolved here;
+        inside one Dagster has resolved it already.
+        """
+        resolved = self.process_config_and_initialize()
+        return LineageDB(Path(resolved.path) if resolved.path else default, timeout_s=resolved.timeout_s)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
+from fatebias_core.config import MASH_BACKENDS
 from fatebias_core.errors import ConfigError
 
+from .env import env_or
+
 BACKEND_ENV = "FATEBIAS_MASH_BACKEND"
-BACKENDS = ("native", "r")
 
 
 class MashBackend(dg.ConfigurableResource):
@@ -23,18 +24,19 @@ class MashBackend(dg.ConfigurableResource):
 
     backend: str | None = Field(
         default=None,
-        description="mash implementation: native | r (FATEBIAS_MASH_BACKEND). Unset: the configuration's mash_backend.",
+        description=f"mash implementation: {' | '.join(MASH_BACKENDS)} ({BACKEND_ENV}). "
+        "Unset: the configuration's mash_backend.",
     )
 
     @classmethod
     def from_env(cls) -> MashBackend:
-        """The resource as the environment configures it."""
-        return cls(backend=os.environ.get(BACKEND_ENV) or None)
+        """The resource with its backend from ``FATEBIAS_MASH_BACKEND`` (a ``dg.EnvVar``) when set."""
+        return cls(backend=env_or(BACKEND_ENV, None))
 
     def overrides(self) -> dict[str, Any]:
         """Settings this resource imposes on the configuration."""
         if self.backend is None:
             return {}
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"mash resource: backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.backend not in MASH_BACKENDS:
+            raise ConfigError(f"mash resource: backend must be one of {', '.join(MASH_BACKENDS)}, got {self.backend!r}")
         return {"mash_backend": self.backend}

@@ -13,7 +13,6 @@ folder's ``results``, exactly as ``fatebias sweep`` does for one run.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,8 @@ from fatebias_core.config import FatebiasConfig, make_config
 from fatebias_core.errors import ConfigError
 from fatebias_core.studies.sweep import PRESETS, SweepRun, SweepSpec, load_spec, preset
 
-from .experiment import ExperimentConfig, RunFolder, demo_run_config
+from .env import env_or
+from .experiment import ChainSource, ExperimentConfig, RunFolder, demo_run_config
 
 STUDY_ENV = "FATEBIAS_STUDY"
 STUDY_DIR_ENV = "FATEBIAS_STUDY_DIR"
@@ -85,7 +85,7 @@ def split_partition(partition_key: str) -> tuple[str, int]:
     return variant, int(seed)
 
 
-class StudyConfig(dg.ConfigurableResource):
+class StudyConfig(ChainSource):
     """The simulation study: base settings from the experiment configuration, runs from a sweep spec."""
 
     experiment: ExperimentConfig
@@ -96,8 +96,8 @@ class StudyConfig(dg.ConfigurableResource):
 
     @classmethod
     def from_env(cls, experiment: ExperimentConfig) -> StudyConfig:
-        """The resource as the environment configures it."""
-        return cls(experiment=experiment, study=os.environ.get(STUDY_ENV) or None, root=os.environ.get(STUDY_DIR_ENV) or None)
+        """The resource with ``FATEBIAS_STUDY`` and ``FATEBIAS_STUDY_DIR`` (``dg.EnvVar``) where set."""
+        return cls(experiment=experiment, study=env_or(STUDY_ENV, None), root=env_or(STUDY_DIR_ENV, None))
 
     def load(self) -> Study:
         """The validated study."""

@@ -59,7 +59,7 @@ def simulate_tiny(folder: Path, **settings: object) -> Path:
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
-    """The platform's environment variables unset."""
+    """The platform's environment variables unset (``fatebias run``'s instance: the run folder's own)."""
     for name in PLATFORM_ENV:
         monkeypatch.delenv(name, raising=False)
     yield monkeypatch

@@ -46,52 +46,57 @@ def test_demo_and_run_at_once_then_threshold_edit(tmp_path: Path, tiny_experimen
         assert "MES vs EC:" in out and "NEU vs EC:" in out and "report: " in out and "report.html" in out, out[-2000:]
     assert "next: fatebias run" not in outs[0]  # the demo runs it itself
     for folder in (tmp_path / "demo" / "results", run_dir / "results"):
-        assert not (folder / "fatebias_manifest.json.lock").exists()
+        assert not (folder / "fatebias_manifest.json").exists()  # the manifest is the local engine's
 
     db = LineageDB(db_path)
-    rows = db.query("SELECT out_dir, asset_key, run_id, reused FROM materializations")
+    rows = db.query("SELECT out_dir, asset_key, run_id FROM materializations")
     assert set(rows["out_dir"]) == {str(tmp_path / "demo" / "results"), str(run_dir / "results")}
     for _, one in rows.groupby("out_dir"):
-        assert sorted(one["asset_key"]) == sorted(CHAIN_ROWS) and one["run_id"].nunique() == 1 and not one["reused"].any()
+        assert sorted(one["asset_key"]) == sorted(CHAIN_ROWS) and one["run_id"].nunique() == 1
     assert db.query("SELECT count(DISTINCT run_id) AS runs, count(*) AS n FROM hits").iloc[0].tolist() == [2, 2 * TINY["sim_n_genes"]]
 
     prov = db.query(PROVENANCE_SQL)
-    assert set(prov["asset_key"]) == CHAIN_ROWS - {"report"}  # what the hit list was built from
-    latest = rows.loc[rows["asset_key"] == "ranked_hits"]
+    assert set(prov["asset_key"]) == CHAIN_ROWS - {"report"}  # what the hit list was built from, along the edges
+    assert prov["run_id"].nunique() == 1  # each experiment has its own instance: no crossed edges
     load = prov.set_index("asset_key").loc["filtered_cells"]
     assert load["input_files"][0].endswith("adata.h5ad") and load["input_files"][1].endswith("guide_map.csv")
-    assert Path(load["input_files"][0]).parent.parent.as_posix() in set(latest["out_dir"].map(lambda p: Path(p).parent.parent.as_posix()))
     assert prov.set_index("asset_key").loc["ranked_hits", "settings"]
 
-    # Only ranking (and aggregation, which calls days with the same thresholds) reruns.
+    # Only ranking (and aggregation, which calls days with the same thresholds) reruns: the
+    # run folder's persistent instance holds the data versions the subprocess recorded.
+    assert (run_dir / "results" / "dagster_home" / "dagster.yaml").is_file()
     cfg_path = run_dir / "config.yaml"
     data = yaml.safe_load(cfg_path.read_text())
     cfg_path.write_text(yaml.safe_dump({**data, "mash_lfsr_thresh_day": 0.01}))
     clean_env.setenv("FATEBIAS_LINEAGE_DB", str(db_path))
-    with dg.DagsterInstance.ephemeral() as instance:
-        result = run_chain(load_config(cfg_path), instance=instance)
+    result = run_chain(load_config(cfg_path))
     assert result.ran == ["aggregate", "rank", "report"]
     assert result.reused == ["fit", "export", "mash"]
     assert result.hits is not None and len(result.hits) == TINY["sim_n_genes"]
-    reran = db.query(
-        "SELECT asset_key, reused FROM materializations WHERE run_id = "
+    latest = db.query(
+        "SELECT asset_key FROM materializations WHERE run_id = "
         "(SELECT run_id FROM materializations WHERE asset_key = 'ranked_hits' ORDER BY finished_at DESC LIMIT 1)"
     )
-    assert reran.set_index("asset_key")["reused"].to_dict() == {
-        "aggregated_genes": False, "daywise_exports": True, "filtered_cells": True, "fitted_posterior": True,
-        "guide_embeddings": True, "mash_outputs": True, "ranked_hits": False, "report": False,
-    }
+    assert set(latest["asset_key"]) == {"aggregated_genes", "ranked_hits", "report"}  # nothing logged for current steps
+    prov = db.query(PROVENANCE_SQL).set_index("asset_key")
+    assert prov.loc["ranked_hits", "run_id"] != prov.loc["fitted_posterior", "run_id"]  # the new hit list, the old fit
+    assert '"mash_lfsr_thresh_day": 0.01' in prov.loc["ranked_hits", "settings"]
 
-    # The values handed between assets live in the run folder: a fresh instance materializes
-    # daywise_exports alone from the fit kept there.
+    # Nothing changed: no Dagster run at all.
+    again = run_chain(load_config(cfg_path))
+    assert again.ran == [] and again.reused == ["fit", "export", "mash", "aggregate", "rank", "report"]
+    forced = run_chain(load_config(cfg_path), rerun="rank")  # fatebias run --rerun rank
+    assert forced.ran == ["rank", "report"] and forced.reused == ["fit", "export", "mash", "aggregate"]
+
+    # The values handed between assets are rebuilt from the run folder's files (no pickles): a
+    # fresh instance materializes daywise_exports alone from the fit's npz.
     defs = build_definitions(ExperimentConfig(config_path=str(cfg_path)), executor=dg.in_process_executor)
     with dg.DagsterInstance.ephemeral() as instance:
         alone = defs.resolve_job_def("fatebias_chain").execute_in_process(
             instance=instance, asset_selection=[dg.AssetKey("daywise_exports")]
         )
-    assert alone.success
-    [mat] = alone.get_asset_materialization_events()
-    assert mat.step_materialization_data.materialization.metadata["reused"].value is True
+    assert alone.success and len(alone.get_asset_materialization_events()) == 1
+    assert not list((run_dir / "results").rglob("*.pkl"))
 
 
 def test_engine_reports_bad_input_in_one_line(tmp_path: Path, clean_env) -> None:
@@ -101,7 +106,7 @@ def test_engine_reports_bad_input_in_one_line(tmp_path: Path, clean_env) -> None
 
     cfg = make_config(adata_path=str(tmp_path / "missing.h5ad"), guide_map_csv=str(tmp_path / "map.csv"),
                       out_dir=str(tmp_path / "out"))
-    with dg.DagsterInstance.ephemeral() as instance, pytest.raises(FatebiasError, match="^adata_path: file not found: .*missing.h5ad; guide_map_csv: file not found: .*map.csv$"):
-        run_chain(cfg, instance=instance)
+    with pytest.raises(FatebiasError, match="^adata_path: file not found: .*missing.h5ad; guide_map_csv: file not found: .*map.csv$"):
+        run_chain(cfg)
     # Validation fails before Dagster starts: no run folder, lineage database or lock is left.
     assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -1,18 +1,17 @@
-"""Data versions: the same step versions as ``fatebias run``; a threshold edit reaches only ranking."""
+"""Data and code versions: a threshold edit reaches only calling; an edited module reaches its steps' assets."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
 import yaml
 
-from fatebias_core.config import load_config
-from fatebias_core.pipeline.graph import input_version, step_versions
+from fatebias_core.pipeline import graph
 from fatebias_dagster.assets.sources import source_versions
+from fatebias_dagster.definitions import build_definitions
 from fatebias_dagster.resources import ComputeResource, ExperimentConfig, MashBackend
-from fatebias_dagster.versions import settings_version
-from fatebias_dagster.versions import step_versions as platform_step_versions
 
 
 def versions(path: Path, **compute) -> dict[str, str]:
@@ -44,9 +43,28 @@ def test_threshold_edit_changes_only_calling_settings(tiny_experiment: Path, tmp
 
 
 @pytest.mark.usefixtures("clean_env")
-def test_device_changes_nothing_and_versions_match_core(tiny_experiment: Path) -> None:
+def test_device_changes_nothing_and_experiment_version_is_the_files_content(tiny_experiment: Path) -> None:
     assert versions(tiny_experiment) == versions(tiny_experiment, device="cpu")
-    cfg = load_config(tiny_experiment)
-    assert platform_step_versions(cfg) == step_versions(cfg, input_version(cfg))
-    assert versions(tiny_experiment)["experiment"] == input_version(cfg)
-    assert versions(tiny_experiment)["settings/rank"] == settings_version(cfg, "rank")
+    parts = [hashlib.sha256((tiny_experiment.parent / n).read_bytes()).hexdigest()[:16] for n in ("adata.h5ad", "guide_map.csv")]
+    assert versions(tiny_experiment)["experiment"] == hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_edited_module_changes_the_code_version_of_its_assets(tiny_experiment: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dagster sees a new code version on the assets of the steps that run an edited module, and
+    only there (the data versions downstream follow, as the step table's test shows)."""
+
+    def code(defs) -> dict[str, str]:
+        return {n.key.to_user_string(): n.code_version for n in defs.resolve_asset_graph().asset_nodes if n.is_materializable}
+
+    exp = ExperimentConfig(config_path=str(tiny_experiment))
+    graph.code_versions.cache_clear()
+    before = code(build_definitions(exp))
+    original = graph.read_source
+    monkeypatch.setattr(graph, "read_source", lambda m: original(m) + ("\n# edited" if m == "fatebias_core.mash.fit" else ""))
+    graph.code_versions.cache_clear()
+    try:
+        after = code(build_definitions(exp))
+    finally:
+        graph.code_versions.cache_clear()
+    assert {k for k in before if before[k] != after[k]} == {"mash_outputs"}
