@@ -29,7 +29,6 @@ from fatebias_core.io import read_csv, write_text
 from fatebias_core.pipeline.check import load_experiment_checked
 from fatebias_core.pipeline.graph import (
     CHAIN,
-    MANIFEST_FILE,
     STEPS,
     Manifest,
     Step,
@@ -91,8 +90,8 @@ def fit_and_export(config: FatebiasConfig) -> ChainResult:
 
 def chain_steps(config: FatebiasConfig, until: str | None = None) -> list[Step]:
     """The steps ``fatebias run`` runs, in order (diagnostics only when ``run_diagnostics``)."""
-    names = CHAIN if until is None else CHAIN[: CHAIN.index(until) + 1]
-    return [STEPS[n] for n in names if n != "diagnostics" or config.run_diagnostics]
+    chosen = CHAIN if until is None else CHAIN[: CHAIN.index(until) + 1]
+    return [STEPS[n] for n in chosen if n != "diagnostics" or config.run_diagnostics]
 
 
 def step_inputs(step: Step, config: FatebiasConfig, out: Path, values: dict[str, Any]) -> dict[str, Any]:
@@ -178,13 +177,13 @@ def forget_steps(config: FatebiasConfig, from_step: str, out_dir: str | Path | N
     if from_step not in CHAIN:
         raise ConfigError(f"--rerun {from_step!r} is not a step (one of: {', '.join(CHAIN)})")
     out = Path(out_dir or config.out_dir)
-    names = CHAIN[CHAIN.index(from_step) :]
+    steps = CHAIN[CHAIN.index(from_step) :]
     dropped: list[str] = []
     for folder in (out, out / names.PERMUTATION_DIR):
-        if "fit" in names:
+        if "fit" in steps:
             (folder / names.FIT_DIR / names.CHECKPOINT).unlink(missing_ok=True)
-        if (folder / MANIFEST_FILE).exists():
-            forgot = Manifest.open(folder).forget(names)
+        if (folder / names.MANIFEST).exists():
+            forgot = Manifest.open(folder).forget(steps)
             if folder == out:
                 dropped = forgot
     return dropped
