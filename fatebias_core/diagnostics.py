@@ -5,7 +5,8 @@
 * **Held-out cross-entropy.** A fraction ``heldout_frac`` of the cells (drawn within
   every day x replicate stratum with ``heldout_seed``) is held out; the full model and
   the nuisance-only model (day, replicate and burden terms, no guide terms) are fitted
-  to the rest with the same steps and seed, and both predict the held-out cells. The
+  to the rest with the same seed, started from the run's fit when there is one
+  (``heldout_warm_start``) and stopped at convergence, and both predict the held-out cells. The
   score is the soft-label cross-entropy ``-mean_i sum_f p_if log pi_if`` (lower is
   better); where guides carry signal the full model must beat the nuisance model. The
   held-out cells' burden is centred with the training cells' day means, the centring
@@ -14,7 +15,8 @@
   are permuted among the clones of each replicate x burden-bin stratum (every cell of
   a clone receives the same set, so the clone structure survives)
   (``perm_burden_bins`` quantile bins of the burden, ``perm_seed``); the chain is rerun
-  on the permuted experiment in ``<out>/permutation/`` and its hits counted. Fate
+  on the permuted experiment in ``<out>/permutation/`` (its fit stopped at convergence,
+  and without guide-level mash unless ``perm_guide_mash``) and its hits counted. Fate
   probabilities, days and replicates stay with their cells and a guide set carries its
   burden with it, so a cell's burden changes only within its bin (never, when every bin
   holds one burden value); guides are independent of fate given the strata, and hits
@@ -258,11 +260,18 @@ def split_experiment(experiment: Experiment, heldout: np.ndarray) -> tuple[Exper
     return train, replace(test, cells=replace(xc, burden_centered=centred))
 
 
-def heldout_comparison(experiment: Experiment, config: FatebiasConfig) -> HeldOutResult:
+def heldout_comparison(experiment: Experiment, config: FatebiasConfig, start: FitResult | None = None) -> HeldOutResult:
     """Fit the full and nuisance-only models on the training cells and score the held-out cells.
 
     Uses ``heldout_frac``, ``heldout_steps`` (``num_steps`` when null) and
-    ``heldout_seed`` (split and both fits). See :func:`score_heldout`.
+    ``heldout_seed`` (split and both fits). See :func:`score_heldout`. Both fits stop
+    at convergence; with ``start`` (the run's fit, and ``heldout_warm_start``) they
+    start from its values (the nuisance-only fit from its day, replicate and burden
+    terms) at its likelihood weight, so they need far fewer steps. The run's fit has
+    seen the held-out cells; a refit on the training cells forgets them as far as it
+    converges (its optimum does not depend on where it started), which is why both
+    fits run until the training ELBO no longer changes. ``heldout_warm_start: false``
+    fits from scratch.
     """
     cells = experiment.cells
     held = stratified_holdout(cells.day * cells.n_reps + cells.rep, config.heldout_frac, config.heldout_seed)
@@ -273,8 +282,14 @@ def heldout_comparison(experiment: Experiment, config: FatebiasConfig) -> HeldOu
     train, test = split_experiment(experiment, held)
     steps = config.heldout_steps or config.num_steps
     log.info("held-out check: %d training, %d held-out cells, %d steps per fit", train.n_cells, test.n_cells, steps)
-    full = fit(train, config, num_steps=steps, seed=config.heldout_seed)
-    nuisance = fit(train, config, guide_effects=False, num_steps=steps, seed=config.heldout_seed)
+    stopping = config.model_copy(update={"stop_at_convergence": True})
+    init, weight = None, None
+    if start is not None:
+        init, weight = start.warm_start(), start.info.get("likelihood_weight")
+        log.info("held-out fits start from the run's fit (likelihood weight %.4g)", weight)
+    full = fit(train, stopping, num_steps=steps, seed=config.heldout_seed, init=init, weight=weight)
+    nuisance_init = None if init is None else {k: init[k] for k in ("a", "b", "c")}
+    nuisance = fit(train, stopping, guide_effects=False, num_steps=steps, seed=config.heldout_seed, init=nuisance_init, weight=weight)
     scores = score_heldout(
         test.cells.fate_probs, full.predict(test), nuisance.predict(test), test.cells.day, cells.day_labels
     )
@@ -469,7 +484,12 @@ def permutation_control(experiment: Experiment, config: FatebiasConfig, out_dir:
         {"fingerprint": fingerprint, "perm_seed": config.perm_seed, "perm_burden_bins": config.perm_burden_bins},
         folder / FINGERPRINT_FILE,
     )
-    inner = make_config({**config.model_dump(), "out_dir": str(folder), "run_diagnostics": False}, source="permutation run")
+    guide_level = config.perm_guide_mash or config.discovery_source == "guide_agg"
+    inner = make_config(
+        {**config.model_dump(), "out_dir": str(folder), "run_diagnostics": False, "stop_at_convergence": True,
+         "mash_guide_level": guide_level},
+        source="permutation run",
+    )
     log.info(
         "permutation control: guide sets permuted within %d strata (%d cells moved); rerunning the chain in %s",
         perm.n_strata, perm.n_moved, folder,
@@ -815,7 +835,7 @@ def run_diagnostics(
     t0 = time.perf_counter()
     out = Path(out_dir)
     ntc = ntc_check(experiment, config, out) if "ntc" in parts else None
-    heldout = heldout_comparison(experiment, config) if "heldout" in parts else None
+    heldout = heldout_comparison(experiment, config, _run_fit(out, config, experiment)) if "heldout" in parts else None
     if heldout is not None:  # shown now: the permutation control that follows takes as long again
         s = heldout.scores
         log.info(
@@ -830,6 +850,33 @@ def run_diagnostics(
     result.runtime_s = time.perf_counter() - t0
     write_json(_json_ready(result.to_dict()), path)
     return result
+
+
+def _run_fit(out_dir: Path, config: FatebiasConfig, experiment: Experiment) -> FitResult | None:
+    """The run's saved fit of ``experiment`` to warm-start the held-out fits from.
+
+    None when warm starts are off, the folder has no fit, or its fit is of other
+    guides, genes or fates (then the fits start from scratch).
+    """
+    from .inference import load_fit
+    from .pipeline import FIT_DIR
+
+    fit_dir = Path(out_dir) / FIT_DIR
+    if not config.heldout_warm_start or not (fit_dir / "fit.json").exists():
+        return None
+    result = load_fit(fit_dir)
+    same = (
+        result.guide_effects
+        and list(result.guide_names) == list(experiment.guides.guide_names)
+        and list(result.gene_names) == list(experiment.guides.gene_names)
+        and list(result.fates) == list(experiment.cells.fates)
+        and list(result.contrast_fates) == list(config.contrast_fates)
+        and list(result.rep_labels) == list(experiment.cells.rep_labels)
+        and list(result.day_labels) == list(experiment.cells.day_labels)
+    )
+    if not same:
+        log.info("held-out fits start from scratch: the fit in %s is of other data", fit_dir)
+    return result if same else None
 
 
 def ntc_check(experiment: Experiment, config: FatebiasConfig, out_dir: Path):

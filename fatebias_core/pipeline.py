@@ -115,13 +115,18 @@ class MashOutputs:
         return [*self.files.values(), *self.ash_files.values()]
 
 
+def mash_levels(config: FatebiasConfig) -> tuple[str, ...]:
+    """The tables mash runs on: gene, and guide unless ``mash_guide_level`` is off."""
+    return ("gene", "guide") if config.mash_guide_level else ("gene",)
+
+
 def mash_outputs(config: FatebiasConfig, out_dir: str | Path | None = None) -> MashOutputs:
     """Where :func:`mash_step` writes, for every contrast (seed names for the primary one)."""
     out = _out(config, out_dir)
     files, ash = {}, {}
     for fate in config.contrast_fates:
         sfx = config.file_suffix(fate)
-        for level in ("gene", "guide"):
+        for level in mash_levels(config):
             for mode in MASH_MODES:
                 files[(level, mode, fate)] = out / f"mash_{level}_{mode}{sfx}.csv"
         if config.export_ash_summary:
@@ -143,7 +148,7 @@ def mash_step(config: FatebiasConfig, out_dir: str | Path | None = None) -> Mash
     result = mash_outputs(config, out)
     exports = export_paths(config, out, config.contrast_fates)
     for fate, files in exports.items():
-        for level, kind in (("gene", "gene_daywise"), ("guide", "guide_daywise")):
+        for level, kind in (("gene", "gene_daywise"), ("guide", "guide_daywise"))[: len(mash_levels(config))]:
             table = read_csv(files[kind], what=f"{level} daywise table", dtype={"gene": str, "guide": str})
             for mode in MASH_MODES:
                 res = mash_table(table, mode, config)
@@ -157,8 +162,10 @@ def mash_step(config: FatebiasConfig, out_dir: str | Path | None = None) -> Mash
 
 # --------------------------------------------------------------------------- aggregate / rank
 def aggregate_paths(config: FatebiasConfig, out_dir: str | Path | None = None) -> dict[str, Path]:
-    """``gene_from_guide_mash_<mode>.csv`` of each mode."""
+    """``gene_from_guide_mash_<mode>.csv`` of each mode (none without guide-level mash)."""
     out = _out(config, out_dir)
+    if not config.mash_guide_level:
+        return {}
     return {mode: out / f"gene_from_guide_mash_{mode}.csv" for mode in MASH_MODES}
 
 
