@@ -224,14 +224,51 @@ class LaplaceProblem:
         self.add_prior_hessian(hess)
         return grad.ravel(), hess, pi
 
-    def weighted_gram(self, w: np.ndarray) -> sp.csr_matrix:
-        """``X^T diag(w) X`` (P, P): the design's transpose (made once) times the design with rows scaled by ``w``."""
-        if not hasattr(self, "_xt_cache"):
-            self._xt_cache = self.X.T.tocsr()
-            self._row_of_nz = np.repeat(np.arange(self.X.shape[0]), np.diff(self.X.indptr))
-        scaled = self.X.copy()
-        scaled.data = scaled.data * w[self._row_of_nz]
-        return self._xt_cache @ scaled
+    def weighted_gram(self, w: np.ndarray) -> np.ndarray:
+        """``X^T diag(w) X`` (P, P) dense, from the design's structure.
+
+        A cell's theta entries are its guides' genes on its day, so per day ``d`` the
+        guide-by-guide product ``M_d = U_d^T W_d U_d`` (U_d the guide incidence of the
+        day's cells) gives the u-u block (summed over days) and, by summing its rows and
+        columns over each gene's guides, the theta-u and theta-theta blocks of that day:
+        one sparse product of ~k^2 terms per cell instead of (3 + 2k)^2.
+        """
+        lay, parts = self.layout, self._gram_parts()
+        n0, P = lay.theta.start, lay.size
+        out = np.zeros((P, P))
+        xn = parts["nuisance"]
+        out[:n0, :n0] = (xn.T @ xn.multiply(w[:, None])).toarray()
+        for d, (rows, ud, udt, xnt) in enumerate(parts["days"]):
+            wd = w[rows]
+            scaled = ud.multiply(wd[:, None]).tocsr()
+            m = (udt @ scaled).toarray()  # (G, G)
+            nu = (xnt @ scaled).toarray()  # (n0, G)
+            tu = self._onehot @ m  # (L, G)
+            tidx = lay.theta.start + np.arange(lay.n_genes) * lay.n_days + d
+            out[lay.u, lay.u] += m
+            out[:n0, lay.u] += nu
+            out[np.ix_(tidx, np.arange(lay.u.start, P))] = tu
+            out[np.ix_(tidx, tidx)] = (self._onehot @ tu.T).T
+            out[np.ix_(np.arange(n0), tidx)] = (self._onehot @ nu.T).T
+        upper = np.triu_indices(P, 1)
+        out.T[upper] = out[upper]  # the blocks above were filled on one side of the diagonal
+        return out
+
+    def _gram_parts(self) -> dict:
+        """Cached per-day pieces of the design for :meth:`weighted_gram`."""
+        if not hasattr(self, "_gram_cache"):
+            lay = self.layout
+            X = self.X.tocsc()
+            xn = X[:, : lay.theta.start].tocsr()
+            xu = X[:, lay.u].tocsr()
+            day = np.asarray(X[:, lay.a].argmax(axis=1)).ravel()
+            days = []
+            for d in range(lay.n_days):
+                rows = np.flatnonzero(day == d)
+                ud = xu[rows]
+                days.append((rows, ud, ud.T.tocsr(), xn[rows].T.tocsr()))
+            self._gram_cache = {"nuisance": xn, "days": days}
+        return self._gram_cache
 
     def _symmetric_blocks(self, block_of) -> np.ndarray:
         """A (K P, K P) matrix from its raw (k, j) blocks, centred on the u rows and columns."""
@@ -239,7 +276,8 @@ class LaplaceProblem:
         out = np.zeros((K * P, K * P))
         for k in range(K):
             for j in range(k, K):
-                block = self.centre_cols(self.centre_rows(block_of(k, j).toarray(), k), j)
+                raw = block_of(k, j)
+                block = self.centre_cols(self.centre_rows(raw.toarray() if sp.issparse(raw) else raw, k), j)
                 out[k * P : (k + 1) * P, j * P : (j + 1) * P] = block
                 if j != k:
                     out[j * P : (j + 1) * P, k * P : (k + 1) * P] = block.T
