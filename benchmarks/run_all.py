@@ -181,19 +181,11 @@ def _exe() -> str:
     return shutil.which("fatebias") or str(Path(sys.executable).with_name("fatebias"))
 
 
-def _rscript_mashr() -> tuple[bool, str]:
-    """Whether ``Rscript`` runs and loads mashr (the whole-process reference needs no rpy2)."""
-    if shutil.which("Rscript") is None:
-        return False, "Rscript is not on PATH"
-    proc = subprocess.run(["Rscript", "-e", "suppressPackageStartupMessages(library(mashr))"], capture_output=True, text=True)
-    return (True, "") if proc.returncode == 0 else (False, "R has no mashr package")
-
-
 def mash_rows(quick: bool) -> list[Row]:
     """``fatebias mash`` against ``Rscript`` + mashr, both as whole processes, in each mode."""
-    from mash_speed import RSCRIPT, best_of, run_process, simulate
+    from mash_speed import RSCRIPT, best_of, rscript_mashr, run_process, simulate
 
-    ok, why = _rscript_mashr()
+    ok, why = rscript_mashr()
     if not ok:
         return [Row("`fatebias mash` 20,000 x 4 (whole process)", "Rscript mashr", None, float("nan"), None, ">= 20x", None,
                     f"R not timed: {why}")]
