@@ -15,8 +15,9 @@
   are permuted among the clones of each replicate x burden-bin stratum (every cell of
   a clone receives the same set, so the clone structure survives)
   (``perm_burden_bins`` quantile bins of the burden, ``perm_seed``); the chain is rerun
-  on the permuted experiment in ``<out>/permutation/`` (its fit stopped at convergence,
-  and without guide-level mash unless ``perm_guide_mash``) and its hits counted. Fate
+  on the permuted experiment in ``<out>/permutation/`` (its fit at the real run's
+  likelihood weight and stopped at convergence, without guide-level mash unless
+  ``perm_guide_mash``) and its hits counted. Fate
   probabilities, days and replicates stay with their cells and a guide set carries its
   burden with it, so a cell's burden changes only within its bin (never, when every bin
   holds one burden value); guides are independent of fate given the strata, and hits
@@ -464,6 +465,25 @@ def _reset_if_changed(folder: Path, fingerprint: str) -> None:
             shutil.rmtree(fit_dir)
 
 
+def _real_weight(out_dir: Path, config: FatebiasConfig) -> float | str:
+    """The likelihood weight of the permutation run: with ``auto``, the real run's fitted one when saved.
+
+    The permuted data's guides explain nothing, so their dispersion is at least the real
+    data's and their own weight at most the real one: the real weight makes the
+    permuted posteriors no wider than they would be, so the control is if anything
+    harder to pass, and the permuted fit needs no warm-up at w = 1 before it can stop.
+    """
+    from .pipeline import FIT_DIR
+
+    if config.likelihood_weight != "auto":
+        return config.likelihood_weight
+    try:
+        weight = json.loads((Path(out_dir) / FIT_DIR / "fit.json").read_text())["info"]["likelihood_weight"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "auto"
+    return float(weight) if isinstance(weight, int | float) and weight > 0 else "auto"
+
+
 def permutation_control(experiment: Experiment, config: FatebiasConfig, out_dir: str | Path) -> PermutationResult:
     """Permute guide sets within strata and rerun the chain into ``<out_dir>/permutation``.
 
@@ -487,7 +507,7 @@ def permutation_control(experiment: Experiment, config: FatebiasConfig, out_dir:
     guide_level = config.perm_guide_mash or config.discovery_source == "guide_agg"
     inner = make_config(
         {**config.model_dump(), "out_dir": str(folder), "run_diagnostics": False, "stop_at_convergence": True,
-         "mash_guide_level": guide_level},
+         "mash_guide_level": guide_level, "likelihood_weight": _real_weight(out, config)},
         source="permutation run",
     )
     log.info(

@@ -70,3 +70,6 @@ def test_permutation_control_without_guide_mash(which: str, request) -> None:
     assert (folder / "mash_gene_conservative.csv").exists() and (folder / "hits_ranked.csv").exists()
     assert not list(folder.glob("mash_guide_*.csv")) and not list(folder.glob("gene_from_guide_*.csv"))
     assert set(res.hits_by_mode) == {"conservative", "enriched"}
+    perm_fit = load_fit(folder / "fit")  # at the real run's weight, no warm-up, stopped at convergence
+    assert perm_fit.info["likelihood_weight"] == pytest.approx(load_fit(Path(cfg.out_dir) / "fit").info["likelihood_weight"])
+    assert perm_fit.info["weight_update_steps"] == []
