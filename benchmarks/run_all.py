@@ -232,9 +232,10 @@ def main() -> None:
     print(f"machine: {_machine()}{' (--quick)' if args.quick else ''}")
     rows: list[Row] = []
     for part in parts:
-        t0 = time.perf_counter()
+        t0, load0 = time.perf_counter(), os.getloadavg()[0]
         rows.extend(runners[part](args.quick))
-        print(f"  {part}: measured in {time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"  {part}: measured in {time.perf_counter() - t0:.0f} s (load average {load0:.1f} before, "
+              f"{os.getloadavg()[0]:.1f} after)", flush=True)
     print()
     print_table(rows)
     if args.json:
