@@ -233,9 +233,17 @@ def main() -> None:
     rows: list[Row] = []
     for part in parts:
         t0, load0 = time.perf_counter(), os.getloadavg()[0]
-        rows.extend(runners[part](args.quick))
+        try:
+            new = runners[part](args.quick)
+        except Exception as exc:  # noqa: BLE001 - one failed part must not lose the others' numbers
+            print(f"  {part}: failed ({exc.__class__.__name__}: {str(exc)[:300]})", flush=True)
+            continue
+        rows.extend(new)
         print(f"  {part}: measured in {time.perf_counter() - t0:.0f} s (load average {load0:.1f} before, "
               f"{os.getloadavg()[0]:.1f} after)", flush=True)
+        for r in new:
+            print(f"    {r.what}: reference {_fmt(r.ref_s)}, fatebias {_fmt(r.ours_s)}, ratio "
+                  f"{'-' if r.ratio is None else f'{r.ratio:.1f}x'}; {r.note}", flush=True)
     print()
     print_table(rows)
     if args.json:

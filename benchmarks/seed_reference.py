@@ -108,6 +108,7 @@ def time_seed_steps(
         ``ms_per_step``, ``warmup_steps``, ``timed_steps``, ``last_loss``.
     """
     t = SeedTensors(experiment, contrast_fates, ref_fate)
+    batch_size = min(batch_size, t.N)
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     model = lambda: seed_model(t, batch_size)  # noqa: E731 - a plain closure, as a script writes it
