@@ -109,6 +109,14 @@ def r_available() -> tuple[bool, str]:
     return ok, why
 
 
+def rscript_mashr() -> tuple[bool, str]:
+    """Whether ``Rscript`` runs and loads mashr (the whole-process comparison needs no rpy2)."""
+    if shutil.which("Rscript") is None:
+        return False, "Rscript is not on PATH"
+    proc = subprocess.run(["Rscript", "-e", "suppressPackageStartupMessages(library(mashr))"], capture_output=True, text=True)
+    return (True, "") if proc.returncode == 0 else (False, "R has no mashr package")
+
+
 def best_of(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float], Any]:
     """Best wall time of ``repeats`` calls of ``fn``, all of them, and the last result."""
     times = []
@@ -142,8 +150,10 @@ def main() -> None:
     cfg = FatebiasConfig()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     with_r, why = (False, "--no-r") if args.no_r else r_available()
+    whole_r, whole_why = (False, "--no-r") if args.no_r else rscript_mashr()
     print(f"{args.rows} rows x {args.days} days; load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print("R mashr: " + ("timed in this run" if with_r else f"not timed ({why})"))
+    print("R mashr in-process (rpy2): " + ("timed in this run" if with_r else f"not timed ({why})"))
+    print("R mashr whole process (Rscript): " + ("timed in this run" if whole_r else f"not timed ({whole_why})"))
     print(f"{'step':<34}{'best s':>8}  {'all runs (s)':<28}{'R / native':>11}  notes")
     ratios: dict[str, float] = {}
 
@@ -164,7 +174,7 @@ def main() -> None:
         ratios[f"{mode} in-process"] = r_best / best
         row(f"mash {mode} (native)", best, times, r_best / best, note)
         row(f"mash {mode} (R via rpy2)", r_best, r_times, None, f"max |native - R| {dmax:.1e}")
-    if with_r:
+    if whole_r:
         with tempfile.TemporaryDirectory() as tmp:
             src = Path(tmp) / "table.csv"
             df.to_csv(src, index=False)

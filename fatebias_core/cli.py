@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 
 from fatebias_core.config import DEVICES, MASH_BACKENDS, MASH_MODES
 from fatebias_core.errors import FatebiasError
-from fatebias_core.pipeline.graph import CHAIN
 
 log = logging.getLogger("fatebias")
 
@@ -158,9 +157,9 @@ def _build_run(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--rerun",
         metavar="STEP",
-        choices=list(CHAIN),
         help="remake STEP and every step after it even when their files are current "
-        f"(one of: {', '.join(CHAIN)}; 'fit' also discards the fit's checkpoint)",
+        "(a step of the chain, e.g. fit or rank; an unknown name is an error listing them; "
+        "'fit' also discards the fit's checkpoint)",
     )
     _add_engine(p)
 

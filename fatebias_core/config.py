@@ -89,6 +89,7 @@ class FatebiasConfig(BaseModel):
     num_steps: int = _f(4000, "Maximum number of SVI steps.", "inference", ge=1)
     convergence_window: int = _f(500, "Steps per window compared by the convergence check.", "inference", ge=10)
     convergence_tol: float = _f(1e-4, "Converged when the windowed mean ELBO changes by less than this fraction.", "inference", gt=0)
+    stop_at_convergence: bool = _f(False, "Stop SVI at the first convergence check that passes (every convergence_window steps) instead of running num_steps; the diagnostics' fits always stop there.", "inference")
     num_posterior_draws: int = _f(1000, "Posterior draws S taken from the fitted guide.", "inference", ge=10)
     seed: int = _f(0, "Random seed: the same seed gives the same numbers on CPU.", "inference")
     device: Device = _f("auto", "Torch device for the fit: auto picks cuda when available.", "inference")
@@ -124,6 +125,7 @@ class FatebiasConfig(BaseModel):
     mash_cov_pca_npc: int = _f(2, "Principal components for the data-driven covariances.", "mash", ge=1)
     mash_strong_lfsr_for_cov: float = _f(0.1, "A row is strong when its mash_1by1 lfsr is below this in any condition.", "mash", gt=0, lt=1)
     mash_min_strong_for_cov: int = _f(50, "Data-driven covariances are added only with at least this many strong rows.", "mash", ge=1)
+    mash_guide_level: bool = _f(True, "Run mash on the guide tables too (and aggregate them to genes); discovery_source guide_agg needs it.", "mash")
     mash_chunk_rows: int = _f(50000, "Rows per chunk of the mash likelihood (bounds memory).", "mash", ge=1)
     ash_settings: Literal["default", "seed"] = _f("default", "ash prior of the across-day summary: default = ashr's defaults (normal mixture, point mass at zero, nullbiased prior); seed = the seed pipeline's ash(mixcompdist = 'halfuniform', pointmass = FALSE, prior = 'uniform', grange = range(betahat)), which has no point mass, so lfdr and q-value are 0 for every gene and 'lfsr < 0.05 and q < 0.10' reduces to lfsr alone.", "mash")
     mash_ed_maxiter: int = _f(100000, "Iteration limit of extreme deconvolution (enriched mode); when reached, its covariances are kept and a warning says so.", "mash", ge=1)
@@ -143,6 +145,8 @@ class FatebiasConfig(BaseModel):
     heldout_frac: float = _f(0.1, "Fraction of cells held out for the cross-entropy comparison.", "diagnostics", gt=0, lt=1)
     heldout_steps: int | None = _f(None, "SVI steps of each held-out fit (null: num_steps).", "diagnostics", ge=1)
     heldout_seed: int = _f(1, "Seed of the held-out split and fits.", "diagnostics")
+    heldout_warm_start: bool = _f(True, "The held-out fits start from the run's fit (when the run folder has one) at its likelihood weight; false: from scratch. Either way they stop at convergence.", "diagnostics")
+    perm_guide_mash: bool = _f(False, "The permutation control also runs guide-level mash and the guide-to-gene aggregation (its verdict counts gene-level hits, which do not need them; discovery_source guide_agg always runs them).", "diagnostics")
     perm_burden_bins: int = _f(4, "Burden bins of the permutation strata (clones permuted within replicate x burden bin).", "diagnostics", ge=1)
     perm_seed: int = _f(2, "Seed of the guide-set permutation.", "diagnostics")
     ntc_pseudogene_size: int | None = _f(None, "NTC calibration check: NTC guides per pseudo-gene (null: the median guides per gene).", "diagnostics", ge=1)
@@ -231,6 +235,8 @@ class FatebiasConfig(BaseModel):
             raise ValueError(f"contrast_fate equals ref_fate ({self.ref_fate!r}); pick a different contrast")
         if self.sim_effect_min > self.sim_effect_max:
             raise ValueError("sim_effect_min must not exceed sim_effect_max")
+        if self.discovery_source == "guide_agg" and not self.mash_guide_level:
+            raise ValueError("discovery_source guide_agg needs mash_guide_level: true")
         if self.lr_final > self.lr:
             raise ValueError(f"lr_final ({self.lr_final}) must not exceed lr ({self.lr})")
         return self

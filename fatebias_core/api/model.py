@@ -259,7 +259,7 @@ class FateBias:
         }
         makers |= {path.name: partial(self.get_ash, fate) for fate, path in layout.ash_tables().items() if fate in fates}
         if cfg.contrast_fate in fates:
-            makers |= {layout.guide_agg(mode).name: partial(self.get_gene_from_guides, mode) for mode in MASH_MODES}
+            makers |= {path.name: partial(self.get_gene_from_guides, mode) for mode, path in layout.guide_aggs().items()}
             makers[names.HITS] = self.get_ranked
             makers[names.MODE_COMPARISON] = self.get_mode_comparison
         makers |= {path.name: partial(self.get_ranked, None, fate) for fate, path in layout.contrast_hits().items() if fate in fates}

@@ -5,7 +5,8 @@
 * **Held-out cross-entropy.** A fraction ``heldout_frac`` of the cells (drawn within
   every day x replicate stratum with ``heldout_seed``) is held out; the full model and
   the nuisance-only model (day, replicate and burden terms, no guide terms) are fitted
-  to the rest with the same steps and seed, and both predict the held-out cells. The
+  to the rest with the same seed, started from the run's fit when there is one
+  (``heldout_warm_start``) and stopped at convergence, and both predict the held-out cells. The
   score is the soft-label cross-entropy ``-mean_i sum_f p_if log pi_if`` (lower is
   better); where guides carry signal the full model must beat the nuisance model. The
   held-out cells' burden is centred with the training cells' day means, the centring
@@ -14,7 +15,9 @@
   are permuted among the clones of each replicate x burden-bin stratum (every cell of
   a clone receives the same set, so the clone structure survives)
   (``perm_burden_bins`` quantile bins of the burden, ``perm_seed``); the chain is rerun
-  on the permuted experiment in ``<out>/permutation/`` and its hits counted. Fate
+  on the permuted experiment in ``<out>/permutation/`` (its fit at the real run's
+  likelihood weight and stopped at convergence, without guide-level mash unless
+  ``perm_guide_mash``) and its hits counted. Fate
   probabilities, days and replicates stay with their cells and a guide set carries its
   burden with it, so a cell's burden changes only within its bin (never, when every bin
   holds one burden value); guides are independent of fate given the strata, and hits
@@ -266,11 +269,18 @@ def split_experiment(experiment: Experiment, heldout: np.ndarray) -> tuple[Exper
     return train, replace(test, cells=replace(xc, burden_centered=centred))
 
 
-def heldout_comparison(experiment: Experiment, config: FatebiasConfig) -> HeldOutResult:
+def heldout_comparison(experiment: Experiment, config: FatebiasConfig, start: FitResult | None = None) -> HeldOutResult:
     """Fit the full and nuisance-only models on the training cells and score the held-out cells.
 
     Uses ``heldout_frac``, ``heldout_steps`` (``num_steps`` when null) and
-    ``heldout_seed`` (split and both fits). See :func:`score_heldout`.
+    ``heldout_seed`` (split and both fits). See :func:`score_heldout`. Both fits stop
+    at convergence; with ``start`` (the run's fit, and ``heldout_warm_start``) they
+    start from its values (the nuisance-only fit from its day, replicate and burden
+    terms) at its likelihood weight, so they need far fewer steps. The run's fit has
+    seen the held-out cells; a refit on the training cells forgets them as far as it
+    converges (its optimum does not depend on where it started), which is why both
+    fits run until the training ELBO no longer changes. ``heldout_warm_start: false``
+    fits from scratch.
     """
     cells = experiment.cells
     held = stratified_holdout(cells.day * cells.n_reps + cells.rep, config.heldout_frac, config.heldout_seed)
@@ -281,8 +291,14 @@ def heldout_comparison(experiment: Experiment, config: FatebiasConfig) -> HeldOu
     train, test = split_experiment(experiment, held)
     steps = config.heldout_steps or config.num_steps
     log.info("held-out check: %d training, %d held-out cells, %d steps per fit", train.n_cells, test.n_cells, steps)
-    full = fit(train, config, num_steps=steps, seed=config.heldout_seed)
-    nuisance = fit(train, config, guide_effects=False, num_steps=steps, seed=config.heldout_seed)
+    stopping = config.model_copy(update={"stop_at_convergence": True})
+    init, weight = None, None
+    if start is not None:
+        init, weight = start.warm_start(), start.info.get("likelihood_weight")
+        log.info("held-out fits start from the run's fit (likelihood weight %.4g)", weight)
+    full = fit(train, stopping, num_steps=steps, seed=config.heldout_seed, init=init, weight=weight)
+    nuisance_init = None if init is None else {k: init[k] for k in ("a", "b", "c")}
+    nuisance = fit(train, stopping, guide_effects=False, num_steps=steps, seed=config.heldout_seed, init=nuisance_init, weight=weight)
     scores = score_heldout(
         test.cells.fate_probs, full.predict(test), nuisance.predict(test), test.cells.day, cells.day_labels
     )
@@ -457,6 +473,23 @@ def _reset_if_changed(folder: Path, fingerprint: str) -> None:
             shutil.rmtree(fit_dir)
 
 
+def _real_weight(out_dir: Path, config: FatebiasConfig) -> float | str:
+    """The likelihood weight of the permutation run: with ``auto``, the real run's fitted one when saved.
+
+    The permuted data's guides explain nothing, so their dispersion is at least the real
+    data's and their own weight at most the real one: the real weight makes the
+    permuted posteriors no wider than they would be, so the control is if anything
+    harder to pass, and the permuted fit needs no warm-up at w = 1 before it can stop.
+    """
+    if config.likelihood_weight != "auto":
+        return config.likelihood_weight
+    try:
+        weight = json.loads((Path(out_dir) / names.FIT_DIR / names.FIT_META).read_text())["info"]["likelihood_weight"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "auto"
+    return float(weight) if isinstance(weight, int | float) and weight > 0 else "auto"
+
+
 def permutation_control(
     experiment: Experiment, config: FatebiasConfig, out_dir: str | Path, run_chain: ChainRunner
 ) -> PermutationResult:
@@ -478,7 +511,12 @@ def permutation_control(
         {"fingerprint": fingerprint, "perm_seed": config.perm_seed, "perm_burden_bins": config.perm_burden_bins},
         folder / names.PERMUTATION_FINGERPRINT,
     )
-    inner = make_config({**config.model_dump(), "out_dir": str(folder), "run_diagnostics": False}, source="permutation run")
+    guide_level = config.perm_guide_mash or config.discovery_source == "guide_agg"
+    inner = make_config(
+        {**config.model_dump(), "out_dir": str(folder), "run_diagnostics": False, "stop_at_convergence": True,
+         "mash_guide_level": guide_level, "likelihood_weight": _real_weight(out, config)},
+        source="permutation run",
+    )
     log.info(
         "permutation control: guide sets permuted within %d strata (%d cells moved); rerunning the chain in %s",
         perm.n_strata, perm.n_moved, folder,
@@ -824,7 +862,7 @@ def run_diagnostics(
     t0 = time.perf_counter()
     out = Path(out_dir)
     ntc = ntc_check(experiment, config, out) if "ntc" in parts else None
-    heldout = heldout_comparison(experiment, config) if "heldout" in parts else None
+    heldout = heldout_comparison(experiment, config, _run_fit(out, config, experiment)) if "heldout" in parts else None
     if heldout is not None:  # shown now: the permutation control that follows takes as long again
         s = heldout.scores
         log.info(
@@ -841,6 +879,30 @@ def run_diagnostics(
     result.runtime_s = time.perf_counter() - t0
     write_json(_json_ready(result.to_dict()), path)
     return result
+
+
+def _run_fit(out_dir: Path, config: FatebiasConfig, experiment: Experiment) -> FitResult | None:
+    """The run's saved fit of ``experiment`` to warm-start the held-out fits from.
+
+    None when warm starts are off, the folder has no fit, or its fit is of other
+    guides, genes or fates (then the fits start from scratch).
+    """
+    fit_dir = Path(out_dir) / names.FIT_DIR
+    if not config.heldout_warm_start or not (fit_dir / names.FIT_META).exists():
+        return None
+    result = load_fit(fit_dir)
+    same = (
+        result.guide_effects
+        and list(result.guide_names) == list(experiment.guides.guide_names)
+        and list(result.gene_names) == list(experiment.guides.gene_names)
+        and list(result.fates) == list(experiment.cells.fates)
+        and list(result.contrast_fates) == list(config.contrast_fates)
+        and list(result.rep_labels) == list(experiment.cells.rep_labels)
+        and list(result.day_labels) == list(experiment.cells.day_labels)
+    )
+    if not same:
+        log.info("held-out fits start from scratch: the fit in %s is of other data", fit_dir)
+    return result if same else None
 
 
 def ntc_check(experiment: Experiment, config: FatebiasConfig, out_dir: Path) -> NTCCalibration | None:

@@ -47,11 +47,54 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
 
 
 def write_csv(df: pd.DataFrame, path: PathLike, **kwargs: Any) -> Path:
-    """Write ``df`` to ``path`` atomically (no index unless asked)."""
+    """Write ``df`` to ``path`` atomically (no index unless asked).
+
+    A plain table (no index, flat string column names, float64, integer, bool and
+    string columns) is written by :func:`_plain_csv_rows`, which gives the same bytes
+    as ``DataFrame.to_csv`` several times faster; anything else goes to pandas.
+    """
     kwargs.setdefault("index", False)
+    cols = _plain_csv_columns(df) if kwargs == {"index": False} else None
     with atomic_path(path) as tmp:
-        df.to_csv(tmp, **kwargs)
+        if cols is None:
+            df.to_csv(tmp, **kwargs)
+        else:
+            lines = [",".join(map(_csv_field, df.columns)), *map(",".join, zip(*cols, strict=True))]
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                fh.write("\n".join(lines) + "\n")
     return Path(path)
+
+
+def _csv_field(text: str) -> str:
+    """``text`` quoted as the csv module's minimal quoting does (delimiter, quote or line break inside)."""
+    if any(ch in text for ch in ',"\r\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def _plain_csv_columns(df: pd.DataFrame) -> list[list[str]] | None:
+    """The cells of ``df`` as ``to_csv`` formats them (floats by ``repr``, NaN empty), or None when not plain."""
+    if df.shape[1] < 2 or not all(isinstance(c, str) and c for c in df.columns) or df.columns.has_duplicates:
+        return None
+    cols: list[list[str]] = []
+    for _, col in df.items():
+        kind = col.dtype.kind
+        if col.dtype == np.float64:
+            values = col.to_numpy()
+            text = list(map(repr, values.tolist()))
+            for i in np.flatnonzero(np.isnan(values)):
+                text[i] = ""
+        elif kind in "iub" and isinstance(col.dtype, np.dtype):
+            text = list(map(str, col.tolist()))
+        elif kind == "O":
+            values = col.tolist()
+            if not all(isinstance(v, str) for v in values):
+                return None
+            text = list(map(_csv_field, values))
+        else:
+            return None
+        cols.append(text)
+    return cols
 
 
 def write_text(text: str, path: PathLike) -> Path:

@@ -139,14 +139,23 @@ class RunLayout:
         """``ash_gene_summary[_<FATE>].csv``, or None when ``export_ash_summary`` is off."""
         return self.root / ASH_FILE.format(sfx=self._sfx(fate)) if self.config.export_ash_summary else None
 
+    @property
+    def mash_levels(self) -> tuple[str, ...]:
+        """The tables mash runs on: gene, and guide unless ``mash_guide_level`` is off."""
+        return ("gene", "guide") if self.config.mash_guide_level else ("gene",)
+
     def mash_tables(self) -> dict[tuple[str, str, str], Path]:
         """Every mash table, by (level, mode, fate)."""
         return {
             (level, mode, fate): self.mash(level, mode, fate)
             for fate in self.config.contrast_fates
-            for level in ("gene", "guide")
+            for level in self.mash_levels
             for mode in MASH_MODES
         }
+
+    def guide_aggs(self) -> dict[str, Path]:
+        """``gene_from_guide_mash_<mode>.csv`` of each mode (none without guide-level mash)."""
+        return {mode: self.guide_agg(mode) for mode in MASH_MODES} if self.config.mash_guide_level else {}
 
     def ash_tables(self) -> dict[str, Path]:
         """Every ash summary, by contrast fate (none when ``export_ash_summary`` is off)."""
@@ -182,7 +191,7 @@ class RunLayout:
             "fit": self.fit_files,
             "export": lambda: [p for f in self.all_exports().values() for p in f.values()],
             "mash": self.mash_files,
-            "aggregate": lambda: [self.guide_agg(m) for m in MASH_MODES],
+            "aggregate": lambda: list(self.guide_aggs().values()),
             "rank": self.rank_files,
             "diagnostics": lambda: [self.root / DIAGNOSTICS],
             "report": lambda: [self.root / REPORT],

@@ -310,7 +310,9 @@ class FateModel:
 
     def __call__(self, idx: torch.Tensor | None = None) -> None:
         """The model; ``idx`` are the minibatch's cell indices (all cells when None)."""
-        values = {name: pyro.sample(name, prior) for name, prior in self.priors_of().items()}
+        if not hasattr(self, "_priors"):  # the priors never change: build them once, not every step
+            self._priors = self.priors_of()
+        values = {name: pyro.sample(name, prior) for name, prior in self._priors.items()}
         table = self.effect_table_from(values)
         N = self.data.n_cells
         with pyro.plate("cells", N, subsample=idx) as ind:

@@ -40,7 +40,7 @@ from fatebias_core.model.fate_model import (
     full_logits,
     linear_predictor,
 )
-from fatebias_core.model.guides import MeanFieldGuide, MeanFieldPosterior
+from fatebias_core.model.guides import MeanFieldGuide, MeanFieldPosterior, initial_values
 from fatebias_core.types import Experiment
 
 if TYPE_CHECKING:
@@ -130,6 +130,26 @@ class FitResult:
         """theta (L, K, D) and beta (G, K, D) at the point values."""
         p = self.point()
         return p["theta"], p["theta"][self.gene_of_guide] + p["delta"][..., None]
+
+    def warm_start(self) -> dict[str, np.ndarray]:
+        """Values of every latent site (constrained space) at this fit's point, to start another fit from.
+
+        The posterior median of a mean-field fit; for a Laplace/bootstrap fit its mode,
+        with the non-centred z and eps recovered from theta and the variance
+        hyperparameters the mode was computed with.
+        """
+        post = self.posterior
+        if post.family == "meanfield":
+            return post.median_sites()
+        p = post.params
+        out = {k: np.asarray(p[k]) for k in ("a", "b", "c")}
+        if self.guide_effects:
+            tau, st, theta = np.asarray(p["hyper_tau"]), np.asarray(p["hyper_sigma_time"]), np.asarray(p["theta"])
+            out.update(
+                tau=tau, sigma_time=st, sigma_guide=np.asarray(p["hyper_sigma_guide"]), u=np.asarray(p["u"]),
+                z=theta[..., 0] / tau, eps=np.diff(theta, axis=-1) / st[None],
+            )
+        return out
 
     def predict(self, experiment: Experiment) -> np.ndarray:
         """Fate probabilities (N, F) of ``experiment``'s cells at the point values.
@@ -334,6 +354,8 @@ def fit(
     checkpoint_every: int | None = None,
     num_steps: int | None = None,
     seed: int | None = None,
+    init: dict[str, np.ndarray] | None = None,
+    weight: float | None = None,
 ) -> FitResult:
     """Fit the fate model to ``experiment``.
 
@@ -361,6 +383,17 @@ def fit(
         Steps between checkpoints (default ``config.checkpoint_every``).
     num_steps, seed
         Override the configured values (used by diagnostics).
+    init
+        Starting values (constrained space) of some or all latent sites, e.g. another
+        fit's :meth:`FitResult.warm_start` (a warm start); the others start as usual.
+    weight
+        With ``likelihood_weight: auto``, a likelihood weight to use from the first step
+        (e.g. the weight of the fit ``init`` comes from) instead of estimating it after
+        a warm-up with w = 1.
+
+    With ``stop_at_convergence`` (a setting) the fit stops at the first check, every
+    ``convergence_window`` steps, at which the windowed relative ELBO change is below
+    ``convergence_tol``; the learning-rate schedule stays the one of ``num_steps``.
 
     Returns
     -------
@@ -376,8 +409,9 @@ def fit(
 
         check_laplace_size(experiment, len(contrast_fates))  # fail before a long fit, not after it
     data = ModelData.from_experiment(experiment, config.ref_fate, contrast_fates, device=device)
-    auto_weight = config.likelihood_weight == "auto"
-    model = FateModel(data, Priors.from_config(config), 1.0 if auto_weight else config.likelihood_weight, guide_effects=guide_effects)
+    auto_weight = config.likelihood_weight == "auto" and weight is None
+    start_weight = float(weight) if weight is not None and config.likelihood_weight == "auto" else config.likelihood_weight
+    model = FateModel(data, Priors.from_config(config), 1.0 if auto_weight else start_weight, guide_effects=guide_effects)
     warmup = max(1, int(steps * config.dispersion_warmup_frac)) if auto_weight else 0
     # The weight is estimated at the end of the warm-up and re-estimated once more, later,
     # when the effects are closer to fitted; the loss is compared from the last update on.
@@ -390,11 +424,16 @@ def fit(
         "laplace_effect_scales": config.laplace_effect_scales,
         "bootstrap_replicates": config.bootstrap_replicates if config.posterior_method == "bootstrap" else 0,
     }
+    if config.stop_at_convergence:
+        settings["stop_at_convergence"] = True
+    if init is not None:
+        settings["init"] = _hash({k: np.asarray(v).round(12).tolist() for k, v in sorted(init.items())})
+        settings["start_weight"] = None if weight is None else float(weight)
     settings_hash = _hash(settings)
 
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
-    guide = MeanFieldGuide(model)
+    guide = MeanFieldGuide(model, init=_start_values(model, init))
     lrd = (config.lr_final / config.lr) ** (1.0 / max(steps, 1))
     optim = ClippedAdam({"lr": config.lr, "lrd": lrd, "clip_norm": config.clip_norm, "betas": (0.9, 0.999)})
     svi = SVI(model, guide, optim, loss=Trace_ELBO())
@@ -417,6 +456,7 @@ def fit(
             log.info("resuming fit from step %d of %d (%s)", start_step, steps, ckpt_path)
 
     scale = 1.0 / data.n_cells
+    stop_window = min(config.convergence_window, max((steps - settled) // 4, 1))
     t0 = time.perf_counter()
     last_good = start_step
     desc = "fit" if guide_effects else "fit (nuisance)"
@@ -445,21 +485,27 @@ def fit(
             if ckpt_path is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
                 _save_checkpoint(ckpt_path, step + 1, elbo, optim, sampler, settings_hash, model.likelihood_weight)
                 last_good = step + 1
+            if config.stop_at_convergence and _converged_now(elbo, settled, stop_window, config.convergence_tol):
+                log.info("%s: converged at step %d of %d; stopping", desc, step + 1, steps)
+                break
     runtime = time.perf_counter() - t0
+    steps_run = len(elbo)
 
     trace = np.asarray(elbo)
     tail = trace[settled:]
-    window = min(config.convergence_window, max(len(tail) // 4, 1))
+    window = stop_window if steps_run < steps else min(config.convergence_window, max(len(tail) // 4, 1))
     conv = steps_to_convergence(tail, window, config.convergence_tol)
     conv_step = None if conv is None else conv + settled
     posterior = MeanFieldPosterior.from_param_store(model.site_shapes())
     gene0 = experiment.guides.gene_of_guide[1:].astype(np.int64) - 1
     final_phi = dispersion(data, model, posterior.point(gene0, experiment.guides.n_genes))
     info = {
-        "steps": steps,
+        "steps": steps_run,
+        "max_steps": steps,
+        "stopped_at_convergence": steps_run < steps,
         "resumed_from": start_step,
         "runtime_s": round(runtime, 3),
-        "ms_per_step": round(1e3 * runtime / max(steps - start_step, 1), 3),
+        "ms_per_step": round(1e3 * runtime / max(steps_run - start_step, 1), 3),
         "device": str(device),
         "n_cells": data.n_cells,
         "batch_size": sampler.batch_size,
@@ -501,6 +547,28 @@ def fit(
     if guide_effects and config.posterior_method != "meanfield":
         result = refine_posterior(result, experiment, config, config.posterior_method)
     return result
+
+
+def _converged_now(elbo: list[float], settled: int, window: int, tol: float) -> bool:
+    """Whether a convergence check falls on this step and passes (every ``window`` steps after ``settled``)."""
+    n = len(elbo) - settled
+    if n < 2 * window or n % window:
+        return False
+    return _windowed_change(np.asarray(elbo[-2 * window :]), window) < tol
+
+
+def _start_values(model: FateModel, init: dict[str, np.ndarray] | None) -> dict[str, torch.Tensor] | None:
+    """The guide's starting values: ``init`` where given (matching shapes), the usual ones elsewhere."""
+    if init is None:
+        return None
+    out = initial_values(model)
+    for name, value in init.items():
+        if name in out:
+            tensor = torch.as_tensor(np.asarray(value), dtype=out[name].dtype, device=out[name].device)
+            if tuple(tensor.shape) != tuple(out[name].shape):
+                raise FitError(f"warm start: site {name} has shape {tuple(tensor.shape)}, the model needs {tuple(out[name].shape)}")
+            out[name] = tensor
+    return out
 
 
 def refine_posterior(fit_result: FitResult, experiment: Experiment, config: FatebiasConfig, method: str) -> FitResult:

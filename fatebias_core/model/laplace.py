@@ -21,7 +21,6 @@ and the (K P) x (K P) system is dense but small (P = D + R + 1 + L D + G).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -223,10 +222,55 @@ class LaplaceProblem:
             g = np.asarray(self.X.T @ (self.weight * (pk[:, k] - qk[:, k])))
             grad[k] = self.centre_rows(g, k)
         grad += self.prior_grad(psi)
-        XT = self.X.T.tocsr()
-        hess = self._symmetric_blocks(lambda k, j: XT.multiply(self.weight * pk[:, k] * ((k == j) - pk[:, j])) @ self.X)
-        hess += self.prior_hessian()
+        hess = self._symmetric_blocks(lambda k, j: self.weighted_gram(self.weight * pk[:, k] * ((k == j) - pk[:, j])))
+        self.add_prior_hessian(hess)
         return grad.ravel(), hess, pi
+
+    def weighted_gram(self, w: np.ndarray) -> np.ndarray:
+        """``X^T diag(w) X`` (P, P) dense, from the design's structure.
+
+        A cell's theta entries are its guides' genes on its day, so per day ``d`` the
+        guide-by-guide product ``M_d = U_d^T W_d U_d`` (U_d the guide incidence of the
+        day's cells) gives the u-u block (summed over days) and, by summing its rows and
+        columns over each gene's guides, the theta-u and theta-theta blocks of that day:
+        one sparse product of ~k^2 terms per cell instead of (3 + 2k)^2.
+        """
+        lay, parts = self.layout, self._gram_parts()
+        n0, P = lay.theta.start, lay.size
+        out = np.zeros((P, P))
+        xn = parts["nuisance"]
+        out[:n0, :n0] = (xn.T @ xn.multiply(w[:, None])).toarray()
+        for d, (rows, ud, udt, xnt) in enumerate(parts["days"]):
+            wd = w[rows]
+            scaled = ud.multiply(wd[:, None]).tocsr()
+            m = (udt @ scaled).toarray()  # (G, G)
+            nu = (xnt @ scaled).toarray()  # (n0, G)
+            tu = self._onehot @ m  # (L, G)
+            tidx = lay.theta.start + np.arange(lay.n_genes) * lay.n_days + d
+            out[lay.u, lay.u] += m
+            out[:n0, lay.u] += nu
+            out[np.ix_(tidx, np.arange(lay.u.start, P))] = tu
+            out[np.ix_(tidx, tidx)] = (self._onehot @ tu.T).T
+            out[np.ix_(np.arange(n0), tidx)] = (self._onehot @ nu.T).T
+        upper = np.triu_indices(P, 1)
+        out.T[upper] = out[upper]  # the blocks above were filled on one side of the diagonal
+        return out
+
+    def _gram_parts(self) -> dict:
+        """Cached per-day pieces of the design for :meth:`weighted_gram`."""
+        if not hasattr(self, "_gram_cache"):
+            lay = self.layout
+            X = self.X.tocsc()
+            xn = X[:, : lay.theta.start].tocsr()
+            xu = X[:, lay.u].tocsr()
+            day = np.asarray(X[:, lay.a].argmax(axis=1)).ravel()
+            days = []
+            for d in range(lay.n_days):
+                rows = np.flatnonzero(day == d)
+                ud = xu[rows]
+                days.append((rows, ud, ud.T.tocsr(), xn[rows].T.tocsr()))
+            self._gram_cache = {"nuisance": xn, "days": days}
+        return self._gram_cache
 
     def _symmetric_blocks(self, block_of) -> np.ndarray:
         """A (K P, K P) matrix from its raw (k, j) blocks, centred on the u rows and columns."""
@@ -234,7 +278,8 @@ class LaplaceProblem:
         out = np.zeros((K * P, K * P))
         for k in range(K):
             for j in range(k, K):
-                block = self.centre_cols(self.centre_rows(block_of(k, j).toarray(), k), j)
+                raw = block_of(k, j)
+                block = self.centre_cols(self.centre_rows(raw.toarray() if sp.issparse(raw) else raw, k), j)
                 out[k * P : (k + 1) * P, j * P : (j + 1) * P] = block
                 if j != k:
                     out[j * P : (j + 1) * P, k * P : (k + 1) * P] = block.T
@@ -243,14 +288,19 @@ class LaplaceProblem:
     def prior_hessian(self) -> np.ndarray:
         """The prior precision Q (K P, K P): diagonal terms and each gene's random-walk block."""
         K, P = self.n_contrasts, self.layout.size
-        q = np.diag(self.prior_diag.ravel())
+        return self.add_prior_hessian(np.zeros((K * P, K * P)))
+
+    def add_prior_hessian(self, m: np.ndarray) -> np.ndarray:
+        """Add the prior precision Q to the (K P, K P) matrix ``m`` in place, and return it."""
+        K, P = self.n_contrasts, self.layout.size
+        m.flat[:: K * P + 1] += self.prior_diag.ravel()
         lay = self.layout
         D = lay.n_days
         for k in range(K):
             base = k * P + lay.theta.start + np.arange(lay.n_genes)[:, None] * D
             rows = (base[:, :, None] + np.arange(D)[None, None, :]).reshape(lay.n_genes, D)
-            q[rows[:, :, None], rows[:, None, :]] += self.rw_precision[k]
-        return q
+            m[rows[:, :, None], rows[:, None, :]] += self.rw_precision[k]
+        return m
 
     def residuals(self, pi: np.ndarray) -> np.ndarray:
         """(N, K) weighted residuals ``w (p_ik - pi_ik)``: a cell's score is ``x_ik`` times them."""
@@ -360,14 +410,21 @@ def newton_mode(problem: LaplaceProblem, psi0: np.ndarray, max_iter: int = 30, t
     return LaplaceResult(psi=psi, cov=cov, n_iter=it, converged=converged, objective=f, pi=pi)
 
 
-def _padded_clusters(cluster: np.ndarray, max_cells: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def _padded_clusters(cluster: np.ndarray, max_cells: int, cell_nnz: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Chunks of whole clusters of similar size, each as a padded (n_clusters, m) cell index.
+
+    With ``cell_nnz`` (each cell's design non-zeros), clusters of one size are further
+    ordered by their non-zeros, so that a chunk's clusters touch similar numbers of
+    columns and little is padded.
 
     Returns a list of ``(cells, valid)``: ``cells`` (n_cl, m) indices into the cells
     (padding repeats a valid index), ``valid`` the mask of real entries.
     """
     sizes = np.bincount(cluster)
-    by_size = np.argsort(sizes, kind="stable")
+    if cell_nnz is None:
+        by_size = np.argsort(sizes, kind="stable")
+    else:
+        by_size = np.lexsort((np.bincount(cluster, weights=cell_nnz, minlength=sizes.size), sizes))
     order = np.argsort(cluster, kind="stable")
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     chunks = []
@@ -398,34 +455,27 @@ def leverage_adjusted_residuals(problem: LaplaceProblem, res: LaplaceResult, max
     the right likelihood weight this makes the sandwich unbiased, where the plain one
     is short by the average leverage (the number of parameters over the cells).
 
-    Clones are processed in chunks of similar size (at most ``max_cells`` cells of
-    padded (clones x cells) blocks), so memory stays bounded.
+    ``M_c`` is read off the covariance of the effective parameters (u replaced by the
+    centred delta, :func:`effective_covariance`) at the few columns the clone's raw
+    design rows touch (:func:`clone_leverage_blocks`), so the cost grows with the cells
+    times their non-zeros squared, not with the cells times the parameters. Clones are
+    processed in chunks of similar size (at most ``max_cells`` cells of padded
+    (clones x cells) blocks), so memory stays bounded.
     """
-    K, P = problem.n_contrasts, problem.layout.size
+    K = problem.n_contrasts
     resid = problem.residuals(res.pi)
     wcell = problem.cell_weights(res.pi)  # (N, K, K)
     lam, vec = np.linalg.eigh(wcell)
     lam = np.maximum(lam, 1e-12 * lam.max(axis=1, keepdims=True))
     w_half = np.einsum("nij,nj,nkj->nik", vec, np.sqrt(lam), vec)
     w_mhalf = np.einsum("nij,nj,nkj->nik", vec, 1.0 / np.sqrt(lam), vec)
-    designs = [problem.centred_design(k).tocsr() for k in range(K)]
+    ceff = effective_covariance(problem, res.cov)
+    X = problem.X.tocsr()
     out = np.empty_like(resid)
-    for cells, valid in _padded_clusters(problem.clusters, max_cells):
+    for cells, valid in _padded_clusters(problem.clusters, max_cells, np.diff(X.indptr)):
         n_cl, m = cells.shape
         flat = cells.ravel()
-        # Rows (cell, contrast) of the full design, each in its contrast's column block.
-        rows = sp.vstack(
-            [sp.hstack([designs[k][flat] if kk == k else sp.csr_matrix((flat.size, P)) for kk in range(K)]) for k in range(K)],
-            format="csr",
-        )  # (K * n_cl * m, K P), contrast-major
-        hx = np.asarray(rows @ res.cov)  # (K n_cl m, K P)
-        full = np.asarray(rows @ hx.T)  # row_a H^-1 row_b
-        full = full.reshape(K, n_cl, m, K, n_cl, m)
-        ci = np.arange(n_cl)
-        blocks = full[:, ci, :, :, ci, :]  # (n_cl, K, m, K, m): within-clone blocks
-        blocks = blocks.transpose(0, 2, 1, 4, 3).reshape(n_cl, m * K, m * K)  # (cell, contrast) order
-        pad = ~np.repeat(valid, K, axis=1)
-        blocks[pad[:, :, None] | pad[:, None, :]] = 0.0
+        blocks = clone_leverage_blocks(X, ceff, cells, valid, K)  # (n_cl, m K, m K), (cell, contrast) order
         wh = _block_diag(w_half[flat].reshape(n_cl, m, K, K))
         wmh = _block_diag(w_mhalf[flat].reshape(n_cl, m, K, K))
         a = wh @ blocks @ wh
@@ -438,6 +488,68 @@ def leverage_adjusted_residuals(problem: LaplaceProblem, res: LaplaceResult, max
     return out
 
 
+def effective_covariance(problem: LaplaceProblem, cov: np.ndarray) -> np.ndarray:
+    """``T cov T^T``: the covariance of the effective parameters, each contrast's u replaced by delta.
+
+    ``T`` is block-diagonal over the contrasts with ``T_k`` the within-gene centring of
+    :meth:`LaplaceProblem.centre_rows`, so that ``x_raw T_k`` is a cell's centred design
+    row and ``x_raw,k (T cov T^T)_kj x_raw,j^T = (x T)_k cov_kj (x T)_j^T``.
+    """
+    K, P = problem.n_contrasts, problem.layout.size
+    out = np.empty_like(cov)
+    for k in range(K):
+        for j in range(K):
+            blk = problem.centre_rows(cov[k * P : (k + 1) * P, j * P : (j + 1) * P], k)
+            out[k * P : (k + 1) * P, j * P : (j + 1) * P] = problem.centre_cols(blk, j)
+    return out
+
+
+def clone_leverage_blocks(X: sp.csr_matrix, ceff: np.ndarray, cells: np.ndarray, valid: np.ndarray, K: int) -> np.ndarray:
+    """Within-clone blocks of ``X H^-1 X^T`` over (cell, contrast), from the raw design rows.
+
+    Parameters
+    ----------
+    X
+        (N, P) raw design (one contrast's columns).
+    ceff
+        (K P, K P) covariance of the effective parameters (:func:`effective_covariance`).
+    cells, valid
+        (n_cl, m) padded cell indices of a chunk of clones and the mask of real entries.
+    K
+        Number of contrasts.
+
+    Returns
+    -------
+    ndarray
+        (n_cl, m K, m K); rows and columns of padding cells are zero.
+    """
+    n_cl, m = cells.shape
+    P = X.shape[1]
+    sub = X[cells.ravel()]
+    row = np.repeat(np.arange(n_cl * m), np.diff(sub.indptr))
+    keep = valid.ravel()[row]
+    row, col, val = row[keep], sub.indices[keep].astype(np.int64), sub.data[keep]
+    clone = row // m
+    # The distinct columns each clone's rows touch, numbered from 0 within the clone.
+    keys, inv = np.unique(clone * P + col, return_inverse=True)
+    counts = np.bincount(keys // P, minlength=n_cl)
+    pos = np.arange(keys.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    s = max(int(counts.max()), 1)
+    cols = np.zeros((n_cl, s), dtype=np.int64)
+    cols[keys // P, pos] = keys % P
+    A = np.zeros((n_cl, m, s))
+    np.add.at(A, (clone, row % m, pos[inv]), val)
+    out = np.empty((n_cl, m, K, m, K))
+    for k in range(K):
+        for j in range(k, K):
+            sub_cov = ceff[k * P + cols[:, :, None], j * P + cols[:, None, :]]  # (n_cl, s, s)
+            blk = A @ sub_cov @ A.transpose(0, 2, 1)  # (n_cl, m, m)
+            out[:, :, k, :, j] = blk
+            if j != k:
+                out[:, :, j, :, k] = blk.transpose(0, 2, 1)
+    return out.reshape(n_cl, m * K, m * K)
+
+
 def _block_diag(blocks: np.ndarray) -> np.ndarray:
     """(n, m, K, K) per-cell blocks -> (n, m K, m K) block-diagonal matrices."""
     n, m, K, _ = blocks.shape
@@ -447,7 +559,23 @@ def _block_diag(blocks: np.ndarray) -> np.ndarray:
     return out.reshape(n, m * K, m * K)
 
 
-def robust_covariance(problem: LaplaceProblem, res: LaplaceResult, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def _blocks_of_product(left: np.ndarray, right: np.ndarray, index: np.ndarray, genes: int = 32) -> np.ndarray:
+    """The symmetrised diagonal blocks ``(left @ right)[index_l, index_l]`` without the full product.
+
+    ``index`` (L, B) holds each block's rows and columns; genes are taken ``genes`` at a time.
+    """
+    L, B = index.shape
+    out = np.empty((L, B, B))
+    for start in range(0, L, genes):
+        idx = index[start : start + genes]
+        blk = np.matmul(left[idx], right[:, idx].transpose(1, 0, 2))  # (g, B, P) @ (g, P, B)
+        out[start : start + genes] = 0.5 * (blk + blk.transpose(0, 2, 1))
+    return out
+
+
+def robust_covariance(
+    problem: LaplaceProblem, res: LaplaceResult, chunk: int = 64, index: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Cluster-robust posterior covariance ``H^-1 (Q + J) H^-1`` at the mode, and its degrees of freedom.
 
     H is the posterior Hessian (likelihood curvature plus the prior precision Q) and J
@@ -466,14 +594,23 @@ def robust_covariance(problem: LaplaceProblem, res: LaplaceResult, chunk: int = 
     number of clusters"), say how much: a handful of clones gives few degrees of
     freedom, independent cells thousands.
 
+    With ``index`` (the (L, B) gene blocks of :func:`gene_blocks`) only those blocks of
+    the covariance are formed (one dense product with ``H^-1`` instead of two); that is
+    all the posterior keeps.
+
     Returns
     -------
     cov, df
-        (K P, K P) covariance and (K, L, D) degrees of freedom of theta.
+        (K P, K P) covariance, or (L, B, B) blocks with ``index``, and (K, L, D) degrees
+        of freedom of theta.
     """
     scores = problem.cluster_scores(leverage_adjusted_residuals(problem, res))  # (C, P) per contrast
-    cov = res.cov @ (problem.prior_hessian() + problem.score_outer(scores)) @ res.cov
-    cov = 0.5 * (cov + cov.T)
+    left = res.cov @ problem.add_prior_hessian(problem.score_outer(scores))
+    if index is None:
+        cov = left @ res.cov
+        cov = 0.5 * (cov + cov.T)
+    else:
+        cov = _blocks_of_product(left, res.cov, index)
     lay, K, P = problem.layout, problem.n_contrasts, problem.layout.size
     theta_idx = (np.arange(K)[:, None] * P + np.arange(lay.theta.start, lay.theta.stop)[None, :]).ravel()
     df = np.empty(theta_idx.size)
@@ -534,7 +671,12 @@ class LaplacePosterior:
     # ----------------------------------------------------------------- construction
     @classmethod
     def from_result(
-        cls, res: LaplaceResult, problem: LaplaceProblem, hyper: dict[str, np.ndarray], df: np.ndarray | None = None
+        cls,
+        res: LaplaceResult,
+        problem: LaplaceProblem,
+        hyper: dict[str, np.ndarray],
+        df: np.ndarray | None = None,
+        blocks: np.ndarray | None = None,
     ) -> LaplacePosterior:
         """The per-gene Gaussian blocks of ``res``.
 
@@ -543,11 +685,12 @@ class LaplacePosterior:
         Student-t intervals of its least-informed effect (:func:`t_scale`): a variance
         estimated from a few clones gives honest, wider intervals, one from many clones
         is unchanged. Downstream steps (mash, calls) read a normal SD, so the scaling
-        is where the t distribution enters.
+        is where the t distribution enters. ``blocks`` (L, B, B), when given, are the
+        per-gene blocks of the covariance to use instead of those of ``res.cov``.
         """
         lay, K = problem.layout, problem.n_contrasts
         index, mask = gene_blocks(lay, problem.gene_of_guide, K)
-        blocks = res.cov[index[:, :, None], index[:, None, :]]
+        blocks = res.cov[index[:, :, None], index[:, None, :]] if blocks is None else blocks.copy()
         if df is not None:
             blocks = blocks * (t_scale(df).max(axis=(0, 2)) ** 2)[:, None, None]
         # Padding entries get unit variance and no correlation so every block is PD.
@@ -776,11 +919,11 @@ def laplace_posterior(
     res = newton_mode(problem, pack_psi(problem, start), max_iter=max_iter)
     if not res.converged:
         log.warning("Laplace: Newton did not converge in %d iterations", res.n_iter)
-    df = None
-    if uncertainty == "cluster_robust" and bootstrap == 0:
-        cov, df = robust_covariance(problem, res)
-        res = dataclasses.replace(res, cov=cov)
     if bootstrap > 0:
         reps = one_step_bootstrap(problem, res, bootstrap, seed)
         return BootstrapPosterior.from_replicates(res, problem, hyper, reps)
-    return LaplacePosterior.from_result(res, problem, hyper, df=df)
+    if uncertainty == "cluster_robust":
+        index, _ = gene_blocks(problem.layout, problem.gene_of_guide, problem.n_contrasts)
+        blocks, df = robust_covariance(problem, res, index=index)
+        return LaplacePosterior.from_result(res, problem, hyper, df=df, blocks=blocks)
+    return LaplacePosterior.from_result(res, problem, hyper)

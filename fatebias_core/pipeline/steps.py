@@ -136,7 +136,7 @@ def mash_step(config: FatebiasConfig, out_dir: str | Path | None = None) -> Mash
     layout = _layout(config, out_dir)
     result = MashOutputs(layout)
     for fate, files in layout.all_exports().items():
-        for level in ("gene", "guide"):
+        for level in layout.mash_levels:
             table = read_csv(files[f"{level}_daywise"], what=f"{level} daywise table", dtype={"gene": str, "guide": str})
             for mode in MASH_MODES:
                 res = mash_table(table, mode, config)
@@ -153,7 +153,7 @@ def mash_step(config: FatebiasConfig, out_dir: str | Path | None = None) -> Mash
 def aggregate_step(config: FatebiasConfig, out_dir: str | Path | None = None) -> dict[str, Path]:
     """Guide-to-gene aggregation of the primary contrast's guide mash tables, both modes."""
     layout = _layout(config, out_dir)
-    paths = {mode: layout.guide_agg(mode) for mode in MASH_MODES}
+    paths = layout.guide_aggs()
     for mode, path in paths.items():
         aggregate_file(layout.mash("guide", mode), path, config)
     return paths
