@@ -55,7 +55,7 @@ class SeedTensors:
 
 
 def seed_model(t: SeedTensors, batch_size: int) -> None:
-    """The seed's Pyro model of MODEL.md 3-4 (one minibatch of ``batch_size`` cells)."""
+    """The seed's Pyro model (docs/method.md, "Model"; one minibatch of ``batch_size`` cells)."""
     K, D, R, L, G = t.K, t.D, t.R, t.L, t.G
     a = pyro.sample("a", dist.Normal(torch.zeros(K, D), 2.0).to_event(2))
     b = pyro.sample("b", dist.Normal(torch.zeros(K, R), 0.5).to_event(2))

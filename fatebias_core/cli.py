@@ -2,6 +2,11 @@
 
 Every command validates its inputs before any work, prints one line and exits
 non-zero on bad input (``FatebiasError``), and writes its outputs atomically.
+
+Each command imports the library modules it runs inside its handler, on purpose: the
+table commands (``fatebias mash``, ``ash``, ``aggregate``, ``rank``) then start without
+loading torch, Pyro or AnnData (``tests/mash/test_cli_imports.py`` pins it), which is
+most of their wall time at 20,000 rows.
 """
 
 from __future__ import annotations

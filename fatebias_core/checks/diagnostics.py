@@ -1,4 +1,4 @@
-"""Diagnostics of a fit (MODEL.md 10): held-out cross-entropy, permutation control, sanity checks.
+"""Diagnostics of a fit (docs/method.md, "Diagnostics"): held-out cross-entropy, permutation control, sanity checks.
 
 :func:`run_diagnostics` runs four checks and writes ``diagnostics.json``:
 
@@ -834,7 +834,7 @@ def run_diagnostics(
     parts: Sequence[str] = PARTS,
     run_chain: ChainRunner | None = None,
 ) -> DiagnosticsResult:
-    """Run the diagnostics of MODEL.md 10 and write ``<out_dir>/diagnostics.json``.
+    """Run the diagnostics (docs/method.md, "Diagnostics") and write ``<out_dir>/diagnostics.json``.
 
     Parameters
     ----------

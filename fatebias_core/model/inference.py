@@ -1,4 +1,4 @@
-"""Stochastic variational inference for the fate model (MODEL.md 5).
+"""Stochastic variational inference for the fate model (docs/method.md, "Inference").
 
 :func:`fit` runs SVI with ``pyro.plate`` minibatches (log-likelihood scaled by N/B),
 ``ClippedAdam`` with a geometric learning-rate decay, and the mean-field guide. It
@@ -18,7 +18,6 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -26,6 +25,7 @@ import pyro
 import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import ClippedAdam
+from tqdm.auto import tqdm
 
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.errors import FitError
@@ -41,10 +41,14 @@ from fatebias_core.model.fate_model import (
     linear_predictor,
 )
 from fatebias_core.model.guides import MeanFieldGuide, MeanFieldPosterior, initial_values
+from fatebias_core.model.laplace import (
+    BootstrapPosterior,
+    LaplacePosterior,
+    check_laplace_size,
+    laplace_posterior,
+    pearson_dispersion,
+)
 from fatebias_core.types import Experiment
-
-if TYPE_CHECKING:
-    from fatebias_core.model.laplace import LaplacePosterior
 
 log = logging.getLogger("fatebias.inference")
 
@@ -334,8 +338,6 @@ def fitted_probs(data: ModelData, model: FateModel, point: dict[str, np.ndarray]
 
 def dispersion(data: ModelData, model: FateModel, point: dict[str, np.ndarray]) -> float:
     """Pearson dispersion of the fate probabilities around the fitted ones (see laplace.pearson_dispersion)."""
-    from fatebias_core.model.laplace import pearson_dispersion
-
     pi = fitted_probs(data, model, point).double().cpu().numpy()
     return pearson_dispersion(data.fate_probs.double().cpu().numpy(), pi)
 
@@ -401,34 +403,13 @@ def fit(
     """
     steps = int(num_steps or config.num_steps)
     seed = config.seed if seed is None else int(seed)
-    checkpoint_every = int(checkpoint_every or config.checkpoint_every)
     device = resolve_device(config.device)
-    contrast_fates = config.contrast_fates
     if guide_effects and config.posterior_method != "meanfield":
-        from fatebias_core.model.laplace import check_laplace_size
-
-        check_laplace_size(experiment, len(contrast_fates))  # fail before a long fit, not after it
-    data = ModelData.from_experiment(experiment, config.ref_fate, contrast_fates, device=device)
-    auto_weight = config.likelihood_weight == "auto" and weight is None
-    start_weight = float(weight) if weight is not None and config.likelihood_weight == "auto" else config.likelihood_weight
-    model = FateModel(data, Priors.from_config(config), 1.0 if auto_weight else start_weight, guide_effects=guide_effects)
-    warmup = max(1, int(steps * config.dispersion_warmup_frac)) if auto_weight else 0
-    # The weight is estimated at the end of the warm-up and re-estimated once more, later,
-    # when the effects are closer to fitted; the loss is compared from the last update on.
-    updates = {warmup, min(2 * warmup, steps - 1)} if auto_weight else set()
-    settled = max(updates) if updates else 0
-
-    settings = config.model_dump(include=set(FIT_SETTINGS)) | {
-        "num_steps": steps, "seed": seed, "guide_effects": guide_effects, "n_cells": data.n_cells,
-        "posterior_method": config.posterior_method, "dispersion_warmup_frac": config.dispersion_warmup_frac,
-        "laplace_effect_scales": config.laplace_effect_scales,
-        "bootstrap_replicates": config.bootstrap_replicates if config.posterior_method == "bootstrap" else 0,
-    }
-    if config.stop_at_convergence:
-        settings["stop_at_convergence"] = True
-    if init is not None:
-        settings["init"] = _hash({k: np.asarray(v).round(12).tolist() for k, v in sorted(init.items())})
-        settings["start_weight"] = None if weight is None else float(weight)
+        check_laplace_size(experiment, len(config.contrast_fates))  # fail before a long fit, not after it
+    data = ModelData.from_experiment(experiment, config.ref_fate, config.contrast_fates, device=device)
+    plan = _WeightPlan.of(config, weight, steps)
+    model = FateModel(data, Priors.from_config(config), plan.initial, guide_effects=guide_effects)
+    settings = _fit_settings(config, steps, seed, guide_effects, data.n_cells, init, weight)
     settings_hash = _hash(settings)
 
     pyro.clear_param_store()
@@ -438,94 +419,18 @@ def fit(
     optim = ClippedAdam({"lr": config.lr, "lrd": lrd, "clip_norm": config.clip_norm, "betas": (0.9, 0.999)})
     svi = SVI(model, guide, optim, loss=Trace_ELBO())
     sampler = BatchSampler(data.n_cells, config.batch_size, seed, device)
-
-    elbo: list[float] = []
-    start_step = 0
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    if ckpt_path is not None and ckpt_path.exists():
-        state = _load_checkpoint(ckpt_path, settings_hash)
-        if state is not None:
-            svi.step(sampler.next())  # materialise params and optimiser slots, then overwrite them
-            pyro.get_param_store().set_state(state["params"])
-            optim.set_state(state["optim"])
-            sampler.set_state(state["sampler"])
-            torch.set_rng_state(state["torch_rng"])
-            model.likelihood_weight = float(state["likelihood_weight"])
-            elbo = state["elbo"].tolist()
-            start_step = int(state["step"])
-            log.info("resuming fit from step %d of %d (%s)", start_step, steps, ckpt_path)
+    elbo, start_step = _resume(ckpt_path, settings_hash, svi, optim, sampler, model, steps)
 
-    scale = 1.0 / data.n_cells
-    stop_window = min(config.convergence_window, max((steps - settled) // 4, 1))
-    t0 = time.perf_counter()
-    last_good = start_step
-    desc = "fit" if guide_effects else "fit (nuisance)"
-    with contextlib.ExitStack() as stack:
-        # Argument validation costs ~1 ms a step; the inputs were validated at load.
-        stack.enter_context(pyro.validation_enabled(False))
-        bar = _progress(config.progress and steps > start_step, steps, start_step, desc)
-        if bar is not None:
-            stack.callback(bar.close)
-        for step in range(start_step, steps):
-            if step in updates:
-                phi = dispersion(data, model, _point_from_store(model, experiment))
-                model.likelihood_weight = 1.0 / phi
-                log.info("dispersion %.4g after %d steps: likelihood weight set to %.4g", phi, step, model.likelihood_weight)
-            loss = svi.step(sampler.next())
-            recent = elbo[max(settled, len(elbo) - 50):] if step >= settled else elbo[-50:]
-            if not math.isfinite(loss) or (len(recent) >= 50 and loss > 1e3 * max(abs(float(np.median(recent))), 1.0)):
-                raise FitError(
-                    f"the ELBO became {'non-finite' if not math.isfinite(loss) else 'explosive'} at step {step + 1} "
-                    f"(loss {loss:.4g}); last good checkpoint: step {last_good}. Lower lr (now {config.lr}) or clip_norm."
-                )
-            elbo.append(loss)
-            if bar is not None and (step % 25 == 0 or step == steps - 1):
-                bar.set_postfix_str(f"ELBO {-loss:.5g} ({-loss * scale:.4f}/cell)", refresh=False)
-                bar.update(step + 1 - bar.n)
-            if ckpt_path is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
-                _save_checkpoint(ckpt_path, step + 1, elbo, optim, sampler, settings_hash, model.likelihood_weight)
-                last_good = step + 1
-            if config.stop_at_convergence and _converged_now(elbo, settled, stop_window, config.convergence_tol):
-                log.info("%s: converged at step %d of %d; stopping", desc, step + 1, steps)
-                break
-    runtime = time.perf_counter() - t0
-    steps_run = len(elbo)
-
+    loop = _SVILoop(svi, optim, sampler, model, data, experiment, config, plan, steps, ckpt_path, settings_hash,
+                    int(checkpoint_every or config.checkpoint_every), "fit" if guide_effects else "fit (nuisance)")
+    runtime = loop.run(elbo, start_step)
     trace = np.asarray(elbo)
-    tail = trace[settled:]
-    window = stop_window if steps_run < steps else min(config.convergence_window, max(len(tail) // 4, 1))
-    conv = steps_to_convergence(tail, window, config.convergence_tol)
-    conv_step = None if conv is None else conv + settled
     posterior = MeanFieldPosterior.from_param_store(model.site_shapes())
     gene0 = experiment.guides.gene_of_guide[1:].astype(np.int64) - 1
-    final_phi = dispersion(data, model, posterior.point(gene0, experiment.guides.n_genes))
-    info = {
-        "steps": steps_run,
-        "max_steps": steps,
-        "stopped_at_convergence": steps_run < steps,
-        "resumed_from": start_step,
-        "runtime_s": round(runtime, 3),
-        "ms_per_step": round(1e3 * runtime / max(steps_run - start_step, 1), 3),
-        "device": str(device),
-        "n_cells": data.n_cells,
-        "batch_size": sampler.batch_size,
-        "converged": conv_step is not None,
-        "steps_to_convergence": conv_step,
-        "final_loss_per_cell": float(tail[-window:].mean() * scale),
-        "relative_change_last_window": _windowed_change(tail, window),
-        "likelihood_weight": model.likelihood_weight,
-        "weight_switch_step": settled if auto_weight else None,
-        "weight_update_steps": sorted(updates),
-        "dispersion_final": final_phi,
-        "posterior_method": "meanfield",
-        "settings": settings,
-        "settings_hash": settings_hash,
-    }
-    if conv_step is None:
-        log.warning(
-            "the ELBO did not converge in %d steps (relative change %.2g over the last %d steps > %g); consider more num_steps",
-            steps, info["relative_change_last_window"], window, config.convergence_tol,
-        )
+    run = _RunFacts(start_step, runtime, str(device), data.n_cells, sampler.batch_size, model.likelihood_weight,
+                    dispersion(data, model, posterior.point(gene0, experiment.guides.n_genes)))
+    info = _fit_info(trace, plan, loop.stop_window, run, config, steps) | {"settings": settings, "settings_hash": settings_hash}
     if ckpt_path is not None and ckpt_path.exists():
         ckpt_path.unlink()
     cells = experiment.cells
@@ -534,7 +439,7 @@ def fit(
         elbo=trace,
         fates=list(cells.fates),
         ref_fate=config.ref_fate,
-        contrast_fates=contrast_fates,
+        contrast_fates=config.contrast_fates,
         day_labels=list(cells.day_labels),
         rep_labels=list(cells.rep_labels),
         gene_names=list(experiment.guides.gene_names),
@@ -547,6 +452,194 @@ def fit(
     if guide_effects and config.posterior_method != "meanfield":
         result = refine_posterior(result, experiment, config, config.posterior_method)
     return result
+
+@dataclass(frozen=True)
+class _WeightPlan:
+    """When the likelihood weight is estimated during a fit (``likelihood_weight: auto``)."""
+
+    auto: bool
+    initial: float
+    updates: frozenset[int]
+
+    @classmethod
+    def of(cls, config: FatebiasConfig, weight: float | None, steps: int) -> _WeightPlan:
+        """The plan for ``config``: a given ``weight`` replaces the warm-up at w = 1."""
+        auto = config.likelihood_weight == "auto" and weight is None
+        start = float(weight) if weight is not None and config.likelihood_weight == "auto" else config.likelihood_weight
+        warmup = max(1, int(steps * config.dispersion_warmup_frac)) if auto else 0
+        # The weight is estimated at the end of the warm-up and re-estimated once more, later,
+        # when the effects are closer to fitted; the loss is compared from the last update on.
+        updates = frozenset({warmup, min(2 * warmup, steps - 1)}) if auto else frozenset()
+        return cls(auto, 1.0 if auto else start, updates)
+
+    @property
+    def settled(self) -> int:
+        """The step from which the weight no longer changes (0 without updates)."""
+        return max(self.updates) if self.updates else 0
+
+
+def _fit_settings(
+    config: FatebiasConfig, steps: int, seed: int, guide_effects: bool, n_cells: int,
+    init: dict[str, np.ndarray] | None, weight: float | None,
+) -> dict:
+    """The settings a checkpoint must have been made with for the fit to resume from it."""
+    settings = config.model_dump(include=set(FIT_SETTINGS)) | {
+        "num_steps": steps, "seed": seed, "guide_effects": guide_effects, "n_cells": n_cells,
+        "posterior_method": config.posterior_method, "dispersion_warmup_frac": config.dispersion_warmup_frac,
+        "laplace_effect_scales": config.laplace_effect_scales,
+        "bootstrap_replicates": config.bootstrap_replicates if config.posterior_method == "bootstrap" else 0,
+    }
+    if config.stop_at_convergence:
+        settings["stop_at_convergence"] = True
+    if init is not None:
+        settings["init"] = _hash({k: np.asarray(v).round(12).tolist() for k, v in sorted(init.items())})
+        settings["start_weight"] = None if weight is None else float(weight)
+    return settings
+
+
+def _resume(
+    ckpt_path: Path | None, settings_hash: str, svi: SVI, optim: ClippedAdam, sampler: BatchSampler,
+    model: FateModel, steps: int,
+) -> tuple[list[float], int]:
+    """The ELBO trace and step to continue from: a matching checkpoint's, else an empty start."""
+    if ckpt_path is None or not ckpt_path.exists():
+        return [], 0
+    state = _load_checkpoint(ckpt_path, settings_hash)
+    if state is None:
+        return [], 0
+    svi.step(sampler.next())  # materialise params and optimiser slots, then overwrite them
+    pyro.get_param_store().set_state(state["params"])
+    optim.set_state(state["optim"])
+    sampler.set_state(state["sampler"])
+    torch.set_rng_state(state["torch_rng"])
+    model.likelihood_weight = float(state["likelihood_weight"])
+    start_step = int(state["step"])
+    log.info("resuming fit from step %d of %d (%s)", start_step, steps, ckpt_path)
+    return state["elbo"].tolist(), start_step
+
+
+@dataclass
+class _SVILoop:
+    """The SVI steps of one fit: weight updates, the divergence guard, checkpoints, early stop."""
+
+    svi: SVI
+    optim: ClippedAdam
+    sampler: BatchSampler
+    model: FateModel
+    data: ModelData
+    experiment: Experiment
+    config: FatebiasConfig
+    plan: _WeightPlan
+    steps: int
+    ckpt_path: Path | None
+    settings_hash: str
+    checkpoint_every: int
+    desc: str
+
+    @property
+    def stop_window(self) -> int:
+        """The window of the early-stop check (shorter than configured for short fits)."""
+        return min(self.config.convergence_window, max((self.steps - self.plan.settled) // 4, 1))
+
+    def run(self, elbo: list[float], start_step: int) -> float:
+        """Run the steps from ``start_step``, appending each loss to ``elbo``; return the seconds taken."""
+        t0 = time.perf_counter()
+        last_good = start_step
+        with contextlib.ExitStack() as stack:
+            # Argument validation costs ~1 ms a step; the inputs were validated at load.
+            stack.enter_context(pyro.validation_enabled(False))
+            bar = _progress(self.config.progress and self.steps > start_step, self.steps, start_step, self.desc)
+            if bar is not None:
+                stack.callback(bar.close)
+            for step in range(start_step, self.steps):
+                self._update_weight(step)
+                loss = self.svi.step(self.sampler.next())
+                self._guard(loss, step, elbo, last_good)
+                elbo.append(loss)
+                _show(bar, loss, step, self.steps, 1.0 / self.data.n_cells)
+                if self.ckpt_path is not None and (step + 1) % self.checkpoint_every == 0 and step + 1 < self.steps:
+                    _save_checkpoint(self.ckpt_path, step + 1, elbo, self.optim, self.sampler, self.settings_hash,
+                                     self.model.likelihood_weight)
+                    last_good = step + 1
+                if self.config.stop_at_convergence and _converged_now(
+                    elbo, self.plan.settled, self.stop_window, self.config.convergence_tol
+                ):
+                    log.info("%s: converged at step %d of %d; stopping", self.desc, step + 1, self.steps)
+                    break
+        return time.perf_counter() - t0
+
+    def _update_weight(self, step: int) -> None:
+        """Re-estimate the likelihood weight at the planned steps."""
+        if step in self.plan.updates:
+            phi = dispersion(self.data, self.model, _point_from_store(self.model, self.experiment))
+            self.model.likelihood_weight = 1.0 / phi
+            log.info("dispersion %.4g after %d steps: likelihood weight set to %.4g", phi, step, self.model.likelihood_weight)
+
+    def _guard(self, loss: float, step: int, elbo: list[float], last_good: int) -> None:
+        """Stop with a clear error when the ELBO becomes non-finite or explodes."""
+        settled = self.plan.settled
+        recent = elbo[max(settled, len(elbo) - 50):] if step >= settled else elbo[-50:]
+        if not math.isfinite(loss) or (len(recent) >= 50 and loss > 1e3 * max(abs(float(np.median(recent))), 1.0)):
+            raise FitError(
+                f"the ELBO became {'non-finite' if not math.isfinite(loss) else 'explosive'} at step {step + 1} "
+                f"(loss {loss:.4g}); last good checkpoint: step {last_good}. Lower lr (now {self.config.lr}) or clip_norm."
+            )
+
+
+def _show(bar: object, loss: float, step: int, steps: int, scale: float) -> None:
+    """Update the progress bar with the ELBO every 25 steps and at the end."""
+    if bar is not None and (step % 25 == 0 or step == steps - 1):
+        bar.set_postfix_str(f"ELBO {-loss:.5g} ({-loss * scale:.4f}/cell)", refresh=False)
+        bar.update(step + 1 - bar.n)
+
+
+@dataclass(frozen=True)
+class _RunFacts:
+    """Facts of a finished SVI run that its info records."""
+
+    start_step: int
+    runtime: float
+    device: str
+    n_cells: int
+    batch_size: int
+    likelihood_weight: float
+    dispersion_final: float
+
+
+def _fit_info(trace: np.ndarray, plan: _WeightPlan, stop_window: int, run: _RunFacts, config: FatebiasConfig, steps: int) -> dict:
+    """What a fit records about its run: steps, speed, convergence and the weight's schedule."""
+    settled, steps_run = plan.settled, len(trace)
+    tail = trace[settled:]
+    window = stop_window if steps_run < steps else min(config.convergence_window, max(len(tail) // 4, 1))
+    conv = steps_to_convergence(tail, window, config.convergence_tol)
+    conv_step = None if conv is None else conv + settled
+    info = {
+        "steps": steps_run,
+        "max_steps": steps,
+        "stopped_at_convergence": steps_run < steps,
+        "resumed_from": run.start_step,
+        "runtime_s": round(run.runtime, 3),
+        "ms_per_step": round(1e3 * run.runtime / max(steps_run - run.start_step, 1), 3),
+        "device": run.device,
+        "n_cells": run.n_cells,
+        "batch_size": run.batch_size,
+        "converged": conv_step is not None,
+        "steps_to_convergence": conv_step,
+        "final_loss_per_cell": float(tail[-window:].mean() * (1.0 / run.n_cells)),
+        "relative_change_last_window": _windowed_change(tail, window),
+        "likelihood_weight": run.likelihood_weight,
+        "weight_switch_step": settled if plan.auto else None,
+        "weight_update_steps": sorted(plan.updates),
+        "dispersion_final": run.dispersion_final,
+        "posterior_method": "meanfield",
+    }
+    if conv_step is None:
+        log.warning(
+            "the ELBO did not converge in %d steps (relative change %.2g over the last %d steps > %g); consider more num_steps",
+            steps, info["relative_change_last_window"], window, config.convergence_tol,
+        )
+    return info
+
 
 
 def _converged_now(elbo: list[float], settled: int, window: int, tol: float) -> bool:
@@ -590,8 +683,6 @@ def refine_posterior(fit_result: FitResult, experiment: Experiment, config: Fate
     method
         ``laplace`` or ``bootstrap``.
     """
-    from fatebias_core.model.laplace import laplace_posterior
-
     if fit_result.posterior.family != "meanfield":
         raise FitError(f"refine_posterior needs a mean-field fit, got {fit_result.posterior.family}")
     t0 = time.perf_counter()
@@ -627,8 +718,6 @@ def refine_posterior(fit_result: FitResult, experiment: Experiment, config: Fate
 
 
 def _laplace_classes() -> dict[str, type]:
-    from fatebias_core.model.laplace import BootstrapPosterior, LaplacePosterior
-
     return {"laplace": LaplacePosterior, "bootstrap": BootstrapPosterior}
 
 
@@ -639,6 +728,4 @@ def _hash(obj: dict) -> str:
 def _progress(enabled: bool, total: int, initial: int, desc: str):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, mininterval=0.5)
