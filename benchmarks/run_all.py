@@ -40,8 +40,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
+
+from fatebias_core.config import FatebiasConfig, load_config
+from fatebias_core.io.layout import RunLayout
+from fatebias_core.pipeline.graph import CHAIN
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -127,12 +130,20 @@ def laplace_rows(quick: bool) -> list[Row]:
     )]
 
 
-def _step_durations(out: Path, start: float) -> dict[str, float]:
-    """Seconds each step of a finished run took, from the manifest's finish times (1 s resolution)."""
-    steps = json.loads((out / "fatebias_manifest.json").read_text())["steps"]
-    done = sorted((datetime.strptime(r["finished"], "%Y-%m-%dT%H:%M:%S").timestamp(), s) for s, r in steps.items())
+def _step_durations(out: Path, start: float, config: FatebiasConfig) -> dict[str, float]:
+    """Seconds each step of a finished run took, from when its files were last written.
+
+    Both engines write each step's files at its end (the Dagster engine keeps no
+    manifest), so a step's finish time is the newest of its files' modification times.
+    """
+    layout = RunLayout(out, config)
+    done = []
+    for step in CHAIN:
+        files = [p for p in layout.step_files(step) if p.exists()]
+        if files:
+            done.append((max(p.stat().st_mtime for p in files), step))
     out_s, prev = {}, start
-    for t, step in done:
+    for t, step in sorted(done):
         out_s[step] = max(t - prev, 0.0)
         prev = t
     return out_s
@@ -158,12 +169,11 @@ def chain_rows(quick: bool) -> list[Row]:
         total = time.time() - t0
         if proc.returncode != 0:
             raise RuntimeError(f"fatebias run failed: {proc.stderr[-800:]}")
-        from fatebias_core.config import load_config
-
-        out = Path(load_config(sim.paths["config"]).out_dir)
+        run_cfg = load_config(sim.paths["config"])
+        out = Path(run_cfg.out_dir)
         fit_info = json.loads((out / "fit" / "fit.json").read_text())["info"]
         diag = json.loads((out / "diagnostics.json").read_text())
-        steps = _step_durations(out, t0)
+        steps = _step_durations(out, t0, run_cfg)
     fit_s = fit_info["runtime_s"] + fit_info.get("laplace_runtime_s", 0.0)
     diag_s = float(diag.get("runtime_s") or steps.get("diagnostics", 0.0))
     scenario = f"{cells // 1000}k cells, {guides:,} guides, Kmax 20"
