@@ -29,7 +29,6 @@ import fatebias_core
 from fatebias_core.config import GROUPS, FatebiasConfig
 from fatebias_core.io import layout as names
 from fatebias_core.io import write_json
-from fatebias_core.io.layout import RunLayout
 from fatebias_core.model.inference import load_fit
 from fatebias_core.pipeline import steps
 from fatebias_core.pipeline.check import load_experiment_checked
@@ -130,10 +129,6 @@ def _settings_table() -> dict[str, tuple[str, ...]]:
 
 
 # --------------------------------------------------------------------------- files and values
-def _load_outputs(config: FatebiasConfig, out: Path) -> list[Path]:
-    return RunLayout(out, config).load_files()
-
-
 def _outputs(step: str) -> Callable[[FatebiasConfig, Path], list[Path]]:
     def outputs(config: FatebiasConfig, out: Path) -> list[Path]:
         return steps.step_outputs(step, config, out)
@@ -152,7 +147,7 @@ def _reload_fit(config: FatebiasConfig, out: Path) -> Any:
 def _build_steps() -> dict[str, Step]:
     s = _settings_table()
     table = [
-        Step("load", (), s["load"], _load_outputs, steps.load_step,
+        Step("load", (), s["load"], _outputs("load"), steps.load_step,
              ("fatebias_core.pipeline.check", "fatebias_core.data.load"), reload=_reload_experiment),
         Step("fit", ("load",), s["fit"], _outputs("fit"), steps.fit_step,
              ("fatebias_core.model.inference", "fatebias_core.report.plots"), reads=("load",), reload=_reload_fit),
