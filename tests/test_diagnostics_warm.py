@@ -1,5 +1,6 @@
-"""Faster diagnostics, same verdicts: warm-started held-out fits that stop at convergence,
-a permutation control without guide-level mash, on a signal and a null experiment."""
+"""Faster diagnostics, same verdicts: held-out refits at the mode (or warm-started SVI fits
+that stop at convergence), a permutation control without guide-level mash, on a signal and a
+null experiment."""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def null(tmp_path_factory):
 
 
 def _heldout_pair(cfg, exp, fit):
-    return heldout_comparison(exp, cfg, fit), heldout_comparison(exp, cfg, None)
+    svi = cfg.model_copy(update={"heldout_fit": "svi"})
+    return heldout_comparison(exp, svi, fit), heldout_comparison(exp, svi, None)
 
 
 @pytest.mark.slow
@@ -48,7 +50,7 @@ def test_warm_heldout_keeps_the_verdict_in_fewer_steps(signal) -> None:
         assert res.scores.full_better and res.scores.z > 2
     assert abs(warm.scores.ce_full - cold.scores.ce_full) < 0.01 * cold.scores.ce_full
     assert warm.fit_info["full"]["steps"] < cold.fit_info["full"]["steps"] <= cfg.num_steps
-    again = heldout_comparison(exp, cfg, fit)  # reproducible from the seed
+    again = heldout_comparison(exp, cfg.model_copy(update={"heldout_fit": "svi"}), fit)  # reproducible from the seed
     assert again.scores.ce_full == warm.scores.ce_full and again.scores.ce_nuisance == warm.scores.ce_nuisance
 
 
@@ -58,6 +60,26 @@ def test_warm_heldout_keeps_the_null_verdict(null) -> None:
     warm, cold = _heldout_pair(cfg, exp, fit)
     assert warm.scores.full_better == cold.scores.full_better
     assert abs(warm.scores.z) < 3 and abs(cold.scores.z) < 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["signal", "null"])
+def test_heldout_at_the_mode_keeps_the_verdict_of_svi_refits(which: str, request) -> None:
+    cfg, exp, fit = request.getfixturevalue(which)
+    assert cfg.heldout_fit == "mode" and fit.posterior.family == "laplace"
+    mode = heldout_comparison(exp, cfg, fit)
+    _, cold = _heldout_pair(cfg, exp, fit)
+    assert mode.method == "mode" and cold.method == "svi"
+    assert all(mode.fit_info[m]["converged"] and mode.fit_info[m]["newton_iterations"] <= 10 for m in ("full", "nuisance"))
+    assert mode.scores.full_better == cold.scores.full_better
+    assert abs(mode.scores.ce_full - cold.scores.ce_full) < 0.01 * cold.scores.ce_full
+    assert abs(mode.scores.ce_nuisance - cold.scores.ce_nuisance) < 0.002 * cold.scores.ce_nuisance
+    if which == "signal":
+        assert mode.scores.z > 2
+    else:
+        assert abs(mode.scores.z) < 3
+    # Without a Laplace run fit there is no mode to refit from: SVI it is.
+    assert heldout_comparison(exp, cfg, None).method == "svi"
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from fatebias_core.model.laplace import (
     gene_blocks,
     guide_slots,
     newton_mode,
+    nuisance_problem,
     pearson_dispersion,
     random_walk_precision,
 )
@@ -67,6 +68,26 @@ def test_newton_reaches_a_stationary_point(problem):
     assert np.abs(grad).max() < 1e-4
     assert np.allclose(res.cov, res.cov.T)
     assert np.all(np.linalg.eigvalsh(res.cov) > 0)
+
+
+def test_mode_without_covariance_and_the_nuisance_only_problem(problem):
+    K, P = 2, problem.layout.size
+    full = newton_mode(problem, np.zeros((K, P)))
+    mode = newton_mode(problem, np.zeros((K, P)), covariance=False)
+    assert mode.cov is None and mode.n_iter == full.n_iter
+    np.testing.assert_array_equal(mode.psi, full.psi)
+    np.testing.assert_allclose(mode.pi, full.pi, rtol=1e-10)
+    # The nuisance-only problem is the full one with the guide terms fixed at 0.
+    nuis = nuisance_problem(problem)
+    n0 = problem.layout.theta.start
+    assert nuis.layout.size == n0 and nuis.X.shape == (problem.X.shape[0], n0)
+    rng = np.random.default_rng(1)
+    psi = np.zeros((K, P))
+    psi[:, :n0] = rng.standard_normal((K, n0))
+    assert nuis.objective(psi[:, :n0]) == pytest.approx(problem.objective(psi), rel=1e-12)
+    res = newton_mode(nuis, np.zeros((K, n0)), covariance=False)
+    grad, _, _ = nuis.gradient_and_hessian(res.psi)
+    assert res.converged and np.abs(grad).max() < 1e-4
 
 
 def test_pearson_dispersion_of_dirichlet_noise():

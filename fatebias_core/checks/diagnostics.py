@@ -4,9 +4,9 @@
 
 * **Held-out cross-entropy.** A fraction ``heldout_frac`` of the cells (drawn within
   every day x replicate stratum with ``heldout_seed``) is held out; the full model and
-  the nuisance-only model (day, replicate and burden terms, no guide terms) are fitted
-  to the rest with the same seed, started from the run's fit when there is one
-  (``heldout_warm_start``) and stopped at convergence, and both predict the held-out cells. The
+  the nuisance-only model (day, replicate and burden terms, no guide terms) are refitted
+  to the rest (``heldout_fit``: at their conditional mode by Newton's method with the
+  run's hyperparameters, or by SVI stopped at convergence), and both predict the held-out cells. The
   score is the soft-label cross-entropy ``-mean_i sum_f p_if log pi_if`` (lower is
   better); where guides carry signal the full model must beat the nuisance model. The
   held-out cells' burden is centred with the training cells' day means, the centring
@@ -48,6 +48,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+from scipy.special import softmax
 
 from fatebias_core.checks.ntc import NTCCalibration, ntc_calibration
 from fatebias_core.config import FatebiasConfig, make_config
@@ -57,7 +58,9 @@ from fatebias_core.io import layout as names
 from fatebias_core.io import read_csv, write_csv, write_json
 from fatebias_core.io.layout import RunLayout
 from fatebias_core.io.tables import DayAxis, DaywisePosterior, day_axis, name_column, read_posterior
+from fatebias_core.model.fate_model import Priors
 from fatebias_core.model.inference import FitResult, fit, load_fit
+from fatebias_core.model.laplace import LaplacePosterior, build_problem, newton_mode, nuisance_problem, pack_psi
 from fatebias_core.model.posterior import summarise_posterior
 from fatebias_core.types import Experiment, center_by_group
 
@@ -232,17 +235,19 @@ class HeldOutResult:
 
     frac: float
     seed: int
-    steps: int
+    steps: int | None  # SVI steps per fit (None: refitted at the mode)
     n_train: int
     scores: HeldOutScores
     fit_info: dict[str, dict[str, Any]]
     full_fit: FitResult | None = field(default=None, repr=False)
+    method: str = "svi"
 
     def to_dict(self) -> dict[str, Any]:
         s = self.scores
         return {
             "heldout_frac": self.frac,
             "heldout_seed": self.seed,
+            "method": self.method,
             "steps": self.steps,
             "n_train": self.n_train,
             "n_heldout": s.n_cells,
@@ -272,15 +277,21 @@ def split_experiment(experiment: Experiment, heldout: np.ndarray) -> tuple[Exper
 def heldout_comparison(experiment: Experiment, config: FatebiasConfig, start: FitResult | None = None) -> HeldOutResult:
     """Fit the full and nuisance-only models on the training cells and score the held-out cells.
 
-    Uses ``heldout_frac``, ``heldout_steps`` (``num_steps`` when null) and
-    ``heldout_seed`` (split and both fits). See :func:`score_heldout`. Both fits stop
-    at convergence; with ``start`` (the run's fit, and ``heldout_warm_start``) they
-    start from its values (the nuisance-only fit from its day, replicate and burden
-    terms) at its likelihood weight, so they need far fewer steps. The run's fit has
-    seen the held-out cells; a refit on the training cells forgets them as far as it
-    converges (its optimum does not depend on where it started), which is why both
-    fits run until the training ELBO no longer changes. ``heldout_warm_start: false``
-    fits from scratch.
+    Uses ``heldout_frac``, ``heldout_seed`` (split, and the SVI fits) and ``heldout_fit``.
+    See :func:`score_heldout`.
+
+    * ``heldout_fit: mode`` with ``start`` a Laplace or bootstrap fit (the run's): both
+      models are refitted to the training cells at their conditional posterior mode by
+      Newton's method, with the variance hyperparameters and likelihood weight of
+      ``start``, starting from its mode (the nuisance-only model from its day,
+      replicate and burden terms). Newton's method converges to the training cells'
+      own mode whatever the start, so the held-out cells are forgotten exactly, in a few
+      iterations and without SVI noise.
+    * Otherwise (``heldout_fit: svi``, a mean-field run, or no run fit) both are refitted
+      by SVI (``heldout_steps``, ``num_steps`` when null), stopped at convergence; with
+      ``start`` (and ``heldout_warm_start``) from its values at its likelihood weight.
+      A warm-started refit forgets the held-out cells as far as it converges, which is
+      why these fits run until the training ELBO no longer changes.
     """
     cells = experiment.cells
     held = stratified_holdout(cells.day * cells.n_reps + cells.rep, config.heldout_frac, config.heldout_seed)
@@ -289,11 +300,16 @@ def heldout_comparison(experiment: Experiment, config: FatebiasConfig, start: Fi
             f"heldout_frac {config.heldout_frac} holds out no cell of {cells.n_cells}; raise heldout_frac"
         )
     train, test = split_experiment(experiment, held)
+    if config.heldout_fit == "mode" and start is not None and isinstance(start.posterior, LaplacePosterior):
+        log.info("held-out check: %d training, %d held-out cells; both models refitted at their mode", train.n_cells, test.n_cells)
+        pi_full, pi_nuisance, info = _heldout_modes(train, test, start, config)
+        scores = score_heldout(test.cells.fate_probs, pi_full, pi_nuisance, test.cells.day, cells.day_labels)
+        return HeldOutResult(config.heldout_frac, config.heldout_seed, None, train.n_cells, scores, info, start, "mode")
     steps = config.heldout_steps or config.num_steps
     log.info("held-out check: %d training, %d held-out cells, %d steps per fit", train.n_cells, test.n_cells, steps)
     stopping = config.model_copy(update={"stop_at_convergence": True})
     init, weight = None, None
-    if start is not None:
+    if start is not None and config.heldout_warm_start:
         init, weight = start.warm_start(), start.info.get("likelihood_weight")
         log.info("held-out fits start from the run's fit (likelihood weight %.4g)", weight)
     full = fit(train, stopping, num_steps=steps, seed=config.heldout_seed, init=init, weight=weight)
@@ -304,7 +320,32 @@ def heldout_comparison(experiment: Experiment, config: FatebiasConfig, start: Fi
     )
     keys = ("steps", "runtime_s", "converged", "final_loss_per_cell")
     info = {name: {k: r.info[k] for k in keys} for name, r in (("full", full), ("nuisance", nuisance))}
-    return HeldOutResult(config.heldout_frac, config.heldout_seed, steps, train.n_cells, scores, info, full)
+    return HeldOutResult(config.heldout_frac, config.heldout_seed, steps, train.n_cells, scores, info, full, "svi")
+
+
+def _heldout_modes(
+    train: Experiment, test: Experiment, start: FitResult, config: FatebiasConfig
+) -> tuple[np.ndarray, np.ndarray, dict[str, dict[str, Any]]]:
+    """Held-out fate probabilities (N_test, F) of the full and nuisance-only modes on ``train``, and the fits' facts."""
+    params = start.posterior.params
+    hyper = {k: params[f"hyper_{k}"] for k in ("tau", "sigma_time", "sigma_guide")}
+    args = (start.contrast_fates, start.ref_fate, Priors.from_config(config), hyper, float(params["weight"]))
+    problem, test_problem = build_problem(train, *args), build_problem(test, *args)
+    psi0 = pack_psi(problem, params)
+    n0 = problem.layout.theta.start
+    pis, info = [], {}
+    for name, prob, test_prob, psi in (
+        ("full", problem, test_problem, psi0),
+        ("nuisance", nuisance_problem(problem), nuisance_problem(test_problem), psi0[:, :n0]),
+    ):
+        t0 = time.perf_counter()
+        res = newton_mode(prob, psi, covariance=False)
+        pis.append(softmax(test_prob.logits(res.psi), axis=1))
+        info[name] = {
+            "method": "mode", "newton_iterations": res.n_iter, "converged": res.converged,
+            "runtime_s": round(time.perf_counter() - t0, 3), "objective_per_cell": res.objective / train.n_cells,
+        }
+    return pis[0], pis[1], info
 
 
 # --------------------------------------------------------------------------- permutation
@@ -882,13 +923,13 @@ def run_diagnostics(
 
 
 def _run_fit(out_dir: Path, config: FatebiasConfig, experiment: Experiment) -> FitResult | None:
-    """The run's saved fit of ``experiment`` to warm-start the held-out fits from.
+    """The run's saved fit of ``experiment`` to refit the held-out models from (``heldout_fit``).
 
-    None when warm starts are off, the folder has no fit, or its fit is of other
+    None when neither the mode refit nor SVI warm starts use it, the folder has no fit, or its fit is of other
     guides, genes or fates (then the fits start from scratch).
     """
     fit_dir = Path(out_dir) / names.FIT_DIR
-    if not config.heldout_warm_start or not (fit_dir / names.FIT_META).exists():
+    if not (config.heldout_warm_start or config.heldout_fit == "mode") or not (fit_dir / names.FIT_META).exists():
         return None
     result = load_fit(fit_dir)
     same = (

@@ -22,7 +22,7 @@ and the (K P) x (K P) system is dense but small (P = D + R + 1 + L D + G).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.linalg as sla
@@ -162,6 +162,8 @@ class LaplaceProblem:
     def centre_rows(self, m: np.ndarray, k: int) -> np.ndarray:
         """Apply T_k^T from the left on the u rows: sigma_k (I - M), M the within-gene mean."""
         u = self.layout.u
+        if u.start == u.stop:  # the nuisance-only problem has no guide terms
+            return m.copy()
         block = m[u]
         flat = block.reshape(block.shape[0], -1)
         means = (self._onehot @ flat) / self.guides_per_gene[:, None]
@@ -240,20 +242,23 @@ class LaplaceProblem:
         out = np.zeros((P, P))
         xn = parts["nuisance"]
         out[:n0, :n0] = (xn.T @ xn.multiply(w[:, None])).toarray()
+        u = lay.u
         for d, (rows, ud, udt, xnt) in enumerate(parts["days"]):
             wd = w[rows]
             scaled = ud.multiply(wd[:, None]).tocsr()
             m = (udt @ scaled).toarray()  # (G, G)
             nu = (xnt @ scaled).toarray()  # (n0, G)
             tu = self._onehot @ m  # (L, G)
+            tn = (self._onehot @ nu.T).T  # (n0, L)
             tidx = lay.theta.start + np.arange(lay.n_genes) * lay.n_days + d
-            out[lay.u, lay.u] += m
-            out[:n0, lay.u] += nu
-            out[np.ix_(tidx, np.arange(lay.u.start, P))] = tu
+            out[u, u] += m
+            out[:n0, u] += nu
+            out[tidx, u] = tu
+            out[u, tidx] = tu.T
             out[np.ix_(tidx, tidx)] = (self._onehot @ tu.T).T
-            out[np.ix_(np.arange(n0), tidx)] = (self._onehot @ nu.T).T
-        upper = np.triu_indices(P, 1)
-        out.T[upper] = out[upper]  # the blocks above were filled on one side of the diagonal
+            out[:n0, tidx] = tn
+            out[tidx, :n0] = tn.T
+        out[u, :n0] = out[:n0, u].T
         return out
 
     def _gram_parts(self) -> dict:
@@ -275,15 +280,29 @@ class LaplaceProblem:
     def _symmetric_blocks(self, block_of) -> np.ndarray:
         """A (K P, K P) matrix from its raw (k, j) blocks, centred on the u rows and columns."""
         K, P = self.n_contrasts, self.layout.size
-        out = np.zeros((K * P, K * P))
+        out = np.empty((K * P, K * P))
         for k in range(K):
             for j in range(k, K):
                 raw = block_of(k, j)
-                block = self.centre_cols(self.centre_rows(raw.toarray() if sp.issparse(raw) else raw, k), j)
-                out[k * P : (k + 1) * P, j * P : (j + 1) * P] = block
+                block = out[k * P : (k + 1) * P, j * P : (j + 1) * P]
+                block[...] = raw.toarray() if sp.issparse(raw) else raw
+                self._centre_inplace(block, k, j)
                 if j != k:
                     out[j * P : (j + 1) * P, k * P : (k + 1) * P] = block.T
         return out
+
+    def _centre_inplace(self, m: np.ndarray, k: int, j: int) -> None:
+        """``T_k^T m T_j`` in place for a (P, P) block: :meth:`centre_rows` then :meth:`centre_cols` without copies."""
+        u = self.layout.u
+        if u.start == u.stop:
+            return
+        scale = 1.0 / self.guides_per_gene[:, None]
+        rows = m[u]
+        rows -= ((self._onehot @ rows) * scale)[self.gene_of_guide]
+        rows *= self.sigma_guide[k]
+        cols = m[:, u]
+        cols -= ((self._onehot @ cols.T) * scale)[self.gene_of_guide].T
+        cols *= self.sigma_guide[j]
 
     def prior_hessian(self) -> np.ndarray:
         """The prior precision Q (K P, K P): diagonal terms and each gene's random-walk block."""
@@ -357,18 +376,21 @@ class LaplaceResult:
     """Mode, posterior covariance and diagnostics of the Laplace approximation."""
 
     psi: np.ndarray  # (K, P)
-    cov: np.ndarray  # (K P, K P)
+    cov: np.ndarray | None  # (K P, K P); None when only the mode was asked for
     n_iter: int
     converged: bool
     objective: float
     pi: np.ndarray  # (N, F) at the mode
 
 
-def newton_mode(problem: LaplaceProblem, psi0: np.ndarray, max_iter: int = 30, tol: float = 1e-8) -> LaplaceResult:
+def newton_mode(
+    problem: LaplaceProblem, psi0: np.ndarray, max_iter: int = 30, tol: float = 1e-8, covariance: bool = True
+) -> LaplaceResult:
     """Newton's method with backtracking to the conditional mode, then the covariance.
 
     Converged when the Newton decrement ``g^T H^-1 g / 2`` falls below ``tol`` times the
-    number of cells.
+    number of cells. ``covariance=False`` stops at the mode (``cov`` is None), which
+    saves the Hessian at the mode and its inverse.
     """
     K, P = psi0.shape
     if K * P > MAX_LAPLACE_DIM:
@@ -384,7 +406,7 @@ def newton_mode(problem: LaplaceProblem, psi0: np.ndarray, max_iter: int = 30, t
     for it in range(1, max_iter + 1):
         grad, hess, _ = problem.gradient_and_hessian(psi)
         try:
-            chol = sla.cho_factor(hess, lower=True, check_finite=False)
+            chol = sla.cho_factor(hess, lower=True, overwrite_a=True, check_finite=False)
         except np.linalg.LinAlgError:
             raise FitError("the Laplace Hessian is not positive definite; use posterior_method: meanfield") from None
         step = -sla.cho_solve(chol, grad, check_finite=False).reshape(K, P)
@@ -401,13 +423,28 @@ def newton_mode(problem: LaplaceProblem, psi0: np.ndarray, max_iter: int = 30, t
         if decrement < tol * n:
             converged = True
             break
+    if not covariance:
+        return LaplaceResult(psi=psi, cov=None, n_iter=it, converged=converged, objective=f,
+                             pi=softmax(problem.logits(psi), axis=1))
     grad, hess, pi = problem.gradient_and_hessian(psi)
-    chol, info = sla.lapack.dpotrf(hess, lower=1, clean=1)
+    chol, info = sla.lapack.dpotrf(hess, lower=1, clean=1, overwrite_a=1)
     if info != 0:
         raise FitError("the Laplace Hessian at the mode is not positive definite; use posterior_method: meanfield")
-    inv, info = sla.lapack.dpotri(chol, lower=1)
-    cov = np.tril(inv) + np.tril(inv, -1).T
+    inv, info = sla.lapack.dpotri(chol, lower=1, overwrite_c=1)
+    cov = _lower_to_symmetric(inv)
     return LaplaceResult(psi=psi, cov=cov, n_iter=it, converged=converged, objective=f, pi=pi)
+
+
+def _lower_to_symmetric(a: np.ndarray, chunk: int = 512) -> np.ndarray:
+    """Copy the lower triangle of the square ``a`` onto its upper triangle in place, in column chunks."""
+    n = a.shape[0]
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        diag = a[start:stop, start:stop]
+        upper = np.triu_indices(stop - start, 1)
+        diag[upper] = diag.T[upper]
+        a[start:stop, stop:] = a[stop:, start:stop].T
+    return a
 
 
 def _padded_clusters(cluster: np.ndarray, max_cells: int, cell_nnz: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -850,6 +887,23 @@ def build_problem(
         rw_precision=np.stack([random_walk_precision(hyper["tau"][k], hyper["sigma_time"][k]) for k in range(K)]),
         weight=float(weight),
         cluster=experiment.cells.clusters() if uncertainty == "cluster_robust" else None,
+    )
+
+
+def nuisance_problem(problem: LaplaceProblem) -> LaplaceProblem:
+    """The same problem without guide terms: the day, replicate and burden columns only.
+
+    Its parameter vector is the first ``layout.theta.start`` entries of the full one's.
+    """
+    lay = problem.layout
+    n0 = lay.theta.start
+    return replace(
+        problem,
+        X=problem.X[:, :n0].tocsr(),
+        layout=Layout(lay.n_days, lay.n_reps, 0, 0),
+        gene_of_guide=np.zeros(0, dtype=np.int64),
+        guides_per_gene=np.zeros(0),
+        prior_diag=problem.prior_diag[:, :n0],
     )
 
 

@@ -341,6 +341,14 @@ def weight_steps(fit_info: dict, config: FatebiasConfig) -> list[int]:
     return sorted({warmup, min(2 * warmup, steps - 1)})
 
 
+def _refit(h: dict) -> str:
+    """How the held-out check refitted the models, in words."""
+    if h.get("method") == "mode":
+        its = "/".join(str((h.get("fits") or {}).get(m, {}).get("newton_iterations")) for m in ("full", "nuisance"))
+        return f"refitted at the mode, {its} Newton iterations"
+    return f"{h.get('steps')} SVI steps"
+
+
 def heldout(run: RunFolder, page: PageLog) -> HeldOut | Absent:
     """Held-out cross-entropy of the full model against the nuisance-only model (``diagnostics.json``)."""
     h = diagnostics_part(run, page, "heldout", "held-out cross-entropy")
@@ -348,7 +356,7 @@ def heldout(run: RunFolder, page: PageLog) -> HeldOut | Absent:
         return h
     better = bool(h.get("full_better"))
     summary = KeyValues([
-        ("held-out cells", f"{h.get('n_heldout')} (fraction {h.get('heldout_frac')}, {h.get('n_train')} cells trained on, {h.get('steps')} steps)"),
+        ("held-out cells", f"{h.get('n_heldout')} (fraction {h.get('heldout_frac')}, {h.get('n_train')} cells trained on, {_refit(h)})"),
         ("cross-entropy, full model", num(h.get("ce_full"), ".5f")),
         ("cross-entropy, nuisance only", num(h.get("ce_nuisance"), ".5f")),
         ("difference (nuisance - full)", f"{num(h.get('difference'), '.5f')} +/- {num(h.get('difference_se'), '.5f')} (z = {num(h.get('difference_z'), '.1f')})"),
