@@ -60,7 +60,13 @@ from fatebias_core.io.layout import RunLayout
 from fatebias_core.io.tables import DayAxis, DaywisePosterior, day_axis, name_column, read_posterior
 from fatebias_core.model.fate_model import Priors
 from fatebias_core.model.inference import FitResult, fit, load_fit
-from fatebias_core.model.laplace import LaplacePosterior, build_problem, newton_mode, nuisance_problem, pack_psi
+from fatebias_core.model.laplace import (
+    LaplacePosterior,
+    build_problem,
+    newton_mode,
+    nuisance_problem,
+    pack_psi,
+)
 from fatebias_core.model.posterior import summarise_posterior
 from fatebias_core.types import Experiment, center_by_group
 
