@@ -16,6 +16,7 @@ from fatebias_core.model.laplace import (
     nuisance_problem,
     pearson_dispersion,
     random_walk_precision,
+    thread_map,
 )
 
 
@@ -128,3 +129,9 @@ def test_too_large_a_screen_is_refused_before_fitting(tiny_sim, monkeypatch):
     monkeypatch.setattr(lap, "MAX_LAPLACE_DIM", 10)
     with pytest.raises(FitError, match="posterior_method: meanfield"):
         fit(tiny_sim.experiment, tiny_sim.config)
+
+
+def test_thread_map_keeps_order_and_results():
+    items = list(range(37))
+    assert thread_map(lambda x: x * x, items) == [x * x for x in items]
+    assert thread_map(lambda x: x, []) == []

@@ -22,7 +22,11 @@ and the (K P) x (K P) system is dense but small (P = D + R + 1 + L D + G).
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import scipy.linalg as sla
@@ -243,11 +247,14 @@ class LaplaceProblem:
         xn = parts["nuisance"]
         out[:n0, :n0] = (xn.T @ xn.multiply(w[:, None])).toarray()
         u = lay.u
-        for d, (rows, ud, udt, xnt) in enumerate(parts["days"]):
-            wd = w[rows]
-            scaled = ud.multiply(wd[:, None]).tocsr()
-            m = (udt @ scaled).toarray()  # (G, G)
-            nu = (xnt @ scaled).toarray()  # (n0, G)
+
+        def day_products(part: tuple) -> tuple[np.ndarray, np.ndarray]:
+            rows, ud, udt, xnt = part
+            scaled = ud.multiply(w[rows][:, None]).tocsr()
+            return (udt @ scaled).toarray(), (xnt @ scaled).toarray()  # (G, G), (n0, G)
+
+        # The days' sparse products are independent (and release the GIL): one thread each.
+        for d, (m, nu) in enumerate(thread_map(day_products, parts["days"])):
             tu = self._onehot @ m  # (L, G)
             tn = (self._onehot @ nu.T).T  # (n0, L)
             tidx = lay.theta.start + np.arange(lay.n_genes) * lay.n_days + d
@@ -268,7 +275,8 @@ class LaplaceProblem:
             X = self.X.tocsc()
             xn = X[:, : lay.theta.start].tocsr()
             xu = X[:, lay.u].tocsr()
-            day = np.asarray(X[:, lay.a].argmax(axis=1)).ravel()
+            xa = X[:, lay.a].tocsr()  # one entry per row: the cell's day intercept
+            day = xa.indices[xa.indptr[:-1]]
             days = []
             for d in range(lay.n_days):
                 rows = np.flatnonzero(day == d)
@@ -435,6 +443,20 @@ def newton_mode(
     return LaplaceResult(psi=psi, cov=cov, n_iter=it, converged=converged, objective=f, pi=pi)
 
 
+def thread_map(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+    """``[fn(x) for x in items]`` on a few threads, in order.
+
+    For independent pieces of work that spend their time in numpy, scipy.sparse or
+    LAPACK code, which release the GIL; the results are the same as in one thread.
+    """
+    items = list(items)
+    workers = min(len(items), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if workers <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
+
+
 def _lower_to_symmetric(a: np.ndarray, chunk: int = 512) -> np.ndarray:
     """Copy the lower triangle of the square ``a`` onto its upper triangle in place, in column chunks."""
     n = a.shape[0]
@@ -509,7 +531,9 @@ def leverage_adjusted_residuals(problem: LaplaceProblem, res: LaplaceResult, max
     ceff = effective_covariance(problem, res.cov)
     X = problem.X.tocsr()
     out = np.empty_like(resid)
-    for cells, valid in _padded_clusters(problem.clusters, max_cells, np.diff(X.indptr)):
+
+    def adjust(chunk: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        cells, valid = chunk
         n_cl, m = cells.shape
         flat = cells.ravel()
         blocks = clone_leverage_blocks(X, ceff, cells, valid, K)  # (n_cl, m K, m K), (cell, contrast) order
@@ -520,8 +544,11 @@ def leverage_adjusted_residuals(problem: LaplaceProblem, res: LaplaceResult, max
         lev = np.clip(lev, 0.0, 1.0 - 1e-6)
         f = np.einsum("cij,cj,ckj->cik", q, 1.0 / np.sqrt(1.0 - lev), q)
         r = np.where(np.repeat(valid, K, axis=1), resid[flat].reshape(n_cl, m * K), 0.0)
-        adj = np.einsum("cij,cj->ci", wh @ f @ wmh, r).reshape(n_cl, m, K)
-        out[cells[valid]] = adj[valid]
+        return np.einsum("cij,cj->ci", wh @ f @ wmh, r).reshape(n_cl, m, K)[valid]
+
+    chunks = _padded_clusters(problem.clusters, max_cells, np.diff(X.indptr))
+    for (cells, valid), adj in zip(chunks, thread_map(adjust, chunks), strict=True):
+        out[cells[valid]] = adj
     return out
 
 
@@ -650,14 +677,16 @@ def robust_covariance(
         cov = _blocks_of_product(left, res.cov, index)
     lay, K, P = problem.layout, problem.n_contrasts, problem.layout.size
     theta_idx = (np.arange(K)[:, None] * P + np.arange(lay.theta.start, lay.theta.stop)[None, :]).ravel()
-    df = np.empty(theta_idx.size)
-    for start in range(0, theta_idx.size, chunk):
+
+    def chunk_df(start: int) -> np.ndarray:
         cols = theta_idx[start : start + chunk]
         contrib = sum(
             scores[k] @ problem.centre_rows(res.cov[k * P : (k + 1) * P][:, cols], k) for k in range(K)
         )  # (C, chunk): each clone's pull on these effects
         a = np.asarray(contrib) ** 2
-        df[start : start + cols.size] = a.sum(axis=0) ** 2 / np.maximum((a**2).sum(axis=0), 1e-300)
+        return a.sum(axis=0) ** 2 / np.maximum((a**2).sum(axis=0), 1e-300)
+
+    df = np.concatenate(thread_map(chunk_df, range(0, theta_idx.size, chunk)))
     return cov, df.reshape(K, lay.n_genes, lay.n_days)
 
 
