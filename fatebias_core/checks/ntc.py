@@ -43,6 +43,7 @@ from fatebias_core.model.laplace import (
     LaplaceProblem,
     LaplaceResult,
     leverage_adjusted_residuals,
+    lower_to_symmetric,
     problem_at_mode,
 )
 from fatebias_core.types import Experiment
@@ -191,11 +192,11 @@ def _score_terms(experiment: Experiment, fit_result: FitResult, config: Fatebias
     """The problem at the fitted mode, its Hessian's factor, residuals and per-cluster scores."""
     problem, psi = problem_at_mode(experiment, fit_result.posterior, fit_result.contrast_fates, fit_result.ref_fate, Priors.from_config(config))
     _, hess, pi = problem.gradient_and_hessian(psi)
-    chol = sla.cho_factor(hess, lower=True, check_finite=False)
+    chol = sla.cho_factor(hess, lower=True, overwrite_a=True, check_finite=False)
     inv, info = sla.lapack.dpotri(chol[0], lower=1)  # H^-1 from the factor (a third of a solve against I)
     if info != 0:
         raise FitError("the Laplace Hessian at the mode is not invertible")
-    hinv = np.tril(inv) + np.tril(inv, -1).T
+    hinv = lower_to_symmetric(inv)
     at_mode = LaplaceResult(psi=psi, cov=hinv, n_iter=0, converged=True, objective=float("nan"), pi=pi)
     # The robust variance uses the clones' leverage-adjusted residuals, as the posterior does.
     adjusted = leverage_adjusted_residuals(problem, at_mode)

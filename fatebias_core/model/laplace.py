@@ -294,12 +294,12 @@ class LaplaceProblem:
                 raw = block_of(k, j)
                 block = out[k * P : (k + 1) * P, j * P : (j + 1) * P]
                 block[...] = raw.toarray() if sp.issparse(raw) else raw
-                self._centre_inplace(block, k, j)
+                self.centre_block_inplace(block, k, j)
                 if j != k:
                     out[j * P : (j + 1) * P, k * P : (k + 1) * P] = block.T
         return out
 
-    def _centre_inplace(self, m: np.ndarray, k: int, j: int) -> None:
+    def centre_block_inplace(self, m: np.ndarray, k: int, j: int) -> None:
         """``T_k^T m T_j`` in place for a (P, P) block: :meth:`centre_rows` then :meth:`centre_cols` without copies."""
         u = self.layout.u
         if u.start == u.stop:
@@ -439,7 +439,7 @@ def newton_mode(
     if info != 0:
         raise FitError("the Laplace Hessian at the mode is not positive definite; use posterior_method: meanfield")
     inv, info = sla.lapack.dpotri(chol, lower=1, overwrite_c=1)
-    cov = _lower_to_symmetric(inv)
+    cov = lower_to_symmetric(inv)
     return LaplaceResult(psi=psi, cov=cov, n_iter=it, converged=converged, objective=f, pi=pi)
 
 
@@ -457,7 +457,7 @@ def thread_map(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
         return list(pool.map(fn, items))
 
 
-def _lower_to_symmetric(a: np.ndarray, chunk: int = 512) -> np.ndarray:
+def lower_to_symmetric(a: np.ndarray, chunk: int = 512) -> np.ndarray:
     """Copy the lower triangle of the square ``a`` onto its upper triangle in place, in column chunks."""
     n = a.shape[0]
     for start in range(0, n, chunk):
@@ -560,11 +560,10 @@ def effective_covariance(problem: LaplaceProblem, cov: np.ndarray) -> np.ndarray
     row and ``x_raw,k (T cov T^T)_kj x_raw,j^T = (x T)_k cov_kj (x T)_j^T``.
     """
     K, P = problem.n_contrasts, problem.layout.size
-    out = np.empty_like(cov)
+    out = cov.copy()
     for k in range(K):
         for j in range(K):
-            blk = problem.centre_rows(cov[k * P : (k + 1) * P, j * P : (j + 1) * P], k)
-            out[k * P : (k + 1) * P, j * P : (j + 1) * P] = problem.centre_cols(blk, j)
+            problem.centre_block_inplace(out[k * P : (k + 1) * P, j * P : (j + 1) * P], k, j)
     return out
 
 
