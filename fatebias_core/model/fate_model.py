@@ -14,8 +14,8 @@ Shapes (K contrasts, D days, R replicates, L genes, G non-NTC guides):
 
 The sum over a cell's guides never builds a (cells x guides) tensor: ``beta`` is laid
 out as a flat (day, guide) table with an all-zero row for id 0 (NTC and padding), each
-cell's guide slots are pre-translated to rows of that table, and
-:func:`torch.nn.functional.embedding_bag` sums them.
+cell's guide slots are pre-translated to rows of that table, and :class:`GatherSum`
+sums them (a gather forward, a scatter-add backward).
 """
 
 from __future__ import annotations
@@ -139,7 +139,9 @@ class GatherSum(torch.autograd.Function):
     def forward(ctx, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:  # noqa: D102
         ctx.save_for_backward(ids)
         ctx.n_rows = table.shape[0]
-        return table[ids].sum(1)
+        # index_select on the flat ids is several times faster than table[ids] and sums the
+        # same (B, Kmax, K) values in the same order.
+        return table.index_select(0, ids.reshape(-1)).view(*ids.shape, table.shape[-1]).sum(1)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # noqa: D102
@@ -223,8 +225,8 @@ def linear_predictor(
     """
     if idx is None:
         day, rep, kc, ids = data.day, data.rep, data.burden_centered, data.flat_ids
-    else:
-        day, rep, kc, ids = data.day[idx], data.rep[idx], data.burden_centered[idx], data.flat_ids[idx]
+    else:  # index_select: the same rows as data.x[idx], without advanced indexing's overhead
+        day, rep, kc, ids = (t.index_select(0, idx) for t in (data.day, data.rep, data.burden_centered, data.flat_ids))
     eta = a.T[day] + b.T[rep] + kc.unsqueeze(-1) * c
     if table is not None:
         eta = eta + gather_sum(table, ids)
@@ -239,7 +241,7 @@ def full_logits(data: ModelData, eta: torch.Tensor) -> torch.Tensor:
 
 def soft_label_loglik(data: ModelData, idx: torch.Tensor | None, eta: torch.Tensor) -> torch.Tensor:
     """Per-cell soft-label log-likelihood ``sum_f p[i, f] log pi[i, f]`` (weight not applied)."""
-    p = data.fate_probs if idx is None else data.fate_probs[idx]
+    p = data.fate_probs if idx is None else data.fate_probs.index_select(0, idx)
     logpi = torch.log_softmax(full_logits(data, eta), dim=-1)
     return (p * logpi).sum(-1)
 
