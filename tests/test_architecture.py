@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import fatebias_core
+from fatebias_core.pipeline.graph import module_imports
 
 ROOT = Path(fatebias_core.__file__).parent
 
@@ -32,29 +32,9 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def _imports(path: Path) -> set[str]:
-    """fatebias_core modules imported anywhere in ``path`` (absolute or relative)."""
-    tree = ast.parse(path.read_text())
-    package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                mod = ".".join(base + ([node.module] if node.module else []))
-            else:
-                mod = node.module or ""
-            if mod.startswith("fatebias_core"):
-                found.add(mod)
-                found.update(f"{mod}.{a.name}" for a in node.names)
-        elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.startswith("fatebias_core"))
-    return found
-
-
 def _graph() -> dict[str, set[str]]:
-    modules = {_module_name(p): p for p in ROOT.rglob("*.py")}
-    return {name: {m for m in _imports(path) if m in modules and m != name} for name, path in modules.items()}
+    """Each module's fatebias_core imports, anywhere in it (absolute or relative): the code versions' import walker."""
+    return {name: module_imports(name) - {name} for name in map(_module_name, ROOT.rglob("*.py"))}
 
 
 def _layer(module: str) -> int:
