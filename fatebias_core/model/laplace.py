@@ -165,15 +165,19 @@ class LaplaceProblem:
     # ----------------------------------------------------------------- centring of u
     def centre_rows(self, m: np.ndarray, k: int) -> np.ndarray:
         """Apply T_k^T from the left on the u rows: sigma_k (I - M), M the within-gene mean."""
+        out = m.copy()
+        self._centre_rows_inplace(out, k)
+        return out
+
+    def _centre_rows_inplace(self, m: np.ndarray, k: int) -> None:
+        """:meth:`centre_rows` on ``m`` itself, a (P,) or (P, n) array or view."""
         u = self.layout.u
         if u.start == u.stop:  # the nuisance-only problem has no guide terms
-            return m.copy()
-        block = m[u]
-        flat = block.reshape(block.shape[0], -1)
-        means = (self._onehot @ flat) / self.guides_per_gene[:, None]
-        out = m.copy()
-        out[u] = (self.sigma_guide[k] * (flat - means[self.gene_of_guide])).reshape(block.shape)
-        return out
+            return
+        rows = m[u]  # a view, so the updates below land in m
+        per_gene = self.guides_per_gene if rows.ndim == 1 else self.guides_per_gene[:, None]
+        rows -= ((self._onehot @ rows) / per_gene)[self.gene_of_guide]
+        rows *= self.sigma_guide[k]
 
     @property
     def _onehot(self) -> sp.csr_matrix:
@@ -301,16 +305,8 @@ class LaplaceProblem:
 
     def centre_block_inplace(self, m: np.ndarray, k: int, j: int) -> None:
         """``T_k^T m T_j`` in place for a (P, P) block: :meth:`centre_rows` then :meth:`centre_cols` without copies."""
-        u = self.layout.u
-        if u.start == u.stop:
-            return
-        scale = 1.0 / self.guides_per_gene[:, None]
-        rows = m[u]
-        rows -= ((self._onehot @ rows) * scale)[self.gene_of_guide]
-        rows *= self.sigma_guide[k]
-        cols = m[:, u]
-        cols -= ((self._onehot @ cols.T) * scale)[self.gene_of_guide].T
-        cols *= self.sigma_guide[j]
+        self._centre_rows_inplace(m, k)
+        self._centre_rows_inplace(m.T, j)
 
     def prior_hessian(self) -> np.ndarray:
         """The prior precision Q (K P, K P): diagonal terms and each gene's random-walk block."""
