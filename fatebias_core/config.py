@@ -142,7 +142,7 @@ class FatebiasConfig(BaseModel):
 
     # ------------------------------------------------------------------ diagnostics (10)
     run_diagnostics: bool = _f(True, "Run held-out fit, permutation control and sanity checks with the chain.", "diagnostics")
-    heldout_frac: float = _f(0.1, "Fraction of cells held out for the cross-entropy comparison.", "diagnostics", gt=0, lt=1)
+    heldout_frac: float = _f(0.1, "Fraction of clones held out for the cross-entropy comparison (whole clones, so the held-out cells are new clones; every cell is its own clone when none are known).", "diagnostics", gt=0, lt=1)
     heldout_steps: int | None = _f(None, "SVI steps of each held-out fit with heldout_fit svi (null: num_steps).", "diagnostics", ge=1)
     heldout_seed: int = _f(1, "Seed of the held-out split and fits.", "diagnostics")
     heldout_fit: Literal["mode", "svi"] = _f("mode", "How the held-out check refits both models to the training cells. mode: at their conditional posterior mode by Newton's method, with the run's variance hyperparameters and likelihood weight, from the run's mode (needs a laplace or bootstrap run fit; seconds, no SVI noise); svi: by SVI stopped at convergence (always so for a meanfield run).", "diagnostics")

@@ -18,6 +18,7 @@ from fatebias_core.checks.diagnostics import (
     _reset_if_changed,
     burden_bins,
     check_regulators,
+    clone_holdout,
     gene_posterior,
     permute_guide_sets,
     run_diagnostics,
@@ -72,6 +73,49 @@ def test_stratified_holdout_counts_and_seed() -> None:
     assert np.bincount(strata[held], minlength=4).tolist() == [2, 11, 0, 1]  # round(0.2 n), 1 <= . <= n-1
     assert np.array_equal(held, stratified_holdout(strata, 0.2, seed=3))
     assert not np.array_equal(held, stratified_holdout(strata, 0.2, seed=4))
+
+
+def test_clone_holdout_holds_out_whole_clones() -> None:
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(1, 8, size=300)
+    cluster = np.repeat(np.arange(300), sizes)
+    rep = np.repeat(rng.integers(0, 2, size=300), sizes)  # a clone lies in one replicate
+    day = rng.integers(0, 3, size=cluster.size)  # and its cells on any day
+    strata = day * 2 + rep
+    held = clone_holdout(strata, cluster, 0.2, seed=1)
+    per_clone = np.bincount(cluster, weights=held) / sizes
+    assert set(np.unique(per_clone)) == {0.0, 1.0}  # every clone wholly on one side
+    assert abs(held[np.r_[0, np.cumsum(sizes)[:-1]]].mean() - 0.2) < 0.03  # a fifth of the clones
+    assert (np.bincount(strata[~held], minlength=6) > 0).all()
+    assert np.array_equal(held, clone_holdout(strata, cluster, 0.2, seed=1))
+    # every cell its own clone: the cell-level stratified split
+    singletons = np.arange(cluster.size)
+    assert np.array_equal(clone_holdout(strata, singletons, 0.2, seed=1), stratified_holdout(strata, 0.2, seed=1))
+
+
+def test_clone_holdout_gives_a_starved_stratum_its_clones_back() -> None:
+    # stratum 1 holds only cells of clone 0, which lies mostly in stratum 0
+    strata = np.array([0, 0, 0, 1, 0, 0, 0, 0])
+    cluster = np.array([0, 0, 0, 0, 1, 2, 3, 4])
+    for seed in range(20):
+        held = clone_holdout(strata, cluster, 0.4, seed)
+        assert not held[cluster == 0].any() and held.any()
+
+
+def test_heldout_se_treats_clones_as_independent() -> None:
+    rng = np.random.default_rng(2)
+    p = rng.dirichlet(np.ones(3), size=400)
+    full, nuis = rng.dirichlet(np.ones(3), size=400), np.full((400, 3), 1 / 3)
+    day = rng.integers(0, 2, size=400)
+    cells = score_heldout(p, full, nuis, day, ["d0", "d1"])
+    singletons = score_heldout(p, full, nuis, day, ["d0", "d1"], cluster=np.arange(400) * 7)
+    assert singletons.difference_se == pytest.approx(cells.difference_se, rel=1e-12)
+    # 40 clones of 10 identical cells: the information of 40 cells, not 400
+    rows = np.repeat(np.arange(40), 10)
+    clones = score_heldout(p[rows], full[rows], nuis[rows], day[rows], ["d0", "d1"], cluster=rows)
+    forty = score_heldout(p[:40], full[:40], nuis[:40], day[:40], ["d0", "d1"])
+    assert clones.difference == pytest.approx(forty.difference)
+    assert clones.difference_se == pytest.approx(forty.difference_se, rel=1e-9)
 
 
 def test_cross_entropy_by_hand() -> None:
@@ -262,7 +306,7 @@ def test_diagnose_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "held-out cross-entropy" in text and "permutation control" in text
     d = json.loads((Path(out) / "diagnostics.json").read_text())
     h = d["heldout"]
-    assert h["n_heldout"] == 152 and h["n_train"] == 1348 and h["steps"] == 150
+    assert h["n_heldout"] == 163 and h["n_train"] == 1337 and h["steps"] == 150 and h["n_heldout_clones"] == 110
     assert h["full_better"] and h["ce_full"] < h["ce_nuisance"] and h["difference_z"] > 2
     assert [r["day"] for r in h["per_day"]] == ["d0", "d1", "d2", "d3"]
     p = d["permutation"]

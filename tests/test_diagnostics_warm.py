@@ -95,3 +95,28 @@ def test_permutation_control_without_guide_mash(which: str, request) -> None:
     perm_fit = load_fit(folder / "fit")  # at the real run's weight, no warm-up, stopped at convergence
     assert perm_fit.info["likelihood_weight"] == pytest.approx(load_fit(Path(cfg.out_dir) / "fit").info["likelihood_weight"])
     assert perm_fit.info["weight_update_steps"] == []
+
+
+@pytest.mark.slow
+def test_heldout_with_strong_clones_and_no_effects_is_not_fooled(tmp_path: Path) -> None:
+    """Cells of one clone share its fate bias; holding out cells, the full model "predicts" a
+    held-out cell's clone bias through the guides of its clone-mates, and beats the
+    nuisance-only model on a screen with no guide effects at all. Whole held-out clones
+    are new to both models."""
+    from fatebias_core.checks import diagnostics
+
+    cfg, exp, fit = _run(
+        tmp_path, sim_n_cells=3000, sim_n_genes=20, sim_n_guides=120, sim_active_frac=0.0, sim_s_guide=0.0, sim_clone_size_mean=10,
+        sim_clone_bias_sd=1.0, sim_seed=11,
+    )
+    assert exp.cells.clusters().max() + 1 < exp.n_cells / 5
+    by_clone = heldout_comparison(exp, cfg, fit)
+    assert by_clone.scores.n_clones < by_clone.scores.n_cells and by_clone.scores.z < 2
+
+    def by_cell(strata, cluster, frac, seed):
+        return diagnostics.stratified_holdout(strata, frac, seed)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(diagnostics, "clone_holdout", by_cell)
+        leaky = heldout_comparison(exp, cfg, fit)
+    assert leaky.scores.full_better and leaky.scores.z > 3

@@ -2,8 +2,9 @@
 
 :func:`run_diagnostics` runs four checks and writes ``diagnostics.json``:
 
-* **Held-out cross-entropy.** A fraction ``heldout_frac`` of the cells (drawn within
-  every day x replicate stratum with ``heldout_seed``) is held out; the full model and
+* **Held-out cross-entropy.** A fraction ``heldout_frac`` of the clones (whole clones,
+  drawn within every day x replicate stratum with ``heldout_seed``; every cell is its
+  own clone when none are known) is held out; the full model and
   the nuisance-only model (day, replicate and burden terms, no guide terms) are refitted
   to the rest (``heldout_fit``: at their conditional mode by Newton's method with the
   run's hyperparameters, or by SVI stopped at convergence), and both predict the held-out cells. The
@@ -119,6 +120,46 @@ def stratified_holdout(strata: np.ndarray, frac: float, seed: int) -> np.ndarray
     return rank < n_out[strata]
 
 
+def clone_holdout(strata: np.ndarray, cluster: np.ndarray, frac: float, seed: int) -> np.ndarray:
+    """Hold out whole clones: ``round(frac * n)`` clones at random within every stratum.
+
+    A clone's stratum is its first cell's. Cells of one clone share their clone's
+    effect, so a split that put some of them on each side would let the full model
+    score its training cells' clone effects, learnt through their guides, on the
+    held-out cells: the held-out cells must be new clones. When a stratum would keep
+    no training cell, its held-out clones go back to training, so every day and
+    replicate stays in the training data. With every cell its own clone this is
+    :func:`stratified_holdout` of the cells.
+
+    Parameters
+    ----------
+    strata
+        (N,) non-negative integer stratum of each cell (day x replicate).
+    cluster
+        (N,) clone id of each cell, 0..C-1.
+    frac
+        Fraction of the clones held out, in (0, 1).
+    seed
+        Seed of the draw.
+
+    Returns
+    -------
+    ndarray
+        (N,) bool, True for a cell of a held-out clone.
+    """
+    strata = np.asarray(strata, dtype=np.int64)
+    cluster = np.asarray(cluster, dtype=np.int64)
+    n_clusters = int(cluster.max(initial=-1)) + 1
+    first = np.full(n_clusters, strata.size, dtype=np.int64)
+    np.minimum.at(first, cluster, np.arange(strata.size))
+    held = stratified_holdout(strata[first], frac, seed)[cluster]
+    trained = np.bincount(strata, weights=~held, minlength=int(strata.max(initial=-1)) + 1)
+    starved = held & (trained[strata] == 0)
+    if starved.any():
+        held &= ~np.isin(cluster, cluster[starved])
+    return held
+
+
 def soft_cross_entropy(p: np.ndarray, pi: np.ndarray) -> np.ndarray:
     """Per-cell soft-label cross-entropy ``-sum_f p_f log pi_f`` (nats).
 
@@ -146,7 +187,8 @@ class HeldOutScores:
     difference
         ``ce_nuisance - ce_full``: positive when the full model predicts better.
     difference_se
-        Standard error of ``difference`` from the paired per-cell differences.
+        Standard error of ``difference`` from the paired per-cell differences, with the
+        held-out clones (not cells) independent.
     entropy
         Mean entropy of the observed fate probabilities, the floor of any model's
         cross-entropy (reached only by predicting every cell exactly).
@@ -155,6 +197,8 @@ class HeldOutScores:
         excess over the floor that the guide terms remove (NaN when there is no excess).
     per_day
         One row per day: ``day, n_cells, ce_full, ce_nuisance, difference``.
+    n_clones
+        Held-out clones (``n_cells`` when every cell is its own).
     """
 
     n_cells: int
@@ -165,6 +209,7 @@ class HeldOutScores:
     entropy: float
     explained_fraction: float
     per_day: pd.DataFrame
+    n_clones: int
 
     @property
     def full_better(self) -> bool:
@@ -185,6 +230,7 @@ def score_heldout(
     pi_nuisance: np.ndarray,
     day: np.ndarray,
     day_labels: Sequence[str],
+    cluster: np.ndarray | None = None,
 ) -> HeldOutScores:
     """Compare two models' held-out predictions by soft-label cross-entropy, overall and per day.
 
@@ -198,11 +244,15 @@ def score_heldout(
         (N,) day index of each cell.
     day_labels
         Label of each day index.
+    cluster
+        (N,) clone id of each cell (any integers): the standard error treats clones,
+        not cells, as independent (None: every cell its own clone).
     """
     ce_f = soft_cross_entropy(p, pi_full)
     ce_n = soft_cross_entropy(p, pi_nuisance)
     diff = ce_n - ce_f
     n = ce_f.size
+    se = _cluster_mean_se(diff, cluster)
     p64 = np.asarray(p, dtype=np.float64)
     entropy = float(-(p64 * np.log(np.maximum(p64, PROB_FLOOR))).sum(axis=1).mean())
     n_days = len(day_labels)
@@ -228,11 +278,29 @@ def score_heldout(
         ce_full=ce_full,
         ce_nuisance=ce_nuis,
         difference=float(diff.mean()),
-        difference_se=float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"),
+        difference_se=se,
         entropy=entropy,
         explained_fraction=float(diff.mean() / excess) if excess > 0 else float("nan"),
         per_day=per_day,
+        n_clones=int(n if cluster is None else np.unique(np.asarray(cluster)).size),
     )
+
+
+def _cluster_mean_se(x: np.ndarray, cluster: np.ndarray | None) -> float:
+    """Standard error of ``x.mean()`` with clusters, not cells, independent (the sandwich estimate).
+
+    Every cell its own cluster gives ``x.std(ddof=1) / sqrt(n)``; NaN with fewer than
+    two clusters.
+    """
+    n = x.size
+    if cluster is None:
+        return float(x.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    ids = np.unique(np.asarray(cluster), return_inverse=True)[1]
+    n_c = int(ids.max(initial=-1)) + 1
+    if n_c < 2:
+        return float("nan")
+    resid = np.bincount(ids, weights=x - x.mean(), minlength=n_c)
+    return float(math.sqrt(n_c / (n_c - 1) * float(resid @ resid)) / n)
 
 
 @dataclass
@@ -257,6 +325,7 @@ class HeldOutResult:
             "steps": self.steps,
             "n_train": self.n_train,
             "n_heldout": s.n_cells,
+            "n_heldout_clones": s.n_clones,
             "ce_full": s.ce_full,
             "ce_nuisance": s.ce_nuisance,
             "difference": s.difference,
@@ -300,19 +369,28 @@ def heldout_comparison(experiment: Experiment, config: FatebiasConfig, start: Fi
       why these fits run until the training ELBO no longer changes.
     """
     cells = experiment.cells
-    held = stratified_holdout(cells.day * cells.n_reps + cells.rep, config.heldout_frac, config.heldout_seed)
+    clones = cells.clusters()
+    held = clone_holdout(cells.day * cells.n_reps + cells.rep, clones, config.heldout_frac, config.heldout_seed)
     if not held.any():
         raise ConfigError(
-            f"heldout_frac {config.heldout_frac} holds out no cell of {cells.n_cells}; raise heldout_frac"
+            f"heldout_frac {config.heldout_frac} holds out no clone of {int(clones.max(initial=-1)) + 1} "
+            f"({cells.n_cells} cells); raise heldout_frac"
         )
+    held_clones = clones[held]
     train, test = split_experiment(experiment, held)
     if config.heldout_fit == "mode" and start is not None and isinstance(start.posterior, LaplacePosterior):
-        log.info("held-out check: %d training, %d held-out cells; both models refitted at their mode", train.n_cells, test.n_cells)
+        log.info(
+            "held-out check: %d training, %d held-out cells (%d whole clones); both models refitted at their mode",
+            train.n_cells, test.n_cells, np.unique(held_clones).size,
+        )
         pi_full, pi_nuisance, info = _heldout_modes(train, test, start, config)
-        scores = score_heldout(test.cells.fate_probs, pi_full, pi_nuisance, test.cells.day, cells.day_labels)
+        scores = score_heldout(test.cells.fate_probs, pi_full, pi_nuisance, test.cells.day, cells.day_labels, held_clones)
         return HeldOutResult(config.heldout_frac, config.heldout_seed, None, train.n_cells, scores, info, start, "mode")
     steps = config.heldout_steps or config.num_steps
-    log.info("held-out check: %d training, %d held-out cells, %d steps per fit", train.n_cells, test.n_cells, steps)
+    log.info(
+        "held-out check: %d training, %d held-out cells (%d whole clones), %d steps per fit",
+        train.n_cells, test.n_cells, np.unique(held_clones).size, steps,
+    )
     stopping = config.model_copy(update={"stop_at_convergence": True})
     init, weight = None, None
     if start is not None and config.heldout_warm_start:
@@ -322,7 +400,7 @@ def heldout_comparison(experiment: Experiment, config: FatebiasConfig, start: Fi
     nuisance_init = None if init is None else {k: init[k] for k in ("a", "b", "c")}
     nuisance = fit(train, stopping, guide_effects=False, num_steps=steps, seed=config.heldout_seed, init=nuisance_init, weight=weight)
     scores = score_heldout(
-        test.cells.fate_probs, full.predict(test), nuisance.predict(test), test.cells.day, cells.day_labels
+        test.cells.fate_probs, full.predict(test), nuisance.predict(test), test.cells.day, cells.day_labels, held_clones
     )
     keys = ("steps", "runtime_s", "converged", "final_loss_per_cell")
     info = {name: {k: r.info[k] for k in keys} for name, r in (("full", full), ("nuisance", nuisance))}
@@ -835,7 +913,7 @@ class DiagnosticsResult:
             s = self.heldout.scores
             verdict = "full model better" if s.full_better else "full model NOT better"
             lines.append(
-                f"  held-out cross-entropy ({s.n_cells} cells): full {s.ce_full:.5f}, nuisance-only {s.ce_nuisance:.5f}, "
+                f"  held-out cross-entropy ({s.n_cells} cells, {s.n_clones} clones): full {s.ce_full:.5f}, nuisance-only {s.ce_nuisance:.5f}, "
                 f"difference {s.difference:.5f} +/- {s.difference_se:.5f} ({verdict}; floor {s.entropy:.5f})"
             )
             per_day = ", ".join(f"{r.day} {r.difference:+.4f}" for r in s.per_day.itertuples())

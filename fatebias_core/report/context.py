@@ -349,6 +349,12 @@ def _refit(h: dict) -> str:
     return f"{h.get('steps')} SVI steps"
 
 
+def _clones(h: dict) -> str:
+    """The held-out clones, in words (older diagnostics files held out cells, not clones)."""
+    n = h.get("n_heldout_clones")
+    return "drawn by cell" if n is None else f"in {n} whole clones"
+
+
 def heldout(run: RunFolder, page: PageLog) -> HeldOut | Absent:
     """Held-out cross-entropy of the full model against the nuisance-only model (``diagnostics.json``)."""
     h = diagnostics_part(run, page, "heldout", "held-out cross-entropy")
@@ -356,7 +362,8 @@ def heldout(run: RunFolder, page: PageLog) -> HeldOut | Absent:
         return h
     better = bool(h.get("full_better"))
     summary = KeyValues([
-        ("held-out cells", f"{h.get('n_heldout')} (fraction {h.get('heldout_frac')}, {h.get('n_train')} cells trained on, {_refit(h)})"),
+        ("held-out cells", f"{h.get('n_heldout')} {_clones(h)} (fraction {h.get('heldout_frac')}, "
+                           f"{h.get('n_train')} cells trained on, {_refit(h)})"),
         ("cross-entropy, full model", num(h.get("ce_full"), ".5f")),
         ("cross-entropy, nuisance only", num(h.get("ce_nuisance"), ".5f")),
         ("difference (nuisance - full)", f"{num(h.get('difference'), '.5f')} +/- {num(h.get('difference_se'), '.5f')} (z = {num(h.get('difference_z'), '.1f')})"),
