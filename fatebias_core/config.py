@@ -96,6 +96,7 @@ class FatebiasConfig(BaseModel):
     posterior_method: Literal["meanfield", "laplace", "bootstrap"] = _f("laplace", "Posterior of the effects: the SVI mean-field guide; a Laplace approximation at the conditional mode that keeps their correlations; or a one-step Newton bootstrap over cells around that mode.", "inference")
     uncertainty: Literal["cluster_robust", "model"] = _f("cluster_robust", "Covariance of the laplace/bootstrap posterior: cluster_robust treats clones (clone_key, or identical guide sets) as the independent units (a sandwich H^-1 (Q + J) H^-1 with J summed over clones; the bootstrap resamples clones); model trusts the likelihood's curvature, right only when cells are independent.", "inference")
     bootstrap_replicates: int = _f(200, "Replicates of posterior_method: bootstrap.", "inference", ge=10)
+    fixed_sigma_guide: list[float] | None = _f(None, "Spread of guide deviations sigma_guide (one per contrast fate, primary first) to fit at instead of fitting it by SVI. With a laplace or bootstrap posterior, laplace_effect_scales configured and a numeric likelihood_weight, SVI then has nothing left to fit and the fit is the Laplace step alone (the permutation control uses the real run's). null: fitted by SVI.", "inference")
     laplace_effect_scales: Literal["configured", "fitted"] = _f("configured", "Laplace prior scales of theta: the configured s_tau/s_time (weakly informative: mash does the shrinkage) or the SVI-fitted tau/sigma_time.", "inference")
     dispersion_warmup_frac: float = _f(0.25, "With likelihood_weight auto: fraction of the steps fitted with w = 1 before the dispersion is estimated.", "inference", gt=0, lt=1)
     checkpoint_every: int = _f(500, "SVI steps between checkpoints of fatebias fit/run (an interrupted fit resumes from the last).", "inference", ge=1)
@@ -150,6 +151,7 @@ class FatebiasConfig(BaseModel):
     perm_guide_mash: bool = _f(False, "The permutation control also runs guide-level mash and the guide-to-gene aggregation (its verdict counts gene-level hits, which do not need them; discovery_source guide_agg always runs them).", "diagnostics")
     perm_burden_bins: int = _f(4, "Burden bins of the permutation strata (clones permuted within replicate x burden bin).", "diagnostics", ge=1)
     perm_seed: int = _f(2, "Seed of the guide-set permutation.", "diagnostics")
+    perm_refit_svi: bool = _f(False, "The permutation control refits SVI on the permuted data. false: with a laplace or bootstrap run and laplace_effect_scales configured, it fits at the real run's sigma_guide and likelihood weight (fixed_sigma_guide), the Laplace step alone; the permuted gene intervals depend on sigma_guide only through how the guides of a gene are averaged.", "diagnostics")
     ntc_pseudogene_size: int | None = _f(None, "NTC calibration check: NTC guides per pseudo-gene (null: the median guides per gene).", "diagnostics", ge=1)
     ntc_partitions: int = _f(10, "NTC calibration check: random partitions of the NTC guides into pseudo-genes.", "diagnostics", ge=1)
     known_regulators: dict[str, int] = _f({}, "Sanity checks: gene -> expected sign (+1 or -1) of its contrast effect.", "diagnostics")
@@ -240,7 +242,20 @@ class FatebiasConfig(BaseModel):
             raise ValueError("discovery_source guide_agg needs mash_guide_level: true")
         if self.lr_final > self.lr:
             raise ValueError(f"lr_final ({self.lr_final}) must not exceed lr ({self.lr})")
+        if self.fixed_sigma_guide is not None:
+            self._check_fixed_sigma_guide(self.fixed_sigma_guide)
         return self
+
+    def _check_fixed_sigma_guide(self, values: list[float]) -> None:
+        if len(values) != len(self.fates) - 1 or not all(v > 0 for v in values):
+            raise ValueError(
+                f"fixed_sigma_guide needs {len(self.fates) - 1} positive values (one per contrast fate), got {values}"
+            )
+        if self.posterior_method == "meanfield" or self.laplace_effect_scales != "configured" or self.likelihood_weight == "auto":
+            raise ValueError(
+                "fixed_sigma_guide needs posterior_method laplace or bootstrap, laplace_effect_scales configured and a "
+                f"numeric likelihood_weight (got {self.posterior_method}, {self.laplace_effect_scales}, {self.likelihood_weight!r})"
+            )
 
     # ------------------------------------------------------------------ derived
     @property

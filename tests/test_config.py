@@ -42,6 +42,18 @@ def test_contrast_equal_to_reference_is_rejected():
         make_config(contrast_fate="EC")
 
 
+def test_fixed_sigma_guide_needs_one_positive_value_per_contrast_and_nothing_else_to_fit():
+    ok = make_config(fixed_sigma_guide=[0.1, 0.2], likelihood_weight=20.0)
+    assert ok.fixed_sigma_guide == [0.1, 0.2]
+    with pytest.raises(ConfigError, match="fixed_sigma_guide needs 2 positive values"):
+        make_config(fixed_sigma_guide=[0.1], likelihood_weight=20.0)
+    with pytest.raises(ConfigError, match="fixed_sigma_guide needs 2 positive values"):
+        make_config(fixed_sigma_guide=[0.1, 0.0], likelihood_weight=20.0)
+    for other in ({"likelihood_weight": "auto"}, {"posterior_method": "meanfield"}, {"laplace_effect_scales": "fitted"}):
+        with pytest.raises(ConfigError, match="fixed_sigma_guide needs posterior_method laplace or bootstrap"):
+            make_config(**{"fixed_sigma_guide": [0.1, 0.2], "likelihood_weight": 20.0, **other})
+
+
 def test_time_scale_is_a_deprecated_alias_of_s_time():
     with pytest.warns(DeprecationWarning, match="time_scale"):
         cfg = make_config({"time_scale": 0.3})

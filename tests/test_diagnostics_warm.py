@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from fatebias_core.checks.diagnostics import heldout_comparison, permutation_control
 from fatebias_core.checks.simulate import simulate
 from fatebias_core.config import load_config, make_config
 from fatebias_core.data.load import load_experiment
-from fatebias_core.model.inference import load_fit
+from fatebias_core.model.inference import fit, load_fit
 from fatebias_core.pipeline.chain import run_chain
 
 from .conftest import TINY_CHAIN
@@ -92,9 +94,47 @@ def test_permutation_control_without_guide_mash(which: str, request) -> None:
     assert (folder / "mash_gene_conservative.csv").exists() and (folder / "hits_ranked.csv").exists()
     assert not list(folder.glob("mash_guide_*.csv")) and not list(folder.glob("gene_from_guide_*.csv"))
     assert set(res.hits_by_mode) == {"conservative", "enriched"}
-    perm_fit = load_fit(folder / "fit")  # at the real run's weight, no warm-up, stopped at convergence
-    assert perm_fit.info["likelihood_weight"] == pytest.approx(load_fit(Path(cfg.out_dir) / "fit").info["likelihood_weight"])
-    assert perm_fit.info["weight_update_steps"] == []
+    real = load_fit(Path(cfg.out_dir) / "fit")
+    perm_fit = load_fit(folder / "fit")  # the Laplace step alone, at the real run's weight and sigma_guide
+    assert perm_fit.info["likelihood_weight"] == pytest.approx(real.info["likelihood_weight"])
+    assert perm_fit.info["steps"] == 0 and perm_fit.elbo.size == 0 and perm_fit.info["laplace_converged"]
+    sigma_guide = real.posterior.params["hyper_sigma_guide"]
+    assert perm_fit.posterior.params["hyper_sigma_guide"] == pytest.approx(sigma_guide, rel=1e-12)
+    assert res.fixed_sigma_guide == pytest.approx(sigma_guide.tolist(), rel=1e-12)
+
+
+@pytest.mark.slow
+def test_permutation_at_the_real_sigma_guide_agrees_with_an_svi_refit(null) -> None:
+    """Reusing the real fit's sigma_guide (no SVI) gives the permuted effects nearly the
+    intervals an SVI refit of the permuted data gives, and the same verdict."""
+    cfg, exp, _ = null
+    folder = Path(cfg.out_dir) / "permutation"
+    tables = {}
+    for refit in (False, True):
+        res = permutation_control(exp, cfg.model_copy(update={"perm_refit_svi": refit}), cfg.out_dir, run_chain)
+        assert res.passed and (res.fixed_sigma_guide is None) == refit
+        assert (load_fit(folder / "fit").info["steps"] > 0) == refit
+        tables[refit] = pd.read_csv(folder / "gene_daywise_for_mash.csv")
+    sd = [c for c in tables[False].columns if c.startswith("se_")]
+    ratio = tables[False][sd].to_numpy() / tables[True][sd].to_numpy()
+    assert abs(np.median(ratio) - 1) < 0.02 and np.percentile(np.abs(ratio - 1), 90) < 0.05
+
+
+@pytest.mark.slow
+def test_fit_at_fixed_scales_is_the_laplace_step_of_the_fit(signal) -> None:
+    """At the fitted sigma_guide and weight, the SVI-free fit finds the same mode and intervals
+    (Newton's method from zero effects instead of from the SVI fit)."""
+    cfg, exp, real = signal
+    params = real.posterior.params
+    fixed = fit(exp, cfg.model_copy(update={
+        "fixed_sigma_guide": params["hyper_sigma_guide"].tolist(), "likelihood_weight": float(params["weight"]),
+    }))
+    assert fixed.elbo.size == 0 and fixed.info["laplace_converged"]
+    got = fixed.posterior.params
+    for key in ("theta", "u", "a", "b", "c"):
+        np.testing.assert_allclose(got[key], params[key], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["block_cov"], params["block_cov"], rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(got["theta_df"], params["theta_df"], rtol=1e-4)
 
 
 @pytest.mark.slow

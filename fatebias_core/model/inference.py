@@ -406,6 +406,8 @@ def fit(
     device = resolve_device(config.device)
     if guide_effects and config.posterior_method != "meanfield":
         check_laplace_size(experiment, len(config.contrast_fates))  # fail before a long fit, not after it
+    if guide_effects and config.fixed_sigma_guide is not None:
+        return fit_at_fixed_scales(experiment, config)
     data = ModelData.from_experiment(experiment, config.ref_fate, config.contrast_fates, device=device)
     plan = _WeightPlan.of(config, weight, steps)
     model = FateModel(data, Priors.from_config(config), plan.initial, guide_effects=guide_effects)
@@ -715,6 +717,66 @@ def refine_posterior(fit_result: FitResult, experiment: Experiment, config: Fate
         laplace_converged=bool(posterior.params["converged"]),
     )
     return dataclasses.replace(fit_result, posterior=posterior, info=info)
+
+
+def fit_at_fixed_scales(experiment: Experiment, config: FatebiasConfig) -> FitResult:
+    """The fit when SVI has nothing to fit: the Laplace (or bootstrap) step alone.
+
+    With ``fixed_sigma_guide``, the configured effect scales (s_tau, s_time) and a
+    numeric likelihood weight, every variance hyperparameter and the weight are fixed,
+    and the effects' posterior is the Laplace approximation at the conditional mode,
+    found by Newton's method from zero effects (the objective is convex, so the start
+    only changes the number of iterations). No ELBO trace; ``info`` records the Newton
+    iterations and the negative log posterior per cell at the mode as the final loss.
+    """
+    t0 = time.perf_counter()
+    cells, guides = experiment.cells, experiment.guides
+    K, D = len(config.contrast_fates), cells.n_days
+    hyper = {
+        "tau": np.full(K, config.s_tau),
+        "sigma_time": np.full((K, D - 1), config.s_time),
+        "sigma_guide": np.asarray(config.fixed_sigma_guide, dtype=np.float64),
+    }
+    start = {
+        "a": np.zeros((K, D)), "b": np.zeros((K, cells.n_reps)), "c": np.zeros(K),
+        "theta": np.zeros((guides.n_genes, K, D)), "u": np.zeros((guides.n_guides, K)),
+    }
+    weight = float(config.likelihood_weight)
+    posterior = laplace_posterior(
+        experiment, config.contrast_fates, config.ref_fate, Priors.from_config(config), start=start, hyper=hyper,
+        weight=weight, bootstrap=config.bootstrap_replicates if config.posterior_method == "bootstrap" else 0,
+        seed=config.seed, uncertainty=config.uncertainty,
+    )
+    runtime = round(time.perf_counter() - t0, 3)
+    converged = bool(posterior.params["converged"])
+    info = {
+        "steps": 0, "max_steps": 0, "stopped_at_convergence": False, "resumed_from": 0, "runtime_s": 0.0,
+        "device": "cpu", "n_cells": experiment.n_cells, "converged": converged, "steps_to_convergence": None,
+        "final_loss_per_cell": float(posterior.params["objective"]) / max(experiment.n_cells, 1),
+        "likelihood_weight": weight, "dispersion_final": 1.0 / weight, "weight_switch_step": None, "weight_update_steps": [],
+        "fixed_sigma_guide": list(config.fixed_sigma_guide), "posterior_method": config.posterior_method,
+        "uncertainty": config.uncertainty, "n_clusters": int(cells.clusters().max(initial=-1)) + 1,
+        "cluster_source": cells.cluster_source, "laplace_runtime_s": runtime,
+        "laplace_newton_iterations": int(posterior.params["newton_iterations"]), "laplace_converged": converged,
+        "settings": {"fixed_sigma_guide": list(config.fixed_sigma_guide), "likelihood_weight": weight},
+    }
+    log.info("fit at fixed scales (sigma_guide %s, weight %.4g): Laplace step alone, %d Newton iterations, %.1f s",
+             config.fixed_sigma_guide, weight, info["laplace_newton_iterations"], runtime)
+    return FitResult(
+        posterior=posterior,
+        elbo=np.zeros(0),
+        fates=list(cells.fates),
+        ref_fate=config.ref_fate,
+        contrast_fates=config.contrast_fates,
+        day_labels=list(cells.day_labels),
+        rep_labels=list(cells.rep_labels),
+        gene_names=list(guides.gene_names),
+        guide_names=list(guides.guide_names),
+        gene_of_guide=guides.gene_of_guide[1:].astype(np.int64) - 1,
+        day_counts=cells.day_counts(),
+        guide_effects=True,
+        info=info,
+    )
 
 
 def _laplace_classes() -> dict[str, type]:

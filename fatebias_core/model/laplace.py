@@ -772,6 +772,7 @@ class LaplacePosterior:
             "weight": np.asarray(problem.weight),
             "newton_iterations": np.asarray(res.n_iter),
             "converged": np.asarray(res.converged),
+            "objective": np.asarray(res.objective),
             **{f"hyper_{k}": v for k, v in hyper.items()},
         }
         if df is not None:

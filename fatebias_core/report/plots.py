@@ -124,6 +124,12 @@ def elbo(
     """
     ax = _axes(ax, (5, 3.4))
     loss = np.asarray(loss, dtype=float)
+    if loss.size == 0:  # a fit at fixed hyperparameters (fixed_sigma_guide) runs no SVI
+        ax.text(0.5, 0.5, "no SVI steps", ha="center", va="center", transform=ax.transAxes, color="0.4")
+        ax.set_axis_off()
+        if title:
+            ax.set_title(title, fontsize=10)
+        return ax
     y = loss / n_cells if n_cells else loss
     steps = np.arange(1, len(y) + 1)
     smooth, w = _running_mean(y)
@@ -166,7 +172,8 @@ def plot_elbo(
     elbo(loss, n_cells=n_cells, weight_steps=weight_steps, title=title, ax=left)
     tail = "after the last weight change" if weight_steps else "second half"
     elbo(loss, n_cells=n_cells, start=switch_step if switch_step else n // 2, title=tail, ax=right)
-    left.legend(frameon=False, fontsize=8, loc="center right")
+    if n:
+        left.legend(frameon=False, fontsize=8, loc="center right")
     fig.tight_layout()
     return _save(fig, path)
 
