@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.linalg as sla
@@ -129,7 +131,14 @@ def test_clones_break_the_dispersion_weight_and_the_robust_posterior_holds(clone
 def test_ntc_check_sees_clones_and_the_robust_variance_fixes_them(clone_null) -> None:
     cfg, exp, mf = clone_null
     robust_cfg = cfg.model_copy(update={"posterior_method": "laplace"})
-    check = ntc_calibration(exp, refine_posterior(mf, exp, robust_cfg, "laplace"), robust_cfg)
+    refined = refine_posterior(mf, exp, robust_cfg, "laplace")
+    check = ntc_calibration(exp, refined, robust_cfg)
+    # The posterior's leverage-adjusted residuals are those the check would recompute from H^-1.
+    assert refined.posterior.params["adjusted_residuals"].shape == (exp.n_cells, 2)
+    bare = dataclasses.replace(refined, posterior=type(refined.posterior)(
+        {k: v for k, v in refined.posterior.params.items() if k != "adjusted_residuals"}))
+    recomputed = ntc_calibration(exp, bare, robust_cfg).table
+    np.testing.assert_allclose(check.table[["score", "z_model", "z_robust"]], recomputed[["score", "z_model", "z_robust"]], rtol=1e-9, atol=1e-12)
     stats = check.to_dict()
     assert stats["model"]["sd"] > 1.5 and stats["model"]["beyond_1.96"] > 0.15
     assert 0.7 < stats["cluster_robust"]["sd"] < 1.3

@@ -193,13 +193,15 @@ def _score_terms(experiment: Experiment, fit_result: FitResult, config: Fatebias
     problem, psi = problem_at_mode(experiment, fit_result.posterior, fit_result.contrast_fates, fit_result.ref_fate, Priors.from_config(config))
     _, hess, pi = problem.gradient_and_hessian(psi)
     chol = sla.cho_factor(hess, lower=True, overwrite_a=True, check_finite=False)
-    inv, info = sla.lapack.dpotri(chol[0], lower=1)  # H^-1 from the factor (a third of a solve against I)
-    if info != 0:
-        raise FitError("the Laplace Hessian at the mode is not invertible")
-    hinv = lower_to_symmetric(inv)
-    at_mode = LaplaceResult(psi=psi, cov=hinv, n_iter=0, converged=True, objective=float("nan"), pi=pi)
-    # The robust variance uses the clones' leverage-adjusted residuals, as the posterior does.
-    adjusted = leverage_adjusted_residuals(problem, at_mode)
+    # The robust variance uses the clones' leverage-adjusted residuals, as the posterior
+    # does: a cluster-robust Laplace posterior keeps them; else they need H^-1.
+    adjusted = fit_result.posterior.params.get("adjusted_residuals")
+    if adjusted is None or adjusted.shape != pi[:, problem.contrast_index].shape:
+        inv, info = sla.lapack.dpotri(chol[0], lower=1)  # H^-1 from the factor (a third of a solve against I)
+        if info != 0:
+            raise FitError("the Laplace Hessian at the mode is not invertible")
+        at_mode = LaplaceResult(psi=psi, cov=lower_to_symmetric(inv), n_iter=0, converged=True, objective=float("nan"), pi=pi)
+        adjusted = leverage_adjusted_residuals(problem, at_mode)
     w, idx = problem.weight, problem.contrast_index
     cluster = problem.clusters
     n_clusters = int(cluster.max()) + 1

@@ -725,8 +725,8 @@ def fit_at_fixed_scales(experiment: Experiment, config: FatebiasConfig) -> FitRe
     With ``fixed_sigma_guide``, the configured effect scales (s_tau, s_time) and a
     numeric likelihood weight, every variance hyperparameter and the weight are fixed,
     and the effects' posterior is the Laplace approximation at the conditional mode,
-    found by Newton's method from zero effects (the objective is convex, so the start
-    only changes the number of iterations). No ELBO trace; ``info`` records the Newton
+    found by Newton's method from zero effects and the nuisance-only mode (the
+    objective is convex, so the start only changes the number of iterations). No ELBO trace; ``info`` records the Newton
     iterations and the negative log posterior per cell at the mode as the final loss.
     """
     t0 = time.perf_counter()
@@ -737,13 +737,9 @@ def fit_at_fixed_scales(experiment: Experiment, config: FatebiasConfig) -> FitRe
         "sigma_time": np.full((K, D - 1), config.s_time),
         "sigma_guide": np.asarray(config.fixed_sigma_guide, dtype=np.float64),
     }
-    start = {
-        "a": np.zeros((K, D)), "b": np.zeros((K, cells.n_reps)), "c": np.zeros(K),
-        "theta": np.zeros((guides.n_genes, K, D)), "u": np.zeros((guides.n_guides, K)),
-    }
     weight = float(config.likelihood_weight)
     posterior = laplace_posterior(
-        experiment, config.contrast_fates, config.ref_fate, Priors.from_config(config), start=start, hyper=hyper,
+        experiment, config.contrast_fates, config.ref_fate, Priors.from_config(config), start=None, hyper=hyper,
         weight=weight, bootstrap=config.bootstrap_replicates if config.posterior_method == "bootstrap" else 0,
         seed=config.seed, uncertainty=config.uncertainty,
     )

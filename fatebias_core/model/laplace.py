@@ -633,7 +633,8 @@ def _blocks_of_product(left: np.ndarray, right: np.ndarray, index: np.ndarray, g
 
 
 def robust_covariance(
-    problem: LaplaceProblem, res: LaplaceResult, chunk: int = 64, index: np.ndarray | None = None
+    problem: LaplaceProblem, res: LaplaceResult, chunk: int = 64, index: np.ndarray | None = None,
+    adjusted: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cluster-robust posterior covariance ``H^-1 (Q + J) H^-1`` at the mode, and its degrees of freedom.
 
@@ -655,7 +656,8 @@ def robust_covariance(
 
     With ``index`` (the (L, B) gene blocks of :func:`gene_blocks`) only those blocks of
     the covariance are formed (one dense product with ``H^-1`` instead of two); that is
-    all the posterior keeps.
+    all the posterior keeps. ``adjusted``: the leverage-adjusted residuals when already
+    computed.
 
     Returns
     -------
@@ -663,7 +665,9 @@ def robust_covariance(
         (K P, K P) covariance, or (L, B, B) blocks with ``index``, and (K, L, D) degrees
         of freedom of theta.
     """
-    scores = problem.cluster_scores(leverage_adjusted_residuals(problem, res))  # (C, P) per contrast
+    if adjusted is None:
+        adjusted = leverage_adjusted_residuals(problem, res)
+    scores = problem.cluster_scores(adjusted)  # (C, P) per contrast
     left = res.cov @ problem.add_prior_hessian(problem.score_outer(scores))
     if index is None:
         cov = left @ res.cov
@@ -932,6 +936,14 @@ def nuisance_problem(problem: LaplaceProblem) -> LaplaceProblem:
     )
 
 
+def nuisance_start(problem: LaplaceProblem) -> np.ndarray:
+    """(K, P) start with zero effects and the day, replicate and burden terms at the nuisance-only mode."""
+    n0 = problem.layout.theta.start
+    psi = np.zeros((problem.n_contrasts, problem.layout.size))
+    psi[:, :n0] = newton_mode(nuisance_problem(problem), psi[:, :n0], covariance=False).psi
+    return psi
+
+
 def problem_at_mode(experiment: Experiment, posterior: LaplacePosterior, contrast_fates: list[str], ref_fate: str, priors) -> tuple[LaplaceProblem, np.ndarray]:
     """The problem a fitted Laplace/bootstrap posterior was computed from, and its mode psi (K, P).
 
@@ -961,7 +973,7 @@ def laplace_posterior(
     contrast_fates: list[str],
     ref_fate: str,
     priors,
-    start: dict[str, np.ndarray],
+    start: dict[str, np.ndarray] | None,
     hyper: dict[str, np.ndarray],
     weight: float,
     max_iter: int = 30,
@@ -980,7 +992,9 @@ def laplace_posterior(
     priors
         :class:`fatebias_core.model.fate_model.Priors` (s_alpha, s_rep, s_gamma).
     start
-        Starting values: a (K, D), b (K, R), c (K,), theta (L, K, D), u (G, K).
+        Starting values: a (K, D), b (K, R), c (K,), theta (L, K, D), u (G, K); None
+        starts from zero effects with the day, replicate and burden terms at the mode of
+        the nuisance-only problem (a few cheap iterations that save Newton a full one).
     hyper
         tau (K,), sigma_time (K, D-1), sigma_guide (K,): fixed at their fitted values.
     weight
@@ -995,7 +1009,8 @@ def laplace_posterior(
         over the experiment's clusters (and the bootstrap resamples clusters).
     """
     problem = build_problem(experiment, contrast_fates, ref_fate, priors, hyper, weight, uncertainty)
-    res = newton_mode(problem, pack_psi(problem, start), max_iter=max_iter)
+    psi0 = nuisance_start(problem) if start is None else pack_psi(problem, start)
+    res = newton_mode(problem, psi0, max_iter=max_iter)
     if not res.converged:
         log.warning("Laplace: Newton did not converge in %d iterations", res.n_iter)
     if bootstrap > 0:
@@ -1003,6 +1018,11 @@ def laplace_posterior(
         return BootstrapPosterior.from_replicates(res, problem, hyper, reps)
     if uncertainty == "cluster_robust":
         index, _ = gene_blocks(problem.layout, problem.gene_of_guide, problem.n_contrasts)
-        blocks, df = robust_covariance(problem, res, index=index)
-        return LaplacePosterior.from_result(res, problem, hyper, df=df, blocks=blocks)
+        adjusted = leverage_adjusted_residuals(problem, res)
+        blocks, df = robust_covariance(problem, res, index=index, adjusted=adjusted)
+        posterior = LaplacePosterior.from_result(res, problem, hyper, df=df, blocks=blocks)
+        # Kept for the NTC check, which needs them at this mode and would otherwise
+        # invert the Hessian again to recompute them.
+        posterior.params["adjusted_residuals"] = adjusted
+        return posterior
     return LaplacePosterior.from_result(res, problem, hyper)
