@@ -435,22 +435,7 @@ def fit(
     info = _fit_info(trace, plan, loop.stop_window, run, config, steps) | {"settings": settings, "settings_hash": settings_hash}
     if ckpt_path is not None and ckpt_path.exists():
         ckpt_path.unlink()
-    cells = experiment.cells
-    result = FitResult(
-        posterior=posterior,
-        elbo=trace,
-        fates=list(cells.fates),
-        ref_fate=config.ref_fate,
-        contrast_fates=config.contrast_fates,
-        day_labels=list(cells.day_labels),
-        rep_labels=list(cells.rep_labels),
-        gene_names=list(experiment.guides.gene_names),
-        guide_names=list(experiment.guides.guide_names),
-        gene_of_guide=gene0,
-        day_counts=cells.day_counts(),
-        guide_effects=guide_effects,
-        info=info,
-    )
+    result = _fit_result(experiment, config, posterior, trace, info, guide_effects)
     if guide_effects and config.posterior_method != "meanfield":
         result = refine_posterior(result, experiment, config, config.posterior_method)
     return result
@@ -726,11 +711,12 @@ def fit_at_fixed_scales(experiment: Experiment, config: FatebiasConfig) -> FitRe
     numeric likelihood weight, every variance hyperparameter and the weight are fixed,
     and the effects' posterior is the Laplace approximation at the conditional mode,
     found by Newton's method from zero effects and the nuisance-only mode (the
-    objective is convex, so the start only changes the number of iterations). No ELBO trace; ``info`` records the Newton
-    iterations and the negative log posterior per cell at the mode as the final loss.
+    objective is convex, so the start only changes the number of iterations). No ELBO
+    trace; ``info`` records the Newton iterations and the negative log posterior per
+    cell at the mode as the final loss.
     """
     t0 = time.perf_counter()
-    cells, guides = experiment.cells, experiment.guides
+    cells = experiment.cells
     K, D = len(config.contrast_fates), cells.n_days
     hyper = {
         "tau": np.full(K, config.s_tau),
@@ -758,9 +744,18 @@ def fit_at_fixed_scales(experiment: Experiment, config: FatebiasConfig) -> FitRe
     }
     log.info("fit at fixed scales (sigma_guide %s, weight %.4g): Laplace step alone, %d Newton iterations, %.1f s",
              config.fixed_sigma_guide, weight, info["laplace_newton_iterations"], runtime)
+    return _fit_result(experiment, config, posterior, np.zeros(0), info, guide_effects=True)
+
+
+def _fit_result(
+    experiment: Experiment, config: FatebiasConfig, posterior: MeanFieldPosterior | LaplacePosterior, elbo: np.ndarray,
+    info: dict, guide_effects: bool,
+) -> FitResult:
+    """A :class:`FitResult` of ``experiment``: its labels and names with the fitted posterior."""
+    cells, guides = experiment.cells, experiment.guides
     return FitResult(
         posterior=posterior,
-        elbo=np.zeros(0),
+        elbo=elbo,
         fates=list(cells.fates),
         ref_fate=config.ref_fate,
         contrast_fates=config.contrast_fates,
@@ -770,7 +765,7 @@ def fit_at_fixed_scales(experiment: Experiment, config: FatebiasConfig) -> FitRe
         guide_names=list(guides.guide_names),
         gene_of_guide=guides.gene_of_guide[1:].astype(np.int64) - 1,
         day_counts=cells.day_counts(),
-        guide_effects=True,
+        guide_effects=guide_effects,
         info=info,
     )
 
