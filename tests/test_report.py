@@ -141,6 +141,7 @@ def make_run_folder(out: Path) -> FatebiasConfig:
         seed=2, n_burden_bins=4, bin_edges=[2.0, 3.0, 4.0], n_strata=32, n_cells_moved=1100, n_cells_burden_changed=0,
         out_dir=out / "permutation", n_genes=N_GENES, n_hits=0, hit_genes=[], n_gene_days_called=0,
         hits_by_mode={"conservative": 0, "enriched": 1}, n_hits_real=len(ACTIVE), runtime_s=4.0,
+        fixed_sigma_guide=[0.0812, 0.0791],
     )
     z = rng.standard_normal(120)
     ntc_table = pd.DataFrame({
@@ -198,6 +199,8 @@ def test_report_shows_every_section(report, run_folder):
     for version in ("torch", "pyro", "numpy", "python", "fatebias"):
         assert f"<th>{version}</th>" in page
     assert "full model better" in page and "passed: hits collapse" in page
+    assert "the Laplace step alone, at the real run" in page and "sigma_guide (0.0812, 0.0791)" in page
+    assert re.search(r"\d+ in \d+ whole clones \(fraction 0\.1,", page)
     # The NTC check: its verdict, both SDs and the QQ plot.
     sd_model = float(np.sqrt(np.mean((1.6 * pd.read_csv(out / "ntc_calibration.csv")["score"]) ** 2)))
     assert "calibrated: NTC z-scores look like N(0, 1)" in page and f"{sd_model:.2f}" in page

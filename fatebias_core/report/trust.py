@@ -175,7 +175,17 @@ def permutation_part(run: RunFolder, page: PageLog) -> KeyValues | Absent:
         ("permuted hits", ", ".join(hit_genes[:30]) + (" ..." if len(hit_genes) > 30 else "") or "none"),
         ("permutation", f"clones' guide sets within {p.get('n_strata')} strata of replicate x burden bin ({p.get('n_burden_bins')} bins), "
                         f"{p.get('n_cells_moved')} cells moved ({p.get('n_cells_burden_changed', '–')} with a new burden), seed {p.get('seed')}"),
+        ("fit of the permuted data", _permuted_fit(p)),
     ])
+
+
+def _permuted_fit(p: dict) -> str:
+    """How the permuted data were fitted, in words."""
+    fixed = p.get("fixed_sigma_guide")
+    if not fixed:
+        return "SVI refit, at the real run's likelihood weight"
+    return ("the Laplace step alone, at the real run's likelihood weight and sigma_guide ("
+            + ", ".join(f"{v:.3g}" for v in fixed) + ")")
 
 
 def sanity_part(run: RunFolder, page: PageLog) -> SanityPart | Absent:
