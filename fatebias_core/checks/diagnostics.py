@@ -150,9 +150,7 @@ def clone_holdout(strata: np.ndarray, cluster: np.ndarray, frac: float, seed: in
     """
     strata = np.asarray(strata, dtype=np.int64)
     cluster = np.asarray(cluster, dtype=np.int64)
-    n_clusters = int(cluster.max(initial=-1)) + 1
-    first = np.full(n_clusters, strata.size, dtype=np.int64)
-    np.minimum.at(first, cluster, np.arange(strata.size))
+    first = np.unique(cluster, return_index=True)[1]  # each clone's first cell, as permute_guide_sets takes it
     held = stratified_holdout(strata[first], frac, seed)[cluster]
     trained = np.bincount(strata, weights=~held, minlength=int(strata.max(initial=-1)) + 1)
     starved = held & (trained[strata] == 0)
@@ -253,7 +251,8 @@ def score_heldout(
     ce_n = soft_cross_entropy(p, pi_nuisance)
     diff = ce_n - ce_f
     n = ce_f.size
-    se = _cluster_mean_se(diff, cluster)
+    ids = np.arange(n) if cluster is None else np.unique(np.asarray(cluster), return_inverse=True)[1].ravel()
+    se = _cluster_mean_se(diff, ids)
     p64 = np.asarray(p, dtype=np.float64)
     entropy = float(-(p64 * np.log(np.maximum(p64, PROB_FLOOR))).sum(axis=1).mean())
     n_days = len(day_labels)
@@ -283,25 +282,21 @@ def score_heldout(
         entropy=entropy,
         explained_fraction=float(diff.mean() / excess) if excess > 0 else float("nan"),
         per_day=per_day,
-        n_clones=int(n if cluster is None else np.unique(np.asarray(cluster)).size),
+        n_clones=int(ids.max(initial=-1)) + 1,
     )
 
 
-def _cluster_mean_se(x: np.ndarray, cluster: np.ndarray | None) -> float:
-    """Standard error of ``x.mean()`` with clusters, not cells, independent (the sandwich estimate).
+def _cluster_mean_se(x: np.ndarray, ids: np.ndarray) -> float:
+    """Standard error of ``x.mean()`` with clusters (``ids`` 0..C-1), not cells, independent (the sandwich estimate).
 
     Every cell its own cluster gives ``x.std(ddof=1) / sqrt(n)``; NaN with fewer than
     two clusters.
     """
-    n = x.size
-    if cluster is None:
-        return float(x.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
-    ids = np.unique(np.asarray(cluster), return_inverse=True)[1]
     n_c = int(ids.max(initial=-1)) + 1
     if n_c < 2:
         return float("nan")
     resid = np.bincount(ids, weights=x - x.mean(), minlength=n_c)
-    return float(math.sqrt(n_c / (n_c - 1) * float(resid @ resid)) / n)
+    return float(math.sqrt(n_c / (n_c - 1) * float(resid @ resid)) / x.size)
 
 
 @dataclass
@@ -378,11 +373,12 @@ def heldout_comparison(experiment: Experiment, config: FatebiasConfig, start: Fi
             f"({cells.n_cells} cells); raise heldout_frac"
         )
     held_clones = clones[held]
+    n_held_clones = np.unique(held_clones).size
     train, test = split_experiment(experiment, held)
     if config.heldout_fit == "mode" and start is not None and isinstance(start.posterior, LaplacePosterior):
         log.info(
             "held-out check: %d training, %d held-out cells (%d whole clones); both models refitted at their mode",
-            train.n_cells, test.n_cells, np.unique(held_clones).size,
+            train.n_cells, test.n_cells, n_held_clones,
         )
         pi_full, pi_nuisance, info = _heldout_modes(train, test, start, config)
         scores = score_heldout(test.cells.fate_probs, pi_full, pi_nuisance, test.cells.day, cells.day_labels, held_clones)
@@ -390,7 +386,7 @@ def heldout_comparison(experiment: Experiment, config: FatebiasConfig, start: Fi
     steps = config.heldout_steps or config.num_steps
     log.info(
         "held-out check: %d training, %d held-out cells (%d whole clones), %d steps per fit",
-        train.n_cells, test.n_cells, np.unique(held_clones).size, steps,
+        train.n_cells, test.n_cells, n_held_clones, steps,
     )
     stopping = config.model_copy(update={"stop_at_convergence": True})
     init, weight = None, None

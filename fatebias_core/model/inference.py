@@ -672,7 +672,6 @@ def refine_posterior(fit_result: FitResult, experiment: Experiment, config: Fate
     """
     if fit_result.posterior.family != "meanfield":
         raise FitError(f"refine_posterior needs a mean-field fit, got {fit_result.posterior.family}")
-    t0 = time.perf_counter()
     mf = fit_result.posterior
     median = mf.median_sites()
     point = mf.point(fit_result.gene_of_guide, len(fit_result.gene_names))
@@ -682,25 +681,8 @@ def refine_posterior(fit_result: FitResult, experiment: Experiment, config: Fate
     if config.laplace_effect_scales == "configured":
         hyper["tau"] = np.full_like(hyper["tau"], config.s_tau)
         hyper["sigma_time"] = np.full_like(hyper["sigma_time"], config.s_time)
-    posterior = laplace_posterior(
-        experiment, fit_result.contrast_fates, fit_result.ref_fate, Priors.from_config(config),
-        start={**point, "u": median["u"]},
-        hyper=hyper,
-        weight=weight,
-        bootstrap=config.bootstrap_replicates if method == "bootstrap" else 0,
-        seed=config.seed,
-        uncertainty=config.uncertainty,
-    )
-    info.update(
-        posterior_method=method,
-        uncertainty=config.uncertainty,
-        n_clusters=int(experiment.cells.clusters().max()) + 1,
-        cluster_source=experiment.cells.cluster_source,
-        likelihood_weight=weight,
-        laplace_runtime_s=round(time.perf_counter() - t0, 3),
-        laplace_newton_iterations=int(posterior.params["newton_iterations"]),
-        laplace_converged=bool(posterior.params["converged"]),
-    )
+    posterior, facts = _laplace_step(experiment, config, method, hyper, weight, start={**point, "u": median["u"]})
+    info.update(facts)
     return dataclasses.replace(fit_result, posterior=posterior, info=info)
 
 
@@ -715,36 +697,50 @@ def fit_at_fixed_scales(experiment: Experiment, config: FatebiasConfig) -> FitRe
     trace; ``info`` records the Newton iterations and the negative log posterior per
     cell at the mode as the final loss.
     """
-    t0 = time.perf_counter()
-    cells = experiment.cells
-    K, D = len(config.contrast_fates), cells.n_days
+    K, D = len(config.contrast_fates), experiment.cells.n_days
     hyper = {
         "tau": np.full(K, config.s_tau),
         "sigma_time": np.full((K, D - 1), config.s_time),
         "sigma_guide": np.asarray(config.fixed_sigma_guide, dtype=np.float64),
     }
     weight = float(config.likelihood_weight)
-    posterior = laplace_posterior(
-        experiment, config.contrast_fates, config.ref_fate, Priors.from_config(config), start=None, hyper=hyper,
-        weight=weight, bootstrap=config.bootstrap_replicates if config.posterior_method == "bootstrap" else 0,
-        seed=config.seed, uncertainty=config.uncertainty,
-    )
-    runtime = round(time.perf_counter() - t0, 3)
-    converged = bool(posterior.params["converged"])
+    posterior, facts = _laplace_step(experiment, config, config.posterior_method, hyper, weight, start=None)
     info = {
         "steps": 0, "max_steps": 0, "stopped_at_convergence": False, "resumed_from": 0, "runtime_s": 0.0,
-        "device": "cpu", "n_cells": experiment.n_cells, "converged": converged, "steps_to_convergence": None,
+        "device": "cpu", "n_cells": experiment.n_cells, "converged": facts["laplace_converged"], "steps_to_convergence": None,
         "final_loss_per_cell": float(posterior.params["objective"]) / max(experiment.n_cells, 1),
-        "likelihood_weight": weight, "dispersion_final": 1.0 / weight, "weight_switch_step": None, "weight_update_steps": [],
-        "fixed_sigma_guide": list(config.fixed_sigma_guide), "posterior_method": config.posterior_method,
-        "uncertainty": config.uncertainty, "n_clusters": int(cells.clusters().max(initial=-1)) + 1,
-        "cluster_source": cells.cluster_source, "laplace_runtime_s": runtime,
-        "laplace_newton_iterations": int(posterior.params["newton_iterations"]), "laplace_converged": converged,
+        "dispersion_final": 1.0 / weight, "weight_switch_step": None, "weight_update_steps": [],
+        "fixed_sigma_guide": list(config.fixed_sigma_guide),
         "settings": {"fixed_sigma_guide": list(config.fixed_sigma_guide), "likelihood_weight": weight},
+        **facts,
     }
     log.info("fit at fixed scales (sigma_guide %s, weight %.4g): Laplace step alone, %d Newton iterations, %.1f s",
-             config.fixed_sigma_guide, weight, info["laplace_newton_iterations"], runtime)
+             config.fixed_sigma_guide, weight, facts["laplace_newton_iterations"], facts["laplace_runtime_s"])
     return _fit_result(experiment, config, posterior, np.zeros(0), info, guide_effects=True)
+
+
+def _laplace_step(
+    experiment: Experiment, config: FatebiasConfig, method: str, hyper: dict[str, np.ndarray], weight: float,
+    start: dict[str, np.ndarray] | None,
+) -> tuple[LaplacePosterior, dict]:
+    """The Laplace (or bootstrap) posterior at fixed hyperparameters, and the facts a fit's ``info`` records of it."""
+    t0 = time.perf_counter()
+    posterior = laplace_posterior(
+        experiment, config.contrast_fates, config.ref_fate, Priors.from_config(config), start=start, hyper=hyper,
+        weight=weight, bootstrap=config.bootstrap_replicates if method == "bootstrap" else 0, seed=config.seed,
+        uncertainty=config.uncertainty,
+    )
+    facts = {
+        "posterior_method": method,
+        "uncertainty": config.uncertainty,
+        "n_clusters": int(experiment.cells.clusters().max(initial=-1)) + 1,
+        "cluster_source": experiment.cells.cluster_source,
+        "likelihood_weight": weight,
+        "laplace_runtime_s": round(time.perf_counter() - t0, 3),
+        "laplace_newton_iterations": int(posterior.params["newton_iterations"]),
+        "laplace_converged": bool(posterior.params["converged"]),
+    }
+    return posterior, facts
 
 
 def _fit_result(

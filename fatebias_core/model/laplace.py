@@ -742,6 +742,7 @@ class LaplacePosterior:
         hyper: dict[str, np.ndarray],
         df: np.ndarray | None = None,
         blocks: np.ndarray | None = None,
+        adjusted: np.ndarray | None = None,
     ) -> LaplacePosterior:
         """The per-gene Gaussian blocks of ``res``.
 
@@ -752,6 +753,9 @@ class LaplacePosterior:
         is unchanged. Downstream steps (mash, calls) read a normal SD, so the scaling
         is where the t distribution enters. ``blocks`` (L, B, B), when given, are the
         per-gene blocks of the covariance to use instead of those of ``res.cov``.
+        ``adjusted`` (N, K), the leverage-adjusted residuals of a cluster-robust
+        covariance, is kept for the NTC check, which needs them at this mode and would
+        otherwise invert the Hessian again to recompute them.
         """
         lay, K = problem.layout, problem.n_contrasts
         index, mask = gene_blocks(lay, problem.gene_of_guide, K)
@@ -781,6 +785,8 @@ class LaplacePosterior:
         }
         if df is not None:
             params["theta_df"] = df.transpose(1, 0, 2)  # (L, K, D)
+        if adjusted is not None:
+            params["adjusted_residuals"] = adjusted
         return cls(params)
 
     # ----------------------------------------------------------------- effects
@@ -1020,9 +1026,5 @@ def laplace_posterior(
         index, _ = gene_blocks(problem.layout, problem.gene_of_guide, problem.n_contrasts)
         adjusted = leverage_adjusted_residuals(problem, res)
         blocks, df = robust_covariance(problem, res, index=index, adjusted=adjusted)
-        posterior = LaplacePosterior.from_result(res, problem, hyper, df=df, blocks=blocks)
-        # Kept for the NTC check, which needs them at this mode and would otherwise
-        # invert the Hessian again to recompute them.
-        posterior.params["adjusted_residuals"] = adjusted
-        return posterior
+        return LaplacePosterior.from_result(res, problem, hyper, df=df, blocks=blocks, adjusted=adjusted)
     return LaplacePosterior.from_result(res, problem, hyper)
