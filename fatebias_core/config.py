@@ -65,7 +65,11 @@ class FatebiasConfig(BaseModel):
     rep_key: str = _f("replicate", "Replicate column, in obsm[covar_key] or obs.", "inputs")
     day_key: str = _f("day", "obs column of day labels (e.g. d0..d3), ordered by the number in the label.", "inputs")
     day_order: list[str] | None = _f(None, "Day labels in time order, for labels without a number (e.g. [baseline, day two, day four]); null: ordered by the number in each label. Output columns are then named d0, d1, ... by position.", "inputs")
-    clone_key: str = _f("clone", "obs column of clone labels (lineage barcodes). Without it, the cells that share an identical guide set within a replicate count as one clone.", "inputs")
+    clone_key: str = _f("clone", "obs column of clone labels (lineage barcodes). Without it, clones are inferred from overlapping detected guide sets within a replicate (clone_chance_links).", "inputs")
+    clone_chance_links: float = _f(0.3, "Inferred clones (no clone_key): cells (and clusters found so far) of a replicate are linked when at most this many units are expected to share as many of their detected guides by chance; clones are the linked groups, the units of the clone effect and of the cluster-robust covariance. Smaller: fewer unrelated clones merged (a little more power), more clones split (intervals too narrow).", "inputs", gt=0)
+    clone_guides_chance_links: float = _f(0.01, "Inferred clones: the stricter threshold of the groups whose cells share their detected guides (clone_guides: union); at most clone_chance_links.", "inputs", gt=0)
+    drop_unplaced_cells: bool = _f(True, "Inferred clones with incomplete guide capture (estimated detection below 0.95): cells that show fewer than two guides cannot be placed in their clone, whose effect they share, so they are left out of the fit (listed in dropped_cells.csv). false: keep them as clones of their own.", "inputs")
+    clone_guides: Literal["union", "observed"] = _f("union", "Guides of a cell in a clone of several cells: union gives every cell its clone's detected guides (a cell carries its clone's guides whether or not they were captured); observed keeps each cell's own.", "inputs")
     Kmax: int = _f(20, "Maximum guides per cell (NTCs count); cells with more are dropped and counted.", "inputs", ge=1)
     D: int | None = _f(None, "Expected number of days; checked against the data when given.", "inputs", ge=2)
     R: int | None = _f(None, "Expected number of replicates; checked against the data when given.", "inputs", ge=1)
@@ -94,10 +98,12 @@ class FatebiasConfig(BaseModel):
     seed: int = _f(0, "Random seed: the same seed gives the same numbers on CPU.", "inference")
     device: Device = _f("auto", "Torch device for the fit: auto picks cuda when available.", "inference")
     posterior_method: Literal["meanfield", "laplace", "bootstrap"] = _f("laplace", "Posterior of the effects: the SVI mean-field guide; a Laplace approximation at the conditional mode that keeps their correlations; or a one-step Newton bootstrap over cells around that mode.", "inference")
-    uncertainty: Literal["cluster_robust", "model"] = _f("cluster_robust", "Covariance of the laplace/bootstrap posterior: cluster_robust treats clones (clone_key, or identical guide sets) as the independent units (a sandwich H^-1 (Q + J) H^-1 with J summed over clones; the bootstrap resamples clones); model trusts the likelihood's curvature, right only when cells are independent.", "inference")
+    uncertainty: Literal["cluster_robust", "model"] = _f("cluster_robust", "Covariance of the laplace/bootstrap posterior: model is the Laplace posterior of the model with its clone random effect; cluster_robust wraps it in the CR2 sandwich over clones, with Student-t intervals from each effect's Bell-McCaffrey degrees of freedom, a safety net where the random effect is wrong; the bootstrap resamples clones.", "inference")
+    clone_effects: bool = _f(True, "Model a random intercept per clone on each contrast's logit, b_c ~ N(0, Sigma_b), with Sigma_b estimated by empirical Bayes (needs at least 20 clones of two cells or more; else off, and the load summary says so).", "inference")
+    fixed_clone_cov: list[list[float]] | None = _f(None, "Clone covariance Sigma_b (contrasts x contrasts, primary first) to fit at instead of estimating it (the permutation control and the NTC check use the real run's). null: estimated.", "inference")
     bootstrap_replicates: int = _f(200, "Replicates of posterior_method: bootstrap.", "inference", ge=10)
-    fixed_sigma_guide: list[float] | None = _f(None, "Spread of guide deviations sigma_guide (one per contrast fate, primary first) to fit at instead of fitting it by SVI. With a laplace or bootstrap posterior, laplace_effect_scales configured and a numeric likelihood_weight, SVI then has nothing left to fit and the fit is the Laplace step alone (the permutation control uses the real run's). null: fitted by SVI.", "inference")
-    laplace_effect_scales: Literal["configured", "fitted"] = _f("configured", "Laplace prior scales of theta: the configured s_tau/s_time (weakly informative: mash does the shrinkage) or the SVI-fitted tau/sigma_time.", "inference")
+    fixed_sigma_guide: list[float] | None = _f(None, "Spread of guide deviations sigma_guide (one per contrast fate, primary first) to fit at instead of estimating it (the permutation control and the NTC check use the real run's). null: estimated (by empirical Bayes in the Laplace step, by SVI with meanfield).", "inference")
+    laplace_effect_scales: Literal["configured", "fitted"] = _f("configured", "Laplace prior scales of theta: the configured s_tau/s_time (weakly informative: mash does the shrinkage; the fit is then the Laplace step with empirical Bayes alone, no SVI) or the SVI-fitted tau/sigma_time (SVI first).", "inference")
     dispersion_warmup_frac: float = _f(0.25, "With likelihood_weight auto: fraction of the steps fitted with w = 1 before the dispersion is estimated.", "inference", gt=0, lt=1)
     checkpoint_every: int = _f(500, "SVI steps between checkpoints of fatebias fit/run (an interrupted fit resumes from the last).", "inference", ge=1)
     progress: bool = _f(True, "Show a progress bar with the ELBO and steps/s.", "inference")
@@ -149,11 +155,10 @@ class FatebiasConfig(BaseModel):
     heldout_fit: Literal["mode", "svi"] = _f("mode", "How the held-out check refits both models to the training cells. mode: at their conditional posterior mode by Newton's method, with the run's variance hyperparameters and likelihood weight, from the run's mode (needs a laplace or bootstrap run fit; seconds, no SVI noise); svi: by SVI stopped at convergence (always so for a meanfield run).", "diagnostics")
     heldout_warm_start: bool = _f(True, "With heldout_fit svi, the held-out fits start from the run's fit (when the run folder has one) at its likelihood weight; false: from scratch. Either way they stop at convergence.", "diagnostics")
     perm_guide_mash: bool = _f(False, "The permutation control also runs guide-level mash and the guide-to-gene aggregation (its verdict counts gene-level hits, which do not need them; discovery_source guide_agg always runs them).", "diagnostics")
-    perm_burden_bins: int = _f(4, "Burden bins of the permutation strata (clones permuted within replicate x burden bin).", "diagnostics", ge=1)
-    perm_seed: int = _f(2, "Seed of the guide-set permutation.", "diagnostics")
-    perm_refit_svi: bool = _f(False, "The permutation control refits SVI on the permuted data. false: with a laplace or bootstrap run and laplace_effect_scales configured, it fits at the real run's sigma_guide and likelihood weight (fixed_sigma_guide), the Laplace step alone; the permuted gene intervals depend on sigma_guide only through how the guides of a gene are averaged.", "diagnostics")
+    perm_seed: int = _f(2, "Seed of the permutation (which guides each gene gets).", "diagnostics")
     ntc_pseudogene_size: int | None = _f(None, "NTC calibration check: NTC guides per pseudo-gene (null: the median guides per gene).", "diagnostics", ge=1)
-    ntc_partitions: int = _f(10, "NTC calibration check: random partitions of the NTC guides into pseudo-genes.", "diagnostics", ge=1)
+    ntc_check: bool = _f(True, "Run the NTC calibration check right after the fit: half the NTC guides, grouped into pseudo-genes, are fitted like genes (the other half stays the baseline), then the halves swap; the pseudo-genes' intervals must cover 0.", "diagnostics")
+    on_failed_calibration: Literal["warn", "stop"] = _f("warn", "When the NTC check finds the intervals too narrow: warn (the console and the report's headline say the intervals are not trusted, and the chain goes on) or stop the run before ranking, with the reason.", "diagnostics")
     known_regulators: dict[str, int] = _f({}, "Sanity checks: gene -> expected sign (+1 or -1) of its contrast effect.", "diagnostics")
 
     # ------------------------------------------------------------------ simulation (11)
@@ -174,7 +179,9 @@ class FatebiasConfig(BaseModel):
     sim_s_tau: float = _f(0.0, "SD of small gene-constant background effects of inactive genes (0: exactly null).", "simulation", ge=0)
     sim_clone_size_mean: float = _f(0.0, "Mean clone size (0: every cell independent); otherwise cells come in clones of 1 + Poisson(mean - 1) cells sharing one guide set and one replicate (at least 1 when on).", "simulation", ge=0)
     sim_clone_bias_sd: float = _f(0.0, "SD of each clone's per-contrast logit bias N(0, sd^2), shared by its cells (needs sim_clone_size_mean > 0).", "simulation", ge=0)
+    sim_clone_size_cv: float = _f(0.0, "Heavy-tailed clone sizes (0: off, sizes 1 + Poisson(mean - 1)): sizes 1 + negative binomial with mean sim_clone_size_mean and this coefficient of variation (at least that of the Poisson).", "simulation", ge=0)
     sim_write_clone_labels: bool = _f(True, "With clones on, write each cell's clone to obs['clone'].", "simulation")
+    sim_guide_detection: float = _f(1.0, "Probability that a guide a cell carries is detected (each cell x guide independently, NTCs included). An undetected guide still acts on the cell's fate but is missing from the guide matrix, as with incomplete guide capture.", "simulation", gt=0, le=1)
     sim_smoothing_k: int = _f(0, "CellRank-like smoothing (0: off): within a day, each cell's probabilities move towards the mean over its k nearest neighbours in fate-probability space (itself included).", "simulation", ge=0)
     sim_smoothing_weight: float = _f(1.0, "Smoothing mix w: p' = (1 - w) p + w mean_kNN(p).", "simulation", ge=0, le=1)
     sim_noise: Literal["dirichlet", "logistic_normal"] = _f("dirichlet", "Fate-probability noise: Dirichlet(sim_concentration x pi), or softmax(eta + N(0, sim_logit_noise_sd^2) on each non-reference logit).", "simulation")
@@ -244,6 +251,13 @@ class FatebiasConfig(BaseModel):
             raise ValueError(f"lr_final ({self.lr_final}) must not exceed lr ({self.lr})")
         if self.fixed_sigma_guide is not None:
             self._check_fixed_sigma_guide(self.fixed_sigma_guide)
+        if self.fixed_clone_cov is not None:
+            self._check_fixed_clone_cov(self.fixed_clone_cov)
+        if self.clone_guides_chance_links > self.clone_chance_links:
+            raise ValueError(
+                f"clone_guides_chance_links ({self.clone_guides_chance_links}) must be at most clone_chance_links "
+                f"({self.clone_chance_links}): its groups lie within clones"
+            )
         return self
 
     def _check_fixed_sigma_guide(self, values: list[float]) -> None:
@@ -251,11 +265,14 @@ class FatebiasConfig(BaseModel):
             raise ValueError(
                 f"fixed_sigma_guide needs {len(self.fates) - 1} positive values (one per contrast fate), got {values}"
             )
-        if self.posterior_method == "meanfield" or self.laplace_effect_scales != "configured" or self.likelihood_weight == "auto":
-            raise ValueError(
-                "fixed_sigma_guide needs posterior_method laplace or bootstrap, laplace_effect_scales configured and a "
-                f"numeric likelihood_weight (got {self.posterior_method}, {self.laplace_effect_scales}, {self.likelihood_weight!r})"
-            )
+
+    def _check_fixed_clone_cov(self, values: list[list[float]]) -> None:
+        import numpy as np
+
+        k = len(self.fates) - 1
+        cov = np.asarray(values, dtype=float)
+        if cov.shape != (k, k) or not np.allclose(cov, cov.T) or np.linalg.eigvalsh(cov).min() <= 0:
+            raise ValueError(f"fixed_clone_cov needs a symmetric positive definite {k} x {k} matrix (one row per contrast fate), got {values}")
 
     # ------------------------------------------------------------------ derived
     @property
@@ -263,6 +280,12 @@ class FatebiasConfig(BaseModel):
         """Non-reference fates, primary contrast first, then the rest in configured order."""
         rest = [f for f in self.fates if f not in (self.ref_fate, self.contrast_fate)]
         return [self.contrast_fate, *rest]
+
+    def call_tail(self, n_days: int) -> float:
+        """The one-sided tail probability of the strictest call (the any-day threshold): where intervals are widened to Student-t."""
+        if self.mash_anyday_correction == "bonferroni":
+            return self.mash_lfsr_thresh_anyday / n_days
+        return self.mash_lfsr_thresh_anyday
 
     def file_suffix(self, fate: str) -> str:
         """File-name suffix of a contrast's outputs: none for the primary contrast."""

@@ -37,12 +37,12 @@ class FilteredCells:
     cell_names
         (N,) obs names of the kept cells.
     cluster
-        (N,) int64 cluster id of each cell: the independent units behind the data (clones).
-        From a clone column when the data have one, else the cells that share an identical
-        guide set within a replicate (at high MOI that set nearly identifies a clone);
-        ``None`` treats every cell as its own unit.
+        (N,) int64 clone of each cell (the model's clone random effect): from a clone
+        column when the data have one (lineage barcodes), else inferred from overlapping
+        detected guide sets within a replicate (:mod:`fatebias_core.data.clones`);
+        ``None`` treats every cell as its own clone.
     cluster_source
-        Where the clusters came from (for summaries).
+        How the clones were found (for summaries).
     """
 
     fate_probs: np.ndarray
@@ -96,7 +96,7 @@ class FilteredCells:
         )
 
     def clusters(self) -> np.ndarray:
-        """(N,) cluster ids 0..C-1 (every cell its own cluster when none are known)."""
+        """(N,) clone ids 0..C-1 (every cell its own clone when none are known)."""
         if self.cluster is None:
             return np.arange(self.n_cells, dtype=np.int64)
         return np.unique(self.cluster, return_inverse=True)[1].astype(np.int64)
@@ -186,6 +186,7 @@ class LoadSummary:
     cells_per_day: dict[str, int] = field(default_factory=dict)
     n_clusters: int = 0
     cluster_source: str = ""
+    clones: dict = field(default_factory=dict)
     fate_mean_by_day: dict[str, dict[str, float]] = field(default_factory=dict)
     drop_invalid_cells: bool = False
 
@@ -201,6 +202,21 @@ class LoadSummary:
         d["map_guides_absent"] = list(self.map_guides_absent)
         return d
 
+    def _clone_lines(self) -> list[str]:
+        c = self.clones
+        if not c or not c.get("n_clusters"):
+            return [f"  clones: {self.n_clusters} from {self.cluster_source}"]
+        lines = [
+            f"  clones: {c['n_clusters']} from {c['description']}, {c['cells_per_clone']:.2f} cells each "
+            f"(median {c['size_median']:g}, 90% {c['size_p90']:g}, max {c['size_max']}); "
+            f"{c['cells_in_multicell_clones']:.0%} of cells in clones of 2 or more"
+        ]
+        if c.get("guide_detection") is not None:
+            lines.append(f"  guide detection (share of its clone's guides a cell shows): {c['guide_detection']:.2f}")
+        if c.get("cells_given_clone_guides"):
+            lines.append(f"  {c['cells_given_clone_guides']} cells given the detected guides of their sister cells (clone_guides: union)")
+        return lines
+
     def format(self) -> str:
         """A human-readable multi-line summary."""
         lines = [
@@ -212,8 +228,7 @@ class LoadSummary:
             "  guides per cell: " + ", ".join(f"{k} {v:g}" for k, v in self.guides_per_cell.items()),
             f"  guides: {self.n_guides_matrix} in matrix, {self.n_guides_mapped} targeting + {self.n_ntc_guides} NTC mapped",
             "  guides per gene: " + ", ".join(f"{k} {v:g}" for k, v in self.guides_per_gene.items()),
-            f"  clones (independent units): {self.n_clusters} from {self.cluster_source}"
-            + (f", {self.n_cells_kept / self.n_clusters:.2f} cells each" if self.n_clusters else ""),
+            *self._clone_lines(),
             f"  fate names from: {self.fate_names_source}"
             + (f"; {self.n_renormalised} rows renormalised" if self.n_renormalised else ""),
         ]

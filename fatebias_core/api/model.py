@@ -279,7 +279,7 @@ class FateBias:
         write_load_files(self.experiment, out)
         write_text(cfg.to_yaml(), out / names.CONFIG_USED)
         save_fit(fitted, self.experiment, RunLayout(out, cfg))
-        export_step(fitted, cfg, out, summary=self.posterior)
+        export_step(fitted, None, cfg, out, summary=self.posterior)
         for name, table in self.run_tables().items():
             write_csv(table, out / name)
         if report:

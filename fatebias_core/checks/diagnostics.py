@@ -50,14 +50,13 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
-from scipy.special import softmax
 
-from fatebias_core.checks.ntc import NTCCalibration, ntc_calibration
+from fatebias_core.checks.ntc import read_ntc_check, run_ntc_check
 from fatebias_core.config import FatebiasConfig, make_config
 from fatebias_core.discovery.aggregate import normal_lfsr
 from fatebias_core.errors import ConfigError
+from fatebias_core.io import json_ready, read_csv, write_json
 from fatebias_core.io import layout as names
-from fatebias_core.io import read_csv, write_csv, write_json
 from fatebias_core.io.layout import RunLayout
 from fatebias_core.io.tables import DayAxis, DaywisePosterior, day_axis, name_column, read_posterior
 from fatebias_core.model.fate_model import Priors
@@ -70,7 +69,7 @@ from fatebias_core.model.laplace import (
     pack_psi,
 )
 from fatebias_core.model.posterior import summarise_posterior
-from fatebias_core.types import Experiment, center_by_group
+from fatebias_core.types import Experiment
 
 
 class ChainRunner(Protocol):
@@ -407,11 +406,16 @@ def heldout_comparison(experiment: Experiment, config: FatebiasConfig, start: Fi
 def _heldout_modes(
     train: Experiment, test: Experiment, start: FitResult, config: FatebiasConfig
 ) -> tuple[np.ndarray, np.ndarray, dict[str, dict[str, Any]]]:
-    """Held-out fate probabilities (N_test, F) of the full and nuisance-only modes on ``train``, and the fits' facts."""
-    params = start.posterior.params
-    hyper = {k: params[f"hyper_{k}"] for k in ("tau", "sigma_time", "sigma_guide")}
-    args = (start.contrast_fates, start.ref_fate, Priors.from_config(config), hyper, float(params["weight"]))
-    problem, test_problem = build_problem(train, *args), build_problem(test, *args)
+    """Held-out fate probabilities (N_test, F) of the full and nuisance-only modes on ``train``, and the fits' facts.
+
+    Both refits keep the run's hyperparameters (clone covariance included); a held-out
+    cell is predicted at a clone effect of 0, its clone being new to the fit.
+    """
+    post = start.posterior
+    params = post.params
+    args = (start.contrast_fates, start.ref_fate, Priors.from_config(config), post.hyper(), float(params["weight"]))
+    problem = build_problem(train, *args, clone_cov=post.clone_cov)
+    test_problem = build_problem(test, *args)
     psi0 = pack_psi(problem, params)
     n0 = problem.layout.theta.start
     pis, info = [], {}
@@ -420,8 +424,8 @@ def _heldout_modes(
         ("nuisance", nuisance_problem(problem), nuisance_problem(test_problem), psi0[:, :n0]),
     ):
         t0 = time.perf_counter()
-        res = newton_mode(prob, psi, covariance=False)
-        pis.append(softmax(test_prob.logits(res.psi), axis=1))
+        res = newton_mode(prob, psi, hessian_at_mode=False)
+        pis.append(test_prob.probabilities(res.psi))
         info[name] = {
             "method": "mode", "newton_iterations": res.n_iter, "converged": res.converged,
             "runtime_s": round(time.perf_counter() - t0, 3), "objective_per_cell": res.objective / train.n_cells,
@@ -430,113 +434,58 @@ def _heldout_modes(
 
 
 # --------------------------------------------------------------------------- permutation
-def burden_bins(burden: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """Quantile bins of the burden.
-
-    Parameters
-    ----------
-    burden
-        (N,) guides per cell.
-    n_bins
-        Requested number of bins; tied quantiles merge, so a discrete burden may give fewer.
-
-    Returns
-    -------
-    bins, edges
-        (N,) bin index 0..B-1 of each cell and the B - 1 inner edges (a cell is in bin j
-        when ``edges[j - 1] < burden <= edges[j]``).
-    """
-    burden = np.asarray(burden, dtype=np.float64)
-    inner = np.quantile(burden, np.arange(1, n_bins) / n_bins) if n_bins > 1 else np.empty(0)
-    edges = np.unique(inner[inner < burden.max()]) if burden.size else np.empty(0)
-    return np.searchsorted(edges, burden, side="left").astype(np.int64), edges
-
-
 @dataclass(frozen=True)
 class PermutedExperiment:
-    """An experiment whose guide sets were permuted within strata.
+    """An experiment whose guides were reassigned to genes at random.
 
     Attributes
     ----------
     experiment
-        The permuted experiment (fate probabilities, days and replicates unchanged).
-    source
-        (N,) index of the cell whose guide set each cell received.
-    strata
-        (N,) stratum of each cell (its clone's replicate x burden bin).
-    bin_edges
-        Inner edges of the burden bins.
+        The permuted experiment: every cell keeps its guides, fate probabilities, day,
+        replicate and clone; each gene now stands for a random set of guides of its size.
+    gene_of_guide, original_gene_of_guide
+        (G,) 0-based gene of each guide after and before the permutation.
     """
 
     experiment: Experiment
-    source: np.ndarray
-    strata: np.ndarray
-    bin_edges: np.ndarray
+    gene_of_guide: np.ndarray
+    original_gene_of_guide: np.ndarray
 
     @property
-    def n_strata(self) -> int:
-        return int(np.unique(self.strata).size)
-
-    @property
-    def n_moved(self) -> int:
-        """Cells that received another cell's guide set."""
-        return int((self.source != np.arange(self.source.size)).sum())
+    def n_guides_moved(self) -> int:
+        """Guides now assigned to another gene than their own."""
+        return int((self.gene_of_guide != self.original_gene_of_guide).sum())
 
     def fingerprint(self) -> str:
-        """Hash of the permuted data (guide sets, burden, fates, days, replicates)."""
+        """Hash of the permuted data (guide-to-gene map, guide sets, fates, days, replicates, clones)."""
         h = hashlib.sha256()
         c, g = self.experiment.cells, self.experiment.guides
-        for a in (g.guide_ids, g.mask, c.burden, c.fate_probs, c.day, c.rep):
+        for a in (g.gene_of_guide, g.guide_ids, g.mask, c.fate_probs, c.day, c.rep, c.clusters()):
             h.update(np.ascontiguousarray(a).tobytes())
         return h.hexdigest()[:16]
 
 
-def permute_guide_sets(experiment: Experiment, n_bins: int, seed: int) -> PermutedExperiment:
-    """Permute whole guide sets among clones of the same replicate and burden bin.
+def permute_guide_genes(experiment: Experiment, seed: int) -> PermutedExperiment:
+    """Reassign the targeting guides to genes at random, each gene keeping its number of guides.
 
-    The unit is the clone (``cells.cluster``: a clone column, or the cells sharing a
-    guide set within a replicate): each clone receives the guide set of another clone of
-    its stratum (its replicate x burden bin), and every cell of the clone gets that set.
-    The clones' own fate biases thus stay shared by cells that share a guide set, as in
-    the real data, and only the link between guides and fate is broken. Permuting cells
-    instead would scatter a clone over many guide sets and hide exactly the dependence
-    that makes false hits. Every permutation within a stratum is equally likely; a guide
-    set keeps its burden, re-centred within day. Fate probabilities, days, replicates
-    and clone labels stay with their cells. With every cell its own clone this is the
-    cell-level permutation within replicate x burden bin.
-
-    Parameters
-    ----------
-    experiment
-        The experiment to permute.
-    n_bins
-        Quantile bins of the clones' burden (:func:`burden_bins`).
-    seed
-        Seed of the permutation.
+    Every cell keeps its guides, its fate probabilities, day, replicate and clone: all
+    the dependence between cells (clones, guide sets shared by sister cells, cells that
+    missed some of their clone's guides) stays as it is, and the clones found are the
+    same. Only the link between a gene's guides and its effect is broken: a gene now
+    stands for guides of other genes, whose effects average out. Where the clones were
+    found wrongly (a clone split over several, cells that could not be placed), the
+    dependence the analysis misses is still there, so the permuted genes show it as
+    false hits, where permuting guide sets among the found clones would hide it. NTC
+    guides stay NTC guides.
     """
-    cells, guides = experiment.cells, experiment.guides
-    clone = cells.clusters()
-    first = np.unique(clone, return_index=True)[1]  # a representative cell per clone
-    bins, edges = burden_bins(cells.burden[first], n_bins)
-    strata = cells.rep[first].astype(np.int64) * (len(edges) + 1) + bins
+    guides = experiment.guides
     rng = np.random.default_rng(seed)
-    # Clones sorted by stratum, once in index order and once in random order within each
-    # stratum: position j of both lists is the same stratum, so receiver j gets donor j.
-    receivers = np.argsort(strata, kind="stable")
-    donors = np.lexsort((rng.random(strata.size), strata))
-    donor_of = np.empty_like(receivers)
-    donor_of[receivers] = donors
-    source = first[donor_of[clone]]
-    burden = cells.burden[source]
-    new_cells = replace(cells, burden=burden, burden_centered=center_by_group(burden, cells.day, cells.n_days))
-    new_guides = replace(
-        guides,
-        guide_ids=guides.guide_ids[source],
-        mask=guides.mask[source],
-        ntc_ids=None if guides.ntc_ids is None else guides.ntc_ids[source],
-    )
-    summary = replace(experiment.summary, source=f"{experiment.summary.source} (clones' guide sets permuted, seed {seed})")
-    return PermutedExperiment(Experiment(new_cells, new_guides, summary), source, strata[clone], edges)
+    original = guides.gene_of_guide[1:].astype(np.int64)
+    permuted = original[rng.permutation(original.size)]
+    new_guides = replace(guides, gene_of_guide=np.concatenate([[0], permuted]).astype(guides.gene_of_guide.dtype))
+    summary = replace(experiment.summary, source=f"{experiment.summary.source} (guides reassigned to genes, seed {seed})")
+    exp = Experiment(experiment.cells, new_guides, summary, experiment.dropped_cells)
+    return PermutedExperiment(exp, permuted - 1, original - 1)
 
 
 @dataclass
@@ -544,11 +493,7 @@ class PermutationResult:
     """The permutation negative control: the permutation and the hits of the rerun chain."""
 
     seed: int
-    n_burden_bins: int
-    bin_edges: list[float]
-    n_strata: int
-    n_cells_moved: int
-    n_cells_burden_changed: int
+    n_guides_moved: int
     out_dir: Path
     n_genes: int
     n_hits: int
@@ -557,7 +502,7 @@ class PermutationResult:
     hits_by_mode: dict[str, int]
     n_hits_real: int | None
     runtime_s: float
-    fixed_sigma_guide: list[float] | None = None  # the real fit's, when the permuted fit reused it (no SVI)
+    fixed: dict[str, Any] = field(default_factory=dict)  # the real fit's hyperparameters the permuted fit reused
 
     @property
     def allowed_hits(self) -> int:
@@ -571,6 +516,7 @@ class PermutationResult:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["scheme"] = "guides reassigned to genes at random (cells, clones and guide sets unchanged)"
         d["out_dir"] = str(self.out_dir)
         d["allowed_hits"] = self.allowed_hits
         d["passed"] = self.passed
@@ -581,8 +527,8 @@ def _reset_if_changed(folder: Path, fingerprint: str) -> None:
     """Forget a previous permutation run in ``folder`` made from different permuted data.
 
     The inner chain's manifest versions steps by settings and input files, which a new
-    ``perm_seed`` or ``perm_burden_bins`` does not change; its records (and a fit
-    checkpoint) are only valid for the permuted data they were made from.
+    ``perm_seed`` does not change; its records (and a fit checkpoint) are only valid for
+    the permuted data they were made from.
     """
     marker = folder / names.PERMUTATION_FINGERPRINT
     try:
@@ -596,83 +542,64 @@ def _reset_if_changed(folder: Path, fingerprint: str) -> None:
             shutil.rmtree(fit_dir)
 
 
-def _real_weight(out_dir: Path, config: FatebiasConfig) -> float | str:
-    """The likelihood weight of the permutation run: with ``auto``, the real run's fitted one when saved.
+def real_fit_settings(out_dir: Path, config: FatebiasConfig) -> dict[str, Any]:
+    """The real run's fitted hyperparameters as settings of a refit (likelihood weight, sigma_guide, clone covariance).
 
-    The permuted data's guides explain nothing, so their dispersion is at least the real
-    data's and their own weight at most the real one: the real weight makes the
-    permuted posteriors no wider than they would be, so the control is if anything
-    harder to pass, and the permuted fit needs no warm-up at w = 1 before it can stop.
+    With them a Laplace refit (the permutation control's) has nothing to estimate and is
+    one Newton solve; the permuted data's guides explain nothing, so their own weight
+    would be at most the real one and their intervals no narrower. Empty when the run's
+    fit is not saved or not a Laplace one (the refit then estimates them itself).
     """
-    if config.likelihood_weight != "auto":
-        return config.likelihood_weight
     try:
-        weight = json.loads((Path(out_dir) / names.FIT_DIR / names.FIT_META).read_text())["info"]["likelihood_weight"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return "auto"
-    return float(weight) if isinstance(weight, int | float) and weight > 0 else "auto"
-
-
-def _real_fit_settings(out_dir: Path, config: FatebiasConfig) -> dict[str, Any]:
-    """What the permutation run's fit takes from the real run's fit: its likelihood weight, and its sigma_guide.
-
-    Without ``perm_refit_svi``, a laplace or bootstrap run with the configured effect
-    scales has sigma_guide and the likelihood weight as its only SVI-fitted
-    quantities; the permuted fit reuses both (``fixed_sigma_guide``) and is the Laplace
-    step alone. The permuted gene/day intervals barely depend on sigma_guide: the
-    guide deviations are centred within each gene, so a gene's effect is the mean of its
-    guides' effects whatever their spread, and sigma_guide only changes how the guides
-    are weighted in that mean (40k cells, 300 genes: median SD 0.0428 at the real
-    run's 0.077 against 0.0425 at the 0.044 an SVI refit of the permuted data found).
-    Otherwise only the weight is reused (:func:`_real_weight`) and the permuted data
-    are refitted by SVI.
-    """
-    weight = _real_weight(out_dir, config)
-    settings: dict[str, Any] = {"likelihood_weight": weight}
-    reusable = config.posterior_method != "meanfield" and config.laplace_effect_scales == "configured"
-    if config.perm_refit_svi or not reusable or weight == "auto":
-        return settings
-    try:
-        with np.load(Path(out_dir) / names.FIT_DIR / names.FIT_PARAMS) as z:
-            sigma_guide = np.asarray(z["hyper_sigma_guide"], dtype=np.float64)
-    except (OSError, ValueError, KeyError):
-        return settings
-    if sigma_guide.shape != (len(config.contrast_fates),) or not (sigma_guide > 0).all():
-        return settings
-    return settings | {"fixed_sigma_guide": sigma_guide.tolist()}
+        meta = json.loads((Path(out_dir) / names.FIT_DIR / names.FIT_META).read_text())
+    except (OSError, ValueError):
+        return {}
+    info = meta.get("info") or {}
+    if meta.get("family") not in ("laplace", "bootstrap") or config.posterior_method == "meanfield":
+        return {}
+    out: dict[str, Any] = {}
+    if config.likelihood_weight == "auto" and isinstance(info.get("likelihood_weight"), int | float):
+        out["likelihood_weight"] = float(info["likelihood_weight"])
+    sg = info.get("sigma_guide")
+    if config.fixed_sigma_guide is None and isinstance(sg, list) and len(sg) == len(config.contrast_fates):
+        out["fixed_sigma_guide"] = [float(v) for v in sg]
+    cov = info.get("clone_cov")
+    if config.fixed_clone_cov is None and isinstance(cov, list):
+        out["fixed_clone_cov"] = cov
+    if info.get("clone_effects") is False:
+        out["clone_effects"] = False
+    return out
 
 
 def permutation_control(
     experiment: Experiment, config: FatebiasConfig, out_dir: str | Path, run_chain: ChainRunner
 ) -> PermutationResult:
-    """Permute guide sets within strata and rerun the chain into ``<out_dir>/permutation``.
+    """Reassign guides to genes at random and rerun the chain into ``<out_dir>/permutation``.
 
-    Uses ``perm_burden_bins`` and ``perm_seed``; the inner run stops after ranking (no
-    diagnostics, no report). Steps of an earlier permutation run on the same permuted
-    data are reused. ``run_chain`` is the engine that reruns the chain
+    Uses ``perm_seed``; the inner run stops after ranking (no NTC check, no diagnostics,
+    no report) and fits at the real run's hyperparameters (:func:`real_fit_settings`).
+    Steps of an earlier permutation run on the same permuted data are reused.
+    ``run_chain`` is the engine that reruns the chain
     (:func:`fatebias_core.pipeline.chain.run_chain`); the checks do not depend on it.
     """
     t0 = time.perf_counter()
     out = Path(out_dir)
-    perm = permute_guide_sets(experiment, config.perm_burden_bins, config.perm_seed)
+    perm = permute_guide_genes(experiment, config.perm_seed)
     folder = out / names.PERMUTATION_DIR
     folder.mkdir(parents=True, exist_ok=True)
     fingerprint = perm.fingerprint()
     _reset_if_changed(folder, fingerprint)
-    write_json(
-        {"fingerprint": fingerprint, "perm_seed": config.perm_seed, "perm_burden_bins": config.perm_burden_bins},
-        folder / names.PERMUTATION_FINGERPRINT,
-    )
+    write_json({"fingerprint": fingerprint, "perm_seed": config.perm_seed}, folder / names.PERMUTATION_FINGERPRINT)
     guide_level = config.perm_guide_mash or config.discovery_source == "guide_agg"
+    fixed = real_fit_settings(out, config)
     inner = make_config(
         {**config.model_dump(), "out_dir": str(folder), "run_diagnostics": False, "stop_at_convergence": True,
-         "mash_guide_level": guide_level, **_real_fit_settings(out, config)},
+         "ntc_check": False, "mash_guide_level": guide_level, **fixed},
         source="permutation run",
     )
     log.info(
-        "permutation control: guide sets permuted within %d strata (%d cells moved); rerunning the chain in %s (%s)",
-        perm.n_strata, perm.n_moved, folder,
-        "SVI refit" if inner.fixed_sigma_guide is None else "at the real fit's sigma_guide and weight: the Laplace step alone",
+        "permutation control: %d guides reassigned to genes at random; rerunning the chain in %s (%s)",
+        perm.n_guides_moved, folder, "at the real fit's hyperparameters" if fixed else "estimating its own hyperparameters",
     )
     chain = run_chain(inner, until="rank", experiment=perm.experiment)
     hits = chain.hits
@@ -684,11 +611,7 @@ def permutation_control(
         n_real = int(read_csv(real_path, what="hits table", usecols=["hit_anyday"])["hit_anyday"].astype(bool).sum())
     return PermutationResult(
         seed=config.perm_seed,
-        n_burden_bins=len(perm.bin_edges) + 1,
-        bin_edges=perm.bin_edges.tolist(),
-        n_strata=perm.n_strata,
-        n_cells_moved=perm.n_moved,
-        n_cells_burden_changed=int((perm.experiment.cells.burden != experiment.cells.burden).sum()),
+        n_guides_moved=perm.n_guides_moved,
         out_dir=folder,
         n_genes=len(hits),
         n_hits=int(hit.sum()),
@@ -697,7 +620,7 @@ def permutation_control(
         hits_by_mode={str(m): int(n) for m, n in zip(comparison["mode"], comparison["n_hits"], strict=True)},
         n_hits_real=n_real,
         runtime_s=round(time.perf_counter() - t0, 3),
-        fixed_sigma_guide=inner.fixed_sigma_guide,
+        fixed=fixed,
     )
 
 
@@ -922,11 +845,11 @@ class DiagnosticsResult:
     sanity: SanityResult | None
     path: Path
     runtime_s: float = 0.0
-    ntc: NTCCalibration | None = None
+    ntc: dict | None = None  # the NTC check's summary (ntc_check.json)
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "ntc_calibration": None if self.ntc is None else self.ntc.to_dict(),
+            "ntc_calibration": self.ntc,
             "heldout": None if self.heldout is None else self.heldout.to_dict(),
             "permutation": None if self.permutation is None else self.permutation.to_dict(),
             "sanity": None if self.sanity is None else self.sanity.to_dict(),
@@ -937,7 +860,11 @@ class DiagnosticsResult:
         """A few human-readable lines per check."""
         lines = [f"diagnostics ({self.runtime_s:.0f} s): {self.path}"]
         if self.ntc is not None:
-            lines.append("  " + self.ntc.describe())
+            n = self.ntc
+            lines.append(
+                f"  NTC check: 90% intervals of {n['n']} NTC pseudo-gene/days cover 0 in {n['coverage_90']:.1%}, "
+                f"p {n['p_value']:.2g} - " + ("ok" if n["calibrated"] else "NOT CALIBRATED: the intervals are not trusted")
+            )
         if self.heldout is not None:
             s = self.heldout.scores
             verdict = "full model better" if s.full_better else "full model NOT better"
@@ -952,8 +879,7 @@ class DiagnosticsResult:
             real = "" if p.n_hits_real is None else f" (real run: {p.n_hits_real})"
             modes = ", ".join(f"{m} {n}" for m, n in p.hits_by_mode.items())
             lines.append(
-                f"  permutation control ({p.n_strata} strata, {p.n_cells_moved} cells moved, "
-                f"{p.n_cells_burden_changed} with a new burden): {p.n_hits} hits{real}, "
+                f"  permutation control ({p.n_guides_moved} guides reassigned to genes): {p.n_hits} hits{real}, "
                 f"{p.n_gene_days_called} gene-days called; by mode: {modes}; "
                 + ("passed" if p.passed else f"FAILED (more than {p.allowed_hits} hits)")
             )
@@ -1031,7 +957,7 @@ def run_diagnostics(
     path = out / names.DIAGNOSTICS
     result = DiagnosticsResult(heldout, permutation, sanity, path, ntc=ntc)
     result.runtime_s = time.perf_counter() - t0
-    write_json(_json_ready(result.to_dict()), path)
+    write_json(json_ready(result.to_dict()), path)
     return result
 
 
@@ -1059,37 +985,22 @@ def _run_fit(out_dir: Path, config: FatebiasConfig, experiment: Experiment) -> F
     return result if same else None
 
 
-def ntc_check(experiment: Experiment, config: FatebiasConfig, out_dir: Path) -> NTCCalibration | None:
-    """The NTC pseudo-gene calibration check of the run's fit; writes ``ntc_calibration.csv``.
+def ntc_check(experiment: Experiment, config: FatebiasConfig, out_dir: Path) -> dict | None:
+    """The NTC check of the run (``ntc_check.json``, made by the export step), or made now from the run's fit.
 
-    Returns None (and logs why) when the run has no fit with a Laplace/bootstrap
-    posterior or the experiment has no NTC guide.
+    Returns None (and logs why) when the run has no Laplace fit or the experiment has too
+    few NTC guides.
     """
+    found = read_ntc_check(out_dir)
+    if found is not None:
+        return found
     fit_dir = Path(out_dir) / names.FIT_DIR
     if not (fit_dir / names.FIT_META).exists():
-        log.info("NTC calibration check skipped: no fit in %s", fit_dir)
+        log.info("NTC check skipped: no fit in %s", fit_dir)
         return None
-    fit_result = load_fit(fit_dir)
-    if fit_result.posterior.family not in ("laplace", "bootstrap"):
-        log.info("NTC calibration check skipped: posterior_method %s", fit_result.posterior.family)
-        return None
-    result = ntc_calibration(experiment, fit_result, config)
+    result = run_ntc_check(experiment, load_fit(fit_dir), config, out_dir)
     if result is None:
-        log.info("NTC calibration check skipped: the experiment has no NTC guide")
+        log.info("NTC check skipped: no Laplace fit, or fewer than four NTC guides")
         return None
-    write_csv(result.table, Path(out_dir) / names.NTC_TABLE)
     log.info(result.describe())
-    return result
-
-
-def _json_ready(value: Any) -> Any:
-    """NaN and inf -> None, numpy scalars -> Python, recursively (strict JSON)."""
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    return read_ntc_check(out_dir)

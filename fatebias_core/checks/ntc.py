@@ -1,293 +1,311 @@
-"""Calibration check on the data: non-targeting guides grouped into pseudo-genes.
+"""Calibration check on the data: non-targeting guides fitted as pseudo-genes (docs/method.md, "Checks").
 
-A non-targeting (NTC) guide has no effect, so a pseudo-gene made of NTC guides is a
-gene whose true effect is zero on every day. Testing such pseudo-genes the way real
-genes are tested shows, on the user's own data, whether the standard errors are right:
-their z-scores should follow N(0, 1) (SD 1, about 5% beyond +/-1.96). Clones, smoothed
-fate probabilities or any other dependence between cells that the likelihood ignores
-show up as an SD above 1, before any call is made. This is the check SCEPTRE gives its
-users (negative-control pairs), adapted to a fitted model.
+A non-targeting (NTC) guide has no effect, so a pseudo-gene made of NTC guides is a gene
+whose true effect is zero on every day. Fitted like a gene, with guide deviations of its
+own and the run's clones, clone effects and robust covariance, its intervals are what a
+real gene's would be where nothing happens: they must cover zero as often as they say.
+This sees what a gene sees, including clone variance that guide deviations absorb or
+clusters that split clones.
 
-How. The NTC guides are split at random into pseudo-genes of the size of a typical
-gene's guide set (several random partitions, ``ntc_partitions``). For every
-pseudo-gene j, contrast k and day d the fitted model (at its mode, where every NTC
-guide counts as the baseline) is asked whether adding an effect of j on day d would
-improve the fit: the efficient score statistic
+How. The NTC guides are split at random into two halves. The first half is grouped into
+pseudo-genes of about a gene's number of guides and fitted as genes while the second
+half stays the baseline (an NTC guide adds nothing); then the halves swap, so every NTC
+guide is in a pseudo-gene once. Both fits are the Laplace step at the run's
+hyperparameters (sigma_guide, the clone covariance and the likelihood weight), so they
+cost two Newton solves. Each pseudo-gene/day gets the interval of the run's posterior,
+widened as the exports widen it, and ``z = estimate / SD``.
 
-    U = sum_i z_i r_ik,   r_ik = w (p_ik - pi_ik),
-
-with z_i the number of j's guides in cell i on day d, corrected for the fitted
-nuisance and gene parameters through the posterior Hessian H. Its variance is taken
-either from the model (the likelihood's curvature: right only for independent cells)
-or cluster-robustly (the leverage-adjusted scores summed within clones, as the default
-intervals do).
-``z = U / sqrt(var)`` is a Rao score test, asymptotically the same as the Wald z of a
-fitted effect, without refitting anything.
+Verdict. Under calibration each pseudo-gene's block of z-scores (contrasts x days), with
+its posterior correlation R, gives ``z^T R^-1 z ~ chi2(K D)``; their sum over
+pseudo-genes is tested against the chi2 with ``n K D`` degrees of freedom at level
+:data:`ALPHA`. Intervals widened for few clones make z's a little smaller than N(0, 1),
+so the false-alarm rate is at most ALPHA; intervals too narrow by 15% (90% intervals
+covering about 0.85) raise the statistic by 30%.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import scipy.linalg as sla
-import scipy.sparse as sp
-from scipy.stats import norm
+from scipy.stats import chi2, norm
 
 from fatebias_core.config import FatebiasConfig
-from fatebias_core.errors import FitError
-from fatebias_core.model.fate_model import Priors
-from fatebias_core.model.inference import FitResult
-from fatebias_core.model.laplace import (
-    LaplaceProblem,
-    LaplaceResult,
-    leverage_adjusted_residuals,
-    lower_to_symmetric,
-    problem_at_mode,
-)
-from fatebias_core.types import Experiment
+from fatebias_core.errors import FatebiasError
+from fatebias_core.io import json_ready, write_csv, write_json
+from fatebias_core.io import layout as names
+from fatebias_core.types import Experiment, GuideEmbedding
 
-__all__ = ["NTCCalibration", "ntc_pseudogenes", "ntc_calibration"]
+__all__ = ["NTCCheck", "ntc_calibration", "pseudo_gene_experiment", "read_ntc_check", "run_ntc_check"]
 
-Z_CRIT = 1.959963984540054
-SD_WARN = 1.2
-"""An SD of the NTC z-scores above this says the standard errors are too small."""
+ALPHA = 0.05
+"""Level of the chi-square test of the pseudo-genes' z-scores."""
+Z90 = float(norm.ppf(0.95))
 
 
 @dataclass
-class NTCCalibration:
-    """z-scores of NTC pseudo-genes under the model and the cluster-robust variance.
+class NTCCheck:
+    """The NTC pseudo-genes' intervals and the verdict.
 
     Attributes
     ----------
     table
-        One row per pseudo-gene, contrast and day: ``partition, pseudo_gene, guides,
-        fate, day, score, z_model, z_robust``.
-    uncertainty
-        The run's ``uncertainty`` setting: which z the headline numbers use.
-    n_ntc_guides, pseudo_gene_size, n_clusters
-        NTC guides used, guides per pseudo-gene, and clones behind the robust variance.
+        One row per pseudo-gene, contrast and day: ``half, pseudo_gene, guides, fate,
+        day, estimate, sd, z, sd_model, z_model, df``.
+    statistic, dof, p_value
+        The chi-square statistic of the pseudo-genes' z-scores (with their posterior
+        correlations), its degrees of freedom and p-value.
+    coverage_90
+        Share of pseudo-gene/days whose 90% interval covers 0 (nominal 0.90).
+    n_ntc_guides, pseudo_gene_size, uncertainty
+        NTC guides used, guides per pseudo-gene, the run's covariance.
     """
 
     table: pd.DataFrame
-    uncertainty: str
+    statistic: float
+    dof: int
+    p_value: float
+    coverage_90: float
     n_ntc_guides: int
     pseudo_gene_size: int
-    n_clusters: int
-
-    @property
-    def z(self) -> np.ndarray:
-        """The headline z-scores (those of the run's uncertainty setting)."""
-        col = "z_robust" if self.uncertainty == "cluster_robust" else "z_model"
-        return self.table[col].to_numpy()
-
-    @staticmethod
-    def _stats(z: np.ndarray) -> dict[str, float]:
-        z = z[np.isfinite(z)]
-        if z.size == 0:
-            return {"sd": float("nan"), "mean": float("nan"), "beyond_1.96": float("nan"), "n": 0}
-        return {
-            "sd": float(np.sqrt(np.mean(z**2))),  # around the known centre 0
-            "mean": float(z.mean()),
-            "beyond_1.96": float(np.mean(np.abs(z) > Z_CRIT)),
-            "n": int(z.size),
-        }
+    uncertainty: str
 
     @property
     def calibrated(self) -> bool:
-        """True when the headline z-scores' SD is at most :data:`SD_WARN`."""
-        return bool(self._stats(self.z)["sd"] <= SD_WARN)
+        """False when the z-scores are too spread for calibrated intervals (p below :data:`ALPHA`)."""
+        return bool(self.p_value >= ALPHA)
+
+    @property
+    def z_sd(self) -> float:
+        z = self.table["z"].to_numpy()
+        return float(np.sqrt(np.mean(z**2))) if z.size else float("nan")
 
     def to_dict(self) -> dict:
-        """A JSON-friendly summary (diagnostics.json)."""
+        """A JSON-friendly summary (``ntc_check.json``, diagnostics.json)."""
+        zm = self.table["z_model"].to_numpy()
         return {
             "uncertainty": self.uncertainty,
             "n_ntc_guides": self.n_ntc_guides,
             "pseudo_gene_size": self.pseudo_gene_size,
-            "n_pseudo_genes": int(self.table[["partition", "pseudo_gene"]].drop_duplicates().shape[0]),
-            "n_clusters": self.n_clusters,
-            "headline": self._stats(self.z),
-            "model": self._stats(self.table["z_model"].to_numpy()),
-            "cluster_robust": self._stats(self.table["z_robust"].to_numpy()),
-            "expected": {"sd": 1.0, "beyond_1.96": 0.05},
-            "sd_warn": SD_WARN,
+            "n_pseudo_genes": int(self.table[["half", "pseudo_gene"]].drop_duplicates().shape[0]),
+            "n": int(len(self.table)),
+            "coverage_90": self.coverage_90,
+            "coverage_90_model": float(np.mean(np.abs(zm) < Z90)) if zm.size else None,
+            "z_sd": self.z_sd,
+            "z_sd_model": float(np.sqrt(np.mean(zm**2))) if zm.size else None,
+            "beyond_1.96": float(np.mean(np.abs(self.table["z"]) > 1.96)) if len(self.table) else None,
+            "statistic": self.statistic,
+            "dof": self.dof,
+            "p_value": self.p_value,
+            "alpha": ALPHA,
             "calibrated": self.calibrated,
         }
 
     def describe(self) -> str:
         """One line for the console."""
-        s, m, r = self._stats(self.z), self._stats(self.table["z_model"].to_numpy()), self._stats(self.table["z_robust"].to_numpy())
-        verdict = "ok" if self.calibrated else f"TOO WIDE (> {SD_WARN}): standard errors are too small"
+        d = self.to_dict()
+        verdict = "ok" if self.calibrated else "NOT CALIBRATED: the intervals are too narrow for these data and are not trusted"
         return (
-            f"NTC calibration ({s['n']} pseudo-gene/days from {self.n_ntc_guides} NTC guides): "
-            f"z SD {s['sd']:.2f} (N(0,1): 1), {s['beyond_1.96']:.1%} beyond +/-1.96 (expected 5%) - {verdict}; "
-            f"model-based SE {m['sd']:.2f}, cluster-robust {r['sd']:.2f}"
+            f"NTC check ({d['n_pseudo_genes']} pseudo-genes of {self.pseudo_gene_size} NTC guides, fitted as genes, "
+            f"{d['n']} pseudo-gene/days): 90% intervals cover 0 in {self.coverage_90:.1%} (nominal 90%), z SD "
+            f"{self.z_sd:.2f}, chi2 {self.statistic:.1f} on {self.dof} df, p {self.p_value:.2g} - {verdict}"
         )
 
     def qq(self) -> tuple[np.ndarray, np.ndarray]:
-        """Normal quantiles and the sorted headline z-scores, for a QQ plot."""
-        z = np.sort(self.z[np.isfinite(self.z)])
-        q = norm.ppf((np.arange(1, z.size + 1) - 0.5) / max(z.size, 1))
-        return q, z
+        """Normal quantiles and the sorted z-scores, for a QQ plot."""
+        z = np.sort(self.table["z"].to_numpy())
+        return norm.ppf((np.arange(1, z.size + 1) - 0.5) / max(z.size, 1)), z
 
 
-def ntc_pseudogenes(n_ntc: int, size: int, partitions: int, seed: int) -> list[np.ndarray]:
-    """Random partitions of NTC indices 0..n_ntc-1 into pseudo-genes of ``size`` guides.
+def pseudo_gene_experiment(
+    experiment: Experiment, chosen: np.ndarray, size: int
+) -> tuple[Experiment, list[list[str]]]:
+    """``experiment`` with the NTC guides ``chosen`` (0-based into ``ntc_names``) fitted as pseudo-genes.
 
-    Each partition is an (n_pseudo, size) array; with fewer NTC guides than ``size``
-    there is one pseudo-gene of all of them. Leftover guides of a partition are unused.
+    The chosen guides are grouped, in the given order, into pseudo-genes of ``size``
+    guides (the last takes the remainder when it would be smaller than 2) named
+    ``NTC_pseudo_<q>``; each becomes a targeting guide with id G + 1.. in its cells'
+    NTC slots. The other NTC guides stay the baseline.
     """
-    if n_ntc == 0:
-        return []
-    size = min(size, n_ntc)
-    n_pseudo = n_ntc // size
-    rng = np.random.default_rng(seed)
-    return [rng.permutation(n_ntc)[: n_pseudo * size].reshape(n_pseudo, size) for _ in range(partitions)]
-
-
-def _pseudo_design(experiment: Experiment, groups: list[np.ndarray]) -> tuple[sp.csr_matrix, pd.DataFrame]:
-    """(N, M) counts of each pseudo-gene's guides in each cell on each day, and the column labels."""
-    cells, guides = experiment.cells, experiment.guides
-    D = cells.n_days
-    ntc = guides.ntc_ids
-    n, width = ntc.shape
-    rows_all, cols_all, labels = [], [], []
-    offset = 0
-    real = ntc > 0
-    cell_of = np.broadcast_to(np.arange(n)[:, None], (n, width))[real]
-    ntc0 = ntc[real].astype(np.int64) - 1
-    for p, part in enumerate(groups):
-        pseudo_of = np.full(len(guides.ntc_names), -1, dtype=np.int64)
-        pseudo_of[part.ravel()] = np.repeat(np.arange(part.shape[0]), part.shape[1])
-        j = pseudo_of[ntc0]
-        use = j >= 0
-        rows_all.append(cell_of[use])
-        cols_all.append(offset + j[use] * D + cells.day[cell_of[use]])
-        for q in range(part.shape[0]):
-            names = ";".join(guides.ntc_names[i] for i in sorted(part[q]))
-            labels += [{"partition": p, "pseudo_gene": q, "guides": names, "day": cells.day_labels[d]} for d in range(D)]
-        offset += part.shape[0] * D
-    rows, cols = np.concatenate(rows_all), np.concatenate(cols_all)
-    z = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n, offset))
-    return z, pd.DataFrame(labels)
-
-
-@dataclass(frozen=True)
-class _ScoreTerms:
-    """What every contrast's score test shares: the fit at its mode and its cell-level terms."""
-
-    problem: LaplaceProblem
-    chol: tuple[np.ndarray, bool]  # Cholesky factor of the posterior Hessian
-    adjusted: np.ndarray  # (N, K) leverage-adjusted residuals
-    pk: np.ndarray  # (N, K) fitted probabilities of the contrast fates
-    resid: np.ndarray  # (N, K) weighted residuals w (p - pi)
-    n_clusters: int
-    by_cluster: sp.csr_matrix  # (clusters, N) indicator of each cell's cluster
-    XT: sp.csr_matrix  # the design transposed
-    raw_scores: list[sp.csr_matrix]  # per contrast, the (clusters, P) raw scores
-
-
-def _score_terms(experiment: Experiment, fit_result: FitResult, config: FatebiasConfig) -> _ScoreTerms:
-    """The problem at the fitted mode, its Hessian's factor, residuals and per-cluster scores."""
-    problem, psi = problem_at_mode(experiment, fit_result.posterior, fit_result.contrast_fates, fit_result.ref_fate, Priors.from_config(config))
-    _, hess, pi = problem.gradient_and_hessian(psi)
-    chol = sla.cho_factor(hess, lower=True, overwrite_a=True, check_finite=False)
-    # The robust variance uses the clones' leverage-adjusted residuals, as the posterior
-    # does: a cluster-robust Laplace posterior keeps them; else they need H^-1.
-    adjusted = fit_result.posterior.params.get("adjusted_residuals")
-    if adjusted is None or adjusted.shape != pi[:, problem.contrast_index].shape:
-        inv, info = sla.lapack.dpotri(chol[0], lower=1)  # H^-1 from the factor (a third of a solve against I)
-        if info != 0:
-            raise FitError("the Laplace Hessian at the mode is not invertible")
-        at_mode = LaplaceResult(psi=psi, cov=lower_to_symmetric(inv), n_iter=0, converged=True, objective=float("nan"), pi=pi)
-        adjusted = leverage_adjusted_residuals(problem, at_mode)
-    w, idx = problem.weight, problem.contrast_index
-    cluster = problem.clusters
-    n_clusters = int(cluster.max()) + 1
-    return _ScoreTerms(
-        problem=problem,
-        chol=chol,
-        adjusted=adjusted,
-        pk=pi[:, idx],
-        resid=w * (problem.p[:, idx] - pi[:, idx]),
-        n_clusters=n_clusters,
-        by_cluster=sp.csr_matrix((np.ones(cluster.size), (cluster, np.arange(cluster.size))), shape=(n_clusters, cluster.size)),
-        XT=problem.X.T.tocsr(),
-        raw_scores=problem.cluster_scores(adjusted),
+    guides = experiment.guides
+    n_chosen = chosen.size
+    n_pseudo = max(n_chosen // size, 1)
+    group = np.minimum(np.arange(n_chosen) // size, n_pseudo - 1)
+    G, L = guides.n_guides, guides.n_genes
+    new_id = np.zeros(len(guides.ntc_names) + 1, dtype=np.int64)  # by 1-based NTC id; 0: stays an NTC
+    new_id[chosen + 1] = G + 1 + np.arange(n_chosen)
+    ids, mask, ntc = guides.guide_ids.astype(np.int64), guides.mask, guides.ntc_ids.astype(np.int64)
+    # The k-th NTC of a cell sits in its k-th NTC slot (id 0 with mask 1).
+    slot = mask & (ids == 0)
+    slot_rank = np.cumsum(slot, axis=1) - 1
+    ntc_real = ntc > 0
+    ntc_rank = np.cumsum(ntc_real, axis=1) - 1
+    rows, cols = np.nonzero(ntc_real)
+    target = new_id[ntc[rows, cols]]
+    use = target > 0
+    rows, cols, target = rows[use], cols[use], target[use]
+    rank = ntc_rank[rows, cols]
+    slot_rows, slot_cols = np.nonzero(slot)
+    lookup = pd.Series(slot_cols, index=pd.MultiIndex.from_arrays([slot_rows, slot_rank[slot_rows, slot_cols]]))
+    place = lookup.reindex(pd.MultiIndex.from_arrays([rows, rank])).to_numpy()
+    ok = ~np.isnan(place)
+    new_ids = ids.copy()
+    new_ids[rows[ok], place[ok].astype(np.int64)] = target[ok]
+    new_ntc = ntc.copy()
+    new_ntc[rows[ok], cols[ok]] = 0
+    new_ntc = -np.sort(-new_ntc, axis=1)  # remaining NTCs first, then padding
+    names = [[guides.ntc_names[i] for i in chosen[group == q]] for q in range(n_pseudo)]
+    embedding = GuideEmbedding(
+        guide_ids=new_ids.astype(guides.guide_ids.dtype),
+        mask=mask,
+        gene_of_guide=np.concatenate([guides.gene_of_guide, L + 1 + group]),
+        guide_names=tuple(guides.guide_names) + tuple(guides.ntc_names[i] for i in chosen),
+        gene_names=tuple(guides.gene_names) + tuple(f"NTC_pseudo_{q + 1}" for q in range(n_pseudo)),
+        ntc_ids=new_ntc.astype(guides.ntc_ids.dtype),
+        ntc_names=guides.ntc_names,
     )
+    return dataclasses.replace(experiment, guides=embedding), names
 
 
-def _contrast_scores(t: _ScoreTerms, Z: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per pseudo-gene/day column of ``Z``, the score for contrast k and its model and robust variances."""
-    problem, pk, w = t.problem, t.pk, t.problem.weight
-    K, P = problem.n_contrasts, problem.layout.size
-    # Cross-information of the pseudo-gene columns (contrast k) with every parameter.
-    B = np.concatenate(
-        [
-            problem.centre_rows(np.asarray((t.XT.multiply(w * pk[:, kk] * ((kk == k) - pk[:, k])) @ Z).todense()), kk)
-            for kk in range(K)
-        ]
-    )  # (K P, M)
-    Y = sla.cho_solve(t.chol, B, check_finite=False)
-    own = np.asarray(Z.multiply(Z).T @ (w * pk[:, k] * (1 - pk[:, k]))).ravel()
-    var_model = own - np.einsum("pm,pm->m", B, Y)
-    score = np.asarray(Z.T @ t.resid[:, k]).ravel()
-    # Per-cluster efficient scores: the pseudo-gene score minus its projection on the
-    # fitted parameters' scores (u rows of Y centred like the parameters).
-    u_c = np.asarray((t.by_cluster @ Z.multiply(t.adjusted[:, [k]])).todense())
-    for kk in range(K):
-        u_c -= t.raw_scores[kk] @ problem.centre_rows(Y[kk * P : (kk + 1) * P], kk)
-    var_robust = (u_c**2).sum(axis=0)
-    return score, var_model, var_robust
-
-
-def ntc_calibration(experiment: Experiment, fit_result, config) -> NTCCalibration | None:
-    """Score-test z-scores of NTC pseudo-genes at a fitted Laplace/bootstrap posterior.
+def ntc_calibration(experiment: Experiment, fit_result, config: FatebiasConfig) -> NTCCheck | None:
+    """Fit the NTC pseudo-genes like genes at the run's hyperparameters and test their intervals.
 
     Parameters
     ----------
     experiment
         The fitted experiment (with its NTC guides, ``guides.ntc_ids``).
     fit_result
-        :class:`fatebias_core.model.inference.FitResult` with a ``laplace`` or ``bootstrap``
-        posterior.
+        The run's :class:`~fatebias_core.model.inference.FitResult` with a ``laplace``
+        posterior (its hyperparameters are reused).
     config
-        Settings: ``uncertainty``, ``ntc_pseudogene_size``, ``ntc_partitions``, ``seed``
-        and the priors.
+        Settings: ``ntc_pseudogene_size``, ``seed`` and everything the fit uses.
 
     Returns
     -------
-    NTCCalibration or None
-        None when the experiment has no NTC guide.
+    NTCCheck or None
+        None when there are fewer than four NTC guides or the fit is not a Laplace one.
     """
+    from fatebias_core.model.inference import laplace_fit
+
     guides = experiment.guides
-    if guides.ntc_ids is None or not guides.ntc_names or not (guides.ntc_ids > 0).any():
+    n_ntc = len(guides.ntc_names)
+    if guides.ntc_ids is None or n_ntc < 4 or fit_result.posterior.family != "laplace":
         return None
-    if fit_result.posterior.family not in ("laplace", "bootstrap"):
-        raise FitError("the NTC calibration check needs posterior_method laplace or bootstrap")
     per_gene = np.bincount(guides.gene_of_guide[1:], minlength=guides.n_genes + 1)[1:]
-    size = config.ntc_pseudogene_size or max(int(np.median(per_gene)), 1)
-    groups = ntc_pseudogenes(len(guides.ntc_names), size, config.ntc_partitions, config.seed)
-    terms = _score_terms(experiment, fit_result, config)
-    Z, labels = _pseudo_design(experiment, groups)
+    size = int(config.ntc_pseudogene_size or max(int(np.median(per_gene)), 2))
+    half = n_ntc // 2
+    size = max(2, min(size, half // 3 if half >= 6 else half))  # at least three pseudo-genes a half where possible
+    order = np.random.default_rng(config.seed + 101).permutation(n_ntc)
+    post = fit_result.posterior
+    fixed = config.model_copy(update={
+        "fixed_sigma_guide": [float(v) for v in post.params["sigma_guide"]],
+        "fixed_clone_cov": None if post.clone_cov is None else post.clone_cov.tolist(),
+        "clone_effects": post.clone_cov is not None,
+        "likelihood_weight": float(post.params["weight"]),
+        "posterior_method": "laplace",
+        "progress": False,
+    })
+    tail = config.call_tail(experiment.cells.n_days)
     frames = []
-    for k in range(terms.problem.n_contrasts):
-        score, var_model, var_robust = _contrast_scores(terms, Z, k)
-        frames.append(
-            labels.assign(
-                fate=fit_result.contrast_fates[k],
-                score=score,
-                z_model=score / np.sqrt(np.maximum(var_model, 1e-300)),
-                z_robust=score / np.sqrt(np.maximum(var_robust, 1e-300)),
-            )
-        )
+    for h, chosen in enumerate((order[:half], order[half:])):
+        exp_h, names = pseudo_gene_experiment(experiment, np.sort(chosen), size)
+        res = laplace_fit(exp_h, fixed)
+        frames.append(_pseudo_rows(res, names, h, tail))
     table = pd.concat(frames, ignore_index=True)
-    table = table[["partition", "pseudo_gene", "guides", "fate", "day", "score", "z_model", "z_robust"]]
-    return NTCCalibration(
-        table=table,
+    stat = float(table.groupby(["half", "pseudo_gene"])["chi2"].first().sum())
+    dof = int(len(table))
+    return NTCCheck(
+        table=table.drop(columns="chi2"),
+        statistic=stat,
+        dof=dof,
+        p_value=float(chi2.sf(stat, dof)),
+        coverage_90=float(np.mean(np.abs(table["z"]) < Z90)),
+        n_ntc_guides=n_ntc,
+        pseudo_gene_size=size,
         uncertainty=config.uncertainty,
-        n_ntc_guides=len(guides.ntc_names),
-        pseudo_gene_size=int(groups[0].shape[1]),
-        n_clusters=terms.n_clusters,
     )
+
+
+def _pseudo_rows(res, names: list[list[str]], half: int, tail: float) -> pd.DataFrame:
+    """The pseudo-genes' rows of a refit: estimate, SD and z (as exported, and model-based), per contrast and day."""
+    post = res.posterior
+    n_pseudo = len(names)
+    L_all = len(res.gene_names)
+    genes = np.arange(L_all - n_pseudo, L_all)
+    p = post.params
+    K, D = len(res.contrast_fates), len(res.day_labels)
+    theta = p["theta"][genes]  # (n, K, D)
+    blocks = p["block_cov"][genes][:, : K * D, : K * D]  # contrast-major (k, d)
+    factor = post.t_factor(tail)
+    scale = np.ones((n_pseudo, K * D)) if factor is None else factor[genes].reshape(n_pseudo, K * D)
+    cov = blocks * scale[:, :, None] * scale[:, None, :]
+    sd = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))  # (n, K D)
+    z = theta.reshape(n_pseudo, K * D) / sd
+    corr = cov / (sd[:, :, None] * sd[:, None, :])
+    quad = np.einsum("ni,ni->n", z, np.linalg.solve(corr, z[..., None])[..., 0])
+    model = p.get("block_cov_model", p["block_cov"])[genes][:, : K * D, : K * D]
+    sd_model = np.sqrt(np.diagonal(model, axis1=1, axis2=2))
+    df = p.get("theta_df")
+    df = np.full((n_pseudo, K * D), np.inf) if df is None else df[genes].reshape(n_pseudo, K * D)
+    pg, kd = np.meshgrid(np.arange(n_pseudo), np.arange(K * D), indexing="ij")
+    return pd.DataFrame({
+        "half": half,
+        "pseudo_gene": pg.ravel() + 1,
+        "guides": [";".join(names[q]) for q in pg.ravel()],
+        "fate": [res.contrast_fates[i // D] for i in kd.ravel()],
+        "day": [res.day_labels[i % D] for i in kd.ravel()],
+        "estimate": theta.reshape(-1),
+        "sd": sd.ravel(),
+        "z": z.ravel(),
+        "sd_model": sd_model.ravel(),
+        "z_model": (theta.reshape(n_pseudo, K * D) / sd_model).ravel(),
+        "df": df.ravel(),
+        "chi2": np.repeat(quad, K * D),
+    })
+
+
+class CalibrationFailed(FatebiasError):
+    """The NTC check found the intervals too narrow and ``on_failed_calibration: stop`` asked to stop."""
+
+
+def run_ntc_check(experiment: Experiment, fit_result, config: FatebiasConfig, out_dir) -> NTCCheck | None:
+    """:func:`ntc_calibration`, written to ``ntc_calibration.csv`` and ``ntc_check.json`` in ``out_dir``.
+
+    Returns None (and removes an earlier run's files) when the check does not apply.
+    """
+    from pathlib import Path
+
+    out = Path(out_dir)
+    result = ntc_calibration(experiment, fit_result, config) if config.ntc_check else None
+    if result is None:
+        for name in (names.NTC_TABLE, names.NTC_CHECK):
+            (out / name).unlink(missing_ok=True)
+        return None
+    write_csv(result.table, out / names.NTC_TABLE)
+    write_json(json_ready(result.to_dict()), out / names.NTC_CHECK)
+    return result
+
+
+def read_ntc_check(out_dir) -> dict | None:
+    """The NTC check's summary of a run folder (``ntc_check.json``), or None when there is none."""
+    import json
+    from pathlib import Path
+
+    path = Path(out_dir) / names.NTC_CHECK
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def require_calibrated(out_dir, config: FatebiasConfig) -> None:
+    """Raise :class:`CalibrationFailed` when the run's NTC check failed and ``on_failed_calibration`` is ``stop``."""
+    check = read_ntc_check(out_dir)
+    if config.on_failed_calibration == "stop" and check is not None and check.get("calibrated") is False:
+        raise CalibrationFailed(
+            f"the NTC check failed (90% intervals cover 0 in {check['coverage_90']:.1%} of {check['n']} NTC pseudo-gene/days, "
+            f"p {check['p_value']:.2g}): the intervals are not trusted, so ranking stopped (on_failed_calibration: stop)"
+        )
+

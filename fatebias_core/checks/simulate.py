@@ -34,7 +34,9 @@ Realism settings, each off by default (the defaults give exactly the design abov
 
 * Clones (``sim_clone_size_mean > 0``, at least 1): clone sizes are
   ``1 + Poisson(sim_clone_size_mean - 1)`` (a Poisson, so sizes are never 0 and the mean
-  is the setting), drawn until ``sim_n_cells`` are covered; the last clone is cut to fit.
+  is the setting), or with ``sim_clone_size_cv > 0`` ``1 + NegativeBinomial`` with that
+  mean and coefficient of variation (heavy-tailed: a few large clones, many small ones),
+  drawn until ``sim_n_cells`` are covered; the last clone is cut to fit.
   Each clone has one guide set (drawn as a cell's is above), one replicate (balanced
   over clones: replicate labels are a permutation of ``clone % R``) and a per-contrast
   logit bias ``N(0, sim_clone_bias_sd^2)`` added to its cells' eta. Days are drawn per
@@ -42,6 +44,10 @@ Realism settings, each off by default (the defaults give exactly the design abov
   spread over days at random. Cells come in random order; clone ids are in
   ``SimulatedParams.clone`` and, with ``sim_write_clone_labels``, in ``obs["clone"]``
   (``clone<j>``). Cells per day x replicate are then only roughly balanced.
+* Incomplete guide capture (``sim_guide_detection < 1``): each guide a cell carries
+  (targeting or NTC) is detected independently with this probability. Undetected guides
+  still act on the cell's fate (and count in its true burden) but are missing from the
+  guide matrix, so sister cells of a clone show different subsets of its guide set.
 * Uneven knockdown (``sim_knockdown_sd > 0``): an efficiency
   ``e[g, r] = clip(N(1, sim_knockdown_sd^2), 0, 2)`` per targeting guide x replicate
   (mean exactly 1 by symmetry) multiplies the guide's effect beta[g] in that replicate.
@@ -54,20 +60,22 @@ Realism settings, each off by default (the defaults give exactly the design abov
   ``p' = (1 - w) p + w * mean of p over the k nearest neighbours in fate-probability
   space`` (the cell itself included; ``w = sim_smoothing_weight``; a k-d tree).
 
-Estimand. The fitted model targets effects on the mean fate probabilities. Dirichlet
-noise has mean pi, but logit noise and clone biases do not average out on the logit
-scale: E[softmax(eta + noise)] is flatter than softmax(eta), so the log-ratio of mean
-probabilities moves by about kappa * theta with kappa < 1; smoothing averages cells
-with different guides and attenuates further. kappa is estimated per contrast by Monte
-Carlo: on at most 20,000 cells, 32 replicates of the logit noise and clone bias give
-each cell's mean probabilities m_i, and kappa is the least-squares slope of the
-day-centred ``log(m_f / m_ref)`` on the day-centred latent eta_f (exactly 1 without
-such terms). Smoothing's factor is estimated the same way, an approximation: over 8
-replicates of all the cell-level noise, each smoothed, the slope on eta of the
-smoothed mean probabilities' day-centred log-ratio over the unsmoothed one's; it
-multiplies kappa. kappa is a per-cell attenuation, given a cell's covariates (as the
-model conditions on them); the log-ratio of a whole group's mean proportions also
-averages over its cells' differing eta and is attenuated more.
+Estimand. The fitted model (with its clone random effect) targets effects on a cell's
+mean fate probabilities given its clone. Dirichlet noise has mean pi, but per-cell logit
+noise does not average out on the logit scale: E[softmax(eta + noise)] is flatter than
+softmax(eta), so the log-ratio of mean probabilities moves by about kappa * theta with
+kappa < 1; smoothing averages cells with different guides and attenuates further. kappa
+is estimated per contrast by Monte Carlo: on at most 20,000 cells, 32 replicates of the
+logit noise, each cell's clone bias held at its drawn value, give each cell's mean
+probabilities m_i, and kappa is the least-squares slope of the day-centred
+``log(m_f / m_ref)`` on the day-centred latent eta_f + clone bias (exactly 1 without
+logit noise). Smoothing's factor is estimated the same way, an approximation: over 8
+replicates of the cell-level noise (clone biases held), each smoothed, the slope on eta
+of the smoothed mean probabilities' day-centred log-ratio over the unsmoothed one's; it
+multiplies kappa. kappa is a per-cell attenuation, given a cell's covariates and clone
+(as the model conditions on them). A model without a clone effect targets the effect on
+the mean over clones too, attenuated further by the clone biases: that factor is in
+``estimand_parts`` (``clone``) of the metadata, not in the truth tables.
 With uneven knockdown a gene's effect in the experiment is theta times the realised mean
 efficiency of its guides over the replicates (the small product of efficiencies and guide
 deviations is left out, so null genes stay exactly 0). ``truth_estimand_daywise*.csv``
@@ -76,7 +84,7 @@ hold kappa * efficiency * theta; ``truth_daywise*.csv`` keep the latent theta.
 Randomness comes from independent streams spawned from ``sim_seed``: effects (theta,
 delta, nuisance), cells (design and guides) and noise (Dirichlet, UMI counts), then
 clones (sizes, days, replicates, guide sets and biases of clones), knockdown, batch,
-logit noise and the estimand's Monte Carlo. The first three are used exactly as without
+logit noise, the estimand's Monte Carlo and guide detection. The first three are used exactly as without
 the realism settings, so the defaults reproduce the design above draw for draw and no
 setting changes the effects; the cell design (days, replicates, guides) changes only
 with clones on (the clone stream then replaces the cells stream). The guide UMI counts
@@ -87,7 +95,7 @@ replicate and effect settings, not on the number of cells.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -137,9 +145,9 @@ FATE_COLORS = (
     "#7f7f7f",
 )
 RUN_PATH_KEYS = ("adata_path", "guide_map_csv", "out_dir", "D", "R")
-N_STREAMS = 8
+N_STREAMS = 9
 """Streams spawned from ``sim_seed``: effects, cells, noise (the original three, used as
-before), clones, knockdown, batch, logit noise, estimand Monte Carlo."""
+before), clones, knockdown, batch, logit noise, estimand Monte Carlo, guide detection."""
 ESTIMAND_MC_REPS = 32
 """Monte Carlo replicates of the logit noise and clone bias behind the estimand's kappa."""
 ESTIMAND_SMOOTH_REPS = 8
@@ -326,6 +334,14 @@ def _check(config: FatebiasConfig) -> None:
         )
     if config.sim_clone_bias_sd > 0 and config.sim_clone_size_mean == 0:
         raise ConfigError("sim_clone_bias_sd > 0 needs clones: set sim_clone_size_mean >= 1")
+    if config.sim_clone_size_cv > 0:
+        mean = config.sim_clone_size_mean
+        floor = np.sqrt(max(mean - 1.0, 0.0)) / max(mean, 1.0)
+        if mean == 0 or config.sim_clone_size_cv <= floor:
+            raise ConfigError(
+                f"sim_clone_size_cv ({config.sim_clone_size_cv}) needs clones (sim_clone_size_mean >= 1) and must exceed "
+                f"the Poisson's coefficient of variation ({floor:.3f} at mean {mean})"
+            )
 
 
 def _names(prefix: str, n: int, start: int = 1) -> list[str]:
@@ -371,12 +387,20 @@ def _guide_sets(
     return targets, ntcs, k_target + k_ntc
 
 
-def _clone_sizes(rng: np.random.Generator, n_cells: int, mean: float) -> np.ndarray:
-    """Clone sizes 1 + Poisson(mean - 1) drawn until ``n_cells`` are covered; the last is cut to fit."""
+def _clone_sizes(rng: np.random.Generator, n_cells: int, mean: float, cv: float = 0.0) -> np.ndarray:
+    """Clone sizes drawn until ``n_cells`` are covered; the last is cut to fit.
+
+    ``1 + Poisson(mean - 1)``; with ``cv > 0`` ``1 + NegativeBinomial`` of mean ``mean - 1``
+    whose variance makes the sizes' coefficient of variation ``cv`` (a gamma-Poisson mixture).
+    """
+    mu = mean - 1.0
+    var = (cv * mean) ** 2
+    shape = mu * mu / (var - mu) if cv > 0 and mu > 0 else 0.0
     sizes = np.zeros(0, dtype=np.int64)
     while sizes.sum() < n_cells:  # a loop over batches of clones, rarely more than one
         batch = int(np.ceil((n_cells - sizes.sum()) / mean * 1.1)) + 10
-        sizes = np.concatenate([sizes, 1 + rng.poisson(mean - 1.0, size=batch)])
+        rate = rng.gamma(shape, mu / shape, size=batch) if shape > 0 else np.full(batch, mu)
+        sizes = np.concatenate([sizes, 1 + rng.poisson(rate)])
     n_clones = int(np.searchsorted(np.cumsum(sizes), n_cells)) + 1
     sizes = sizes[:n_clones].copy()
     sizes[-1] -= int(sizes.sum()) - n_cells
@@ -517,6 +541,7 @@ class _Streams:
     batch: np.random.Generator
     logit: np.random.Generator
     estimand: np.random.Generator
+    detection: np.random.Generator
 
 
 @dataclass(frozen=True)
@@ -581,7 +606,7 @@ def _draw_cells(config: FatebiasConfig, streams: _Streams, n_c: int) -> _Cells:
 def _draw_clones(config: FatebiasConfig, rng: np.random.Generator, n_c: int) -> _Cells:
     """Cells in clones sharing a guide set, a replicate and a logit bias (the clones stream)."""
     n_cells, n_days, n_reps = config.sim_n_cells, config.sim_n_days, config.sim_n_reps
-    sizes = _clone_sizes(rng, n_cells, config.sim_clone_size_mean)
+    sizes = _clone_sizes(rng, n_cells, config.sim_clone_size_mean, config.sim_clone_size_cv)
     n_clones = len(sizes)
     clone = rng.permutation(np.repeat(np.arange(n_clones), sizes))
     day = rng.permutation(np.arange(n_cells) % n_days)
@@ -668,6 +693,17 @@ def _observed_probs(
             probs, day, config.sim_n_days, config.sim_smoothing_k, config.sim_smoothing_weight
         )
     return probs
+
+
+def _detected(config: FatebiasConfig, cells: _Cells, rng: np.random.Generator) -> _Cells:
+    """The cells with only their detected guides (each kept with probability ``sim_guide_detection``)."""
+    p = config.sim_guide_detection
+    if p >= 1.0:
+        return cells
+    targets = np.where(rng.random(cells.targets.shape) < p, cells.targets, -1)
+    ntcs = np.where(rng.random(cells.ntcs.shape) < p, cells.ntcs, -1)
+    burden = (targets >= 0).sum(axis=1) + (ntcs >= 0).sum(axis=1)
+    return replace(cells, targets=targets, ntcs=ntcs, burden=burden)
 
 
 def _guide_umi_matrix(
@@ -816,7 +852,7 @@ def simulate_experiment(config: FatebiasConfig) -> SimulatedData:
     eta_cell = eta_c if cells.clone_bias is None else eta_c + cells.clone_bias[cells.clone]
     pi = _softmax(eta_cell, cols, len(fates))
     probs = _observed_probs(config, pi, eta_cell, cols, cells.day, streams)
-    guide_matrix = _guide_umi_matrix(config, cells, streams.noise)  # after the Dirichlet draws
+    guide_matrix = _guide_umi_matrix(config, _detected(config, cells, streams.detection), streams.noise)  # after the Dirichlet draws
 
     adata = _anndata(
         config,
@@ -854,26 +890,30 @@ def simulate_experiment(config: FatebiasConfig) -> SimulatedData:
 def _estimand_kappa(
     config: FatebiasConfig, params: SimulatedParams, rng: np.random.Generator
 ) -> tuple[np.ndarray, dict[str, dict[str, float]]]:
-    """Per contrast, the attenuation kappa of effects on the mean probabilities' log-ratio.
+    """Per contrast, the attenuation kappa of effects on a cell's mean probabilities given its clone.
 
     Two factors, multiplied (see the module docstring):
 
-    * ``noise``: with logit noise (``logistic_normal``) or clone biases, on a subsample
-      of at most :data:`ESTIMAND_MAX_CELLS` cells, :data:`ESTIMAND_MC_REPS` replicates
-      of those N(0, s^2) terms (s^2 the sum of their variances) give each cell's mean
-      probabilities m_i; kappa_noise is the slope of the day-centred log(m_f / m_ref) on
-      the day-centred latent eta_f. Exactly 1 (no Monte Carlo) when neither is on.
-    * ``smoothing``: with smoothing, :data:`ESTIMAND_SMOOTH_REPS` replicates of all the
-      cell-level noise (clone biases, logit or Dirichlet noise) over every cell, each
+    * ``noise``: with logit noise (``logistic_normal``), on a subsample of at most
+      :data:`ESTIMAND_MAX_CELLS` cells, :data:`ESTIMAND_MC_REPS` replicates of the
+      N(0, s^2) per-cell logit noise, each cell's clone bias held at its drawn value, give
+      each cell's mean probabilities m_i; kappa_noise is the slope of the day-centred
+      log(m_f / m_ref) on the day-centred eta_f + clone bias. Exactly 1 (no Monte Carlo)
+      without logit noise.
+    * ``smoothing``: with smoothing, :data:`ESTIMAND_SMOOTH_REPS` replicates of the
+      cell-level noise (logit or Dirichlet; clone biases held) over every cell, each
       smoothed as the data were; the slope on eta of the day-centred log-ratio of the
       smoothed mean probabilities over that of the unsmoothed ones. Exactly 1 when off.
+
+    ``clone`` in the parts is the further attenuation of a model without a clone effect
+    (the clone biases averaged over as well, the same Monte Carlo): not in kappa.
 
     Returns
     -------
     kappa
-        (C,) the product of the two factors.
+        (C,) the product of ``noise`` and ``smoothing``.
     parts
-        ``{fate: {"noise": ..., "smoothing": ...}}``, rounded to 6 digits.
+        ``{fate: {"noise": ..., "smoothing": ..., "clone": ...}}``, rounded to 6 digits.
     """
     fates = list(config.fates)
     cols = [fates.index(f) for f in params.contrast_fates]
@@ -881,30 +921,32 @@ def _estimand_kappa(
     eta, day, n_days = params.eta, params.day, config.sim_n_days
     assert eta is not None
     n_c = eta.shape[1]
-    clones_biased = params.clone is not None and config.sim_clone_bias_sd > 0
+    clones_biased = params.clone is not None and params.clone_bias is not None and config.sim_clone_bias_sd > 0
+    bias = params.clone_bias[params.clone] if clones_biased else np.zeros_like(eta)
     logit_sd = config.sim_logit_noise_sd if config.sim_noise == "logistic_normal" else 0.0
-    var = (config.sim_clone_bias_sd**2 if clones_biased else 0.0) + logit_sd**2
 
-    k_noise = np.ones(n_c)
-    if var > 0:
-        n = len(day)
-        sub = np.arange(n)
-        if n > ESTIMAND_MAX_CELLS:
-            sub = np.sort(rng.choice(n, size=ESTIMAND_MAX_CELLS, replace=False))
-        z = rng.normal(0.0, 1.0, size=(len(sub), ESTIMAND_MC_REPS, n_c)) * np.sqrt(var)
+    def slope(noise_sd: float, fresh_bias: bool, sub: np.ndarray) -> np.ndarray:
+        z = rng.normal(0.0, 1.0, size=(len(sub), ESTIMAND_MC_REPS, n_c)) * noise_sd
+        if fresh_bias:
+            z += rng.normal(0.0, config.sim_clone_bias_sd, size=z.shape)
+            x = eta[sub]
+        else:
+            z += bias[sub][:, None, :]
+            x = eta[sub] + bias[sub]
         m = _softmax(eta[sub][:, None, :] + z, cols, len(fates)).mean(axis=1)
-        k_noise = _slopes(eta[sub], _log_ratios(m, cols, ref), day[sub], n_days)
+        return _slopes(x, _log_ratios(m, cols, ref), day[sub], n_days)
+
+    n = len(day)
+    sub = np.arange(n) if n <= ESTIMAND_MAX_CELLS else np.sort(rng.choice(n, size=ESTIMAND_MAX_CELLS, replace=False))
+    k_noise = slope(logit_sd, False, sub) if logit_sd > 0 else np.ones(n_c)
+    k_clone = slope(logit_sd, True, sub) / k_noise if clones_biased else np.ones(n_c)
 
     k_smooth = np.ones(n_c)
     if config.sim_smoothing_k > 1 and config.sim_smoothing_weight > 0:
         raw = np.zeros((len(day), len(fates)))
         smoothed = np.zeros_like(raw)
         for _ in range(ESTIMAND_SMOOTH_REPS):  # a loop over replicates; cells are vectorised
-            eta_r = eta
-            if clones_biased:
-                assert params.clone is not None and params.clone_bias is not None
-                bias = rng.normal(0.0, config.sim_clone_bias_sd, size=params.clone_bias.shape)
-                eta_r = eta_r + bias[params.clone]
+            eta_r = eta + bias
             if logit_sd > 0:
                 eta_r = eta_r + rng.normal(0.0, logit_sd, size=eta.shape)
             pi = _softmax(eta_r, cols, len(fates))
@@ -919,7 +961,7 @@ def _estimand_kappa(
         k_smooth = np.where(s_raw != 0, s_sm / np.where(s_raw != 0, s_raw, 1.0), 1.0)
 
     parts = {
-        f: {"noise": round(float(k_noise[c]), 6), "smoothing": round(float(k_smooth[c]), 6)}
+        f: {"noise": round(float(k_noise[c]), 6), "smoothing": round(float(k_smooth[c]), 6), "clone": round(float(k_clone[c]), 6)}
         for c, f in enumerate(params.contrast_fates)
     }
     return k_noise * k_smooth, parts

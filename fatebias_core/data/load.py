@@ -32,6 +32,7 @@ Conventions (documented here once, relied on by the model):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import warnings
 from abc import ABC, abstractmethod
@@ -45,6 +46,12 @@ import pandas as pd
 import scipy.sparse as sp
 
 from fatebias_core.config import FatebiasConfig
+from fatebias_core.data.clones import (
+    Clones,
+    clones_from_guides,
+    clones_from_labels,
+    impute_clone_guides,
+)
 from fatebias_core.errors import ConfigError, InputDataError
 from fatebias_core.io import read_csv
 from fatebias_core.types import (
@@ -726,49 +733,6 @@ def _index_guides(gmap: pd.DataFrame, matrix_guides: list[str], where: str) -> _
     )
 
 
-def _mix64(x: np.ndarray, salt: int) -> np.ndarray:
-    """A splitmix64-style hash of non-negative integers (uint64 arithmetic wraps)."""
-    with np.errstate(over="ignore"):
-        z = x.astype(np.uint64) + np.uint64(salt) * np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
-
-
-def guide_set_clusters(guide_ids: np.ndarray, ntc_ids: np.ndarray, rep: np.ndarray) -> np.ndarray:
-    """Cluster ids of cells that share an identical guide set within a replicate.
-
-    At high MOI a transduced progenitor's guide set is close to unique, so its clone's
-    cells are the cells with that set. Each set is hashed order-free (a sum of hashed
-    guide ids, twice with different salts); cells without any detected guide are
-    clusters of their own.
-
-    Parameters
-    ----------
-    guide_ids
-        (N, K) targeting guide ids (0 = NTC or padding).
-    ntc_ids
-        (N, W) NTC ids (0 = padding).
-    rep
-        (N,) replicate index.
-
-    Returns
-    -------
-    numpy.ndarray
-        (N,) int64 cluster ids 0..C-1.
-    """
-    n = guide_ids.shape[0]
-    ids = np.concatenate([guide_ids.astype(np.int64), np.where(ntc_ids > 0, ntc_ids.astype(np.int64) + (1 << 40), 0)], axis=1)
-    present = ids > 0
-    with np.errstate(over="ignore"):
-        keys = [np.where(present, _mix64(ids, salt), np.uint64(0)).sum(axis=1, dtype=np.uint64) for salt in (1, 2)]
-    empty = ~present.any(axis=1)
-    keys[0] = np.where(empty, np.arange(n, dtype=np.uint64), keys[0])
-    keys[1] = np.where(empty, np.uint64(0), keys[1])
-    table = pd.DataFrame({"rep": rep, "k0": keys[0], "k1": keys[1], "empty": empty})
-    return table.groupby(["rep", "k0", "k1", "empty"], sort=False).ngroup().to_numpy(dtype=np.int64)
-
-
 # --------------------------------------------------------------------------- load
 @dataclass(frozen=True)
 class _Inputs:
@@ -882,19 +846,29 @@ def _levels(
     return day, day_labels, rep, rep_labels
 
 
-def _clusters(
+def _clones(
     config: FatebiasConfig,
     clone: pd.Series | None,
     keep: np.ndarray,
     guide_ids: np.ndarray,
+    mask: np.ndarray,
     ntc_ids: np.ndarray,
     rep: np.ndarray,
-) -> tuple[np.ndarray, str]:
-    """Cluster id of each kept cell and where the clusters come from (clone labels or guide sets)."""
+) -> Clones:
+    """The clones of the kept cells: lineage-barcode labels, or inferred from the detected guide sets."""
     if clone is not None:
-        cluster = pd.factorize(clone.astype(str).to_numpy()[keep])[0].astype(np.int64)
-        return cluster, f"obs[{config.clone_key!r}]"
-    return guide_set_clusters(guide_ids, ntc_ids, rep), "identical guide sets within a replicate"
+        return clones_from_labels(clone.astype(str).to_numpy()[keep], f"obs[{config.clone_key!r}] (clone_key)")
+    return clones_from_guides(
+        guide_sets(guide_ids, mask, ntc_ids), rep, config.clone_chance_links, config.clone_guides_chance_links,
+        max_union=config.Kmax + 5,
+    )
+
+
+def guide_sets(guide_ids: np.ndarray, mask: np.ndarray, ntc_ids: np.ndarray) -> np.ndarray:
+    """(N, Kmax + W) each cell's detected guides as positive ids, targeting and NTC alike (0 pads)."""
+    targets = np.where(mask & (guide_ids > 0), guide_ids, 0).astype(np.int64)
+    offset = int(targets.max(initial=0)) + 1
+    return np.concatenate([targets, np.where(ntc_ids > 0, ntc_ids.astype(np.int64) + offset, 0)], axis=1)
 
 
 def _day_counts(day: np.ndarray, day_labels: tuple[str, ...], source: str, kmax: int) -> np.ndarray:
@@ -909,21 +883,44 @@ def _day_counts(day: np.ndarray, day_labels: tuple[str, ...], source: str, kmax:
 
 
 def _dropped_cells(
-    cell_names: np.ndarray, valid: np.ndarray, reason: np.ndarray, keep: np.ndarray, kmax: int
+    cell_names: np.ndarray, valid: np.ndarray, reason: np.ndarray, keep: np.ndarray, kmax: int, placed: np.ndarray
 ) -> tuple[pd.DataFrame, dict[str, int]]:
-    """The dropped cells with their reasons (invalid first, then over Kmax) and counts by reason."""
+    """The dropped cells with their reasons (invalid, over Kmax, not placed in a clone) and counts by reason."""
     valid_names = cell_names[valid]
     kmax_reason = f"more than Kmax={kmax} guides"
     dropped = pd.DataFrame({
-        "cell": np.concatenate([cell_names[~valid], valid_names[~keep]]).astype(str),
+        "cell": np.concatenate([cell_names[~valid], valid_names[~keep], valid_names[keep][~placed]]).astype(str),
         "reason": np.concatenate([
             _reason_names(reason[~valid]),
             np.full(int((~keep).sum()), kmax_reason, dtype=object),
+            np.full(int((~placed).sum()), UNPLACED_REASON, dtype=object),
         ]),
     })
     counts = {f"cells with {k}": int(v) for k, v in dropped["reason"].value_counts(sort=False).items()}
     counts.setdefault(f"cells with {kmax_reason}", 0)
     return dropped, counts
+
+
+UNPLACED_REASON = "fewer than two detected guides: clone unknown (drop_unplaced_cells)"
+#: Estimated guide detection below this makes a cell's few detected guides say too little about its clone.
+DETECTION_COMPLETE = 0.95
+
+
+def _unplaced(config: FatebiasConfig, clones: Clones, detected: np.ndarray) -> np.ndarray:
+    """(N,) cells that cannot be placed in their clone: fewer than two detected guides where capture is incomplete.
+
+    Only for clones inferred from guide sets (lineage labels place every cell), and only
+    where the estimated detection says sister cells show different subsets of their
+    clone's guides: a cell showing one guide may then belong to any clone that carries
+    it, and a clone effect of its own would leave its share of its clone's effect to its
+    guide's deviation.
+    """
+    n = detected.size
+    if not config.drop_unplaced_cells or clones.source != "guide sets" or not np.isfinite(clones.detection):
+        return np.zeros(n, dtype=bool)
+    if clones.detection >= DETECTION_COMPLETE:
+        return np.zeros(n, dtype=bool)
+    return detected < 2
 
 
 def _load_summary(
@@ -934,6 +931,7 @@ def _load_summary(
     dropped: dict[str, int],
     day_counts: np.ndarray,
     drop: bool,
+    clones: dict,
 ) -> LoadSummary:
     """The loading summary: counts in and kept, guides, fate names, clusters and fate means."""
     per_gene = np.bincount(index.gene_of_guide[1:], minlength=guides.n_genes + 1)[1:]
@@ -954,6 +952,7 @@ def _load_summary(
         cells_per_day={lab: int(c) for lab, c in zip(cells.day_labels, day_counts, strict=True)},
         n_clusters=int(cells.cluster.max(initial=-1)) + 1,
         cluster_source=cells.cluster_source,
+        clones=clones,
         fate_mean_by_day=_fate_means_by_day(cells.fate_probs, cells.day, cells.day_labels, cells.fates),
         drop_invalid_cells=drop,
     )
@@ -1009,10 +1008,21 @@ def load_experiment(
     guide_ids, mask, keep, burden_all = embed_guides(kept.csr, index.column_ids, config.Kmax)
     day, rep, burden = day_all[keep], rep_all[keep], burden_all[keep]
     ntc_ids = embed_guides(kept.csr[keep], index.ntc_column_ids, kept.csr.shape[1])[0]
-    cluster, cluster_source = _clusters(config, kept.clone, keep, guide_ids, ntc_ids, rep)
+    clones = _clones(config, kept.clone, keep, guide_ids, mask, ntc_ids, rep)
+    detected = mask.sum(axis=1) + (ntc_ids > 0).sum(axis=1) - (mask & (guide_ids == 0)).sum(axis=1)
+    unplaced = _unplaced(config, clones, detected)
+    n_imputed = 0
+    if config.clone_guides == "union":
+        groups = clones.cluster if clones.strict is None else clones.strict
+        guide_ids, mask, ntc_ids, burden, n_imputed = impute_clone_guides(guide_ids, mask, ntc_ids, groups, config.Kmax)
+    placed = ~unplaced
+    if unplaced.any():
+        guide_ids, mask, ntc_ids, burden = guide_ids[placed], mask[placed], ntc_ids[placed], burden[placed]
+        day, rep = day[placed], rep[placed]
+        clones = dataclasses.replace(clones, cluster=np.unique(clones.cluster[placed], return_inverse=True)[1].astype(np.int64))
     day_counts = _day_counts(day, day_labels, source, config.Kmax)
     cells = FilteredCells(
-        fate_probs=kept.probs[keep],
+        fate_probs=kept.probs[keep][placed],
         fates=tuple(config.fates),
         day=day,
         day_labels=day_labels,
@@ -1020,9 +1030,9 @@ def load_experiment(
         rep_labels=rep_labels,
         burden=burden,
         burden_centered=center_by_group(burden, day, len(day_labels)),
-        cell_names=inputs.cell_names[valid][keep],
-        cluster=cluster,
-        cluster_source=cluster_source,
+        cell_names=inputs.cell_names[valid][keep][placed],
+        cluster=clones.cluster,
+        cluster_source=clones.description,
     )
     guides = GuideEmbedding(
         guide_ids=guide_ids,
@@ -1033,9 +1043,10 @@ def load_experiment(
         ntc_ids=ntc_ids,
         ntc_names=index.ntc_names,
     )
-    dropped_cells, dropped = _dropped_cells(inputs.cell_names, valid, reason, keep, config.Kmax)
+    dropped_cells, dropped = _dropped_cells(inputs.cell_names, valid, reason, keep, config.Kmax, placed)
     summary = _load_summary(
-        inputs, cells, guides, index, dropped, day_counts, config.drop_invalid_cells
+        inputs, cells, guides, index, dropped, day_counts, config.drop_invalid_cells,
+        clones.summary() | {"cells_given_clone_guides": n_imputed, "cells_unplaced": int(unplaced.sum())},
     )
     if verbose:
         print(summary.format())

@@ -8,6 +8,7 @@ then a rename), and every file name of a run folder is owned by
 from fatebias_core.io.files import (
     PathLike,
     atomic_path,
+    json_ready,
     read_csv,
     save_npz,
     write_bytes,
@@ -16,4 +17,4 @@ from fatebias_core.io.files import (
     write_text,
 )
 
-__all__ = ["PathLike", "atomic_path", "read_csv", "save_npz", "write_bytes", "write_csv", "write_json", "write_text"]
+__all__ = ["PathLike", "atomic_path", "json_ready", "read_csv", "save_npz", "write_bytes", "write_csv", "write_json", "write_text"]

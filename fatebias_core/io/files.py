@@ -123,6 +123,19 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def json_ready(value: Any) -> Any:
+    """``value`` with NaN and inf as None and numpy scalars as Python numbers, recursively (strict JSON)."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
 def write_json(obj: Any, path: PathLike) -> Path:
     """Write ``obj`` as indented JSON atomically (numpy scalars and arrays allowed)."""
     return write_text(json.dumps(obj, indent=2, default=_json_default) + "\n", path)

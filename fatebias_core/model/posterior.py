@@ -166,13 +166,15 @@ def summarise_posterior(fit: FitResult, config: FatebiasConfig) -> PosteriorSumm
     """Draw ``config.num_posterior_draws`` samples and summarise them per contrast.
 
     Draws come in chunks, so memory stays bounded for many guides; the same seed gives
-    the same numbers.
+    the same numbers. A cluster-robust Laplace posterior's intervals are widened to the
+    Student-t ones at the tail of the strictest call (:meth:`FatebiasConfig.call_tail`).
     """
     S = config.num_posterior_draws
     weights = resolve_day_weights(config.weights, fit.day_counts)
+    tail = config.call_tail(len(fit.day_labels))
     theta_all, mom_beta, mom_delta = [], _Moments(), _Moments()
     for start in range(0, S, DRAW_CHUNK):
-        draws = fit.sample_effects(min(DRAW_CHUNK, S - start), seed=config.seed + 7919 * (1 + start // DRAW_CHUNK))
+        draws = fit.sample_effects(min(DRAW_CHUNK, S - start), seed=config.seed + 7919 * (1 + start // DRAW_CHUNK), tail=tail)
         theta_all.append(draws.theta)  # (s, L, K, D)
         mom_beta.add(draws.beta)
         mom_delta.add(draws.delta)

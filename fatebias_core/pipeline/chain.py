@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from fatebias_core.checks.diagnostics import DiagnosticsResult
+from fatebias_core.checks.ntc import read_ntc_check
 from fatebias_core.checks.simulate import simulate
 from fatebias_core.config import FatebiasConfig, load_config, make_config
 from fatebias_core.discovery.answer import contrast_answers, describe_hits
@@ -68,9 +69,12 @@ class ChainResult:
         if self.reused:
             lines.append(f"  reused (inputs and settings unchanged): {', '.join(self.reused)}")
         if self.fit_info:
+            lines.append(f"  fit: {fit_line(self.fit_info)}")
+        ntc = read_ntc_check(self.out_dir)
+        if ntc is not None:
             lines.append(
-                f"  fit: {self.fit_info.get('steps')} steps, {self.fit_info.get('ms_per_step')} ms/step, "
-                f"converged: {self.fit_info.get('converged')}"
+                f"  NTC check: 90% intervals of NTC pseudo-genes cover 0 in {ntc['coverage_90']:.1%} (nominal 90%) - "
+                + ("ok" if ntc["calibrated"] else "FAILED: THE INTERVALS ARE NOT TRUSTED (hits may include false ones)")
             )
         if self.hits is not None:
             lines.append(f"  hits ({self.config.mash_default_mode} mode; the primary contrast's are in hits_ranked.csv):")
@@ -81,6 +85,18 @@ class ChainResult:
         if report.is_file() and "report" in self.ran + self.reused:
             lines.append(f"  report: {report.resolve()} (open it in a browser)")
         return "\n".join(lines)
+
+
+def fit_line(info: dict) -> str:
+    """The fit in one line: SVI steps, or the Laplace step's empirical Bayes updates."""
+    if info.get("steps"):
+        return f"{info.get('steps')} SVI steps, {info.get('ms_per_step')} ms/step, converged: {info.get('converged')}"
+    parts = [f"Laplace step, {info.get('laplace_eb_updates')} empirical Bayes updates ({info.get('laplace_runtime_s')} s)"]
+    if info.get("clone_cov"):
+        sd = ", ".join(f"{float(info['clone_cov'][k][k]) ** 0.5:.2f}" for k in range(len(info["clone_cov"])))
+        parts.append(f"clone effect SD {sd} over {info.get('n_clusters')} clones")
+    parts.append(f"converged: {info.get('converged')}")
+    return ", ".join(parts)
 
 
 def fit_and_export(config: FatebiasConfig) -> ChainResult:

@@ -118,10 +118,12 @@ def _settings_table() -> dict[str, tuple[str, ...]]:
     table = {
         "load": g["inputs"],
         "fit": g["model"] + [f for f in g["inference"] if f != "num_posterior_draws"],
-        "export": ["num_posterior_draws", "seed", *g["exports"]],
+        # The exports widen intervals at the calls' tail and run the NTC check before ranking.
+        "export": ["num_posterior_draws", "seed", *g["exports"], "mash_lfsr_thresh_anyday", "mash_anyday_correction",
+                   "ntc_check", "ntc_pseudogene_size"],
         "mash": g["mash"],
         "aggregate": g["calls"],
-        "rank": g["calls"] + ["ash_lfsr_thresh", "ash_qvalue_thresh"],
+        "rank": g["calls"] + ["ash_lfsr_thresh", "ash_qvalue_thresh", "on_failed_calibration"],
         "diagnostics": g["model"] + g["inference"] + g["mash"] + g["calls"] + g["diagnostics"],
         "report": [],
     }
@@ -152,7 +154,7 @@ def _build_steps() -> dict[str, Step]:
         Step("fit", ("load",), s["fit"], _outputs("fit"), steps.fit_step,
              ("fatebias_core.model.inference", "fatebias_core.report.plots"), reads=("load",), reload=_reload_fit),
         Step("export", ("fit",), s["export"], _outputs("export"), steps.export_step,
-             ("fatebias_core.model.posterior", "fatebias_core.report.plots"), reads=("fit",)),
+             ("fatebias_core.model.posterior", "fatebias_core.report.plots", "fatebias_core.checks.ntc"), reads=("fit", "load")),
         Step("mash", ("export",), s["mash"], _outputs("mash"), steps.mash_step, ("fatebias_core.mash",)),
         Step("aggregate", ("mash",), s["aggregate"], _outputs("aggregate"), steps.aggregate_step,
              ("fatebias_core.discovery.aggregate",)),

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from fatebias_core.checks.diagnostics import ChainRunner, DiagnosticsResult, run_diagnostics
+from fatebias_core.checks.ntc import require_calibrated, run_ntc_check
 from fatebias_core.config import MASH_MODES, FatebiasConfig
 from fatebias_core.discovery.aggregate import aggregate_file
 from fatebias_core.discovery.calls import RankResult, rank_and_compare, rank_file
@@ -82,14 +83,25 @@ def save_fit(result: FitResult, experiment: Experiment, layout: RunLayout) -> No
 
 # --------------------------------------------------------------------------- export
 def export_step(
-    fit_result: FitResult, config: FatebiasConfig, out_dir: str | Path | None = None, summary: PosteriorSummary | None = None
+    fit_result: FitResult,
+    experiment: Experiment | None,
+    config: FatebiasConfig,
+    out_dir: str | Path | None = None,
+    summary: PosteriorSummary | None = None,
 ) -> ExportResult:
-    """Write the posterior exports (gene/day and guide/day tables) and the effects-by-day figure.
+    """Write the posterior exports (gene/day and guide/day tables), the effects-by-day figure, and run the NTC check.
 
     ``summary`` is the posterior summary when already drawn (it is drawn when None).
+    With ``experiment`` and ``ntc_check`` on, the NTC pseudo-genes are fitted as genes
+    (:func:`fatebias_core.checks.ntc.run_ntc_check`): ``ntc_calibration.csv`` and
+    ``ntc_check.json``; a failed check is said loudly.
     """
     layout = _layout(config, out_dir)
     result = export_posterior(fit_result, config, layout.root, summary=summary)
+    if experiment is not None:
+        check = run_ntc_check(experiment, fit_result, config, layout.root)
+        if check is not None:
+            (log.info if check.calibrated else log.warning)(check.describe())
     s = result.summary
     c = s.contrasts[s.primary]
     plot_effects_by_day(
@@ -184,6 +196,7 @@ def rank_step(config: FatebiasConfig, out_dir: str | Path | None = None) -> Rank
         The primary contrast's ranking and the mode comparison.
     """
     layout = _layout(config, out_dir)
+    require_calibrated(layout.root, config)
     result = rank_and_compare(discovery_inputs(config, out_dir), layout.root, config)
     for fate, path in layout.contrast_hits().items():
         rank_file(layout.mash("gene", config.mash_default_mode, fate), path, config, source="gene")

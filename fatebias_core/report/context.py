@@ -96,6 +96,7 @@ class ReportContext:
     stamp: str
     version: str
     cards: list[Card]
+    alerts: list[str]
     run: RunSection
     fit: FitSection
     hits: HitsSection
@@ -138,6 +139,7 @@ def build_context(run: RunFolder, page: PageLog) -> ReportContext:
         stamp=time.strftime("%Y-%m-%d %H:%M"),
         version=__version__,
         cards=cards,
+        alerts=alerts(run),
         run=run_section(run, page, fit_info),
         fit=fit_section(run, page, fit_info),
         hits=hits_section(run, page, answers),
@@ -146,6 +148,24 @@ def build_context(run: RunFolder, page: PageLog) -> ReportContext:
 
 
 # --------------------------------------------------------------------------- cards
+def alerts(run: RunFolder) -> list[str]:
+    """The page's headline warnings: checks that say the results are not to be trusted."""
+    out = []
+    n = run.json(names.NTC_CHECK)
+    if n is not None and n.get("calibrated") is False:
+        out.append(
+            f"The intervals are not trusted: in the NTC check, the 90% intervals of non-targeting pseudo-genes fitted "
+            f"as genes covered 0 in {num(n.get('coverage_90'), '.1%')} of {n.get('n')} pseudo-gene/days (p "
+            f"{num(n.get('p_value'), '.2g')}), so real genes' intervals are likely too narrow too and the hits may "
+            "include false ones. Clones the analysis did not find are the usual cause: give lineage barcodes "
+            "(clone_key) if the experiment has them."
+        )
+    p = (run.json(names.DIAGNOSTICS) or {}).get("permutation")
+    if p and p.get("passed") is False:
+        out.append(f"The permutation control failed: {p.get('n_hits')} hits survived reassigning guides to genes at random.")
+    return out
+
+
 def glance_cards(run: RunFolder, answers: dict[str, ContrastAnswer | None], fit_info: dict) -> list[Card]:
     """The headlines: hits per contrast, cells, fit, and the checks that ran."""
     cards = []
@@ -161,8 +181,10 @@ def glance_cards(run: RunFolder, answers: dict[str, ContrastAnswer | None], fit_
         cards.append(Card("cells", f"{load.get('n_cells_kept')} kept",
                           f"of {load.get('n_cells_in')}; {len(load.get('cells_per_day') or {})} days"))
     if fit_info:
-        cards.append(Card("fit", "converged" if fit_info.get("converged") else "not converged",
-                          f"{fit_info.get('steps')} steps, {fit_info.get('posterior_method', '')} posterior",
+        how = (f"{fit_info.get('laplace_eb_updates')} empirical Bayes updates, {fit_info.get('posterior_method', '')} posterior"
+               if fit_info.get("laplace_eb_updates") is not None and not fit_info.get("steps")
+               else f"{fit_info.get('steps')} steps, {fit_info.get('posterior_method', '')} posterior")
+        cards.append(Card("fit", "converged" if fit_info.get("converged") else "not converged", how,
                           bool(fit_info.get("converged"))))
     return cards + _check_cards(run)
 
@@ -174,11 +196,10 @@ def _check_cards(run: RunFolder) -> list[Card]:
     if h := diag.get("heldout"):
         cards.append(Card("held-out fit", "full model better" if h.get("full_better") else "full model not better",
                           f"z = {num(h.get('difference_z'), '.1f')}", bool(h.get("full_better"))))
-    if n := diag.get("ntc_calibration"):
-        head = n.get("headline") or {}
-        cards.append(Card("NTC calibration", f"z SD {num(head.get('sd'), '.2f')}",
-                          f"{num(head.get('beyond_1.96'), '.3f')} beyond +/-1.96 (expected 1 and 0.05)",
-                          bool(n.get("calibrated"))))
+    if n := (run.json(names.NTC_CHECK) or diag.get("ntc_calibration")):
+        cards.append(Card("NTC check", "intervals trusted" if n.get("calibrated") else "intervals NOT trusted",
+                          f"90% intervals of NTC pseudo-genes cover 0 in {num(n.get('coverage_90'), '.1%')} "
+                          f"(nominal 90%), p {num(n.get('p_value'), '.2g')}", bool(n.get("calibrated"))))
     if p := diag.get("permutation"):
         cards.append(Card("negative control", "passed" if p.get("passed") else "FAILED",
                           f"{p.get('n_hits')} hits after permutation", bool(p.get("passed"))))
@@ -267,9 +288,10 @@ def steps_table(run: RunFolder, page: PageLog) -> Table | Absent:
 
 def runtime_text(run: RunFolder, fit_info: dict) -> str | None:
     """``Seconds: fit (SVI) 3.2; ...`` of the steps that recorded their runtime."""
+    svi = fit_info.get("runtime_s") if fit_info.get("steps") else None
     seconds = {
-        "fit (SVI)": fit_info.get("runtime_s"),
-        "posterior refinement": fit_info.get("laplace_runtime_s"),
+        "fit (SVI)": svi,
+        "Laplace step with empirical Bayes": fit_info.get("laplace_runtime_s"),
         "diagnostics": (run.json(names.DIAGNOSTICS) or {}).get("runtime_s"),
     }
     if all(v is None for v in seconds.values()):
@@ -293,14 +315,32 @@ def fit_facts(run: RunFolder, page: PageLog, fit_info: dict) -> KeyValues | Abse
     converged = bool(fit_info.get("converged"))
     newton = (f" (Newton converged: {fit_info.get('laplace_converged')}, {fit_info.get('laplace_newton_iterations')} iterations)"
               if "laplace_converged" in fit_info else "")
-    return KeyValues([
-        ("steps", f"{fit_info.get('steps')} ({num(fit_info.get('ms_per_step'), '.1f')} ms per step, batch "
-                  f"{fit_info.get('batch_size')} of {fit_info.get('n_cells')} cells)"),
-        ("converged", Badge(converged, f"yes, at step {conv}" if converged else "no: consider more num_steps")),
-        ("loss per cell (last window)", num(fit_info.get("final_loss_per_cell"), ".5g")),
+    rows: list[tuple] = []
+    if fit_info.get("steps"):
+        rows += [
+            ("SVI steps", f"{fit_info.get('steps')} ({num(fit_info.get('ms_per_step'), '.1f')} ms per step, batch "
+                          f"{fit_info.get('batch_size')} of {fit_info.get('n_cells')} cells)"),
+            ("converged", Badge(converged, f"yes, at step {conv}" if converged else "no: consider more num_steps")),
+        ]
+    else:
+        rows.append(("converged", Badge(converged, "yes" if converged else "no: the empirical Bayes updates did not settle")))
+    if fit_info.get("laplace_eb_updates") is not None:
+        rows.append(("empirical Bayes", f"{fit_info['laplace_eb_updates']} updates of "
+                                        f"{', '.join(fit_info.get('estimated') or []) or 'nothing (all fixed)'}"))
+    rows += [
+        ("loss per cell", num(fit_info.get("final_loss_per_cell"), ".5g")),
         ("likelihood weight", f"{num(fit_info.get('likelihood_weight'), '.4g')} (dispersion {num(fit_info.get('dispersion_final'), '.4g')})"),
-        ("posterior", str(fit_info.get("posterior_method", "–")) + newton),
-    ])
+    ]
+    if fit_info.get("sigma_guide") is not None:
+        rows.append(("spread of guide deviations (sigma_guide)", ", ".join(num(v, ".3g") for v in fit_info["sigma_guide"])))
+    cov = fit_info.get("clone_cov")
+    if cov:
+        sd = [num(float(cov[k][k]) ** 0.5, ".3g") for k in range(len(cov))]
+        rows.append(("clone effect SD (per contrast)", ", ".join(sd) + f" over {fit_info.get('n_clusters')} clones"))
+    elif fit_info.get("clone_effects") is False:
+        rows.append(("clone effect", "none (fewer than 20 clones of two cells or more, or clone_effects: false)"))
+    rows.append(("posterior", f"{fit_info.get('posterior_method', '–')}, {fit_info.get('uncertainty', 'model')} covariance" + newton))
+    return KeyValues(rows)
 
 
 def elbo_figure(run: RunFolder, page: PageLog, fit_info: dict) -> Figure | Absent:
@@ -310,6 +350,13 @@ def elbo_figure(run: RunFolder, page: PageLog, fit_info: dict) -> Figure | Absen
         return page.missing("ELBO trace", run.why_absent("fit/elbo_trace.csv", "fit/elbo_trace.csv not found"))
     page.shown("ELBO trace")
     loss = elbo["loss"].to_numpy(dtype=float)
+    if not fit_info.get("steps"):
+        return page.figure(
+            lambda p: plot_elbo(loss, p, n_cells=None), "ELBO trace",
+            "The negative log posterior per cell at the mode after each empirical Bayes update of the "
+            "hyperparameters (sigma_guide, the clone covariance, the likelihood weight). A new weight rescales it; "
+            "the last updates should change it little.",
+        )
     switch = fit_info.get("weight_switch_step")
     changes = weight_steps(fit_info, run.config)
     marks = " and ".join(str(s + 1) for s in changes)

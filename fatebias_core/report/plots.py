@@ -674,15 +674,15 @@ def plot_qc_offsets(offsets: dict[str, np.ndarray], tol: float, path: str | Path
 
 
 def ntc_qq(table: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
-    """QQ plot of NTC pseudo-gene z-scores against N(0, 1): model-based and cluster-robust.
+    """QQ plot of NTC pseudo-gene z-scores against N(0, 1): model-based and the run's (exported) intervals.
 
-    ``table`` is ``ntc_calibration.csv`` (columns ``z_model``, ``z_robust``). Points on
+    ``table`` is ``ntc_calibration.csv`` (columns ``z_model``, ``z``). Points on
     the diagonal mean calibrated standard errors; a line steeper than it means SEs that
     are too small (intervals too narrow, too many calls).
     """
     ax = _axes(ax, (4.4, 4.0))
     lim = 0.0
-    for col, label, color in (("z_model", "model-based SE", "#b2182b"), ("z_robust", "cluster-robust SE", "#2166ac")):
+    for col, label, color in (("z_model", "model-based SE", "#b2182b"), ("z", "the run's SE", "#2166ac")):
         z = np.sort(np.asarray(table[col], dtype=float))
         z = z[np.isfinite(z)]
         if not z.size:

@@ -133,23 +133,28 @@ def qc_part(run: RunFolder, page: PageLog) -> QCPart | Absent:
 
 
 def ntc_part(run: RunFolder, page: PageLog) -> NTCPart | Absent:
-    """The NTC calibration check of ``diagnostics.json`` and the QQ plot of ``ntc_calibration.csv``."""
-    n = diagnostics_part(run, page, "ntc_calibration", "NTC calibration check")
-    if isinstance(n, Absent):
-        return n
-    table = run.csv(names.NTC_TABLE, ["z_model", "z_robust"])
-    head, mod, rob = n.get("headline") or {}, n.get("model") or {}, n.get("cluster_robust") or {}
+    """The NTC check (``ntc_check.json``, made before ranking) and the QQ plot of ``ntc_calibration.csv``."""
+    label = "NTC calibration check"
+    n = run.json(names.NTC_CHECK)
+    if n is None:
+        why = ("the check is off (ntc_check: false)" if not run.config.ntc_check
+               else run.why_absent(names.NTC_CHECK, "ntc_check.json not found (fewer than four NTC guides, or not a Laplace fit)"))
+        return page.missing(label, why)
+    page.shown(label)
+    table = run.csv(names.NTC_TABLE, ["z", "z_model"])
     ok = n.get("calibrated")
     summary = KeyValues([
         ("verdict", Badge(None if ok is None else bool(ok),
-                          "calibrated: NTC z-scores look like N(0, 1)" if ok else f"NOT calibrated: SD above {n.get('sd_warn')}")),
-        (f"SD of z ({n.get('uncertainty')}, the run's intervals)", f"{num(head.get('sd'), '.2f')} (expected 1)"),
-        ("share beyond +/-1.96", f"{num(head.get('beyond_1.96'), '.3f')} (expected 0.05)"),
-        ("SD of z, model-based SE", num(mod.get("sd"), ".2f")),
-        ("SD of z, cluster-robust SE", num(rob.get("sd"), ".2f")),
-        ("pseudo-genes", f"{n.get('n_pseudo_genes')} of {n.get('pseudo_gene_size')} NTC guides each "
-                         f"(from {n.get('n_ntc_guides')} NTC guides), {head.get('n')} pseudo-gene/days x contrasts"),
-        ("independent units (clones)", n.get("n_clusters")),
+                          "calibrated: NTC pseudo-genes' intervals cover 0 as often as they say" if ok
+                          else "NOT calibrated: the intervals are too narrow for these data and are not trusted")),
+        ("90% intervals covering 0 (the run's, as exported)", f"{num(n.get('coverage_90'), '.1%')} (nominal 90%)"),
+        ("90% intervals covering 0, model-based covariance", f"{num(n.get('coverage_90_model'), '.1%')}"),
+        ("SD of z (the run's intervals)", f"{num(n.get('z_sd'), '.2f')} (expected at most 1)"),
+        ("chi-square test", f"{num(n.get('statistic'), '.1f')} on {n.get('dof')} df, p {num(n.get('p_value'), '.2g')} "
+                            f"(fails below {n.get('alpha')})"),
+        ("pseudo-genes", f"{n.get('n_pseudo_genes')} of {n.get('pseudo_gene_size')} NTC guides each, fitted as genes "
+                         f"(from {n.get('n_ntc_guides')} NTC guides; half of them the baseline, then the other half), "
+                         f"{n.get('n')} pseudo-gene/days x contrasts"),
     ])
     figure = None if table is None else page.figure(
         lambda p: plot_ntc_qq(table, p, dpi=FIG_DPI), "NTC QQ plot",
@@ -168,24 +173,23 @@ def permutation_part(run: RunFolder, page: PageLog) -> KeyValues | Absent:
     hit_genes = p.get("hit_genes") or []
     return KeyValues([
         ("hits, real data", "–" if real is None else real),
-        ("hits, guide sets permuted", f"{p.get('n_hits')} of {p.get('n_genes')} genes ({p.get('n_gene_days_called')} gene-days called)"),
+        ("hits, guides permuted", f"{p.get('n_hits')} of {p.get('n_genes')} genes ({p.get('n_gene_days_called')} gene-days called)"),
         ("hits by mash mode (permuted)", by_mode or "–"),
         ("allowed (5% of real hits, at least 1)", p.get("allowed_hits", "–")),
         ("verdict", Badge(None if passed is None else bool(passed), "passed: hits collapse" if passed else "FAILED: hits survive permutation")),
         ("permuted hits", ", ".join(hit_genes[:30]) + (" ..." if len(hit_genes) > 30 else "") or "none"),
-        ("permutation", f"clones' guide sets within {p.get('n_strata')} strata of replicate x burden bin ({p.get('n_burden_bins')} bins), "
-                        f"{p.get('n_cells_moved')} cells moved ({p.get('n_cells_burden_changed', '–')} with a new burden), seed {p.get('seed')}"),
+        ("permutation", f"guides reassigned to genes at random ({p.get('n_guides_moved')} moved; cells, clones and guide "
+                        f"sets unchanged), seed {p.get('seed')}"),
         ("fit of the permuted data", _permuted_fit(p)),
     ])
 
 
 def _permuted_fit(p: dict) -> str:
     """How the permuted data were fitted, in words."""
-    fixed = p.get("fixed_sigma_guide")
+    fixed = p.get("fixed") or {}
     if not fixed:
-        return "SVI refit, at the real run's likelihood weight"
-    return ("the Laplace step alone, at the real run's likelihood weight and sigma_guide ("
-            + ", ".join(f"{v:.3g}" for v in fixed) + ")")
+        return "its own empirical Bayes fit"
+    return "the Laplace step alone, at the real run's " + ", ".join(sorted(fixed))
 
 
 def sanity_part(run: RunFolder, page: PageLog) -> SanityPart | Absent:

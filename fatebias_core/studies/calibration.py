@@ -22,6 +22,7 @@ independent, so the platform runs the grid as a backfill of partitions.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -35,12 +36,13 @@ from scipy.stats import norm
 
 from fatebias_core.checks.simulate import simulate_experiment
 from fatebias_core.config import FatebiasConfig
+from fatebias_core.data.clones import adjusted_rand_index
 from fatebias_core.data.load import load_experiment
 from fatebias_core.discovery.calls import CallRule, call_days
 from fatebias_core.errors import ConfigError
 from fatebias_core.io import write_csv, write_text
 from fatebias_core.mash import mash_table
-from fatebias_core.model.inference import fit, refine_posterior
+from fatebias_core.model.inference import fit
 from fatebias_core.model.posterior import QUANTILES, summarise_posterior
 from fatebias_core.report.plots import plot_calibration_coverage, plot_calibration_fsr
 
@@ -57,6 +59,10 @@ _KNOCKDOWN = {"sim_knockdown_sd": 0.3}
 _BATCH = {"sim_batch_sd": 0.2}
 _ALL = {**_CLONES, **_SMOOTHING, **_LOGISTIC_NORMAL, **_KNOCKDOWN, **_BATCH}
 _NULL = {"sim_active_frac": 0.0}
+_DROPOUT = {"sim_guide_detection": 0.7}
+_DROPOUT_85 = {"sim_guide_detection": 0.85}
+_HIGH_MOI = {"sim_kmax": 29, "Kmax": 40}  # about 15 guides per cell
+_HEAVY_TAILED = {"sim_clone_size_cv": 1.2}
 
 SCENARIOS: dict[str, dict] = {
     "baseline": {},
@@ -82,20 +88,36 @@ SCENARIOS: dict[str, dict] = {
     "realistic_null": {**_ALL, **_NULL},
     "strong_clones_null": {**_ALL, **_STRONG_CLONES, **_NULL},
     "strong_clones": {**_ALL, **_STRONG_CLONES},
+    # Incomplete guide capture, ~15 guides per cell and heavy-tailed clone sizes (study v3).
+    "dropout": {**_ALL, **_DROPOUT},
+    "dropout_null": {**_ALL, **_DROPOUT, **_NULL},
+    "dropout_0.85": {**_ALL, **_DROPOUT_85},
+    "dropout_0.85_null": {**_ALL, **_DROPOUT_85, **_NULL},
+    "high_moi_15": {**_ALL, **_HIGH_MOI},
+    "high_moi_15_dropout": {**_ALL, **_HIGH_MOI, **_DROPOUT},
+    "high_moi_15_dropout_null": {**_ALL, **_HIGH_MOI, **_DROPOUT, **_NULL},
+    "heavy_tailed": {**_ALL, **_HEAVY_TAILED},
+    "heavy_tailed_null": {**_ALL, **_HEAVY_TAILED, **_NULL},
+    "heavy_tailed_dropout": {**_ALL, **_HEAVY_TAILED, **_DROPOUT},
+    "strong_clones_dropout": {**_ALL, **_STRONG_CLONES, **_DROPOUT},
+    "strong_clones_dropout_null": {**_ALL, **_STRONG_CLONES, **_DROPOUT, **_NULL},
 }
 """Scenario name -> simulation settings that differ from the defaults.
 
-The realism scenarios draw clones (labels not written, so clones are found from
-identical guide sets as they would be in a screen without lineage barcodes),
-CellRank-like kNN smoothing, logistic-normal noise, uneven knockdown and day x
-replicate batch offsets; ``*_null`` scenarios have no true effect at all.
+The realism scenarios draw clones (labels not written, so clones are inferred from the
+guide sets as they would be in a screen without lineage barcodes), CellRank-like kNN
+smoothing, logistic-normal noise, uneven knockdown and day x replicate batch offsets;
+``dropout*`` detect each guide in 70% (85%) of the cells that carry it,
+``high_moi_15*`` give cells about 15 guides, ``heavy_tailed*`` draw clone sizes with a
+coefficient of variation of 1.2; ``*_null`` scenarios have no true effect at all.
 """
 
-METHODS = ("meanfield_w1", "meanfield", "laplace", "laplace_model", "bootstrap")
-"""Inference methods compared: the seed's mean-field with w = 1; mean-field with the
-dispersion weight; its Laplace refinement with cluster-robust covariance (the default);
-the same with the model-based covariance (``uncertainty: model``); the one-step
-bootstrap over clones."""
+METHODS = ("laplace", "laplace_model", "laplace_no_clone_effect", "bootstrap", "meanfield")
+"""Inference methods compared: the default (Laplace with the clone random effect and the
+cluster-robust covariance); the same fit's model-based covariance (``uncertainty:
+model``); the cluster-robust Laplace without a clone effect (``clone_effects: false``,
+the previous default's model); the one-step bootstrap over the robust units; the SVI
+mean-field posterior."""
 
 MASH_VARIANTS = {
     "se_inflated": {"mash_se_inflate": 1.5, "mash_se_floor": 0.02},
@@ -195,14 +217,14 @@ def scenario_config(base: FatebiasConfig, scenario: str, seed: int) -> FatebiasC
     return FatebiasConfig.model_validate({**base.model_dump(), **update})
 
 
-def calibration_run(scenario: str, seed: int, base: FatebiasConfig, methods: Iterable[str] = METHODS) -> pd.DataFrame:
+def calibration_run(scenario: str, seed: int, base: FatebiasConfig, methods: Iterable[str] = METHODS[:3]) -> pd.DataFrame:
     """One (scenario, seed) cell of the study: every method's coverage, FSR, power and runtime.
 
     Returns
     -------
     pandas.DataFrame
-        Tidy rows: scenario, seed, method, source (``model`` or ``mash:<variant>:<mode>``),
-        metric, group, level, value, n, runtime_s.
+        Tidy rows: scenario, seed, method, source (``model``, ``clones`` or
+        ``mash:<variant>:<mode>``), metric, group, level, value, n, runtime_s.
     """
     methods = list(methods)
     unknown = sorted(set(methods) - set(METHODS))
@@ -212,30 +234,17 @@ def calibration_run(scenario: str, seed: int, base: FatebiasConfig, methods: Ite
     sim = simulate_experiment(cfg)
     exp = load_experiment(cfg, verbose=False, adata=sim.adata, guide_map=sim.guide_map)
     fate = cfg.contrast_fate
-    fits: dict[str, tuple] = {}
-    if "meanfield_w1" in methods:
-        t0 = time.perf_counter()
-        c1 = cfg.model_copy(update={"likelihood_weight": 1.0, "posterior_method": "meanfield"})
-        fits["meanfield_w1"] = (fit(exp, c1), c1, time.perf_counter() - t0)
-    refined = {"laplace": ("laplace", {}), "laplace_model": ("laplace", {"uncertainty": "model"}), "bootstrap": ("bootstrap", {})}
-    if set(methods) & {"meanfield", *refined}:
-        t0 = time.perf_counter()
-        cm = cfg.model_copy(update={"posterior_method": "meanfield"})
-        mf = fit(exp, cm)
-        t_mf = time.perf_counter() - t0
-        fits["meanfield"] = (mf, cm, t_mf)
-        for method, (posterior, extra) in refined.items():
-            if method in methods:
-                t1 = time.perf_counter()
-                cr = cfg.model_copy(update={"posterior_method": posterior, **extra})
-                fits[method] = (refine_posterior(mf, exp, cr, posterior), cr, t_mf + time.perf_counter() - t1)
-    rows: list[dict] = []
+    fits = _method_fits(exp, cfg, methods)
+    rows: list[dict] = _clone_rows(sim, exp)
+    clone_factor = sim.metadata.get("estimand_parts", {}).get(fate, {}).get("clone", 1.0)
     for method in methods:
         res, c, runtime = fits[method]
         summary = summarise_posterior(res, c)
-        # Scored against the estimand the model targets (effects on mean fate
-        # probabilities; the latent theta attenuated by noise, clone biases, smoothing).
+        # Scored against the estimand the method targets: effects on a cell's mean fate
+        # probabilities given its clone (with a clone effect), or averaged over clones too.
         truth = sim.truth_estimand[fate].set_index("gene").loc[summary.gene_names].to_numpy()
+        if method in ("laplace_no_clone_effect", "meanfield") or not res.info.get("clone_effects", True):
+            truth = truth * clone_factor
         cs = summary.contrasts[fate]
         lower, upper = _quantile_bounds(cs.theta_quantiles, QUANTILES)
         for r in coverage_rows(lower, upper, truth, cfg.sim_truth_thresh):
@@ -260,6 +269,62 @@ def calibration_run(scenario: str, seed: int, base: FatebiasConfig, methods: Ite
     df.insert(0, "seed", seed)
     df.insert(0, "scenario", scenario)
     return df[["scenario", "seed", "method", "source", "metric", "group", "level", "value", "n", "runtime_s"]]
+
+
+def _method_fits(exp, cfg: FatebiasConfig, methods: list[str]) -> dict[str, tuple]:
+    """Each method's fit, its settings and runtime (the model-based Laplace shares the default's fit)."""
+    fits: dict[str, tuple] = {}
+    if {"laplace", "laplace_model"} & set(methods):
+        t0 = time.perf_counter()
+        res = fit(exp, cfg)
+        t = time.perf_counter() - t0
+        fits["laplace"] = (res, cfg, t)
+        model = dataclasses.replace(res, posterior=res.posterior.model_based(), info=res.info | {"uncertainty": "model"})
+        fits["laplace_model"] = (model, cfg.model_copy(update={"uncertainty": "model"}), t)
+    if "laplace_no_clone_effect" in methods:
+        t0 = time.perf_counter()
+        c = cfg.model_copy(update={"clone_effects": False})
+        fits["laplace_no_clone_effect"] = (fit(exp, c), c, time.perf_counter() - t0)
+    if "bootstrap" in methods:
+        t0 = time.perf_counter()
+        c = cfg.model_copy(update={"posterior_method": "bootstrap"})
+        fits["bootstrap"] = (fit(exp, c), c, time.perf_counter() - t0)
+    if "meanfield" in methods:
+        t0 = time.perf_counter()
+        c = cfg.model_copy(update={"posterior_method": "meanfield"})
+        fits["meanfield"] = (fit(exp, c), c, time.perf_counter() - t0)
+    return fits
+
+
+def _clone_rows(sim, exp) -> list[dict]:
+    """How well the clones found recover the true clones (ARI; pair precision and recall) and the cells left out."""
+    true = sim.params.clone
+    if true is None:
+        return []
+    kept = pd.Index(sim.adata.obs_names).get_indexer(exp.cells.cell_names)
+    true = true[kept]
+    labels = exp.cells.clusters()
+    precision, recall = pair_agreement(true, labels)
+    base = {"method": "clustering", "source": "clones", "group": "all", "level": 0.0, "runtime_s": 0.0}
+    return [
+        {**base, "metric": "ari", "value": adjusted_rand_index(true, labels), "n": 1},
+        {**base, "metric": "pair_precision", "value": precision, "n": 1},
+        {**base, "metric": "pair_recall", "value": recall, "n": 1},
+        {**base, "metric": "clusters_per_true_clone", "value": (labels.max() + 1) / (np.unique(true).size), "n": 1},
+        {**base, "metric": "cells_kept", "value": exp.n_cells / sim.adata.n_obs, "n": 1},
+    ]
+
+
+def pair_agreement(true: np.ndarray, found: np.ndarray) -> tuple[float, float]:
+    """Of the cell pairs in one found cluster, the share in one true clone (precision); of the true pairs, the share found (recall)."""
+    import scipy.sparse as sp
+
+    table = sp.coo_matrix((np.ones(true.size), (true, found))).tocsr()
+    pairs = lambda x: float((x * (x - 1) / 2.0).sum())  # noqa: E731
+    both = pairs(table.data)
+    in_true = pairs(np.asarray(table.sum(axis=1)).ravel())
+    in_found = pairs(np.asarray(table.sum(axis=0)).ravel())
+    return (both / in_found if in_found else 1.0), (both / in_true if in_true else 1.0)
 
 
 @dataclass
@@ -307,7 +372,7 @@ def run_calibration(
     base: FatebiasConfig,
     scenarios: Iterable[str] | None = None,
     seeds: Iterable[int] = (0, 1, 2),
-    methods: Iterable[str] = METHODS,
+    methods: Iterable[str] = METHODS[:3],
 ) -> CalibrationResult:
     """Run the calibration grid and write its table, summary and figures into ``out_dir``."""
     scenarios = list(scenarios or SCENARIOS)

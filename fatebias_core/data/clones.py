@@ -1,0 +1,441 @@
+"""Clones: the independent units behind a screen's cells (docs/method.md, "Clones").
+
+Cells of a time course descend from transduced progenitors: a clone's cells carry the
+progenitor's guide set, come from its replicate and share a fate bias of their own. The
+model treats each clone as a unit with its own random effect, and the cluster-robust
+covariance sums the scores of a clone's cells before their outer product, so both need
+the clones.
+
+* With lineage barcodes (``obs[clone_key]``) the clones are those labels
+  (:func:`clones_from_labels`).
+* Without them they are inferred from the guide sets (:func:`clones_from_guides`).
+  Guide capture is incomplete, so sister cells show different subsets of their clone's
+  set, and identical sets find few clones. Two cells of one replicate are linked when
+  they share more detected guides than chance explains: with ``f_g`` the share of the
+  replicate's cells that show guide g, a random cell shares at least ``o`` of cell i's
+  guides with probability about ``e_o(f_i)`` (the elementary symmetric polynomial of
+  order o of i's guide frequencies), so among the replicate's ``n_r`` cells about
+  ``n_r e_o(f_i)`` partners of i share that many by chance. A pair sharing ``o`` guides
+  is linked when that expectation is at most ``clone_chance_links`` from both cells'
+  side; cells with the same non-empty set are linked as well. Clones are the connected
+  components of the links. A smaller ``clone_chance_links`` merges fewer unrelated clones
+  (coarser clusters keep the cluster-robust covariance valid but cost power) and links
+  fewer true sisters (a clone split in two is treated as two independent units, which
+  makes intervals too narrow).
+
+:func:`impute_clone_guides` then gives every cell of a clone the union of its cells'
+detected guides: a cell carries its clone's guides whether or not they were captured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+
+__all__ = [
+    "Clones",
+    "clones_from_guides",
+    "clones_from_labels",
+    "clones_of_cells",
+    "impute_clone_guides",
+    "adjusted_rand_index",
+]
+
+#: Pairs of guides shared by more cells than this are not used to find candidate pairs:
+#: such pairs are common, so sharing them alone is never significant, and a pair that
+#: shares more guides is found through its other guide pairs.
+MAX_KEY_GROUP = 256
+
+
+@dataclass(frozen=True)
+class Clones:
+    """The clone (cluster) of every cell and how the clones were found.
+
+    Attributes
+    ----------
+    cluster
+        (N,) int64 clone ids 0..C-1.
+    source
+        ``labels`` (lineage barcodes), ``guide sets`` (inferred) or ``cells`` (every
+        cell its own clone).
+    description
+        How they were formed, in words (load summary, report).
+    n_links
+        Cell pairs linked (inferred clones only).
+    chance_links
+        Links expected by chance under the rule (inferred clones only): an upper bound,
+        the sum over linked cells of the expected chance partners at their overlap.
+    strict
+        (N,) the strict groups whose cells share their detected guides (each within one
+        clone; None: the clones themselves).
+    detection
+        Estimated guide detection (:func:`detection_rate`; NaN when not inferred).
+    """
+
+    cluster: np.ndarray
+    source: str
+    description: str
+    n_links: int = 0
+    chance_links: float = 0.0
+    strict: np.ndarray | None = None
+    detection: float = float("nan")
+
+    @property
+    def n_clusters(self) -> int:
+        return int(self.cluster.max(initial=-1)) + 1
+
+    def sizes(self) -> np.ndarray:
+        """Cells per clone, (C,)."""
+        return np.bincount(self.cluster, minlength=self.n_clusters)
+
+    def summary(self) -> dict[str, float | int | str]:
+        """Counts and the size distribution: for the load summary, ``fatebias check`` and the report."""
+        sizes = self.sizes()
+        n = int(sizes.sum())
+        if sizes.size == 0:
+            return {"n_clusters": 0, "source": self.source, "description": self.description}
+        q = np.quantile(sizes, [0.5, 0.9, 0.99])
+        return {
+            "n_clusters": int(sizes.size),
+            "source": self.source,
+            "description": self.description,
+            "cells_per_clone": round(n / sizes.size, 3),
+            "size_median": float(q[0]),
+            "size_p90": float(q[1]),
+            "size_p99": float(q[2]),
+            "size_max": int(sizes.max()),
+            "cells_in_multicell_clones": round(float(sizes[sizes > 1].sum()) / max(n, 1), 4),
+            "n_links": int(self.n_links),
+            "chance_links": round(float(self.chance_links), 2),
+            "guide_detection": None if not np.isfinite(self.detection) else round(float(self.detection), 3),
+        }
+
+    def describe(self) -> str:
+        """One line for the load summary."""
+        s = self.summary()
+        if not s["n_clusters"]:
+            return "clones (independent units): none"
+        return (
+            f"clones (independent units): {s['n_clusters']} from {self.description}, {s['cells_per_clone']:.2f} cells each "
+            f"(median {s['size_median']:g}, 90% {s['size_p90']:g}, max {s['size_max']}); "
+            f"{s['cells_in_multicell_clones']:.0%} of cells in clones of 2 or more"
+        )
+
+
+def clones_of_cells(n: int) -> Clones:
+    """Every cell its own clone."""
+    return Clones(np.arange(n, dtype=np.int64), "cells", "cells (every cell its own unit)")
+
+
+def clones_from_labels(labels: np.ndarray, what: str) -> Clones:
+    """Clones from lineage-barcode labels (any hashable values, one per cell)."""
+    cluster = pd.factorize(pd.Series(labels).astype(str).to_numpy())[0].astype(np.int64)
+    return Clones(cluster, "labels", what)
+
+
+def clones_from_guides(
+    sets: np.ndarray, rep: np.ndarray, chance_links: float = 0.3, guide_chance_links: float = 0.01, max_union: int = 64
+) -> Clones:
+    """Clones inferred from overlapping detected guide sets within each replicate.
+
+    Two units (cells, or clusters found so far) of a replicate that share the guides O
+    are linked when ``n_r C(a, |O|) prod_{g in O} f_g`` is at most the threshold:
+    ``f_g`` is the share of the replicate's units that show guide g (a cluster shows the
+    union of its cells' guides), ``n_r`` the number of units, ``a`` the larger unit's
+    number of guides, so the product is the number of units expected to share that many
+    of its guides, these rare ones, by chance (from the larger unit's side, which has
+    more ways to share: a large union would otherwise collect small units). Units with the same non-empty set are
+    linked as well. Linking is repeated on the clusters found until no new link is made:
+    fragments of one clone (cells that missed different guides) share most of its guides
+    and find each other once they are a few cells each, where single cells with few
+    detected guides could not.
+
+    Merging runs first with ``guide_chance_links``, strict: its groups are nearly
+    always one clone each, so their cells may share their detected guides
+    (:attr:`Clones.strict`, for :func:`impute_clone_guides`). It then goes on with
+    ``chance_links``, looser: the clones (:attr:`Clones.cluster`), the model's units of
+    clone effect and of the cluster-robust covariance, for which merging two clones
+    costs a little power and splitting one makes intervals too narrow.
+
+    Parameters
+    ----------
+    sets
+        (N, W) detected guide ids per cell, any positive integers (targeting and NTC
+        guides alike); 0 pads.
+    rep
+        (N,) replicate index: cells of different replicates are never linked.
+    chance_links, guide_chance_links
+        The thresholds of the clones and of the strict groups that share guides.
+    max_union
+        A cluster whose union holds more guides is linked no further (two clones merged,
+        or a doublet, more likely than one clone).
+
+    Returns
+    -------
+    Clones
+    """
+    sets = np.asarray(sets, dtype=np.int64)
+    rep = np.asarray(rep, dtype=np.int64)
+    guide_chance_links = min(guide_chance_links, chance_links)
+    strict, n_links, chance = _merge(sets, rep, np.arange(sets.shape[0], dtype=np.int64), guide_chance_links, max_union)
+    cluster = strict
+    if chance_links > guide_chance_links:
+        cluster, more, extra = _merge(sets, rep, strict, chance_links, max_union)
+        n_links, chance = n_links + more, chance + extra
+    return Clones(
+        cluster, "guide sets", _RULE.format(chance_links), n_links=n_links, chance_links=chance, strict=strict,
+        detection=detection_rate(sets, strict),
+    )
+
+
+def detection_rate(sets: np.ndarray, groups: np.ndarray, min_cells: int = 3, min_guides: int = 3) -> float:
+    """The share of its group's guides a cell shows, over groups of at least ``min_cells`` cells and ``min_guides`` guides.
+
+    An estimate of guide detection (1.0: every cell shows its clone's whole set). It
+    runs a little high (a guide missed by every cell of a group is not counted) and
+    low where a group merged two clones. NaN without such groups.
+    """
+    present = sets > 0
+    k = present.sum(axis=1)
+    cell = np.broadcast_to(np.arange(sets.shape[0])[:, None], sets.shape)[present]
+    base = int(sets.max(initial=0)) + 1
+    union = np.bincount(np.unique(groups[cell] * base + sets[present]) // base, minlength=int(groups.max(initial=-1)) + 1)
+    size = np.bincount(groups, minlength=union.size)
+    use = (size[groups] >= min_cells) & (union[groups] >= min_guides)
+    if not use.any():
+        return float("nan")
+    return float(np.mean(k[use] / union[groups[use]]))
+
+
+def _merge(sets: np.ndarray, rep: np.ndarray, cluster: np.ndarray, chance_links: float, max_union: int) -> tuple[np.ndarray, int, float]:
+    """Rounds of linking the clusters of ``cluster`` until none is made: the merged clusters, links and their chance count."""
+    n_links, chance = 0, 0.0
+    cluster = np.unique(cluster, return_inverse=True)[1].astype(np.int64)
+    for _ in range(30):  # rounds of merging; each round is vectorised over units
+        units, unit_rep = _union_sets(sets, cluster, rep, int(cluster.max(initial=-1)) + 1, max_union)
+        i, j, expected = _significant_links(units, unit_rep, chance_links)
+        if i.size == 0:
+            break
+        n_units = units.shape[0]
+        graph = sp.coo_matrix((np.ones(i.size, dtype=np.int8), (i, j)), shape=(n_units, n_units))
+        n_comp, comp = connected_components(graph, directed=False)
+        n_links += int(i.size)
+        chance += float(expected.sum())
+        if n_comp == n_units:
+            break
+        cluster = comp.astype(np.int64)[cluster]
+    return np.unique(cluster, return_inverse=True)[1].astype(np.int64), n_links, chance
+
+
+def _significant_links(sets: np.ndarray, rep: np.ndarray, chance_links: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Links between units (rows of ``sets``): identical non-empty sets, and overlaps beyond chance."""
+    present = sets > 0
+    k = present.sum(axis=1)
+    logf = np.log(np.maximum(_frequencies(sets, rep), 1e-300))
+    n_rep = np.bincount(rep)[rep].astype(np.float64)
+    i, j, overlap, shared_logf = _shared_guide_pairs(sets, k, rep, logf)
+    # From the larger unit's side: a large union would otherwise collect small units by chance.
+    a = np.maximum(k[i], k[j])
+    expected = n_rep[i] * comb(a, overlap) * np.exp(shared_logf)
+    keep = expected <= chance_links
+    si, sj = _identical_set_links(sets, present, rep)
+    return (
+        np.concatenate([i[keep], si]),
+        np.concatenate([j[keep], sj]),
+        np.concatenate([expected[keep], np.zeros(si.size)]),
+    )
+
+
+def _union_sets(sets: np.ndarray, cluster: np.ndarray, rep: np.ndarray, n_clusters: int, max_union: int) -> tuple[np.ndarray, np.ndarray]:
+    """(C, U) union of each cluster's cells' guide sets (0 pads; emptied above ``max_union``) and each cluster's replicate."""
+    present = sets > 0
+    cell = np.broadcast_to(np.arange(sets.shape[0])[:, None], sets.shape)[present]
+    base = int(sets.max(initial=0)) + 1
+    pairs = np.unique(cluster[cell] * base + sets[present])
+    c_of, g_of = pairs // base, pairs % base
+    size = np.bincount(c_of, minlength=n_clusters)
+    width = max(int(min(size.max(initial=0), max_union)), 1)
+    starts = np.cumsum(size) - size
+    pos = np.arange(pairs.size) - starts[c_of]
+    keep = (size[c_of] <= max_union) & (pos < width)
+    out = np.zeros((n_clusters, width), dtype=np.int64)
+    out[c_of[keep], pos[keep]] = g_of[keep]
+    unit_rep = np.zeros(n_clusters, dtype=np.int64)
+    unit_rep[cluster] = rep
+    return out, unit_rep
+
+
+_RULE = "overlapping guide sets within a replicate (linked where at most {:g} units share as many of their guides by chance)"
+
+
+def _frequencies(sets: np.ndarray, rep: np.ndarray) -> np.ndarray:
+    """(N, W) share of the cell's replicate's cells that show each of its guides (0 at padding)."""
+    present = sets > 0
+    cell = np.broadcast_to(np.arange(sets.shape[0])[:, None], sets.shape)[present]
+    codes, guide = np.unique(sets[present], return_inverse=True)
+    n_rep_levels = int(rep.max(initial=-1)) + 1
+    counts = sp.csr_matrix(
+        (np.ones(guide.size), (rep[cell], guide)), shape=(n_rep_levels, codes.size)
+    ).toarray()
+    share = counts / np.maximum(np.bincount(rep, minlength=n_rep_levels), 1)[:, None]
+    out = np.zeros(sets.shape)
+    out[present] = share[rep[cell], guide]
+    return out
+
+
+def _shared_guide_pairs(
+    sets: np.ndarray, k: np.ndarray, rep: np.ndarray, logf: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Unit pairs (i < j, same replicate) that share at least two guides: how many, and the sum of their log frequencies.
+
+    Every pair of guides of a unit is a key; units with a key in common share both of its
+    guides, and a pair sharing ``o`` guides has ``o (o - 1) / 2`` keys in common, in which
+    each shared guide appears ``o - 1`` times. Keys shared by more than
+    :data:`MAX_KEY_GROUP` units are skipped.
+    """
+    n, w = sets.shape
+    order_slots = np.argsort(np.where(sets > 0, sets, np.iinfo(np.int64).max), axis=1)
+    srt = np.take_along_axis(sets, order_slots, axis=1)
+    lf = np.take_along_axis(logf, order_slots, axis=1)
+    base = int(sets.max(initial=0)) + 1
+    cells, keys, weights = [], [], []
+    for a in range(w - 1):  # a loop over slot pairs; units are vectorised
+        for b in range(a + 1, w):
+            has = np.flatnonzero(k > b)
+            cells.append(has)
+            keys.append(srt[has, a] * base + srt[has, b])
+            weights.append(lf[has, a] + lf[has, b])
+    empty = np.zeros(0, dtype=np.int64)
+    if not cells:
+        return empty, empty, empty, np.zeros(0)
+    cell = np.concatenate(cells)
+    key = np.concatenate(keys)
+    weight = np.concatenate(weights)
+    order = np.lexsort((cell, key, rep[cell]))
+    cell, key, krep, weight = cell[order], key[order], rep[cell[order]], weight[order]
+    new = np.ones(cell.size, dtype=bool)
+    new[1:] = (key[1:] != key[:-1]) | (krep[1:] != krep[:-1])
+    start = np.flatnonzero(new)
+    size = np.diff(np.append(start, cell.size))
+    group_size = np.repeat(size, size)
+    pos = np.arange(cell.size) - np.repeat(start, size)
+    idx = np.flatnonzero((group_size >= 2) & (group_size <= MAX_KEY_GROUP))
+    left, right, wsum = [], [], []
+    d = 1
+    while idx.size:  # a loop over offsets within a key group: all pairs of its units
+        idx = idx[pos[idx] + d < group_size[idx]]
+        left.append(cell[idx])
+        right.append(cell[idx + d])
+        wsum.append(weight[idx])
+        d += 1
+    if not left:
+        return empty, empty, empty, np.zeros(0)
+    i, j, wk = np.concatenate(left), np.concatenate(right), np.concatenate(wsum)
+    lo, hi = np.minimum(i, j), np.maximum(i, j)
+    code, inverse, shared = np.unique(lo * n + hi, return_inverse=True, return_counts=True)
+    overlap = np.rint((1.0 + np.sqrt(1.0 + 8.0 * shared)) / 2.0).astype(np.int64)
+    logf_sum = np.bincount(inverse.ravel(), weights=wk, minlength=code.size) / np.maximum(overlap - 1, 1)
+    return code // n, code % n, overlap, logf_sum
+
+
+def comb(n: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Binomial coefficients C(n, k) elementwise (float)."""
+    from scipy.special import comb as _comb
+
+    return _comb(n, k)
+
+
+def _identical_set_links(sets: np.ndarray, present: np.ndarray, rep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Links from each cell to the first cell of its replicate with the same non-empty guide set."""
+    srt = np.sort(np.where(present, sets, 0), axis=1)
+    nonempty = present.any(axis=1)
+    idx = np.flatnonzero(nonempty)
+    if idx.size == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    table = pd.DataFrame(srt[idx])
+    table["rep"] = rep[idx]
+    group = table.groupby(list(table.columns), sort=False).ngroup().to_numpy()
+    first = np.full(int(group.max()) + 1, -1, dtype=np.int64)
+    first[group[::-1]] = idx[::-1]
+    anchor = first[group]
+    keep = anchor != idx
+    return idx[keep], anchor[keep]
+
+
+def impute_clone_guides(
+    guide_ids: np.ndarray, mask: np.ndarray, ntc_ids: np.ndarray, cluster: np.ndarray, kmax: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Give every cell of a clone the union of its clone's detected guides.
+
+    Parameters
+    ----------
+    guide_ids, mask
+        (N, Kmax) padded targeting guide ids (0: NTC or padding) and the mask of real
+        entries (NTC entries are id 0 with mask 1).
+    ntc_ids
+        (N, W) NTC ids per cell (0 pads).
+    cluster
+        (N,) clone of each cell.
+    kmax
+        Widest guide list allowed: a clone whose union has more guides keeps its cells'
+        own sets (such a union is more likely two clones merged than one clone).
+
+    Returns
+    -------
+    guide_ids, mask, ntc_ids, burden, n_cells_changed
+        The imputed arrays (the same widths), the burden (guides per cell, NTCs
+        included) and how many cells gained a guide.
+    """
+    n = guide_ids.shape[0]
+    targets = np.where(mask & (guide_ids > 0), guide_ids, 0).astype(np.int64)
+    ntc = np.asarray(ntc_ids, dtype=np.int64)
+    offset = int(targets.max(initial=0)) + 1
+    ids = np.concatenate([targets, np.where(ntc > 0, ntc + offset, 0)], axis=1)
+    present = ids > 0
+    cell = np.broadcast_to(np.arange(n)[:, None], ids.shape)[present]
+    pairs = np.unique(cluster[cell] * (offset + int(ntc.max(initial=0)) + 1) + ids[present])
+    width = offset + int(ntc.max(initial=0)) + 1
+    c_of, g_of = pairs // width, pairs % width
+    union_size = np.bincount(c_of, minlength=int(cluster.max(initial=-1)) + 1)
+    burden_before = present.sum(axis=1)
+    ok = union_size[cluster] <= kmax
+    ok &= union_size[cluster] > burden_before  # only cells that gain a guide change
+    if not ok.any():
+        return guide_ids, mask, ntc_ids, burden_before.astype(np.int64), 0
+    starts = np.concatenate([[0], np.cumsum(union_size)[:-1]])
+    rows = np.flatnonzero(ok)
+    slot = np.arange(kmax)
+    sizes = union_size[cluster[rows]]
+    valid = slot[None, :] < sizes[:, None]
+    member = np.where(valid, starts[cluster[rows]][:, None] + slot[None, :], 0)
+    union = np.where(valid, g_of[member], 0)
+    is_ntc = union >= offset
+    new_ids = guide_ids.copy()
+    new_mask = mask.copy()
+    new_ids[rows] = np.where(valid & ~is_ntc, union, 0)[:, : guide_ids.shape[1]]
+    new_mask[rows] = valid[:, : mask.shape[1]]
+    ntc_sorted = np.sort(np.where(is_ntc, union - offset, 0), axis=1)[:, ::-1]
+    width_ntc = max(ntc.shape[1], int(is_ntc.sum(axis=1).max(initial=0)))
+    new_ntc = np.zeros((n, width_ntc), dtype=ntc.dtype)
+    new_ntc[:, : ntc.shape[1]] = ntc
+    new_ntc[rows] = ntc_sorted[:, :width_ntc]
+    burden = np.where(ok, union_size[cluster], burden_before)
+    return new_ids.astype(guide_ids.dtype), new_mask, new_ntc.astype(ntc_ids.dtype), burden.astype(np.int64), int(ok.sum())
+
+
+def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
+    """Adjusted Rand index of two labellings of the same items (1: identical partitions)."""
+    a = np.unique(np.asarray(a), return_inverse=True)[1]
+    b = np.unique(np.asarray(b), return_inverse=True)[1]
+    table = sp.coo_matrix((np.ones(a.size), (a, b))).tocsr()
+    comb = lambda x: (x * (x - 1) / 2.0).sum()  # noqa: E731
+    index = comb(table.data)
+    ra, rb = comb(np.asarray(table.sum(axis=1)).ravel()), comb(np.asarray(table.sum(axis=0)).ravel())
+    total = a.size * (a.size - 1) / 2.0
+    expected = ra * rb / total if total else 0.0
+    top = 0.5 * (ra + rb)
+    return float((index - expected) / (top - expected)) if top != expected else 1.0

@@ -1,0 +1,102 @@
+"""The linear algebra of the posterior: the inverse of the eliminated Hessian, and what is read off it.
+
+Every quantity the Laplace step needs from the posterior precision ``S`` (the Hessian
+of psi with the clone effects eliminated, :meth:`LaplaceProblem.schur_hessian`) is one
+of: solves with S, the per-gene diagonal blocks of ``S^-1`` (the posterior covariance
+the exports keep), ``S^-1`` at the few columns a clone's cells touch (leverage), and
+``S^-1`` at the columns of the gene/day effects (degrees of freedom).
+:class:`DenseAlgebra` gives them from a dense Cholesky factor.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg as sla
+
+from fatebias_core.errors import FitError
+from fatebias_core.model.design import lower_to_symmetric
+from fatebias_core.model.glmm import LaplaceProblem
+
+# Dense (K P)^2 Hessians above this many rows use too much memory for a workstation.
+MAX_LAPLACE_DIM = 16000
+
+
+class DenseAlgebra:
+    """``S^-1`` from a dense Cholesky factorisation of the (K P, K P) eliminated Hessian.
+
+    Parameters
+    ----------
+    problem
+        The problem ``hessian`` belongs to (for the within-gene centring).
+    hessian
+        (K P, K P) eliminated Hessian, prior included; overwritten.
+    """
+
+    def __init__(self, problem: LaplaceProblem, hessian: np.ndarray):
+        self.problem = problem
+        self.size = hessian.shape[0]
+        # The symmetric Hessian's transpose is itself and a Fortran-ordered view of it:
+        # LAPACK's upper-triangular routines then work in place without a copy.
+        chol, info = sla.lapack.dpotrf(hessian.T, lower=0, clean=1, overwrite_a=1)
+        if info != 0:
+            raise FitError("the Laplace Hessian at the mode is not positive definite; use posterior_method: meanfield")
+        self.chol = chol  # upper, Fortran-ordered: S = R^T R
+        inv, info = sla.lapack.dpotri(chol.copy(order="F"), lower=0, overwrite_c=1)
+        if info != 0:
+            raise FitError("the Laplace Hessian at the mode is not invertible")
+        self.inv = np.ascontiguousarray(lower_to_symmetric(inv.T))
+        self._effective: np.ndarray | None = None
+
+    def solve(self, rhs: np.ndarray) -> np.ndarray:
+        """``S^-1 rhs`` for a (K P,) or (K P, m) right-hand side."""
+        return sla.cho_solve((self.chol, False), rhs, check_finite=False)
+
+    def blocks(self, index: np.ndarray) -> np.ndarray:
+        """(L, B, B) diagonal blocks of ``S^-1`` at the (L, B) indices."""
+        return self.inv[index[:, :, None], index[:, None, :]]
+
+    def diagonal(self) -> np.ndarray:
+        return np.diag(self.inv).copy()
+
+    def columns(self, cols: np.ndarray) -> np.ndarray:
+        """(K P, m) columns of ``S^-1``."""
+        return self.inv[:, cols]
+
+    @property
+    def effective(self) -> np.ndarray:
+        """``T S^-1 T^T``: the covariance of the effective parameters (u replaced by delta).
+
+        ``T`` is block-diagonal over the contrasts with ``T_k`` the within-gene centring,
+        so that ``x_raw,k (T S^-1 T^T)_kj x_raw,j^T = (x T)_k S^-1_kj (x T)_j^T``: a
+        cell's raw design row reads its linear predictor's covariance off it.
+        """
+        if self._effective is None:
+            K, P = self.problem.n_contrasts, self.problem.layout.size
+            out = self.inv.copy()
+            for k in range(K):
+                for j in range(K):
+                    self.problem.centre_block_inplace(out[k * P : (k + 1) * P, j * P : (j + 1) * P], k, j)
+            self._effective = out
+        return self._effective
+
+    def prior_trace(self) -> float:
+        """``tr(S^-1 Q)``: the prior's share of the posterior (parameters minus effective degrees of freedom)."""
+        p = self.problem
+        K, P, lay = p.n_contrasts, p.layout.size, p.layout
+        val = float((np.diag(self.inv) * p.prior_diag.ravel()).sum())
+        D = lay.n_days
+        for k in range(K):
+            base = k * P + lay.theta.start + np.arange(lay.n_genes)[:, None] * D + np.arange(D)[None, :]
+            blocks = self.inv[base[:, :, None], base[:, None, :]]
+            val += float(np.einsum("lde,ed->", blocks, p.rw_precision[k]))
+        return val
+
+
+def check_dense_size(size: int, n_guides: int, n_genes: int, n_contrasts: int) -> None:
+    """Raise a one-line error when the dense system would be too large."""
+    if size > MAX_LAPLACE_DIM:
+        raise FitError(
+            f"posterior_method laplace/bootstrap needs a dense {size} x {size} Hessian for {n_guides} guides, "
+            f"{n_genes} genes and {n_contrasts} contrasts (limit {MAX_LAPLACE_DIM}); "
+            "set posterior_method: meanfield for a screen this large"
+        )
