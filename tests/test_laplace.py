@@ -1,41 +1,52 @@
-"""The Laplace approximation: gradient and Hessian, the mode, dispersion, per-gene blocks."""
+"""The Laplace step: the GLMM with clone effects, its Newton mode, the algebra, empirical Bayes, CR2."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
 
-from fatebias_core.model.laplace import (
-    LaplaceProblem,
+from fatebias_core.checks.simulate import simulate_experiment
+from fatebias_core.config import make_config
+from fatebias_core.data.load import load_experiment
+from fatebias_core.model.algebra import DenseAlgebra
+from fatebias_core.model.design import (
     Layout,
     centre_within_gene,
-    design_matrix,
     gene_blocks,
     guide_slots,
-    newton_mode,
-    nuisance_problem,
     pearson_dispersion,
     random_walk_precision,
     thread_map,
 )
+from fatebias_core.model.empirical_bayes import clone_cov_moments, sigma_guide_update
+from fatebias_core.model.fate_model import Priors
+from fatebias_core.model.glmm import newton_mode, optimise_clone_effects
+from fatebias_core.model.laplace import LaplaceSettings, build_problem, laplace_posterior, nuisance_start
+from fatebias_core.model.robust import bm_degrees_of_freedom, clone_pass, t_scale
+
+SMALL = dict(
+    sim_n_cells=1500, sim_n_genes=8, sim_n_guides=24, sim_n_ntc_guides=6, sim_kmax=4, sim_active_frac=0.25,
+    sim_clone_size_mean=5.0, sim_clone_bias_sd=0.5, progress=False,
+)
 
 
-@pytest.fixture()
-def problem(tiny_sim) -> LaplaceProblem:
-    exp = tiny_sim.experiment
-    cells, guides = exp.cells, exp.guides
-    lay = Layout(cells.n_days, cells.n_reps, guides.n_genes, guides.n_guides)
-    gene0 = guides.gene_of_guide[1:] - 1
-    K = 2
-    prior = np.zeros((K, lay.size))
-    prior[:, lay.a], prior[:, lay.b], prior[:, lay.c], prior[:, lay.u] = 0.25, 4.0, 4.0, 1.0
-    return LaplaceProblem(
-        X=design_matrix(exp), layout=lay, p=cells.fate_probs.astype(np.float64), ref_index=0,
-        contrast_index=np.array([1, 2]), gene_of_guide=gene0,
-        guides_per_gene=np.bincount(gene0).astype(float), sigma_guide=np.array([0.2, 0.3]),
-        prior_diag=prior, rw_precision=np.stack([random_walk_precision(1.0, [0.5] * (cells.n_days - 1))] * K),
-        weight=3.0,
-    )
+@pytest.fixture(scope="module")
+def clone_problem():
+    cfg = make_config(SMALL)
+    sim = simulate_experiment(cfg)
+    exp = load_experiment(cfg, verbose=False, adata=sim.adata, guide_map=sim.guide_map)
+    K, D = 2, exp.cells.n_days
+    hyper = {"tau": np.ones(K), "sigma_time": np.full((K, D - 1), 0.5), "sigma_guide": np.array([0.2, 0.3])}
+    problem = build_problem(exp, cfg.contrast_fates, cfg.ref_fate, Priors.from_config(cfg), hyper, 20.0, np.array([[0.3, 0.05], [0.05, 0.2]]))
+    return problem, exp, cfg
+
+
+def _profile(problem, psi, beta0):
+    """The clone effects at their optimum given psi, and the objective there (psi's profile)."""
+    beta = optimise_clone_effects(problem, psi, beta0, max_iter=60, tol=1e-14)
+    return beta, problem.objective(psi, beta)
 
 
 def test_random_walk_precision_inverts_the_walk_covariance():
@@ -45,58 +56,159 @@ def test_random_walk_precision_inverts_the_walk_covariance():
     np.testing.assert_allclose(random_walk_precision(s[0], s[1:]), np.linalg.inv(cov), atol=1e-10)
 
 
-def test_gradient_and_hessian_match_finite_differences(problem):
+def test_eliminated_gradient_and_hessian_are_those_of_the_profile(clone_problem):
+    """With the clone effects at their optimum given psi, the Schur gradient and Hessian are the profile's derivatives."""
+    problem, _, _ = clone_problem
     rng = np.random.default_rng(0)
-    K, P = 2, problem.layout.size
-    psi = 0.1 * rng.standard_normal((K, P))
-    grad, hess, _ = problem.gradient_and_hessian(psi)
-    for flat in rng.choice(K * P, 6, replace=False):
+    K, P = problem.n_contrasts, problem.layout.size
+    psi = 0.05 * rng.standard_normal((K, P))
+    beta, _ = _profile(problem, psi, np.zeros((problem.n_clusters, K)))
+    g, g_beta, pi = problem.gradients(psi, beta)
+    assert np.abs(g_beta).max() < 1e-6  # the clone effects are at their optimum
+    curv = problem.curvature(pi)
+    hess = problem.schur_hessian(curv)
+    g_elim = problem.eliminated_gradient(g, g_beta, curv)
+    h = 1e-5
+    for flat in rng.choice(K * P, 5, replace=False):
         e = np.zeros(K * P)
-        e[flat] = 1e-5
-        up, dn = psi + e.reshape(K, P), psi - e.reshape(K, P)
-        num = (problem.objective(up) - problem.objective(dn)) / 2e-5
-        assert num == pytest.approx(grad[flat], rel=1e-4, abs=1e-4)
-        g_up, _, _ = problem.gradient_and_hessian(up)
-        g_dn, _, _ = problem.gradient_and_hessian(dn)
-        np.testing.assert_allclose((g_up - g_dn) / 2e-5, hess[:, flat], rtol=1e-3, atol=1e-3)
+        e[flat] = h
+        up = psi + e.reshape(K, P)
+        dn = psi - e.reshape(K, P)
+        b_up, f_up = _profile(problem, up, beta)
+        b_dn, f_dn = _profile(problem, dn, beta)
+        assert (f_up - f_dn) / (2 * h) == pytest.approx(g_elim.ravel()[flat], rel=1e-4, abs=1e-4)
+        gu = problem.eliminated_gradient(*problem.gradients(up, b_up)[:2], curv)
+        gd = problem.eliminated_gradient(*problem.gradients(dn, b_dn)[:2], curv)
+        np.testing.assert_allclose((gu - gd).ravel() / (2 * h), hess[:, flat], rtol=2e-3, atol=2e-3)
 
 
-def test_newton_reaches_a_stationary_point(problem):
-    K, P = 2, problem.layout.size
-    res = newton_mode(problem, np.zeros((K, P)))
+def test_newton_reaches_the_joint_mode(clone_problem):
+    problem, _, _ = clone_problem
+    res = newton_mode(problem, nuisance_start(problem))
     assert res.converged
-    grad, _, _ = problem.gradient_and_hessian(res.psi)
-    assert np.abs(grad).max() < 1e-4
-    assert np.allclose(res.cov, res.cov.T)
-    assert np.all(np.linalg.eigvalsh(res.cov) > 0)
+    g, g_beta, _ = problem.gradients(res.psi, res.beta)
+    assert np.abs(g).max() < 1e-4 and np.abs(g_beta).max() < 1e-5
 
 
-def test_mode_without_covariance_and_the_nuisance_only_problem(problem):
-    K, P = 2, problem.layout.size
-    full = newton_mode(problem, np.zeros((K, P)))
-    mode = newton_mode(problem, np.zeros((K, P)), covariance=False)
-    assert mode.cov is None and mode.n_iter == full.n_iter
-    np.testing.assert_array_equal(mode.psi, full.psi)
-    np.testing.assert_allclose(mode.pi, full.pi, rtol=1e-10)
-    # The nuisance-only problem is the full one with the guide terms fixed at 0.
-    nuis = nuisance_problem(problem)
-    n0 = problem.layout.theta.start
-    assert nuis.layout.size == n0 and nuis.X.shape == (problem.X.shape[0], n0)
+def test_no_clone_effect_is_the_limit_of_a_tiny_clone_covariance(clone_problem):
+    problem, _, _ = clone_problem
+    tiny = problem.with_hyper(clone_cov=np.eye(2) * 1e-10)
+    none = problem.with_hyper(clone_cov=None)
+    psi0 = nuisance_start(none)
+    a, b = newton_mode(tiny, psi0), newton_mode(none, psi0)
+    np.testing.assert_allclose(a.psi, b.psi, atol=1e-6)
+    np.testing.assert_allclose(a.hessian, b.hessian, rtol=1e-6, atol=1e-6)
+
+
+def test_dense_algebra_inverts_and_reads_blocks(clone_problem):
+    problem, _, _ = clone_problem
+    res = newton_mode(problem, nuisance_start(problem))
+    algebra = DenseAlgebra(problem, res.hessian.copy())
+    inv = np.linalg.inv(res.hessian)
+    np.testing.assert_allclose(algebra.inv, inv, rtol=1e-8, atol=1e-10)
+    rhs = np.random.default_rng(2).standard_normal(inv.shape[0])
+    np.testing.assert_allclose(algebra.solve(rhs), inv @ rhs, rtol=1e-8, atol=1e-10)
+    index, _ = gene_blocks(problem.layout, problem.gene_of_guide, problem.n_contrasts)
+    np.testing.assert_allclose(algebra.blocks(index)[3], inv[np.ix_(index[3], index[3])], rtol=1e-8, atol=1e-12)
+    Q = problem.prior_hessian()
+    assert algebra.prior_trace() == pytest.approx(float(np.trace(inv @ Q)), rel=1e-8)
+
+
+def test_clone_effect_covariance_includes_psi_uncertainty(clone_problem):
+    """The clone pass's posterior covariance of a clone's effect is that block of the joint inverse Hessian."""
+    problem, _, _ = clone_problem
+    res = newton_mode(problem, nuisance_start(problem))
+    algebra = DenseAlgebra(problem, res.hessian.copy())
+    cp = clone_pass(problem, res, algebra, robust=False)
+    K, P, C = problem.n_contrasts, problem.layout.size, problem.n_clusters
+    W, B = res.curvature.W, res.curvature.B
+    # H_psi,b: for contrast k and clone effect j, sum over a clone's cells of (x_i T_k) W_i[k, j]
+    H_pb = np.zeros((K * P, C * K))
+    for k in range(K):
+        for j in range(K):
+            rows = (problem.cluster_of.multiply(W[:, k, j][None, :]) @ problem.X).toarray()  # (C, P) raw
+            H_pb[k * P : (k + 1) * P, j::K] = problem.centre_rows(rows.T, k)
+    B_full = np.zeros((C * K, C * K))
+    for c in range(C):
+        B_full[c * K : (c + 1) * K, c * K : (c + 1) * K] = B[c]
+    H_pp = res.hessian + H_pb @ np.linalg.solve(B_full, H_pb.T)  # undo the elimination
+    inv = np.linalg.inv(np.block([[H_pp, H_pb], [H_pb.T, B_full]]))
+    for c in (0, C // 2, C - 1):
+        at = K * P + c * K
+        np.testing.assert_allclose(cp.beta_cov[c], inv[at : at + K, at : at + K], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(inv[: K * P, : K * P], algebra.inv, rtol=1e-6, atol=1e-9)
+
+
+def test_moment_estimate_finds_the_clone_variance_and_none_without_clones():
+    out = {}
+    for bias in (0.0, 0.8):
+        cfg = make_config({**SMALL, "sim_n_cells": 4000, "sim_clone_bias_sd": bias, "sim_seed": 5})
+        sim = simulate_experiment(cfg)
+        exp = load_experiment(cfg, verbose=False, adata=sim.adata, guide_map=sim.guide_map)
+        K, D = 2, exp.cells.n_days
+        hyper = {"tau": np.ones(K), "sigma_time": np.full((K, D - 1), 0.5), "sigma_guide": np.full(K, 0.1)}
+        problem = build_problem(exp, cfg.contrast_fates, cfg.ref_fate, Priors.from_config(cfg), hyper, 51.0)
+        res = newton_mode(problem, nuisance_start(problem), hessian_at_mode=False)
+        out[bias] = np.sqrt(np.diag(clone_cov_moments(problem, res)))
+    assert (out[0.0] < 0.05).all()
+    assert (out[0.8] > 0.3).all()
+
+
+def test_empirical_bayes_recovers_the_simulated_hyperparameters():
+    """Known clones (labels), Dirichlet noise of concentration 50: w near 51, sigma_guide near 0.1, clone SD near 0.6."""
+    cfg = make_config({**SMALL, "sim_n_cells": 6000, "sim_n_genes": 20, "sim_n_guides": 120, "sim_clone_size_mean": 6.0,
+                       "sim_clone_bias_sd": 0.6, "sim_s_guide": 0.1, "sim_seed": 11})
+    sim = simulate_experiment(cfg)
+    exp = load_experiment(cfg, verbose=False, adata=sim.adata, guide_map=sim.guide_map)
+    K, D = 2, exp.cells.n_days
+    hyper = {"tau": np.ones(K), "sigma_time": np.full((K, D - 1), 0.5), "sigma_guide": np.full(K, 0.25)}
+    post = laplace_posterior(exp, cfg.contrast_fates, cfg.ref_fate, Priors.from_config(cfg), None, hyper, 10.0,
+                             LaplaceSettings(uncertainty="model"))
+    p = post.params
+    assert float(p["weight"]) == pytest.approx(51.0, rel=0.15)
+    np.testing.assert_allclose(np.sqrt(np.diag(post.clone_cov)), 0.6, rtol=0.25)
+    assert (np.asarray(p["sigma_guide"]) < 0.25).all() and (np.asarray(p["sigma_guide"]) > 0.02).all()
+
+
+def test_sigma_guide_update_is_a_fixed_point_of_its_own_estimate(clone_problem):
+    problem, _, _ = clone_problem
+    res = newton_mode(problem, nuisance_start(problem))
+    algebra = DenseAlgebra(problem, res.hessian.copy())
+    new = sigma_guide_update(problem, res.psi, algebra)
+    assert new.shape == (2,) and (new > 0).all()
+
+
+def test_robust_degrees_of_freedom_grow_with_the_number_of_clones():
+    """Few clones behind the effects give few degrees of freedom; many give many."""
+    dfs = {}
+    for size in (2.0, 20.0):
+        cfg = make_config({**SMALL, "sim_n_cells": 2000, "sim_clone_size_mean": size, "sim_seed": 4})
+        sim = simulate_experiment(cfg)
+        exp = load_experiment(cfg, verbose=False, adata=sim.adata, guide_map=sim.guide_map)
+        K, D = 2, exp.cells.n_days
+        hyper = {"tau": np.ones(K), "sigma_time": np.full((K, D - 1), 0.5), "sigma_guide": np.full(K, 0.1)}
+        problem = build_problem(exp, cfg.contrast_fates, cfg.ref_fate, Priors.from_config(cfg), hyper, 20.0, np.eye(2) * 0.25)
+        res = newton_mode(problem, nuisance_start(problem))
+        algebra = DenseAlgebra(problem, res.hessian.copy())
+        cp = clone_pass(problem, res, algebra, robust=True)
+        index, _ = gene_blocks(problem.layout, problem.gene_of_guide, 2)
+        dfs[size] = np.median(bm_degrees_of_freedom(problem, algebra, cp, index[:, :8].ravel()))
+    assert dfs[20.0] < dfs[2.0] / 3
+
+
+def test_t_scale_widens_more_at_a_smaller_tail_and_not_at_all_with_many_degrees_of_freedom():
+    assert t_scale(np.array([1e6]), 0.0125)[0] == pytest.approx(1.0, abs=1e-4)
+    assert t_scale(np.array([10.0]), 0.0125)[0] > t_scale(np.array([10.0]), 0.05)[0] > 1.0
+
+
+def test_pearson_dispersion_of_dirichlet_noise_and_its_leverage():
     rng = np.random.default_rng(1)
-    psi = np.zeros((K, P))
-    psi[:, :n0] = rng.standard_normal((K, n0))
-    assert nuis.objective(psi[:, :n0]) == pytest.approx(problem.objective(psi), rel=1e-12)
-    res = newton_mode(nuis, np.zeros((K, n0)), covariance=False)
-    grad, _, _ = nuis.gradient_and_hessian(res.psi)
-    assert res.converged and np.abs(grad).max() < 1e-4
-
-
-def test_pearson_dispersion_of_dirichlet_noise():
-    rng = np.random.default_rng(1)
-    pi = rng.dirichlet(np.ones(3) * 3, size=20000)
+    pi = rng.dirichlet(np.ones(3) * 3, size=5000)
     for c in (10.0, 50.0, 200.0):
-        p = np.stack([rng.dirichlet(c * row) for row in pi[:5000]])
-        assert pearson_dispersion(p, pi[:5000]) == pytest.approx(1 / (c + 1), rel=0.08)
+        p = np.stack([rng.dirichlet(c * row) for row in pi])
+        assert pearson_dispersion(p, pi) == pytest.approx(1 / (c + 1), rel=0.08)
+        # Residuals half absorbed by a fit are half the noise: the leverage says so.
+        assert pearson_dispersion(p, pi, 0.5) == pytest.approx(2 * pearson_dispersion(p, pi), rel=1e-12)
 
 
 def test_centre_within_gene_and_slots():
@@ -122,11 +234,11 @@ def test_gene_blocks_index_theta_then_guides():
 
 
 def test_too_large_a_screen_is_refused_before_fitting(tiny_sim, monkeypatch):
-    import fatebias_core.model.laplace as lap
+    import fatebias_core.model.algebra as alg
     from fatebias_core.errors import FitError
     from fatebias_core.model.inference import fit
 
-    monkeypatch.setattr(lap, "MAX_LAPLACE_DIM", 10)
+    monkeypatch.setattr(alg, "MAX_LAPLACE_DIM", 10)
     with pytest.raises(FitError, match="posterior_method: meanfield"):
         fit(tiny_sim.experiment, tiny_sim.config)
 
@@ -135,3 +247,15 @@ def test_thread_map_keeps_order_and_results():
     items = list(range(37))
     assert thread_map(lambda x: x * x, items) == [x * x for x in items]
     assert thread_map(lambda x: x, []) == []
+
+
+def test_model_based_posterior_is_the_same_fit_with_the_model_covariance(clone_problem):
+    _, exp, cfg = clone_problem
+    K, D = 2, exp.cells.n_days
+    hyper = {"tau": np.ones(K), "sigma_time": np.full((K, D - 1), 0.5), "sigma_guide": np.full(K, 0.2)}
+    post = laplace_posterior(exp, cfg.contrast_fates, cfg.ref_fate, Priors.from_config(cfg), None, hyper, 20.0,
+                             dataclasses.replace(LaplaceSettings(), estimate_sigma_guide=False, estimate_weight=False))
+    model = post.model_based()
+    np.testing.assert_array_equal(model.params["theta"], post.params["theta"])
+    assert "theta_df" in post.params and "theta_df" not in model.params
+    assert not np.allclose(model.params["block_cov"], post.params["block_cov"])

@@ -51,10 +51,37 @@ def _openblas_controls() -> tuple[tuple[Callable[[], int], Callable[[int], None]
 def single_threaded_blas() -> Iterator[None]:
     """Limit every loaded OpenBLAS to one thread inside the block."""
     controls = _openblas_controls()
+    _default_threads()
     previous = [get() for get, _ in controls]
     try:
         for _, put in controls:
             put(1)
+        yield
+    finally:
+        for (_, put), n in zip(controls, previous, strict=True):
+            put(n)
+
+
+#: Dense problems at least this large are factorised with every BLAS thread; smaller ones
+#: on one (the thread hand-offs cost more than they save, badly so on a busy machine).
+THREADED_DIM = 3000
+
+
+@functools.lru_cache(maxsize=1)
+def _default_threads() -> tuple[int, ...]:
+    """Each loaded OpenBLAS's thread count when first asked (its default)."""
+    return tuple(get() for get, _ in _openblas_controls())
+
+
+@contextlib.contextmanager
+def blas_threads_for(dim: int) -> Iterator[None]:
+    """Inside the block, every BLAS thread for a dense problem of ``dim`` rows at least :data:`THREADED_DIM`, else one."""
+    controls = _openblas_controls()
+    defaults = _default_threads()
+    previous = [get() for get, _ in controls]
+    try:
+        for (_, put), n in zip(controls, defaults, strict=True):
+            put(n if dim >= THREADED_DIM else 1)
         yield
     finally:
         for (_, put), n in zip(controls, previous, strict=True):

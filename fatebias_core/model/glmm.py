@@ -32,6 +32,7 @@ import scipy.sparse as sp
 from scipy.special import log_softmax, softmax
 
 from fatebias_core.errors import FitError
+from fatebias_core.mash.blas_threads import blas_threads_for
 from fatebias_core.model.design import Layout, thread_map
 
 log = logging.getLogger("fatebias.laplace")
@@ -453,7 +454,8 @@ def newton_mode(
         hess = problem.schur_hessian(curv)
         g_elim = problem.eliminated_gradient(g, g_beta, curv)
         try:
-            chol = sla.cho_factor(hess, lower=True, check_finite=False)
+            with blas_threads_for(K * P):
+                chol = sla.cho_factor(hess, lower=True, check_finite=False)
         except np.linalg.LinAlgError:
             raise FitError("the Laplace Hessian is not positive definite; use posterior_method: meanfield") from None
         dpsi = -sla.cho_solve(chol, g_elim.ravel(), check_finite=False).reshape(K, P)

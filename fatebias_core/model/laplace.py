@@ -22,6 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from fatebias_core.errors import FitError
+from fatebias_core.mash.blas_threads import single_threaded_blas
 from fatebias_core.model.algebra import MAX_LAPLACE_DIM, check_dense_size
 from fatebias_core.model.design import (
     Layout,
@@ -234,6 +235,23 @@ def laplace_posterior(
     """
     K = len(contrast_fates)
     check_laplace_size(experiment, K)
+    # Everything here is small dense algebra (per clone, per gene) or sparse products, on
+    # one BLAS thread each; only the factorisations of a large Hessian use them all.
+    with single_threaded_blas():
+        return _laplace_posterior(experiment, contrast_fates, ref_fate, priors, start, hyper, weight, settings, clone_cov)
+
+
+def _laplace_posterior(
+    experiment: Experiment,
+    contrast_fates: list[str],
+    ref_fate: str,
+    priors,
+    start: dict[str, np.ndarray] | None,
+    hyper: dict[str, np.ndarray],
+    weight: float,
+    settings: LaplaceSettings,
+    clone_cov: np.ndarray | None,
+) -> LaplacePosterior:
     problem = build_problem(experiment, contrast_fates, ref_fate, priors, hyper, weight)
     psi0 = nuisance_start(problem) if start is None else pack_psi(problem, start)
     cov0 = None
