@@ -66,8 +66,7 @@ class FatebiasConfig(BaseModel):
     day_key: str = _f("day", "obs column of day labels (e.g. d0..d3), ordered by the number in the label.", "inputs")
     day_order: list[str] | None = _f(None, "Day labels in time order, for labels without a number (e.g. [baseline, day two, day four]); null: ordered by the number in each label. Output columns are then named d0, d1, ... by position.", "inputs")
     clone_key: str = _f("clone", "obs column of clone labels (lineage barcodes). Without it, clones are inferred from overlapping detected guide sets within a replicate (clone_chance_links).", "inputs")
-    clone_chance_links: float = _f(0.3, "Inferred clones (no clone_key): cells (and clusters found so far) of a replicate are linked when at most this many units are expected to share as many of their detected guides by chance; clones are the linked groups, the units of the clone effect and of the cluster-robust covariance. Smaller: fewer unrelated clones merged (a little more power), more clones split (intervals too narrow).", "inputs", gt=0)
-    clone_guides_chance_links: float = _f(0.01, "Inferred clones: the stricter threshold of the groups whose cells share their detected guides (clone_guides: union); at most clone_chance_links.", "inputs", gt=0)
+    clone_chance_links: float = _f(0.3, "Inferred clones (no clone_key): cells (and clusters found so far) of a replicate are linked when at most this many units are expected to share as many of their detected guides by chance; clones are the linked groups: the units of the clone effect and of the cluster-robust covariance, whose cells share their detected guides (clone_guides). Smaller: fewer unrelated clones merged (fewer foreign guides, a little more power), more clones split (intervals too narrow).", "inputs", gt=0)
     drop_unplaced_cells: bool = _f(True, "Inferred clones with incomplete guide capture (estimated detection below 0.95): cells that show fewer than two guides cannot be placed in their clone, whose effect they share, so they are left out of the fit (listed in dropped_cells.csv). false: keep them as clones of their own.", "inputs")
     clone_guides: Literal["union", "observed"] = _f("union", "Guides of a cell in a clone of several cells: union gives every cell its clone's detected guides (a cell carries its clone's guides whether or not they were captured); observed keeps each cell's own.", "inputs")
     Kmax: int = _f(20, "Maximum guides per cell (NTCs count); cells with more are dropped and counted.", "inputs", ge=1)
@@ -253,11 +252,6 @@ class FatebiasConfig(BaseModel):
             self._check_fixed_sigma_guide(self.fixed_sigma_guide)
         if self.fixed_clone_cov is not None:
             self._check_fixed_clone_cov(self.fixed_clone_cov)
-        if self.clone_guides_chance_links > self.clone_chance_links:
-            raise ValueError(
-                f"clone_guides_chance_links ({self.clone_guides_chance_links}) must be at most clone_chance_links "
-                f"({self.clone_chance_links}): its groups lie within clones"
-            )
         return self
 
     def _check_fixed_sigma_guide(self, values: list[float]) -> None:

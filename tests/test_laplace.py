@@ -23,7 +23,12 @@ from fatebias_core.model.design import (
 from fatebias_core.model.empirical_bayes import clone_cov_moments, sigma_guide_update
 from fatebias_core.model.fate_model import Priors
 from fatebias_core.model.glmm import newton_mode, optimise_clone_effects
-from fatebias_core.model.laplace import LaplaceSettings, build_problem, laplace_posterior, nuisance_start
+from fatebias_core.model.laplace import (
+    LaplaceSettings,
+    build_problem,
+    laplace_posterior,
+    nuisance_start,
+)
 from fatebias_core.model.robust import bm_degrees_of_freedom, clone_pass, t_scale
 
 SMALL = dict(

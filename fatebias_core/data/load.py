@@ -858,10 +858,7 @@ def _clones(
     """The clones of the kept cells: lineage-barcode labels, or inferred from the detected guide sets."""
     if clone is not None:
         return clones_from_labels(clone.astype(str).to_numpy()[keep], f"obs[{config.clone_key!r}] (clone_key)")
-    return clones_from_guides(
-        guide_sets(guide_ids, mask, ntc_ids), rep, config.clone_chance_links, config.clone_guides_chance_links,
-        max_union=config.Kmax + 5,
-    )
+    return clones_from_guides(guide_sets(guide_ids, mask, ntc_ids), rep, config.clone_chance_links, max_union=config.Kmax + 5)
 
 
 def guide_sets(guide_ids: np.ndarray, mask: np.ndarray, ntc_ids: np.ndarray) -> np.ndarray:
@@ -1012,9 +1009,9 @@ def load_experiment(
     detected = mask.sum(axis=1) + (ntc_ids > 0).sum(axis=1) - (mask & (guide_ids == 0)).sum(axis=1)
     unplaced = _unplaced(config, clones, detected)
     n_imputed = 0
-    if config.clone_guides == "union":
-        groups = clones.cluster if clones.strict is None else clones.strict
-        guide_ids, mask, ntc_ids, burden, n_imputed = impute_clone_guides(guide_ids, mask, ntc_ids, groups, config.Kmax)
+    # Where sister cells show their clone's whole set, a union adds only chance-merged clones' guides.
+    if config.clone_guides == "union" and clones.detection < DETECTION_COMPLETE:
+        guide_ids, mask, ntc_ids, burden, n_imputed = impute_clone_guides(guide_ids, mask, ntc_ids, clones.cluster, config.Kmax)
     placed = ~unplaced
     if unplaced.any():
         guide_ids, mask, ntc_ids, burden = guide_ids[placed], mask[placed], ntc_ids[placed], burden[placed]

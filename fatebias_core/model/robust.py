@@ -51,9 +51,9 @@ class ClonePass:
     adjusted
         (N, K) CR2-adjusted residuals (None unless asked for).
     factors
-        Per chunk of clones, ``(cells, valid, F)`` with ``F = (I - A_c)^-1/2 M_c^1/2``
-        (n_cl, m K, m K): a clone's pull on an effect is ``F`` times its cells' linear
-        predictors' change (None unless asked for).
+        Per chunk of clones, ``(cells, valid, M^1/2)`` (n_cl, m K, m K): a clone's
+        model-based share of an effect's variance is the squared norm of ``M_c^1/2``
+        times its cells' linear predictors' change (None unless asked for).
     """
 
     beta_cov: np.ndarray | None
@@ -209,7 +209,7 @@ def clone_pass(
         inv_root = np.einsum("nij,nj,nkj->nik", vec, 1.0 / np.sqrt(1.0 - lam), vec)
         r = np.where(np.repeat(valid, K, axis=1), resid[flat].reshape(n_cl, m * K), 0.0)
         adj = np.einsum("cij,cj->ci", m_half @ inv_root @ m_ihalf, r).reshape(n_cl, m, K)
-        return h_partial, v_psi, adj, inv_root @ m_half
+        return h_partial, v_psi, adj, m_half
 
     chunks = padded_clusters(clusters, max_cells, np.diff(X.indptr))
     for (cells, valid), (h, v_psi, adj, f) in zip(chunks, thread_map(one, chunks), strict=True):
@@ -263,17 +263,19 @@ def _blocks_of_product(left: np.ndarray, right: np.ndarray, index: np.ndarray, g
 def bm_degrees_of_freedom(
     problem: LaplaceProblem, algebra: DenseAlgebra, cp: ClonePass, effects: np.ndarray, chunk: int = 128
 ) -> np.ndarray:
-    """Bell-McCaffrey degrees of freedom of the cluster-robust variance of each effect (a lower bound).
+    """Bell-McCaffrey degrees of freedom of the cluster-robust variance of each effect.
 
     For an effect ``l`` (an index into the parameters) the robust variance is
-    ``h^T Q h + sum_c g_c^2`` with ``h = S^-1 e_l`` and ``g_c`` clone c's CR2-adjusted
-    pull on it, a quadratic form in the residuals. Under the working model its mean is
-    ``S^-1_ll`` and its variance at most ``2 sum_c nu_c^2`` with
-    ``nu_c = ||(I - A_c)^-1/2 M_c^1/2 X_c h||^2`` (the covariance of the residuals,
-    ``I - A``, is below the identity), so ``(S^-1_ll)^2 / sum_c nu_c^2`` is at most the
-    Satterthwaite degrees of freedom of the variance: few clones behind an effect, or
-    one clone dominating it, give few. Unlike counting effective clusters from the
-    realised residuals, it does not depend on the noise it is meant to describe.
+    ``v = h^T Q h + sum_c g_c^2`` with ``h = S^-1 e_l`` and ``g_c`` clone c's CR2-adjusted
+    pull on it, a quadratic form in the residuals. Under the working model, CR2 makes
+    each clone's expected share ``E[g_c^2] = mu_c = ||M_c^1/2 X_c h||^2`` (its
+    model-based share of the variance) and ``E[v] = S^-1_ll``; the variance of ``v`` is
+    ``2 sum_c mu_c^2`` plus terms in the leverage between different clones, which are
+    dropped. The Satterthwaite degrees of freedom are then ``(S^-1_ll)^2 / sum_c mu_c^2``:
+    the effective number of clones behind the effect, weighted by what each contributes
+    under the model rather than by its realised residuals (which would make the
+    variance's uncertainty depend on the noise it is meant to describe). Few clones
+    behind an effect, or one clone dominating it, give few.
     """
     K, P = problem.n_contrasts, problem.layout.size
     X = problem.X
@@ -288,8 +290,8 @@ def bm_degrees_of_freedom(
         for cells, valid, f in cp.factors:
             n_cl, m = cells.shape
             yc = np.where(np.repeat(valid, K, axis=1)[:, :, None], Y[cells.ravel()].reshape(n_cl, m * K, cols.size), 0.0)
-            nu = ((f @ yc) ** 2).sum(axis=1)
-            out += (nu**2).sum(axis=0)
+            mu = ((f @ yc) ** 2).sum(axis=1)
+            out += (mu**2).sum(axis=0)
         return out
 
     for start, val in zip(range(0, effects.size, chunk), thread_map(part, range(0, effects.size, chunk)), strict=True):

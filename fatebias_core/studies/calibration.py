@@ -32,8 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import beta as beta_dist
 from scipy.stats import norm
 
+from fatebias_core.checks.ntc import ntc_calibration
 from fatebias_core.checks.simulate import simulate_experiment
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.data.clones import adjusted_rand_index
@@ -112,18 +114,22 @@ smoothing, logistic-normal noise, uneven knockdown and day x replicate batch off
 coefficient of variation of 1.2; ``*_null`` scenarios have no true effect at all.
 """
 
-METHODS = ("laplace", "laplace_model", "laplace_no_clone_effect", "bootstrap", "meanfield")
+METHODS = ("laplace", "laplace_model", "laplace_no_clone_effect", "naive", "identical_sets", "bootstrap", "meanfield")
 """Inference methods compared: the default (Laplace with the clone random effect and the
 cluster-robust covariance); the same fit's model-based covariance (``uncertainty:
 model``); the cluster-robust Laplace without a clone effect (``clone_effects: false``,
-the previous default's model); the one-step bootstrap over the robust units; the SVI
-mean-field posterior."""
+the previous default's model); two that are known to be too narrow under clones, for
+the NTC check to catch: ``naive`` (no clone effect, model-based covariance) and
+``identical_sets`` (the default, with clones found only as identical guide sets, as the
+previous version did); the one-step bootstrap over clones; the SVI mean-field
+posterior."""
 
 MASH_VARIANTS = {
     "se_inflated": {"mash_se_inflate": 1.5, "mash_se_floor": 0.02},
+    "se_1.2": {"mash_se_inflate": 1.2, "mash_se_floor": 0.0},
     "plain_se": {"mash_se_inflate": 1.0, "mash_se_floor": 0.0},
 }
-"""mash settings compared: the seed's SE inflation and floor, or the SEs as exported."""
+"""mash settings compared: the seed's SE inflation and floor, a milder inflation, or the SEs as exported."""
 
 
 def _interval_coverage(lo: np.ndarray, hi: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -234,21 +240,22 @@ def calibration_run(scenario: str, seed: int, base: FatebiasConfig, methods: Ite
     sim = simulate_experiment(cfg)
     exp = load_experiment(cfg, verbose=False, adata=sim.adata, guide_map=sim.guide_map)
     fate = cfg.contrast_fate
-    fits = _method_fits(exp, cfg, methods)
+    fits = _method_fits(exp, cfg, methods, sim)
     rows: list[dict] = _clone_rows(sim, exp)
     clone_factor = sim.metadata.get("estimand_parts", {}).get(fate, {}).get("clone", 1.0)
     for method in methods:
-        res, c, runtime = fits[method]
+        res, c, runtime, *own = fits[method]
         summary = summarise_posterior(res, c)
         # Scored against the estimand the method targets: effects on a cell's mean fate
         # probabilities given its clone (with a clone effect), or averaged over clones too.
         truth = sim.truth_estimand[fate].set_index("gene").loc[summary.gene_names].to_numpy()
-        if method in ("laplace_no_clone_effect", "meanfield") or not res.info.get("clone_effects", True):
+        if not res.info.get("clone_effects", False):
             truth = truth * clone_factor
         cs = summary.contrasts[fate]
         lower, upper = _quantile_bounds(cs.theta_quantiles, QUANTILES)
         for r in coverage_rows(lower, upper, truth, cfg.sim_truth_thresh):
             rows.append({**r, "method": method, "source": "model", "runtime_s": runtime})
+        rows += _ntc_rows(own[0] if own else exp, res, c, method, runtime)
         table = summary.gene_daywise(fate)
         for variant, settings in MASH_VARIANTS.items():
             mcfg = c.model_copy(update=settings)
@@ -271,7 +278,21 @@ def calibration_run(scenario: str, seed: int, base: FatebiasConfig, methods: Ite
     return df[["scenario", "seed", "method", "source", "metric", "group", "level", "value", "n", "runtime_s"]]
 
 
-def _method_fits(exp, cfg: FatebiasConfig, methods: list[str]) -> dict[str, tuple]:
+def _ntc_rows(exp, res, config: FatebiasConfig, method: str, runtime: float) -> list[dict]:
+    """The NTC check of a Laplace fit: whether it fired, and its pseudo-genes' 90% coverage."""
+    if res.posterior.family != "laplace":
+        return []
+    check = ntc_calibration(exp, res, config)
+    if check is None:
+        return []
+    base = {"method": method, "source": "ntc", "group": "nulls", "level": 0.9, "runtime_s": runtime}
+    return [
+        {**base, "metric": "ntc_fired", "value": float(not check.calibrated), "n": 1},
+        {**base, "metric": "ntc_coverage", "value": check.coverage_90, "n": len(check.table)},
+    ]
+
+
+def _method_fits(exp, cfg: FatebiasConfig, methods: list[str], sim) -> dict[str, tuple]:
     """Each method's fit, its settings and runtime (the model-based Laplace shares the default's fit)."""
     fits: dict[str, tuple] = {}
     if {"laplace", "laplace_model"} & set(methods):
@@ -285,6 +306,15 @@ def _method_fits(exp, cfg: FatebiasConfig, methods: list[str]) -> dict[str, tupl
         t0 = time.perf_counter()
         c = cfg.model_copy(update={"clone_effects": False})
         fits["laplace_no_clone_effect"] = (fit(exp, c), c, time.perf_counter() - t0)
+    if "naive" in methods:
+        t0 = time.perf_counter()
+        c = cfg.model_copy(update={"clone_effects": False, "uncertainty": "model"})
+        fits["naive"] = (fit(exp, c), c, time.perf_counter() - t0)
+    if "identical_sets" in methods:
+        t0 = time.perf_counter()
+        c = cfg.model_copy(update={"clone_chance_links": 1e-12})  # only identical sets link
+        exp_id = load_experiment(c, verbose=False, adata=sim.adata, guide_map=sim.guide_map)
+        fits["identical_sets"] = (fit(exp_id, c), c, time.perf_counter() - t0, exp_id)
     if "bootstrap" in methods:
         t0 = time.perf_counter()
         c = cfg.model_copy(update={"posterior_method": "bootstrap"})
@@ -364,7 +394,13 @@ def summarise_calibration(results: pd.DataFrame) -> pd.DataFrame:
         runtime_s=("runtime_s", "mean"),
     )
     agg["value"] = agg["weighted"] / agg["n"].where(agg["n"] > 0)
-    return agg.drop(columns="weighted").reset_index()[[*keys, "value", "sd", "n", "seeds", "runtime_s"]]
+    agg = agg.reset_index()
+    # One-sided 95% Clopper-Pearson upper bound of the pooled false sign rate.
+    fsr = agg["metric"] == "fsr"
+    false = np.rint(agg["weighted"]).clip(lower=0)
+    upper = beta_dist.ppf(0.95, false + 1, (agg["n"] - false).clip(lower=1))
+    agg["upper95"] = np.where(fsr & (agg["n"] > 0), np.where(false >= agg["n"], 1.0, upper), np.nan)
+    return agg.drop(columns="weighted")[[*keys, "value", "upper95", "sd", "n", "seeds", "runtime_s"]]
 
 
 def run_calibration(
