@@ -298,6 +298,12 @@ class FatebiasConfig(BaseModel):
 
 
 DEPRECATED_KEYS = {"time_scale": "s_time"}
+#: Settings that no longer exist, and why: a configuration that still has them loads, with a warning.
+REMOVED_KEYS = {
+    "perm_burden_bins": "the permutation control now reassigns guides to genes (no strata)",
+    "perm_refit_svi": "the permutation control refits at the real run's hyperparameters, the Laplace step alone",
+    "ntc_partitions": "the NTC check fits pseudo-genes from two halves of the NTC guides",
+}
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:
@@ -340,6 +346,10 @@ def make_config(values: dict[str, Any] | None = None, source: str = "config", **
             warnings.warn(f"{source}: {old!r} is deprecated, use {new!r}", DeprecationWarning, stacklevel=2)
             value = data.pop(old)
             data.setdefault(new, value)
+    for old, why in REMOVED_KEYS.items():
+        if old in data:
+            warnings.warn(f"{source}: {old!r} is no longer used ({why})", DeprecationWarning, stacklevel=2)
+            data.pop(old)
     try:
         return FatebiasConfig(**data)
     except ValidationError as exc:

@@ -42,16 +42,22 @@ def test_contrast_equal_to_reference_is_rejected():
         make_config(contrast_fate="EC")
 
 
-def test_fixed_sigma_guide_needs_one_positive_value_per_contrast_and_nothing_else_to_fit():
-    ok = make_config(fixed_sigma_guide=[0.1, 0.2], likelihood_weight=20.0)
-    assert ok.fixed_sigma_guide == [0.1, 0.2]
+def test_fixed_hyperparameters_need_one_value_per_contrast():
+    ok = make_config(fixed_sigma_guide=[0.1, 0.2], fixed_clone_cov=[[0.3, 0.1], [0.1, 0.2]])
+    assert ok.fixed_sigma_guide == [0.1, 0.2] and ok.fixed_clone_cov == [[0.3, 0.1], [0.1, 0.2]]
     with pytest.raises(ConfigError, match="fixed_sigma_guide needs 2 positive values"):
-        make_config(fixed_sigma_guide=[0.1], likelihood_weight=20.0)
+        make_config(fixed_sigma_guide=[0.1])
     with pytest.raises(ConfigError, match="fixed_sigma_guide needs 2 positive values"):
-        make_config(fixed_sigma_guide=[0.1, 0.0], likelihood_weight=20.0)
-    for other in ({"likelihood_weight": "auto"}, {"posterior_method": "meanfield"}, {"laplace_effect_scales": "fitted"}):
-        with pytest.raises(ConfigError, match="fixed_sigma_guide needs posterior_method laplace or bootstrap"):
-            make_config(**{"fixed_sigma_guide": [0.1, 0.2], "likelihood_weight": 20.0, **other})
+        make_config(fixed_sigma_guide=[0.1, 0.0])
+    for bad in ([[0.3]], [[0.3, 0.5], [0.1, 0.2]], [[1.0, 2.0], [2.0, 1.0]]):  # wrong size, not symmetric, not PD
+        with pytest.raises(ConfigError, match="fixed_clone_cov needs a symmetric positive definite 2 x 2"):
+            make_config(fixed_clone_cov=bad)
+
+
+def test_removed_settings_are_named_with_what_replaced_them():
+    with pytest.warns(DeprecationWarning, match="perm_burden_bins.*no longer used"):
+        cfg = make_config({"perm_burden_bins": 4, "ntc_partitions": 10})
+    assert cfg.perm_seed == 2
 
 
 def test_time_scale_is_a_deprecated_alias_of_s_time():

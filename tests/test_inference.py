@@ -83,7 +83,8 @@ def test_checkpoint_resume_gives_the_uninterrupted_numbers(tiny_sim, tmp_path, m
 def test_corrupt_checkpoint_is_a_clear_error(tiny_sim, tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(FitError, match="corrupt"):
-        fit(tiny_sim.experiment, tiny_sim.config.model_copy(update={"num_steps": 5}), checkpoint_dir=tmp_path)
+        cfg = tiny_sim.config.model_copy(update={"num_steps": 5, "posterior_method": "meanfield"})
+        fit(tiny_sim.experiment, cfg, checkpoint_dir=tmp_path)
 
 
 def test_exploding_elbo_stops_with_a_clear_message(tiny_sim):
