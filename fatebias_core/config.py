@@ -154,7 +154,8 @@ class FatebiasConfig(BaseModel):
     heldout_fit: Literal["mode", "svi"] = _f("mode", "How the held-out check refits both models to the training cells. mode: at their conditional posterior mode by Newton's method, with the run's variance hyperparameters and likelihood weight, from the run's mode (needs a laplace or bootstrap run fit; seconds, no SVI noise); svi: by SVI stopped at convergence (always so for a meanfield run).", "diagnostics")
     heldout_warm_start: bool = _f(True, "With heldout_fit svi, the held-out fits start from the run's fit (when the run folder has one) at its likelihood weight; false: from scratch. Either way they stop at convergence.", "diagnostics")
     perm_guide_mash: bool = _f(False, "The permutation control also runs guide-level mash and the guide-to-gene aggregation (its verdict counts gene-level hits, which do not need them; discovery_source guide_agg always runs them).", "diagnostics")
-    perm_seed: int = _f(2, "Seed of the permutation (which guides each gene gets).", "diagnostics")
+    perm_seed: int = _f(2, "Seed of the permutation of guide sets.", "diagnostics")
+    perm_chance_links: float = _f(3.0, "The permutation control's units: cells linked by shared guides as clones are (clone_chance_links) but at this far looser threshold, so that a true clone the analysis split is still one unit; guide sets are permuted among units (within replicate x burden bin).", "diagnostics", gt=0)
     ntc_pseudogene_size: int | None = _f(None, "NTC calibration check: NTC guides per pseudo-gene (null: the median guides per gene).", "diagnostics", ge=1)
     ntc_check: bool = _f(True, "Run the NTC calibration check right after the fit: half the NTC guides, grouped into pseudo-genes, are fitted like genes (the other half stays the baseline), then the halves swap; the pseudo-genes' intervals must cover 0.", "diagnostics")
     on_failed_calibration: Literal["warn", "stop"] = _f("warn", "When the NTC check finds the intervals too narrow: warn (the console and the report's headline say the intervals are not trusted, and the chain goes on) or stop the run before ranking, with the reason.", "diagnostics")
@@ -300,7 +301,7 @@ class FatebiasConfig(BaseModel):
 DEPRECATED_KEYS = {"time_scale": "s_time"}
 #: Settings that no longer exist, and why: a configuration that still has them loads, with a warning.
 REMOVED_KEYS = {
-    "perm_burden_bins": "the permutation control now reassigns guides to genes (no strata)",
+    "perm_burden_bins": "the permutation strata are replicate x 4 burden bins",
     "perm_refit_svi": "the permutation control refits at the real run's hyperparameters, the Laplace step alone",
     "ntc_partitions": "the NTC check fits pseudo-genes from two halves of the NTC guides",
 }

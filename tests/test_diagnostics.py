@@ -20,6 +20,7 @@ from fatebias_core.checks.diagnostics import (
     check_regulators,
     clone_holdout,
     gene_posterior,
+    permutation_units,
     permute_guide_sets,
     run_diagnostics,
     score_heldout,
@@ -163,6 +164,11 @@ def _sets(exp: Experiment, rows: np.ndarray) -> list[tuple]:
     return sorted(tuple(g.guide_ids[i][g.mask[i]].tolist()) for i in rows)
 
 
+def _sets(exp: Experiment, rows: np.ndarray) -> list[tuple]:
+    g = exp.guides
+    return sorted(tuple(g.guide_ids[i][g.mask[i]].tolist()) for i in rows)
+
+
 def test_burden_bins() -> None:
     b = np.array([1, 1, 2, 2, 3, 3, 4, 9])
     bins, edges = burden_bins(b, 4)
@@ -172,57 +178,52 @@ def test_burden_bins() -> None:
     assert burden_bins(np.full(5, 3), 4)[1].size == 0  # ties collapse to one bin
 
 
-@pytest.mark.parametrize("n_bins", [1, 3, 50])
-def test_permutation_keeps_strata_multisets(n_bins: int) -> None:
-    exp = toy_experiment()
-    perm = permute_guide_sets(exp, n_bins, seed=5)
-    new, c = perm.experiment, exp.cells
-    # Fates, days and replicates stay with their cells; burden travels with the guide set.
-    assert np.array_equal(new.cells.fate_probs, c.fate_probs)
-    assert np.array_equal(new.cells.day, c.day) and np.array_equal(new.cells.rep, c.rep)
-    assert np.array_equal(new.cells.burden, new.guides.mask.sum(1))
-    assert np.allclose(new.cells.burden_centered, center_by_group(new.cells.burden, c.day, 3))
-    assert np.array_equal(np.sort(perm.source), np.arange(exp.n_cells))  # a permutation
-    bins, _ = burden_bins(c.burden, n_bins)  # every cell its own clone: cell-level strata
-    assert np.array_equal(perm.strata, c.rep * (bins.max() + 1) + bins)
-    for s in np.unique(perm.strata):
-        rows = np.flatnonzero(perm.strata == s)
-        assert _sets(new, rows) == _sets(exp, rows)
-        assert np.all(perm.strata[perm.source[rows]] == s)
-    assert perm.n_moved > 0.5 * exp.n_cells
-    changed = (new.guides.guide_ids != exp.guides.guide_ids).any(1)
-    assert changed.mean() > 0.5
-    if n_bins == 50:  # one burden value per bin: every cell keeps its burden
-        assert np.array_equal(new.cells.burden, c.burden)
-    else:
-        assert (new.cells.burden != c.burden).any()
-
-
-def test_permutation_moves_whole_clones() -> None:
+def test_permutation_moves_whole_units_within_strata() -> None:
     exp = toy_experiment()
     n = exp.n_cells
-    clone = np.arange(n) // 4  # clones of 4 cells; give each clone one guide set and one replicate
-    first = clone * 4
+    units = np.arange(n) // 4  # units of 4 cells; give each one guide set and one replicate
+    first = units * 4
     g = exp.guides
     guides = replace(g, guide_ids=g.guide_ids[first], mask=g.mask[first])
-    cells = replace(exp.cells, rep=exp.cells.rep[first], burden=exp.cells.burden[first], cluster=clone)
+    cells = replace(exp.cells, rep=exp.cells.rep[first], burden=exp.cells.burden[first], cluster=np.arange(n) // 2)
     exp = Experiment(cells, guides, exp.summary)
-    perm = permute_guide_sets(exp, 2, seed=3)
-    new = perm.experiment.guides
-    for c in range(clone.max() + 1):
-        rows = np.flatnonzero(clone == c)
-        assert (new.guide_ids[rows] == new.guide_ids[rows[0]]).all()  # the clone stays one unit
-        assert len(set(perm.source[rows] // 4)) == 1  # from one donor clone
-        assert exp.cells.rep[perm.source[rows[0]]] == exp.cells.rep[rows[0]]  # of the same replicate
-    assert (new.guide_ids != g.guide_ids[first]).any(1).mean() > 0.5
-    assert np.array_equal(perm.experiment.cells.cluster, clone)
+    perm = permute_guide_sets(exp, units, seed=3)
+    new = perm.experiment
+    # Fates, days, replicates and clones stay with their cells; burden travels with the guide set.
+    assert np.array_equal(new.cells.fate_probs, cells.fate_probs) and np.array_equal(new.cells.cluster, cells.cluster)
+    assert np.array_equal(new.cells.burden, new.guides.mask.sum(1))
+    for u in range(units.max() + 1):
+        rows = np.flatnonzero(units == u)
+        assert (new.guides.guide_ids[rows] == new.guides.guide_ids[rows[0]]).all()  # the unit shares one set
+        assert len(set(perm.source[rows] // 4)) == 1  # from one donor unit
+        assert cells.rep[perm.source[rows[0]]] == cells.rep[rows[0]]  # of the same replicate
+    for s in np.unique(perm.strata):  # the units' sets are permuted within each stratum
+        rows = np.flatnonzero(perm.strata == s)
+        assert _sets(new, rows) == _sets(exp, rows)
+    assert perm.n_moved > 0.5 * n
+
+
+def test_permutation_units_hold_whole_clones_and_are_coarser() -> None:
+    cfg = make_config(dict(sim_n_cells=3000, sim_n_genes=40, sim_n_guides=240, sim_kmax=9, sim_clone_size_mean=8.0,
+                           sim_guide_detection=0.7, sim_write_clone_labels=False, sim_seed=2))
+    from fatebias_core.checks.simulate import simulate_experiment
+    from fatebias_core.data.load import load_experiment
+
+    sim = simulate_experiment(cfg)
+    exp = load_experiment(cfg, verbose=False, adata=sim.adata, guide_map=sim.guide_map)
+    units = permutation_units(exp, 3.0)
+    clones = exp.cells.clusters()
+    pairs = set(zip(clones.tolist(), units.tolist(), strict=True))
+    assert len(pairs) == clones.max() + 1  # every clone within one unit
+    assert units.max() < clones.max()
 
 
 def test_permutation_seeded() -> None:
     exp = toy_experiment()
-    a, b = permute_guide_sets(exp, 4, 1), permute_guide_sets(exp, 4, 1)
+    units = np.arange(exp.n_cells)
+    a, b = permute_guide_sets(exp, units, 1), permute_guide_sets(exp, units, 1)
     assert np.array_equal(a.source, b.source) and a.fingerprint() == b.fingerprint()
-    assert a.fingerprint() != permute_guide_sets(exp, 4, 2).fingerprint()
+    assert a.fingerprint() != permute_guide_sets(exp, units, 2).fingerprint()
 
 
 def test_reset_if_changed(tmp_path: Path) -> None:
@@ -306,7 +307,9 @@ def test_diagnose_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "held-out cross-entropy" in text and "permutation control" in text
     d = json.loads((Path(out) / "diagnostics.json").read_text())
     h = d["heldout"]
-    assert h["n_heldout"] == 163 and h["n_train"] == 1337 and h["steps"] == 150 and h["n_heldout_clones"] == 110
+    n_cells = h["n_heldout"] + h["n_train"]
+    assert n_cells == 1500 and abs(h["n_heldout"] - 0.1 * n_cells) < 0.03 * n_cells  # heldout_frac of the cells, in whole clones
+    assert 0 < h["n_heldout_clones"] <= h["n_heldout"] and h["steps"] == 150
     assert h["full_better"] and h["ce_full"] < h["ce_nuisance"] and h["difference_z"] > 2
     assert [r["day"] for r in h["per_day"]] == ["d0", "d1", "d2", "d3"]
     p = d["permutation"]

@@ -50,9 +50,13 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
 
 from fatebias_core.checks.ntc import read_ntc_check, run_ntc_check
 from fatebias_core.config import FatebiasConfig, make_config
+from fatebias_core.data.clones import clones_from_guides
+from fatebias_core.data.load import guide_sets
 from fatebias_core.discovery.aggregate import normal_lfsr
 from fatebias_core.errors import ConfigError
 from fatebias_core.io import json_ready, read_csv, write_json
@@ -69,7 +73,7 @@ from fatebias_core.model.laplace import (
     pack_psi,
 )
 from fatebias_core.model.posterior import summarise_posterior
-from fatebias_core.types import Experiment
+from fatebias_core.types import Experiment, center_by_group
 
 
 class ChainRunner(Protocol):
@@ -434,58 +438,127 @@ def _heldout_modes(
 
 
 # --------------------------------------------------------------------------- permutation
+def burden_bins(burden: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Quantile bins of the burden.
+
+    Parameters
+    ----------
+    burden
+        (N,) guides per cell.
+    n_bins
+        Requested number of bins; tied quantiles merge, so a discrete burden may give fewer.
+
+    Returns
+    -------
+    bins, edges
+        (N,) bin index 0..B-1 of each cell and the B - 1 inner edges (a cell is in bin j
+        when ``edges[j - 1] < burden <= edges[j]``).
+    """
+    burden = np.asarray(burden, dtype=np.float64)
+    inner = np.quantile(burden, np.arange(1, n_bins) / n_bins) if n_bins > 1 else np.empty(0)
+    edges = np.unique(inner[inner < burden.max()]) if burden.size else np.empty(0)
+    return np.searchsorted(edges, burden, side="left").astype(np.int64), edges
+
+
+PERM_BURDEN_BINS = 4
+"""Burden bins of the permutation strata (units permuted within replicate x burden bin)."""
+
+
+def permutation_units(experiment: Experiment, chance_links: float) -> np.ndarray:
+    """(N,) the permutation's units: clusters of the detected guide sets much coarser than the clones.
+
+    Cells are linked as the clones are (:func:`~fatebias_core.data.clones.clones_from_guides`)
+    but at ``chance_links``, a far looser threshold, and every clone lies within one unit.
+    A true clone that the analysis split into several clones is then still one unit here.
+    """
+    cells, guides = experiment.cells, experiment.guides
+    sets = guide_sets(guide_ids=guides.guide_ids, mask=guides.mask, ntc_ids=guides.ntc_ids)
+    coarse = clones_from_guides(sets, cells.rep, chance_links, max_union=int(guides.kmax) + 5).cluster
+    clones = cells.clusters()
+    n_c, n_u = int(clones.max(initial=-1)) + 1, int(coarse.max(initial=-1)) + 1
+    graph = sp.coo_matrix((np.ones(clones.size), (clones, n_c + coarse)), shape=(n_c + n_u, n_c + n_u))
+    return np.unique(connected_components(graph, directed=False)[1][clones], return_inverse=True)[1].astype(np.int64)
+
+
 @dataclass(frozen=True)
 class PermutedExperiment:
-    """An experiment whose guides were reassigned to genes at random.
+    """An experiment whose guide sets were permuted among units within strata.
 
     Attributes
     ----------
     experiment
-        The permuted experiment: every cell keeps its guides, fate probabilities, day,
-        replicate and clone; each gene now stands for a random set of guides of its size.
-    gene_of_guide, original_gene_of_guide
-        (G,) 0-based gene of each guide after and before the permutation.
+        The permuted experiment (fate probabilities, days, replicates and clones unchanged).
+    source
+        (N,) index of the cell whose guide set each cell received.
+    strata
+        (N,) stratum of each cell (its unit's replicate x burden bin).
+    units
+        (N,) the permutation unit of each cell.
     """
 
     experiment: Experiment
-    gene_of_guide: np.ndarray
-    original_gene_of_guide: np.ndarray
+    source: np.ndarray
+    strata: np.ndarray
+    units: np.ndarray
 
     @property
-    def n_guides_moved(self) -> int:
-        """Guides now assigned to another gene than their own."""
-        return int((self.gene_of_guide != self.original_gene_of_guide).sum())
+    def n_strata(self) -> int:
+        return int(np.unique(self.strata).size)
+
+    @property
+    def n_units(self) -> int:
+        return int(self.units.max(initial=-1)) + 1
+
+    @property
+    def n_moved(self) -> int:
+        """Cells that received another cell's guide set."""
+        return int((self.source != np.arange(self.source.size)).sum())
 
     def fingerprint(self) -> str:
-        """Hash of the permuted data (guide-to-gene map, guide sets, fates, days, replicates, clones)."""
+        """Hash of the permuted data (guide sets, burden, fates, days, replicates, clones)."""
         h = hashlib.sha256()
         c, g = self.experiment.cells, self.experiment.guides
-        for a in (g.gene_of_guide, g.guide_ids, g.mask, c.fate_probs, c.day, c.rep, c.clusters()):
+        for a in (g.guide_ids, g.mask, c.burden, c.fate_probs, c.day, c.rep, c.clusters()):
             h.update(np.ascontiguousarray(a).tobytes())
         return h.hexdigest()[:16]
 
 
-def permute_guide_genes(experiment: Experiment, seed: int) -> PermutedExperiment:
-    """Reassign the targeting guides to genes at random, each gene keeping its number of guides.
+def permute_guide_sets(experiment: Experiment, units: np.ndarray, seed: int, n_bins: int = PERM_BURDEN_BINS) -> PermutedExperiment:
+    """Give every unit the guide set of another unit of its replicate and burden bin.
 
-    Every cell keeps its guides, its fate probabilities, day, replicate and clone: all
-    the dependence between cells (clones, guide sets shared by sister cells, cells that
-    missed some of their clone's guides) stays as it is, and the clones found are the
-    same. Only the link between a gene's guides and its effect is broken: a gene now
-    stands for guides of other genes, whose effects average out. Where the clones were
-    found wrongly (a clone split over several, cells that could not be placed), the
-    dependence the analysis misses is still there, so the permuted genes show it as
-    false hits, where permuting guide sets among the found clones would hide it. NTC
-    guides stay NTC guides.
+    Every cell of a unit receives the same set, that of the donor unit's first cell: the
+    cells of a unit keep sharing a guide set, as sister cells do, and its fate biases
+    stay with its cells, so only the link between guides and fate is broken (real
+    effects do not follow the guides, so the permuted data are a clean null). The units
+    are much coarser than the clones (:func:`permutation_units`): where the analysis
+    split a true clone, its pieces still share one permuted guide set and one fate bias
+    here, and the rerun analysis, with its clones, shows the dependence it misses as
+    false hits; permuting among the analysis's own clones would scatter such a clone
+    over several sets and pass regardless. Every permutation within a stratum is equally
+    likely; burden follows the guide set, re-centred within day.
     """
-    guides = experiment.guides
+    cells, guides = experiment.cells, experiment.guides
+    first = np.unique(units, return_index=True)[1]  # a representative cell per unit
+    bins, _ = burden_bins(cells.burden[first], n_bins)
+    strata = cells.rep[first].astype(np.int64) * (int(bins.max(initial=0)) + 1) + bins
     rng = np.random.default_rng(seed)
-    original = guides.gene_of_guide[1:].astype(np.int64)
-    permuted = original[rng.permutation(original.size)]
-    new_guides = replace(guides, gene_of_guide=np.concatenate([[0], permuted]).astype(guides.gene_of_guide.dtype))
-    summary = replace(experiment.summary, source=f"{experiment.summary.source} (guides reassigned to genes, seed {seed})")
-    exp = Experiment(experiment.cells, new_guides, summary, experiment.dropped_cells)
-    return PermutedExperiment(exp, permuted - 1, original - 1)
+    # Units sorted by stratum, once in index order and once in random order within each
+    # stratum: position j of both lists is the same stratum, so receiver j gets donor j.
+    receivers = np.argsort(strata, kind="stable")
+    donors = np.lexsort((rng.random(strata.size), strata))
+    donor_of = np.empty_like(receivers)
+    donor_of[receivers] = donors
+    source = first[donor_of[units]]
+    burden = cells.burden[source]
+    new_cells = replace(cells, burden=burden, burden_centered=center_by_group(burden, cells.day, cells.n_days))
+    new_guides = replace(
+        guides,
+        guide_ids=guides.guide_ids[source],
+        mask=guides.mask[source],
+        ntc_ids=None if guides.ntc_ids is None else guides.ntc_ids[source],
+    )
+    summary = replace(experiment.summary, source=f"{experiment.summary.source} (guide sets permuted among units, seed {seed})")
+    return PermutedExperiment(Experiment(new_cells, new_guides, summary, experiment.dropped_cells), source, strata[units], units)
 
 
 @dataclass
@@ -493,7 +566,10 @@ class PermutationResult:
     """The permutation negative control: the permutation and the hits of the rerun chain."""
 
     seed: int
-    n_guides_moved: int
+    n_units: int
+    n_clones: int
+    n_strata: int
+    n_cells_moved: int
     out_dir: Path
     n_genes: int
     n_hits: int
@@ -516,7 +592,7 @@ class PermutationResult:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["scheme"] = "guides reassigned to genes at random (cells, clones and guide sets unchanged)"
+        d["scheme"] = "guide sets permuted among units much coarser than the clones, within replicate x burden bin"
         d["out_dir"] = str(self.out_dir)
         d["allowed_hits"] = self.allowed_hits
         d["passed"] = self.passed
@@ -574,22 +650,25 @@ def real_fit_settings(out_dir: Path, config: FatebiasConfig) -> dict[str, Any]:
 def permutation_control(
     experiment: Experiment, config: FatebiasConfig, out_dir: str | Path, run_chain: ChainRunner
 ) -> PermutationResult:
-    """Reassign guides to genes at random and rerun the chain into ``<out_dir>/permutation``.
+    """Permute guide sets among units coarser than the clones and rerun the chain into ``<out_dir>/permutation``.
 
-    Uses ``perm_seed``; the inner run stops after ranking (no NTC check, no diagnostics,
-    no report) and fits at the real run's hyperparameters (:func:`real_fit_settings`).
+    Uses ``perm_seed`` and ``perm_chance_links`` (:func:`permutation_units`,
+    :func:`permute_guide_sets`); the inner run keeps the real run's clones, stops after
+    ranking (no NTC check, no diagnostics, no report) and fits at the real run's
+    hyperparameters (:func:`real_fit_settings`).
     Steps of an earlier permutation run on the same permuted data are reused.
     ``run_chain`` is the engine that reruns the chain
     (:func:`fatebias_core.pipeline.chain.run_chain`); the checks do not depend on it.
     """
     t0 = time.perf_counter()
     out = Path(out_dir)
-    perm = permute_guide_genes(experiment, config.perm_seed)
+    perm = permute_guide_sets(experiment, permutation_units(experiment, config.perm_chance_links), config.perm_seed)
     folder = out / names.PERMUTATION_DIR
     folder.mkdir(parents=True, exist_ok=True)
     fingerprint = perm.fingerprint()
     _reset_if_changed(folder, fingerprint)
-    write_json({"fingerprint": fingerprint, "perm_seed": config.perm_seed}, folder / names.PERMUTATION_FINGERPRINT)
+    write_json({"fingerprint": fingerprint, "perm_seed": config.perm_seed, "perm_chance_links": config.perm_chance_links},
+               folder / names.PERMUTATION_FINGERPRINT)
     guide_level = config.perm_guide_mash or config.discovery_source == "guide_agg"
     fixed = real_fit_settings(out, config)
     inner = make_config(
@@ -598,8 +677,10 @@ def permutation_control(
         source="permutation run",
     )
     log.info(
-        "permutation control: %d guides reassigned to genes at random; rerunning the chain in %s (%s)",
-        perm.n_guides_moved, folder, "at the real fit's hyperparameters" if fixed else "estimating its own hyperparameters",
+        "permutation control: guide sets permuted among %d units (%d clones) within %d strata, %d cells moved; "
+        "rerunning the chain in %s (%s)",
+        perm.n_units, experiment.cells.clusters().max() + 1, perm.n_strata, perm.n_moved, folder,
+        "at the real fit's hyperparameters" if fixed else "estimating its own hyperparameters",
     )
     chain = run_chain(inner, until="rank", experiment=perm.experiment)
     hits = chain.hits
@@ -611,7 +692,10 @@ def permutation_control(
         n_real = int(read_csv(real_path, what="hits table", usecols=["hit_anyday"])["hit_anyday"].astype(bool).sum())
     return PermutationResult(
         seed=config.perm_seed,
-        n_guides_moved=perm.n_guides_moved,
+        n_units=perm.n_units,
+        n_clones=int(experiment.cells.clusters().max(initial=-1)) + 1,
+        n_strata=perm.n_strata,
+        n_cells_moved=perm.n_moved,
         out_dir=folder,
         n_genes=len(hits),
         n_hits=int(hit.sum()),
@@ -879,7 +963,8 @@ class DiagnosticsResult:
             real = "" if p.n_hits_real is None else f" (real run: {p.n_hits_real})"
             modes = ", ".join(f"{m} {n}" for m, n in p.hits_by_mode.items())
             lines.append(
-                f"  permutation control ({p.n_guides_moved} guides reassigned to genes): {p.n_hits} hits{real}, "
+                f"  permutation control (guide sets of {p.n_units} units permuted within {p.n_strata} strata, "
+                f"{p.n_cells_moved} cells moved): {p.n_hits} hits{real}, "
                 f"{p.n_gene_days_called} gene-days called; by mode: {modes}; "
                 + ("passed" if p.passed else f"FAILED (more than {p.allowed_hits} hits)")
             )
