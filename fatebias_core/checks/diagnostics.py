@@ -391,7 +391,7 @@ def heldout_comparison(experiment: Experiment, config: FatebiasConfig, start: Fi
         "held-out check: %d training, %d held-out cells (%d whole clones), %d steps per fit",
         train.n_cells, test.n_cells, n_held_clones, steps,
     )
-    stopping = config.model_copy(update={"stop_at_convergence": True})
+    stopping = config.model_copy(update={"stop_at_convergence": True, "posterior_method": "meanfield"})
     init, weight = None, None
     if start is not None and config.heldout_warm_start:
         init, weight = start.warm_start(), start.info.get("likelihood_weight")
