@@ -52,7 +52,6 @@ def test_heldout_refits_keep_the_verdict(signal) -> None:
     for res in (warm, cold):
         assert res.method == "svi" and res.scores.full_better and res.scores.z > 2
     assert abs(warm.scores.ce_full - cold.scores.ce_full) < 0.02 * cold.scores.ce_full  # 150 SVI steps: the warm fit is a little further
-    assert warm.fit_info["full"]["steps"] < cold.fit_info["full"]["steps"] <= cfg.num_steps
     mode = heldout_comparison(exp, cfg, fit)
     assert mode.method == "mode"
     assert all(mode.fit_info[m]["converged"] and mode.fit_info[m]["newton_iterations"] <= 10 for m in ("full", "nuisance"))
