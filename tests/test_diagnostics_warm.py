@@ -56,7 +56,9 @@ def test_heldout_refits_keep_the_verdict(signal) -> None:
     assert mode.method == "mode"
     assert all(mode.fit_info[m]["converged"] and mode.fit_info[m]["newton_iterations"] <= 10 for m in ("full", "nuisance"))
     assert mode.scores.full_better and mode.scores.z > 2
-    assert abs(mode.scores.ce_full - cold.scores.ce_full) < 0.01 * cold.scores.ce_full
+    # The mode is the fit SVI approaches: as good as the warm-started SVI fit, at least as good as the cold one.
+    assert abs(mode.scores.ce_full - warm.scores.ce_full) < 0.005 * warm.scores.ce_full
+    assert mode.scores.ce_full <= cold.scores.ce_full * 1.001
     assert abs(mode.scores.ce_nuisance - cold.scores.ce_nuisance) < 0.002 * cold.scores.ce_nuisance
     # Without a Laplace run fit there is no mode to refit from: SVI it is.
     assert heldout_comparison(exp, cfg, None).method == "svi"
