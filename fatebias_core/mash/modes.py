@@ -44,7 +44,11 @@ MODES: tuple[str, ...] = ("conservative", "enriched")
 
 @dataclass(frozen=True)
 class ModeSettings:
-    """The settings of one mash mode, read from the configuration."""
+    """The settings of one mash mode, read from the configuration.
+
+    ``eps`` is the effect size of the posterior probabilities P(|b| >= eps) that the
+    fit reports with its posterior summaries (``effect_size_eps``; ``None``: not computed).
+    """
 
     mode: str
     se_inflate: float
@@ -61,6 +65,7 @@ class ModeSettings:
     min_strong: int
     chunk_rows: int
     ed_maxiter: int = 100_000
+    eps: float | None = 0.2
 
     @classmethod
     def from_config(cls, config: FatebiasConfig, mode: str) -> ModeSettings:
@@ -88,6 +93,7 @@ class ModeSettings:
             min_strong=config.mash_min_strong_for_cov,
             chunk_rows=config.mash_chunk_rows,
             ed_maxiter=config.mash_ed_maxiter,
+            eps=config.effect_size_eps,
         )
 
 
@@ -176,6 +182,7 @@ class NativeBackend:
             prior=settings.prior,
             nullweight=settings.nullweight,
             chunk_rows=settings.chunk_rows,
+            eps=settings.eps,
         )
         return BackendFit(
             fit.posterior, fit.loglik, fit.weights_by_covariance(), covs.names, n_strong, tuple(warnings)

@@ -1,18 +1,20 @@
-"""Row blocks computed on several threads.
+"""Independent pieces of work (row blocks, conditions) computed on several threads.
 
-The likelihood matrix, the posterior summaries and the mixture-weight sums are computed
-in blocks of rows that do not depend on one another. numpy releases the GIL inside its
-array operations (and LAPACK calls), so the blocks run in parallel on a thread pool.
-Each block is computed exactly as it would be alone and written to its own rows, and
-sums over blocks are added in block order, so the results do not depend on the number
-of threads. Meanwhile OpenBLAS is held to one thread per caller
-(:func:`~fatebias_core.mash.blas_threads.single_threaded_blas`): the blocks' matrix
-products are small, and the threads already occupy the cores.
+The likelihood matrix, the posterior summaries, the mixture-weight sums and the
+condition-by-condition fits are computed in pieces that do not depend on one another.
+numpy releases the GIL inside its array operations (and LAPACK calls), so the pieces
+run in parallel on a thread pool. Each piece is computed exactly as it would be alone
+and written to its own rows, and sums over pieces are added in order, so the results
+do not depend on the number of threads. Meanwhile OpenBLAS is held to one thread per
+caller (:func:`~fatebias_core.mash.blas_threads.single_threaded_blas`): the pieces'
+matrix products are small, and the threads already occupy the cores. Work started
+from inside a piece runs on that piece's thread (no nested pools).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -20,9 +22,12 @@ from typing import TypeVar
 from .blas_threads import single_threaded_blas
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 #: Upper bound on the worker threads (beyond a few cores the blocks are memory bound).
 MAX_THREADS = 8
+
+_worker = threading.local()
 
 
 def available_cores() -> int:
@@ -39,15 +44,22 @@ def row_slices(n_rows: int, step: int) -> list[slice]:
     return [slice(a, min(n_rows, a + step)) for a in range(0, n_rows, step)]
 
 
-def map_blocks(fn: Callable[[slice], T], blocks: Sequence[slice], threads: int | None = None) -> list[T]:
-    """``[fn(b) for b in blocks]``, computed on up to ``threads`` threads (default: the cores).
+def map_blocks(fn: Callable[[S], T], items: Sequence[S], threads: int | None = None) -> list[T]:
+    """``[fn(item) for item in items]``, computed on up to ``threads`` threads (default: the cores).
 
-    Exceptions raised by ``fn`` propagate to the caller.
+    Exceptions raised by ``fn`` propagate to the caller. Called from inside a piece of
+    another :func:`map_blocks`, it runs on the calling thread.
     """
-    n = min(len(blocks), available_cores() if threads is None else max(1, threads), MAX_THREADS)
+    n = min(len(items), available_cores() if threads is None else max(1, threads), MAX_THREADS)
+    if getattr(_worker, "active", False):
+        n = 1
+
+    def run(item: S) -> T:
+        _worker.active = True
+        return fn(item)
+
     with single_threaded_blas():
         if n <= 1:
-            return [fn(b) for b in blocks]
+            return [fn(item) for item in items]
         with ThreadPoolExecutor(max_workers=n) as pool:
-            return list(pool.map(fn, blocks))
-
+            return list(pool.map(run, items))

@@ -25,7 +25,9 @@ def small() -> pd.DataFrame:
 def test_output_layout_matches_the_seed(small) -> None:
     res = mash_table(small, "conservative", FatebiasConfig())
     r_cols = list(pd.read_csv(DATA / "gene_40x4_small" / "r_conservative.csv", nrows=1).columns)
-    assert list(res.table.columns) == r_cols + ["lfsr_min", "best_day"]
+    plarge = [f"plarge_d{d}" for d in range(4)] + ["plarge_eps"]
+    assert list(res.table.columns) == r_cols + ["lfsr_min", "best_day"] + plarge
+    assert (res.table["plarge_eps"] == 0.2).all()
     lfsr = res.table[[f"lfsr_d{d}" for d in range(4)]].to_numpy()
     np.testing.assert_array_equal(res.table["lfsr_min"], lfsr.min(axis=1))
     np.testing.assert_array_equal(res.table["best_day"], lfsr.argmin(axis=1))
