@@ -119,7 +119,8 @@ def _settings_table() -> dict[str, tuple[str, ...]]:
         "load": g["inputs"],
         "fit": g["model"] + [f for f in g["inference"] if f != "num_posterior_draws"],
         "export": ["num_posterior_draws", "seed", *g["exports"]],
-        "mash": g["mash"],
+        # effect_size_eps: mash tables carry P(|effect| >= eps) under the posterior mixture
+        "mash": g["mash"] + ["effect_size_eps"],
         "aggregate": g["calls"],
         "rank": g["calls"] + ["ash_lfsr_thresh", "ash_qvalue_thresh"],
         "diagnostics": g["model"] + g["inference"] + g["mash"] + g["calls"] + g["diagnostics"],
