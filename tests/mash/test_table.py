@@ -11,6 +11,7 @@ import pytest
 from fatebias_core.cli import main
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.errors import InputDataError
+from fatebias_core.io import write_csv
 from fatebias_core.mash import ash_file, ash_table, mash_file, mash_table
 from fatebias_core.mash.table import day_numbers
 
@@ -132,3 +133,33 @@ def test_ash_table_values_and_errors(tmp_path) -> None:
         ash_file(tmp_path / "b.csv", tmp_path / "o.csv")
     with pytest.raises(InputDataError, match="lacks column"):
         ash_table(df.drop(columns=["sebetahat"]))
+
+
+def test_mash_file_writes_what_write_csv_writes(small, tmp_path) -> None:
+    """An input written by write_csv: the output file has write_csv's bytes (input lines kept as they are)."""
+    src = tmp_path / "in.csv"
+    write_csv(small.assign(n_cells=np.arange(len(small)), note="x y"), src)
+    res = mash_file(src, tmp_path / "out.csv", mode="conservative", config=FatebiasConfig())
+    write_csv(res.table, tmp_path / "ref.csv")
+    assert (tmp_path / "out.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()
+
+
+def test_mash_file_keeps_the_inputs_own_spelling_or_falls_back(small, tmp_path) -> None:
+    plain = tmp_path / "plain.csv"
+    head, *rows = small.to_csv(index=False).splitlines()
+    # a code column whose values pandas reads as the number 1
+    plain.write_text("\n".join([head + ",code", *(r + ",001" for r in rows)]) + "\n")
+    res = mash_file(plain, tmp_path / "out.csv")
+    lines = (tmp_path / "out.csv").read_text().splitlines()
+    body = plain.read_text().splitlines()
+    assert [line[: len(b)] for line, b in zip(lines, body, strict=True)] == body  # the input lines, verbatim
+    assert lines[0].endswith(",plarge_eps") and lines[1].split(",")[9] == "001"
+    back = pd.read_csv(tmp_path / "out.csv", float_precision="round_trip")
+    new = [c for c in res.table.columns if c not in small.columns and c != "code"]
+    pd.testing.assert_frame_equal(back[new], res.table[new])
+    # quoted fields: written by write_csv from the parsed table
+    quoted = tmp_path / "quoted.csv"
+    small.assign(gene='"' + small["gene"] + ', a"').to_csv(quoted, index=False)
+    res = mash_file(quoted, tmp_path / "q_out.csv")
+    write_csv(res.table, tmp_path / "q_ref.csv")
+    assert (tmp_path / "q_out.csv").read_bytes() == (tmp_path / "q_ref.csv").read_bytes()
