@@ -16,8 +16,9 @@ from fatebias_core.errors import InputDataError
 from fatebias_core.io import PathLike, read_csv, write_csv
 
 from .ash import AshFit, ash_with_settings
+from .csv_out import write_output
 from .modes import ModeFit, ModeSettings, NativeBackend, run_mode
-from .table import assemble_output, parse_ash_input, parse_daywise, write_output
+from .table import assemble_output, parse_ash_input, parse_daywise
 
 
 @dataclass(frozen=True)

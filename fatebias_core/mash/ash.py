@@ -214,9 +214,11 @@ def _component_loglik(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(n, K) log likelihood of each effect under each component; the components' ends and penalties."""
     if mixcompdist == "normal":
-        tot_var = s[:, None] ** 2 + sd[None, :] ** 2
-        ll = -0.5 * (math.log(2.0 * math.pi) + np.log(tot_var) + b[:, None] ** 2 / tot_var)
-        return ll, np.full(sd.size, -math.inf), np.full(sd.size, math.inf), pvec
+        # formed as (K, n) and returned transposed: column-major, each component's column
+        # contiguous, which the mixture-weight iterations read fastest
+        tot_var = sd[:, None] ** 2 + s[None, :] ** 2
+        ll = -0.5 * (math.log(2.0 * math.pi) + np.log(tot_var) + b[None, :] ** 2 / tot_var)
+        return ll.T, np.full(sd.size, -math.inf), np.full(sd.size, math.inf), pvec
     ca, cb, pvec = _uniform_components(sd, pvec, mixcompdist, lo, hi)
     return _uniform_log_density(b, s, ca, cb), ca, cb, pvec
 
@@ -234,7 +236,11 @@ def _mixture_weights(lik: np.ndarray, pvec: np.ndarray, optimizer: str, tol: flo
         else:
             # ashr's mixSQP: one identity row of weight prior_k - 1 per penalised component
             pen = np.flatnonzero(pk != 1)
-            A = np.vstack([np.eye(pk.size)[pen], lk]) if pen.size else lk
+            A = lk
+            if pen.size:  # stacked in lk's memory order (column-major for a normal mixture)
+                A = np.empty((pen.size + lk.shape[0], pk.size), order="F" if lk.flags.f_contiguous else "C")
+                A[: pen.size] = np.eye(pk.size)[pen]
+                A[pen.size :] = lk
             wts = np.concatenate([pk[pen] - 1.0, np.ones(lk.shape[0])])
             pi[nonzero] = mixsqp_r(A, wts, overwrite=pen.size > 0).x
     else:

@@ -12,12 +12,13 @@ M_jk = C_j^{-1} U_k C_j^{-T}. With w_j = C_j^{-1} bhat_j,
 * A rank-one U_k = u u' (the singletons, equal effects, PCA factors) needs no matrix
   algebra: with c = C_j^{-1} u, log det(I + t M) = log(1 + t |c|^2) and
   w'(I + t M)^{-1} w = |w|^2 - (c'w)^2 / |c|^2 + (c'w)^2 / (|c|^2 (1 + t |c|^2)).
-* Any other U_k: I + t M_jk (R x R, every eigenvalue >= 1, so well conditioned) is
-  factorised by Cholesky for every grid value at once, entry by entry over arrays of
-  (grid value, covariance, unit); log det is the log of the product of the pivots and
-  the quadratic form the squared norm of the forward solution. For the handful of
-  conditions of a screen this costs fewer operations than an eigendecomposition per
-  (unit, covariance) shared by the grid, whose LAPACK call per 4 x 4 matrix dominates.
+* Any other U_k: M_jk is reduced once to tridiagonal form T = Q' M_jk Q (Householder,
+  entry by entry over arrays of (covariance, unit)); then for every grid value the
+  LDL' factorisation of I + t T (every eigenvalue >= 1, so well conditioned) costs
+  O(R): log det is the log of the product of the pivots and the quadratic form
+  sum_i y_i^2 / d_i of the forward solution of Q' w_j. This shares the work across
+  the grid as an eigendecomposition per (unit, covariance) would, without a LAPACK call
+  per 4 x 4 matrix (which is what the time went to).
 
 The entries of M_jk are one matrix product for the whole block of units: M_jk[a, b] =
 sum_{i,l} Vinv_ai Vinv_bl U_k[i, l] / (s_ji s_jl), with Vinv = chol(V)^{-1}. Rows are
@@ -38,9 +39,10 @@ from .covariances import CovarianceSet
 from .data import MashData
 from .parallel import map_blocks, row_slices
 
-# Target entries per temporary array in a row block (256 KiB of float64: the dozens of
-# temporaries of a block's Cholesky stay in the processor's cache).
-BLOCK_ELEMENTS = 1 << 15
+# Target entries of a row block's (components x units) arrays (2 MiB of float64); the
+# grid loop works through them a few grid values at a time (GRID_ELEMENTS), so that its
+# dozens of temporaries stay in the processor's cache.
+BLOCK_ELEMENTS = 1 << 18
 
 # Rank-one detection: the other eigenvalues at most this fraction of the largest.
 RANK_ONE_RTOL = 1e-12
@@ -105,14 +107,11 @@ def expand_covariances(cov: CovarianceSet, grid: np.ndarray, usepointmass: bool 
     return MixturePrior(cov, np.asarray(grid, dtype=np.float64), usepointmass)
 
 
-def row_blocks(n_rows: int, width: int, chunk_rows: int) -> Iterator[slice]:
-    """Row slices of at most ``chunk_rows`` rows and about BLOCK_ELEMENTS entries per array."""
-    yield from row_slices(n_rows, _block_rows(width, chunk_rows))
-
-
-def _block_rows(width: int, chunk_rows: int) -> int:
-    """Rows per block: about BLOCK_ELEMENTS / width, at least 64, at most ``chunk_rows``."""
-    return max(1, min(int(chunk_rows), max(64, BLOCK_ELEMENTS // max(1, width))))
+def row_blocks(n_rows: int, width: int, chunk_rows: int, elements: int = BLOCK_ELEMENTS) -> Iterator[slice]:
+    """Row slices of at most ``chunk_rows`` rows and about ``elements`` entries per array
+    (``width`` entries per row), at least 64 rows."""
+    step = max(1, min(int(chunk_rows), max(64, elements // max(1, width))))
+    yield from row_slices(n_rows, step)
 
 
 @dataclass(frozen=True)
@@ -224,8 +223,65 @@ def _rank_one(U: np.ndarray, rtol: float = RANK_ONE_RTOL) -> tuple[np.ndarray, n
     return one, np.where(one[:, None], u, 0.0)
 
 
-def grid_cholesky(M: np.ndarray, w: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def tridiagonalize(M: np.ndarray, w: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Householder reduction Q' M Q = T (tridiagonal) of a batch of symmetric matrices, and Q' w.
+
+    Parameters
+    ----------
+    M
+        (R, R, Kf, m) symmetric matrices, entry by entry.
+    w
+        (R, m) vectors.
+
+    Returns
+    -------
+    a, b, z
+        T's diagonal (R arrays), its subdiagonal (``b[i]`` = T[i, i - 1]; ``b[0]`` unused,
+        zero) and Q' w (R arrays), each (Kf, m).
+    """
+    R = w.shape[0]
+    shape = M.shape[2:]
+    A = [[M[i, j].copy() for j in range(i + 1)] for i in range(R)]  # lower triangle
+
+    def at(i: int, j: int) -> np.ndarray:
+        return A[i][j] if j <= i else A[j][i]
+
+    z = [np.broadcast_to(w[i], shape).copy() for i in range(R)]
+    b = [np.zeros(shape) for _ in range(R)]
+    for k in range(R - 2):
+        idx = range(k + 1, R)
+        x = [A[i][k] for i in idx]
+        norm = np.sqrt(sum(xi * xi for xi in x))
+        alpha = -np.copysign(norm, x[0])
+        v = [x[0] - alpha, *x[1:]]
+        vv = sum(vi * vi for vi in v)
+        with np.errstate(divide="ignore"):
+            beta = np.where(vv > 0, 2.0 / vv, 0.0)  # H = I - beta v v' (the identity when x = 0)
+        # H B H for the trailing block B: B - v q' - q v', q = p - (beta / 2)(v'p) v, p = beta B v
+        p = [beta * sum(at(i, j) * vj for j, vj in zip(idx, v, strict=True)) for i in idx]
+        half = 0.5 * beta * sum(vi * pi for vi, pi in zip(v, p, strict=True))
+        q = [pi - half * vi for pi, vi in zip(p, v, strict=True)]
+        for a_, i in enumerate(idx):
+            for c_, j in enumerate(idx[: a_ + 1]):
+                A[i][j] = A[i][j] - v[a_] * q[c_] - q[a_] * v[c_]
+        b[k + 1] = np.where(vv > 0, alpha, x[0])
+        vz = beta * sum(vi * z[i] for vi, i in zip(v, idx, strict=True))
+        for vi, i in zip(v, idx, strict=True):
+            z[i] = z[i] - vz * vi
+    if R >= 2:
+        b[R - 1] = A[R - 1][R - 2]
+    return [A[i][i] for i in range(R)], b, z
+
+
+def grid_terms(M: np.ndarray, w: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """det(I + t M) (its log when R > 8) and w'(I + t M)^{-1} w for every t, matrix and unit.
+
+    M is reduced once to tridiagonal form, Q' M Q = T (Householder, orthogonal: the
+    determinant and the quadratic form in Q' w are unchanged); then for each t the
+    LDL' factorisation of I + t T takes O(R) operations: pivots
+    d_i = 1 + t a_i - (t b_i)^2 / d_{i-1} (each at least 1, as every eigenvalue of
+    I + t T is), the forward solution y_i = z_i - (t b_i / d_{i-1}) y_{i-1}, and
+    w'(I + t M)^{-1} w = sum_i y_i^2 / d_i, det = prod_i d_i.
 
     Parameters
     ----------
@@ -239,49 +295,51 @@ def grid_cholesky(M: np.ndarray, w: np.ndarray, t: np.ndarray) -> tuple[np.ndarr
     Returns
     -------
     det, quad
-        (G, Kf, m) arrays: the determinant (the product of the Cholesky pivots, each at
-        least 1) or, with more than 8 conditions, its log (a product could overflow);
-        and the quadratic form.
+        (G, Kf, m) arrays: the determinant or, with more than 8 conditions, its log (a
+        product could overflow); and the quadratic form.
     """
-    R = w.shape[0]
-    T = np.asarray(t, dtype=np.float64)[:, None, None]
-    shape = (T.shape[0],) + M.shape[2:]
-    L: list[list[np.ndarray]] = [[] for _ in range(R)]  # L[i][k]: strictly lower entries
-    y: list[np.ndarray] = []
-    tmp = np.empty(shape)
+    a, b, z = tridiagonalize(M, w)
+    t = np.asarray(t, dtype=np.float64)
+    step = max(1, GRID_ELEMENTS // max(1, a[0].size))
+    parts = [_tridiagonal_terms(a, b, z, t[i : i + step]) for i in range(0, t.size, step)]
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+#: Entries per (grid value, covariance, unit) temporary of the grid loop (stays in cache).
+GRID_ELEMENTS = 1 << 14
+
+
+def _tridiagonal_terms(
+    a: list[np.ndarray], b: list[np.ndarray], z: list[np.ndarray], t: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`grid_terms` from the tridiagonal form (diagonal a, subdiagonal b, Q' w = z)."""
+    R = len(a)
+    T = t[:, None, None]
     as_log = R > LOG_DET_ABOVE
-    det = np.zeros(shape) if as_log else None
-    quad = np.zeros(shape)
-    for j in range(R):
-        d = np.multiply(M[j, j], T)
+    d = T * a[0]
+    d += 1.0
+    y = np.broadcast_to(z[0], d.shape)
+    quad = y * y / d
+    det = np.log(d) if as_log else d.copy()
+    tmp = np.empty_like(d)
+    for i in range(1, R):
+        tb = T * b[i]
+        lo = np.divide(tb, d, out=tmp)  # the multiplier l_i
+        y = z[i] - lo * y
+        tb *= lo
+        np.multiply(T, a[i], out=d)
         d += 1.0
-        for k in range(j):
-            np.multiply(L[j][k], L[j][k], out=tmp)
-            d -= tmp
+        d -= tb
+        np.multiply(y, y, out=tb)
+        tb /= d
+        quad += tb
         if as_log:
             det += np.log(d)
-        elif det is None:
-            det = d.copy()
         else:
             det *= d
-        np.sqrt(d, out=d)
-        np.divide(1.0, d, out=d)  # d is now 1 / L_jj
-        for i in range(j + 1, R):
-            a = np.multiply(M[i, j], T)
-            for k in range(j):
-                np.multiply(L[i][k], L[j][k], out=tmp)
-                a -= tmp
-            a *= d
-            L[i].append(a)
-        yj = np.multiply(w[j], d)  # w_j / L_jj, then minus the earlier terms
-        for k in range(j):
-            np.multiply(L[j][k], y[k], out=tmp)
-            tmp *= d
-            yj -= tmp
-        y.append(yj)
-        np.multiply(yj, yj, out=tmp)
-        quad += tmp
-    return det, quad  # type: ignore[return-value]
+    return det, quad
 
 
 #: With more conditions than this, determinants are carried as logs.
@@ -325,7 +383,7 @@ def _block_terms(wh: Whitening, data: MashData, prior: MixturePrior, rows: slice
         q[:, wh.rank_one] = rest + proj / d1
         dt[:, wh.rank_one] = np.log(d1) if as_log else d1
     if wh.full.size:
-        dt[:, wh.full], q[:, wh.full] = grid_cholesky(wh.full_entries(fr), fr.w, t)
+        dt[:, wh.full], q[:, wh.full] = grid_terms(wh.full_entries(fr), fr.w, t)
     base = data.n_conditions * math.log(2.0 * math.pi) + fr.logdet  # (m,)
     return BlockTerms(base, quad, det, as_log)
 

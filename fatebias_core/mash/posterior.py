@@ -74,6 +74,9 @@ def normal_cdf(x: np.ndarray) -> np.ndarray:
 
 _SQRT1_2 = math.sqrt(0.5)
 
+#: Target entries of a row block's (components x units x conditions) arrays.
+POSTERIOR_ELEMENTS = 1 << 15
+
 
 def compute_lfsr(negative_prob: np.ndarray, zero_prob: np.ndarray) -> np.ndarray:
     """ashr ``compute_lfsr``: 1 - P(negative) when the negative side dominates, else P(negative) + P(zero)."""
@@ -136,7 +139,7 @@ def compute_posterior_matrices(
         wts = compute_posterior_weights(pi[components], lik[rows][:, components])
         _block_posterior(wh, data, prior.grid, parts, wts, rows, eps, out)
 
-    map_blocks(block, list(row_blocks(J, max(1, len(parts)) * R, chunk_rows)))
+    map_blocks(block, list(row_blocks(J, max(1, len(parts)) * R, chunk_rows, elements=POSTERIOR_ELEMENTS)))
     mean = out["mean"]
     sd = np.sqrt(np.maximum(out["mean2"] - mean**2, 0.0))
     zero, neg = out["zero"], out["neg"]

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from fatebias_core.errors import InputDataError
-from fatebias_core.io import PathLike, atomic_path, write_csv
 
 BETA_PREFIX = "betahat_"
 SE_PREFIX = "se_"
@@ -125,67 +123,6 @@ def assemble_output(
             new[PLARGE_PREFIX + d] = plarge[:, r]
         new[PLARGE_EPS] = np.full(lfsr.shape[0], float(eps) if eps is not None else np.nan)
     return pd.concat([out.reset_index(drop=True), pd.DataFrame(new)], axis=1)
-
-
-def write_output(out: pd.DataFrame, df: pd.DataFrame, source: PathLike, path: PathLike) -> Path:
-    """Write the output table of input ``df`` (read from ``source``) to ``path`` atomically.
-
-    The input columns come first in ``out``. Where the input file is plain (no quote
-    characters or carriage returns, one line per row, the header exactly the columns
-    of ``df``), each output line is the input line as it was in the file followed by
-    the new columns, formatted as :func:`fatebias_core.io.write_csv` formats them;
-    the input's numbers are then not formatted again (formatting floats is most of the
-    time of writing). The bytes equal ``write_csv(out)`` whenever the input was itself
-    written by ``write_csv`` (as the pipeline's exports are); other inputs keep their
-    own spelling of the carried values (``0.50`` stays ``0.50``). Anything else is
-    written by ``write_csv``.
-    """
-    lines = _plain_lines(source, df)
-    new = out.iloc[:, df.shape[1]:]
-    cells = _csv_cells(new) if lines is not None else None
-    if lines is None or cells is None:
-        return write_csv(out, path)
-    header = ",".join([lines[0], *map(str, new.columns)])
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        fh.write("\n".join([header, *map(",".join, zip(lines[1:], *cells, strict=True))]) + "\n")
-    return Path(path)
-
-
-def _plain_lines(source: PathLike, df: pd.DataFrame) -> list[str] | None:
-    """The lines of ``source`` (header first) if they map one to one onto ``df``'s rows, else None."""
-    try:
-        text = Path(source).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-    if '"' in text or "\r" in text or not text:
-        return None
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    if len(lines) != df.shape[0] + 1 or lines[0].split(",") != [str(c) for c in df.columns]:
-        return None
-    commas = lines[0].count(",")
-    if any(line.count(",") != commas for line in lines):
-        return None
-    return lines
-
-
-def _csv_cells(new: pd.DataFrame) -> list[list[str]] | None:
-    """The cells of float64 and integer columns as ``write_csv`` writes them (floats by
-    ``repr``, NaN empty); None for any other column type."""
-    cols: list[list[str]] = []
-    for _, col in new.items():
-        if col.dtype == np.float64:
-            values = col.to_numpy()
-            text = list(map(repr, values.tolist()))
-            for i in np.flatnonzero(np.isnan(values)):
-                text[i] = ""
-        elif col.dtype.kind in "iu" and isinstance(col.dtype, np.dtype):
-            text = list(map(str, col.tolist()))
-        else:
-            return None
-        cols.append(text)
-    return cols
 
 
 def parse_ash_input(df: pd.DataFrame, what: str = "ash input") -> tuple[np.ndarray, np.ndarray]:
