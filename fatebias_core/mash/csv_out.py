@@ -2,8 +2,8 @@
 
 Formatting floats is most of the time of writing a large table (Python's shortest
 round-trip ``repr``, which :func:`fatebias_core.io.write_csv` uses so that values read
-back bit for bit). Two things cut it down without changing a byte of what ``write_csv``
-writes for the pipeline's tables:
+back bit for bit). Three things cut it down without changing a byte of what
+``write_csv`` writes for the pipeline's tables:
 
 * where the input file is plain (no quote characters or carriage returns, one line per
   row, the header exactly the parsed columns), each output line is the input line as it
@@ -11,9 +11,12 @@ writes for the pipeline's tables:
   again. When the input was itself written by ``write_csv`` (the pipeline's exports),
   that is exactly what ``write_csv`` would write; other inputs keep their own spelling
   of the carried values (``0.50`` stays ``0.50``, a code ``001`` stays ``001``);
-* the new columns of a large table are formatted by blocks of rows in parallel, in
-  processes forked from this one (Linux), which inherit the table instead of receiving
-  a copy; each returns its block's text.
+* rows are formatted and written a chunk at a time, so the millions of cell strings
+  never exist at once (fresh memory is slow to obtain on some machines), and a column
+  that repeats another row by row (``lfsr_min``) reuses its text;
+* the rows of a large table are split between this process and workers forked from it
+  (Linux), which inherit the table instead of receiving a copy and write their rows to
+  part files that are then appended in order.
 
 Anything else (quoted input, other column types, a platform without ``fork``, a worker
 that fails) is written as ``write_csv`` writes it, in this process.
@@ -22,10 +25,14 @@ that fails) is written as ``write_csv`` writes it, in this process.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import shutil
 import sys
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import pandas as pd
@@ -37,7 +44,10 @@ from .parallel import available_cores
 #: Fewest new cells (rows x columns) for which forking workers pays off.
 PARALLEL_MIN_CELLS = 500_000
 
-#: The rows and columns a forked worker formats from (set in the worker by the initializer).
+#: Rows formatted and written at a time.
+CHUNK_ROWS = 8192
+
+#: The rows and columns a forked worker formats (set in the worker by the initializer).
 _shared: tuple[list[str], list[np.ndarray]] | None = None
 
 
@@ -51,13 +61,10 @@ def write_output(out: pd.DataFrame, df: pd.DataFrame, source: PathLike, path: Pa
     cols = [col.to_numpy() for _, col in new.items()]
     if lines is None or not all(_formattable(c) for c in cols):
         return write_csv(out, path)
-    header = ",".join([lines[0], *map(str, new.columns)])
-    body = _format_rows(lines[1:], cols)
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        fh.write(header + "\n")
-        for text in body:
-            if text:
-                fh.write(text + "\n")
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            fh.write(",".join([lines[0], *map(str, new.columns)]) + "\n")
+        _write_rows(lines[1:], cols, tmp)
     return Path(path)
 
 
@@ -97,10 +104,37 @@ def _cells(values: np.ndarray) -> list[str]:
     return text
 
 
-def _block_text(prefix: list[str], cols: list[np.ndarray], rows: slice) -> str:
-    """The output lines of ``rows``, joined by newlines."""
-    cells = [_cells(c[rows]) for c in cols]
-    return "\n".join(map(",".join, zip(prefix[rows], *cells, strict=True)))
+def _chunk_cells(cols: list[np.ndarray]) -> list[list[str]]:
+    """Cells of each column of a chunk. A float column whose every value is, row by row,
+    the value of an earlier column (``lfsr_min`` is one of the ``lfsr_<day>``) reuses
+    that column's text instead of formatting the numbers again."""
+    out: list[list[str]] = []
+    for c, values in enumerate(cols):
+        earlier = [j for j in range(c) if values.dtype == np.float64 == cols[j].dtype]
+        src = _same_values(values, [cols[j] for j in earlier]) if earlier else None
+        if src is None:
+            out.append(_cells(values))
+        else:
+            texts = [out[earlier[j]] for j in range(len(earlier))]
+            out.append([texts[j][i] for i, j in enumerate(src.tolist())])
+    return out
+
+
+def _same_values(values: np.ndarray, others: list[np.ndarray]) -> np.ndarray | None:
+    """For each row, the index of an array in ``others`` with the same value there (the
+    same bits: 0.0 and -0.0 differ), or None unless every row has one."""
+    bits = values.view(np.int64)
+    eq = np.stack([bits == o.view(np.int64) for o in others])
+    found = eq.any(axis=0)
+    return eq.argmax(axis=0) if found.all() else None
+
+
+def _write_block(fh: TextIO, prefix: list[str], cols: list[np.ndarray], rows: slice) -> None:
+    """Append the output lines of ``rows`` to ``fh``, a chunk of rows at a time."""
+    for a in range(rows.start, rows.stop, CHUNK_ROWS):
+        r = slice(a, min(rows.stop, a + CHUNK_ROWS))
+        cells = _chunk_cells([c[r] for c in cols])
+        fh.write("\n".join(map(",".join, zip(prefix[r], *cells, strict=True))) + "\n")
 
 
 def _init_worker(prefix: list[str], cols: list[np.ndarray]) -> None:
@@ -108,25 +142,40 @@ def _init_worker(prefix: list[str], cols: list[np.ndarray]) -> None:
     _shared = (prefix, cols)
 
 
-def _worker_block(rows: slice) -> str:
+def _worker_block(rows: slice, part: str) -> None:
     assert _shared is not None
-    return _block_text(*_shared, rows)
+    with open(part, "w", newline="", encoding="utf-8") as fh:
+        _write_block(fh, *_shared, rows)
 
 
-def _format_rows(prefix: list[str], cols: list[np.ndarray]) -> list[str]:
-    """The output lines' text in blocks (in order), formatted in parallel when that pays off."""
+def _write_rows(prefix: list[str], cols: list[np.ndarray], path: Path) -> None:
+    """Append the output lines of every row to ``path``, in parallel when that pays off."""
     n = len(prefix)
     workers = min(available_cores(), 8)
-    everything = [slice(0, n)]
     if workers < 2 or n * len(cols) < PARALLEL_MIN_CELLS or not sys.platform.startswith("linux"):
-        return [_block_text(prefix, cols, everything[0])]
+        with open(path, "a", newline="", encoding="utf-8") as fh:
+            _write_block(fh, prefix, cols, slice(0, n))
+        return
     step = -(-n // workers)
     blocks = [slice(a, min(n, a + step)) for a in range(0, n, step)]
-    try:
-        ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(len(blocks) - 1, mp_context=ctx, initializer=_init_worker, initargs=(prefix, cols)) as pool:
-            futures = [pool.submit(_worker_block, b) for b in blocks[1:]]
-            first = _block_text(prefix, cols, blocks[0])  # this process formats the first block meanwhile
-            return [first, *(f.result() for f in futures)]
-    except (OSError, BrokenProcessPool, ValueError):
-        return [_block_text(prefix, cols, everything[0])]
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.parts.") as parts_dir:
+        parts = [os.path.join(parts_dir, f"{i}.csv") for i in range(len(blocks))]
+        done = 0  # blocks already in ``path``
+        try:
+            ctx = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(len(blocks) - 1, mp_context=ctx, initializer=_init_worker, initargs=(prefix, cols)) as pool:
+                futures = [pool.submit(_worker_block, b, p) for b, p in zip(blocks[1:], parts[1:], strict=True)]
+                with open(path, "a", newline="", encoding="utf-8") as fh:  # this process: the first block
+                    _write_block(fh, prefix, cols, blocks[0])
+                done = 1
+                for f in futures:
+                    f.result()
+        except (OSError, BrokenProcessPool, ValueError):  # no fork, or a worker died: the rest here
+            with open(path, "a", newline="", encoding="utf-8") as fh:
+                for b in blocks[done:]:
+                    _write_block(fh, prefix, cols, b)
+            return
+        with open(path, "ab") as out:
+            for part in parts[1:]:
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 22)

@@ -31,11 +31,22 @@ _worker = threading.local()
 
 
 def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity where the platform reports it)."""
+    """Cores free for this process: those it may run on (its CPU affinity), less the
+    ones other work keeps busy (the 1-minute load average, rounded down), at least one.
+
+    On a machine already busy, threads (and processes) competing for the same cores
+    are slower than one: numpy's small operations keep handing the GIL back and forth.
+    The results do not depend on the count.
+    """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    try:
+        busy = int(os.getloadavg()[0])
+    except (AttributeError, OSError):  # pragma: no cover - no load average
+        busy = 0
+    return max(1, cores - busy)
 
 
 def row_slices(n_rows: int, step: int) -> list[slice]:

@@ -163,3 +163,31 @@ def test_mash_file_keeps_the_inputs_own_spelling_or_falls_back(small, tmp_path) 
     res = mash_file(quoted, tmp_path / "q_out.csv")
     write_csv(res.table, tmp_path / "q_ref.csv")
     assert (tmp_path / "q_out.csv").read_bytes() == (tmp_path / "q_ref.csv").read_bytes()
+
+
+def test_mash_file_splits_rows_between_processes_without_changing_a_byte(small, tmp_path, monkeypatch) -> None:
+    from fatebias_core.mash import csv_out
+
+    src = tmp_path / "in.csv"
+    write_csv(pd.concat([small] * 5, ignore_index=True).assign(gene=lambda d: [f"G{i}" for i in range(len(d))]), src)
+    serial = mash_file(src, tmp_path / "serial.csv")
+    monkeypatch.setattr(csv_out, "PARALLEL_MIN_CELLS", 0)
+    monkeypatch.setattr(csv_out, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(csv_out, "available_cores", lambda: 3)
+    mash_file(src, tmp_path / "forked.csv")
+    write_csv(serial.table, tmp_path / "ref.csv")
+    assert (tmp_path / "forked.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()
+    assert (tmp_path / "serial.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["forked.csv", "in.csv", "ref.csv", "serial.csv"]
+
+
+def test_output_columns_that_repeat_another_reuse_its_text_exactly(tmp_path) -> None:
+    from fatebias_core.mash.csv_out import write_output
+
+    df = pd.DataFrame({"gene": ["a", "b", "c"], "x": [1, 2, 3]})
+    out = df.assign(u=[0.1, -0.0, 2.5], v=[0.3, 0.0, 7.0], w=[0.3, -0.0, 2.5], z=[0.0, 0.0, 0.0])
+    write_csv(df, tmp_path / "in.csv")
+    write_output(out, df, tmp_path / "in.csv", tmp_path / "out.csv")
+    write_csv(out, tmp_path / "ref.csv")
+    assert (tmp_path / "out.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()
+    assert "-0.0,0.0,-0.0,0.0" in (tmp_path / "out.csv").read_text()
