@@ -24,6 +24,7 @@ that fails) is written as ``write_csv`` writes it, in this process.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import shutil
@@ -64,7 +65,13 @@ def write_output(out: pd.DataFrame, df: pd.DataFrame, source: PathLike, path: Pa
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
             fh.write(",".join([lines[0], *map(str, new.columns)]) + "\n")
-        _write_rows(lines[1:], cols, tmp)
+        gc_was_on = gc.isenabled()
+        gc.disable()  # millions of short-lived tuples and strings, no cycles among them
+        try:
+            _write_rows(lines[1:], cols, tmp)
+        finally:
+            if gc_was_on:
+                gc.enable()
     return Path(path)
 
 

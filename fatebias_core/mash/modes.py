@@ -25,6 +25,7 @@ import numpy as np
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.errors import ConfigError, FitError
 
+from .blas_threads import single_threaded_blas
 from .covariances import cov_canonical, cov_ed, cov_pca
 from .data import MashData, mash_set_data
 from .fit import mash
@@ -160,6 +161,12 @@ class NativeBackend:
         return estimate_null_correlation_simple(data)
 
     def fit(self, data: MashData, settings: ModeSettings, datadriven: bool) -> BackendFit:
+        # one BLAS thread: the matrix products are small or split into row blocks on
+        # threads already (mash.parallel); idle BLAS threads would only spin
+        with single_threaded_blas():
+            return self._fit(data, settings, datadriven)
+
+    def _fit(self, data: MashData, settings: ModeSettings, datadriven: bool) -> BackendFit:
         covs = cov_canonical(data)
         n_strong = None
         warnings: list[str] = []
