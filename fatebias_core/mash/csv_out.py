@@ -25,13 +25,10 @@ that fails) is written as ``write_csv`` writes it, in this process.
 from __future__ import annotations
 
 import gc
-import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TextIO
 
@@ -163,6 +160,10 @@ def _write_rows(prefix: list[str], cols: list[np.ndarray], path: Path) -> None:
         with open(path, "a", newline="", encoding="utf-8") as fh:
             _write_block(fh, prefix, cols, slice(0, n))
         return
+    import multiprocessing  # only here: the table is large and cores are free
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
     step = -(-n // workers)
     blocks = [slice(a, min(n, a + step)) for a in range(0, n, step)]
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.parts.") as parts_dir:
