@@ -16,9 +16,10 @@ point mu_jkd (1 when |mu_jkd| >= eps, else 0). This is the size gate of the hit 
 In the whitened frame of :mod:`.likelihood` (Sigma_j = C C', M = C^{-1} U C^{-T},
 w = C^{-1} bhat_j, I + t M = K K'), the mean is X' K^{-1} w and the variance of
 condition r is sum_i X_ir Y_ir, with X = K^{-1} C^{-1} t U and Y = K^{-1} C': a product
-of two solves rather than a difference of two covariances, so no cancellation when the
-data dominate the prior (or the prior the data). A rank-one U = u u' gives the
-closed forms t u (c'w) / (1 + t |c|^2) and t u^2 / (1 + t |c|^2), c = C^{-1} u.
+of two solves rather than the difference t U - t U A^{-1} t U, which cancels when the
+data dominate the prior (here the terms are bounded by the geometric mean of the prior
+and noise variances). A rank-one U = u u' gives the closed forms
+t u (c'w) / (1 + t |c|^2) and t u^2 / (1 + t |c|^2), c = C^{-1} u.
 """
 
 from __future__ import annotations
