@@ -140,7 +140,7 @@ class FatebiasConfig(BaseModel):
     mash_default_mode: MashMode = _f("conservative", "mash mode whose output gives the ranked hits.", "calls")
     discovery_source: Literal["gene", "guide_agg", "ash"] = _f("gene", "Hits from the gene mash table, the guide-aggregated table, or the ash summary.", "calls")
     mash_lfsr_thresh_day: float = _f(0.05, "A day is active when its lfsr is below this ...", "calls", gt=0, lt=1)
-    effect_size_eps: float = _f(0.20, "... and P(|effect| >= eps) (logit scale) ...", "calls", ge=0)
+    effect_size_eps: float = _f(0.20, "... and P(|effect| >= eps) under mash's posterior mixture (the mash tables' plarge columns, which the mash step computes at this eps), eps on the contrast's logit scale (log-odds of the contrast fate vs the reference fate, per knockdown) ...", "calls", ge=0)
     effect_prob_large_min: float = _f(0.90, "... is at least this.", "calls", ge=0, le=1)
     mash_anyday_correction: Literal["bonferroni", "none"] = _f("bonferroni", "Any-day threshold: the day threshold divided by the number of days, or as is.", "calls")
     mash_lfsr_thresh_anyday: float = _f(0.05, "lfsr threshold of the any-day call before correction.", "calls", gt=0, lt=1)

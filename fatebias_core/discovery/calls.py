@@ -2,9 +2,15 @@
 
 Calling rules, for a row (gene) and day d with posterior mean m_d, SD s_d and lfsr_d:
 
-* probability gate: ``plarge_d = P(|effect_d| >= eps)`` under Normal(m_d, s_d), i.e.
-  ``Phi((-eps - m_d) / s_d) + 1 - Phi((eps - m_d) / s_d)``; with ``s_d = 0`` the effect is
-  the point m_d, so ``plarge_d = 1`` when ``|m_d| >= eps`` and 0 otherwise.
+* probability gate: ``plarge_d = P(|effect_d| >= eps)`` under the posterior. A mash
+  table carries it, computed under mash's posterior mixture (``plarge_<day>`` columns,
+  with ``plarge_eps`` saying at which eps); it is used when its eps is the rule's. Any
+  other table (the guide-to-gene aggregate, a normal meta-analysis; an ash summary; an
+  external table) gets the normal approximation Normal(m_d, s_d):
+  ``Phi((-eps - m_d) / s_d) + 1 - Phi((eps - m_d) / s_d)``; with ``s_d = 0`` the effect
+  is the point m_d, so ``plarge_d = 1`` when ``|m_d| >= eps`` and 0 otherwise. Which
+  of the two was used is :attr:`DayCalls.plarge_source` and a log line of
+  :func:`rank_hits`.
 * daywise call (``active_days``): ``lfsr_d < mash_lfsr_thresh_day`` and
   ``plarge_d >= effect_prob_large_min``. Thresholds are strict on lfsr, inclusive on the
   probability.
@@ -23,6 +29,7 @@ largest ``max_abs_postmean`` (largest |posterior mean| over all days), then gene
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +55,22 @@ from fatebias_core.io.tables import (
     require_rows,
 )
 
+log = logging.getLogger("fatebias.calls")
+
 SOURCES = ("gene", "guide_agg", "ash")
+
+#: Column of a mash table giving the eps of its ``plarge_<day>`` columns.
+PLARGE_EPS = "plarge_eps"
+
+#: :attr:`DayCalls.plarge_source` values: P(|effect| >= eps) from the table's
+#: ``plarge_<day>`` columns (mash's posterior mixture), or from Normal(postmean, postsd).
+PLARGE_MIXTURE = "mixture"
+PLARGE_NORMAL = "normal"
+
+PLARGE_DESCRIPTIONS = {
+    PLARGE_MIXTURE: "under mash's posterior mixture (the table's plarge_<day> columns)",
+    PLARGE_NORMAL: "under the normal approximation Normal(postmean, postsd)",
+}
 
 #: Posterior column prefixes (mean, SD, lfsr) of each discovery source's daywise table.
 SOURCE_PREFIXES: dict[str, tuple[str, str, str]] = {
@@ -155,6 +177,9 @@ class DayCalls:
         (n,) that lfsr, NaN if no day is active.
     max_abs_postmean
         (n,) largest |posterior mean| over all days.
+    plarge_source
+        How ``plarge`` was obtained: :data:`PLARGE_MIXTURE` (given, from mash's posterior
+        mixture) or :data:`PLARGE_NORMAL` (the normal approximation).
     """
 
     rule: CallRule
@@ -166,6 +191,7 @@ class DayCalls:
     best_active_idx: np.ndarray
     min_lfsr_among_active: np.ndarray
     max_abs_postmean: np.ndarray
+    plarge_source: str = PLARGE_NORMAL
 
     @property
     def n_active(self) -> np.ndarray:
@@ -220,7 +246,7 @@ class DayCalls:
 
 
 def prob_large(postmean: np.ndarray, postsd: np.ndarray, eps: float) -> np.ndarray:
-    """``P(|X| >= eps)`` for ``X ~ Normal(postmean, postsd)``, elementwise.
+    """``P(|X| >= eps)`` for ``X ~ Normal(postmean, postsd)``, elementwise (the normal approximation).
 
     Computed as ``Phi((-eps - m) / s) + Phi_upper((eps - m) / s)`` with the upper tail
     taken from the survival function (accurate far in the tail). Where ``s == 0`` the
@@ -241,6 +267,7 @@ def call_days(
     lfsr: np.ndarray,
     rule: CallRule,
     gate: np.ndarray | None = None,
+    plarge: np.ndarray | None = None,
 ) -> DayCalls:
     """Call the days of every row: the one calling function of the discovery layer.
 
@@ -253,6 +280,10 @@ def call_days(
     gate
         Optional (n, D) boolean extra condition every call must also meet (the ash
         q-value condition).
+    plarge
+        Optional (n, D) ``P(|effect| >= rule.eps)`` under the posterior (a mash table's
+        ``plarge_<day>``, computed under its posterior mixture); the normal
+        approximation from ``postmean`` and ``postsd`` when ``None``.
 
     Returns
     -------
@@ -261,7 +292,12 @@ def call_days(
     """
     postmean = np.asarray(postmean, dtype=np.float64)
     lfsr = np.asarray(lfsr, dtype=np.float64)
-    plarge = prob_large(postmean, postsd, rule.eps)
+    if plarge is None:
+        plarge, source = prob_large(postmean, postsd, rule.eps), PLARGE_NORMAL
+    else:
+        plarge, source = np.asarray(plarge, dtype=np.float64), PLARGE_MIXTURE
+        if plarge.shape != postmean.shape:
+            raise ValueError(f"plarge has shape {plarge.shape}, the posterior {postmean.shape}")
     passes = plarge >= rule.p_large_min
     if gate is not None:
         passes &= np.asarray(gate, dtype=bool)
@@ -281,7 +317,36 @@ def call_days(
         best_active_idx=np.where(has_active, best_active, -1),
         min_lfsr_among_active=np.where(has_active, masked[rows, best_active], np.nan),
         max_abs_postmean=np.abs(postmean).max(axis=1),
+        plarge_source=source,
     )
+
+
+def table_plarge(table: pd.DataFrame, axis: DayAxis, eps: float, what: str = "table") -> np.ndarray | None:
+    """A mash table's ``plarge_<day>`` columns when they were computed at ``eps``, else None.
+
+    A table carries them with a ``plarge_eps`` column (mash tables do; see
+    :func:`fatebias_core.mash.mash_table`). Without it, or when its eps is not ``eps``
+    (the calls' ``effect_size_eps`` changed since mash ran: a warning says so), None: the
+    caller uses the normal approximation.
+
+    Raises
+    ------
+    InputDataError
+        ``plarge_eps`` present but not one number, or a ``plarge_<day>`` column missing
+        or outside [0, 1].
+    """
+    if PLARGE_EPS not in table.columns:
+        return None
+    values = pd.to_numeric(table[PLARGE_EPS], errors="coerce").to_numpy(dtype=np.float64)
+    if not (np.isfinite(values).all() and (values == values[0]).all()):
+        raise InputDataError(f"{what}: column {PLARGE_EPS} must hold one number (the eps of the plarge_<day> columns)")
+    if values[0] != eps:
+        log.warning(
+            "%s: its plarge_<day> columns are P(|effect| >= %g), not %g (effect_size_eps): using the normal "
+            "approximation; rerun mash with this effect_size_eps for the posterior mixture's", what, values[0], eps,
+        )
+        return None
+    return numeric_matrix(table, axis.columns("plarge"), what, lower=0.0, upper=1.0)
 
 
 def _source_hint(table: pd.DataFrame, source: str) -> str:
@@ -353,13 +418,19 @@ def rank_hits(
     DataFrame
         The input columns (in their order, without any of :data:`CALL_COLUMNS` or
         ``plarge_*`` they already had), then ``plarge_<day>`` per day, then
+        ``plarge_eps`` when ``plarge`` is the mash posterior mixture's, then
         :data:`CALL_COLUMNS`; sorted hits first, then ``min_lfsr_among_active``
         ascending (rows with no active day after those with one), then
         ``max_abs_postmean`` descending, then gene name; index 0..n-1. Ranking a ranked
-        table again gives the same table.
+        table again gives the same table. ``attrs["plarge_source"]`` is
+        :data:`PLARGE_MIXTURE` or :data:`PLARGE_NORMAL` (also logged).
 
     Notes
     -----
+    ``P(|effect| >= eps)`` is the table's ``plarge_<day>`` (mash's posterior mixture)
+    when the table has them at ``effect_size_eps`` (:func:`table_plarge`), else the
+    normal approximation (:func:`prob_large`).
+
     An ash summary is one pseudo-day labelled ``sum``: it is called when
     ``lfsr < ash_lfsr_thresh`` and ``qvalue < ash_qvalue_thresh`` (docs/method.md, "Contrasts and summaries"), with no
     probability gate (``plarge_sum`` is reported for information); its day lists and
@@ -376,10 +447,15 @@ def rank_hits(
         raise ConfigError(f"discovery_source must be one of {', '.join(SOURCES)}, got {source!r}")
     genes = name_column(table, "gene", what, unique=True)
     post, rule, gate = _read_source(table, source, config, what)
-    calls = call_days(post.postmean, post.postsd, post.lfsr, rule, gate=gate)
+    plarge = table_plarge(table, post.axis, rule.eps, what)
+    calls = call_days(post.postmean, post.postsd, post.lfsr, rule, gate=gate, plarge=plarge)
+    log.info("%s: P(|effect| >= %g) %s", what, rule.eps, PLARGE_DESCRIPTIONS[calls.plarge_source])
     stale = [c for c in table.columns if c in CALL_COLUMNS or str(c).startswith("plarge_")]
     kept = table.drop(columns=stale).reset_index(drop=True)
-    out = pd.concat([kept, calls.to_frame(post.axis, kept.index)], axis=1)
+    frame = calls.to_frame(post.axis, kept.index)
+    if calls.plarge_source == PLARGE_MIXTURE:  # the ranked table says so, and ranks again the same
+        frame.insert(len(post.axis), PLARGE_EPS, rule.eps)
+    out = pd.concat([kept, frame], axis=1)
     order = pd.DataFrame(
         {
             "hit": ~calls.hit_anyday,
@@ -388,7 +464,9 @@ def rank_hits(
             "gene": genes.to_numpy(),
         }
     ).sort_values(["hit", "lfsr", "effect", "gene"], kind="mergesort")
-    return out.iloc[order.index.to_numpy()].reset_index(drop=True)
+    ranked = out.iloc[order.index.to_numpy()].reset_index(drop=True)
+    ranked.attrs["plarge_source"] = calls.plarge_source
+    return ranked
 
 
 def rank_file(
@@ -504,10 +582,18 @@ class RankResult:
     comparison: pd.DataFrame
     paths: dict[str, Path] = field(default_factory=dict)
 
+    @property
+    def plarge_sources(self) -> dict[str, str]:
+        """How each mode's P(|effect| >= eps) was obtained (:data:`PLARGE_MIXTURE` or :data:`PLARGE_NORMAL`)."""
+        return {mode: t.attrs.get("plarge_source", PLARGE_NORMAL) for mode, t in self.by_mode.items()}
+
     def describe(self) -> str:
-        """One line per mode: hits of rows."""
+        """One line per mode: hits of rows, and how P(|effect| >= eps) was computed."""
+        sources = self.plarge_sources
         return "\n".join(
-            f"{row.mode}: {row.n_hits} hits of {row.n_rows} rows" for row in self.comparison.itertuples()
+            f"{row.mode}: {row.n_hits} hits of {row.n_rows} rows (P(|effect| >= eps) "
+            f"{PLARGE_DESCRIPTIONS[sources.get(row.mode, PLARGE_NORMAL)]})"
+            for row in self.comparison.itertuples()
         )
 
 

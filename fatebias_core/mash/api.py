@@ -16,6 +16,7 @@ from fatebias_core.errors import InputDataError
 from fatebias_core.io import PathLike, read_csv, write_csv
 
 from .ash import AshFit, ash_with_settings
+from .csv_out import write_output
 from .modes import ModeFit, ModeSettings, NativeBackend, run_mode
 from .table import assemble_output, parse_ash_input, parse_daywise
 
@@ -28,7 +29,8 @@ class MashResult:
     ----------
     table
         Input columns + ``postmean_<day>``, ``postsd_<day>``, ``lfsr_<day>``,
-        ``lfsr_min``, ``best_day``.
+        ``lfsr_min``, ``best_day``, then ``plarge_<day>`` (P(|effect| >= eps) under the
+        posterior mixture, eps = ``effect_size_eps``) and ``plarge_eps`` (that eps).
     fit
         The mode fit: settings, V used, covariances, mixture weights, log-likelihood,
         fallback and messages.
@@ -137,7 +139,8 @@ def mash_table(df: pd.DataFrame, mode: str, config: FatebiasConfig) -> MashResul
     mode
         ``conservative`` or ``enriched``.
     config
-        Settings (``mash_*``); ``mash_backend`` picks native or R.
+        Settings (``mash_*``); ``mash_backend`` picks native or R; ``effect_size_eps``
+        is the eps of the ``plarge_<day>`` columns.
 
     Returns
     -------
@@ -153,7 +156,7 @@ def mash_table(df: pd.DataFrame, mode: str, config: FatebiasConfig) -> MashResul
         backend = NativeBackend()
     fit = run_mode(table.Bhat, table.Shat, settings, conditions=table.days, backend=backend)
     post = fit.result.posterior
-    out = assemble_output(df, table, post.mean, post.sd, post.lfsr)
+    out = assemble_output(df, table, post.mean, post.sd, post.lfsr, post.plarge, post.eps)
     return MashResult(out, fit)
 
 
@@ -186,7 +189,7 @@ def mash_file(input: PathLike, output: PathLike, mode: str = "conservative", con
         res = mash_table(df, mode, config)
     except InputDataError as exc:
         raise InputDataError(f"{input}: {exc}") from None
-    write_csv(res.table, output)
+    write_output(res.table, df, input, output)
     return res
 
 

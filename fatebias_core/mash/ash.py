@@ -23,6 +23,7 @@ Two named settings (:data:`ASH_SETTINGS`, the ``ash_settings`` configuration fie
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -63,11 +64,13 @@ class AshFit:
     a, b
         (K,) uniform components: lower and upper ends (both 0 for a point mass);
         normal components: ``-inf`` and ``inf``.
-    postmean, postsd, lfsr, lfdr, negative_prob, qvalue, svalue
-        (n,) posterior summaries; ``qvalue`` is ashr's q-value (from lfdr) and
-        ``svalue`` its s-value (from lfsr).
+    postmean, postsd, lfsr, lfdr, negative_prob
+        (n,) posterior summaries.
     loglik
         Log-likelihood of the data under the fitted prior.
+    qvalue, svalue
+        (n,) ashr's q-value (from lfdr) and s-value (from lfsr), computed when first
+        asked for (two sorts; ``mash_1by1`` needs neither).
     """
 
     pi: np.ndarray
@@ -80,9 +83,17 @@ class AshFit:
     lfsr: np.ndarray
     lfdr: np.ndarray
     negative_prob: np.ndarray
-    qvalue: np.ndarray
-    svalue: np.ndarray
     loglik: float
+
+    @functools.cached_property
+    def qvalue(self) -> np.ndarray:
+        """ashr's q-value: the running mean of the sorted lfdr."""
+        return qval_from_lfdr(self.lfdr)
+
+    @functools.cached_property
+    def svalue(self) -> np.ndarray:
+        """ashr's s-value: the running mean of the sorted lfsr."""
+        return qval_from_lfdr(self.lfsr)
 
 
 def ash(
@@ -161,10 +172,7 @@ def ash(
     negp = (w * pneg).sum(axis=1)
     lfsr = compute_lfsr(negp, lfdr)
     loglik = float(np.sum(np.log(lik @ pi) + lnorm))
-    return AshFit(
-        pi, mixsd_out, mixcompdist, ca, cb, postmean, postsd, lfsr, lfdr, negp,
-        qval_from_lfdr(lfdr), qval_from_lfdr(lfsr), loglik,
-    )
+    return AshFit(pi, mixsd_out, mixcompdist, ca, cb, postmean, postsd, lfsr, lfdr, negp, loglik)
 
 
 def _checked_inputs(
@@ -206,9 +214,11 @@ def _component_loglik(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(n, K) log likelihood of each effect under each component; the components' ends and penalties."""
     if mixcompdist == "normal":
-        tot_var = s[:, None] ** 2 + sd[None, :] ** 2
-        ll = -0.5 * (math.log(2.0 * math.pi) + np.log(tot_var) + b[:, None] ** 2 / tot_var)
-        return ll, np.full(sd.size, -math.inf), np.full(sd.size, math.inf), pvec
+        # formed as (K, n) and returned transposed: column-major, each component's column
+        # contiguous, which the mixture-weight iterations read fastest
+        tot_var = sd[:, None] ** 2 + s[None, :] ** 2
+        ll = -0.5 * (math.log(2.0 * math.pi) + np.log(tot_var) + b[None, :] ** 2 / tot_var)
+        return ll.T, np.full(sd.size, -math.inf), np.full(sd.size, math.inf), pvec
     ca, cb, pvec = _uniform_components(sd, pvec, mixcompdist, lo, hi)
     return _uniform_log_density(b, s, ca, cb), ca, cb, pvec
 
@@ -217,7 +227,7 @@ def _mixture_weights(lik: np.ndarray, pvec: np.ndarray, optimizer: str, tol: flo
     """(K,) fitted mixture proportions (components that no effect supports get 0)."""
     pi = np.zeros(lik.shape[1])
     nonzero = lik.max(axis=0) > 0
-    lk, pk = lik[:, nonzero], pvec[nonzero]
+    lk, pk = (lik, pvec) if nonzero.all() else (lik[:, nonzero], pvec[nonzero])
     if lk.shape[1] == 1:
         pi[nonzero] = 1.0
     elif pk[1:].max() > 1 or np.min(_null_gradient(lk) + pk[0] - 1) < 0:
@@ -226,9 +236,13 @@ def _mixture_weights(lik: np.ndarray, pvec: np.ndarray, optimizer: str, tol: flo
         else:
             # ashr's mixSQP: one identity row of weight prior_k - 1 per penalised component
             pen = np.flatnonzero(pk != 1)
-            A = np.vstack([np.eye(pk.size)[pen], lk]) if pen.size else lk
+            A = lk
+            if pen.size:  # stacked in lk's memory order (column-major for a normal mixture)
+                A = np.empty((pen.size + lk.shape[0], pk.size), order="F" if lk.flags.f_contiguous else "C")
+                A[: pen.size] = np.eye(pk.size)[pen]
+                A[pen.size :] = lk
             wts = np.concatenate([pk[pen] - 1.0, np.ones(lk.shape[0])])
-            pi[nonzero] = mixsqp_r(A, wts).x
+            pi[nonzero] = mixsqp_r(A, wts, overwrite=pen.size > 0).x
     else:
         # the gradient at the global null points inwards: pi = (1, 0, ..., 0) is optimal
         pi[np.flatnonzero(nonzero)[0]] = 1.0
@@ -412,6 +426,5 @@ def qval_from_lfdr(lfdr: np.ndarray) -> np.ndarray:
 def _null_gradient(lik: np.ndarray) -> np.ndarray:
     """ashr ``gradient``: n - colSums(lik / lik[, 1]), tiny entries nudged by 1e-99."""
     lm = lik.copy()
-    small = np.abs(lm) < 10e-100
-    lm[small] += 10e-100
-    return lik.shape[0] - (lm / lm[:, [0]]).sum(axis=0)
+    lm[lm < 10e-100] += 10e-100  # likelihoods are non-negative
+    return lik.shape[0] - lm.T @ (1.0 / lm[:, 0])

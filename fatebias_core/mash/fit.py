@@ -12,7 +12,7 @@ from fatebias_core.errors import FitError
 from .covariances import CovarianceSet, normalize_covariances
 from .data import MashData
 from .grid import GRIDMULT, autoselect_grid
-from .likelihood import MixturePrior, expand_covariances, loglik_matrix
+from .likelihood import MixturePrior, expand_covariances, likelihood_matrix
 from .mixture_weights import fit_mixture_weights, set_prior
 from .posterior import PosteriorMatrices, compute_posterior_matrices
 
@@ -75,6 +75,7 @@ def mash(
     pi_thresh: float = 1e-10,
     chunk_rows: int = 50_000,
     tol: float = 1e-10,
+    eps: float | None = None,
 ) -> MashFit:
     """Fit mash as mashr's ``mash()`` does (EE model, alpha = 0).
 
@@ -103,6 +104,9 @@ def mash(
         Upper bound on rows per block of the likelihood and posterior computations.
     tol
         KKT tolerance of the mixture-weight optimisation.
+    eps
+        When given, the posterior also holds P(|b| >= eps) under the fitted mixture
+        (``posterior.plarge``).
     """
     if covariances.n_conditions != data.n_conditions:
         raise FitError(
@@ -113,18 +117,14 @@ def mash(
         grid = autoselect_grid(data.Bhat, data.Shat, gridmult)
     U = normalize_covariances(covariances) if normalize_u else covariances
     xprior = expand_covariances(U, grid, usepointmass)
-    ll = loglik_matrix(data, xprior, chunk_rows)
-    lfactors = ll.max(axis=1)
-    null_ll = ll[:, 0].copy() if usepointmass else None
-    ll -= lfactors[:, None]
-    np.exp(ll, out=ll)  # ll now holds the relative likelihoods
-    lik = ll
+    rel = likelihood_matrix(data, xprior, chunk_rows)
+    lik, lfactors, null_ll = rel.lik, rel.lfactors, rel.null_loglik
     pvec = set_prior(xprior.n_components, prior, nullweight)
     res = fit_mixture_weights(lik, pvec, tol=tol)
     if not res.converged:
         raise FitError(f"mixture weights did not converge (KKT residual {res.kkt_residual:.2e})")
     pi = res.x
-    posterior = compute_posterior_matrices(data, xprior, pi, lik, pi_thresh, chunk_rows)
+    posterior = compute_posterior_matrices(data, xprior, pi, lik, pi_thresh, chunk_rows, eps)
     loglik = float(np.sum(np.log(lik @ pi) + lfactors))
     null_loglik = float(null_ll.sum()) if null_ll is not None else None
     if not math.isfinite(loglik):

@@ -27,6 +27,7 @@ rather than the other; posterior summaries are insensitive to that split.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,7 @@ from scipy.linalg import cho_solve, lapack
 from fatebias_core.errors import FitError
 
 from .blas_threads import single_threaded_blas
+from .parallel import map_blocks, row_slices
 
 CONVTOL_SQP = 1e-8
 CONVTOL_ACTIVESET = 1e-10
@@ -44,6 +46,10 @@ SUFFDECR = 0.01
 STEPSIZE_REDUCE = 0.75
 MIN_STEPSIZE = 1e-8
 IDENTITY_CONTRIB_INCREASE = 10.0
+
+#: Bytes of L per row block: the EM update's temporaries stay in cache, and a small
+#: problem (the reference cases) is one block, computed exactly as one matrix.
+BLOCK_BYTES = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,7 @@ def mixsqp_r(
     eps: float = 1e-6,
     numiter_em: int = 20,
     maxiter: int = 1000,
+    overwrite: bool = False,
 ) -> MixsqpRResult:
     """Maximum-likelihood mixture weights the way ashr's call to R mixsqp finds them.
 
@@ -89,51 +96,91 @@ def mixsqp_r(
         EM updates before the SQP iterations (ashr passes 20).
     maxiter
         Maximum SQP iterations (mixsqp's default 1000).
+    overwrite
+        Scale the rows of ``L`` in place (the caller's copy is not needed afterwards).
     """
     L = np.asarray(L, dtype=np.float64)
     n, m = L.shape
-    if not np.isfinite(L).all() or L.min() < 0:
+    # sum and min instead of elementwise masks: no n x m temporaries
+    if not np.isfinite(L.sum()) or L.min() < 0:
         raise FitError("mixture likelihood matrix has negative or non-finite entries")
     rowmax = L.max(axis=1)
     if not (rowmax > 0).all():
         raise FitError("mixture likelihood matrix has a row of zeros: some unit fits no component")
     if m == 1:
         return MixsqpRResult(np.ones(1), 0, True)
-    L = L / rowmax[:, None]
+    L = np.divide(L, rowmax[:, None], out=L if overwrite else None)
     w = np.ones(n) if w is None else np.asarray(w, dtype=np.float64)
     w = w / w.sum()
-    e = eps - min(0.0, float(L.min()))
+    e = eps  # mixsqp: eps - min(0, min(L)), and L >= 0 here
     x = np.full(m, 1.0 / m)
+    B = _Blocks(L)
     with single_threaded_blas():
         for _ in range(numiter_em):
-            x = _em_update(L, w, x)
+            x = B.em_update(w, x)
         converged = False
         it = 0
         while it < maxiter:
             it += 1
-            x = _em_update(L, w, x)
+            x = B.em_update(w, x)
             nz = x > ZERO_THRESHOLD_SOLUTION
             x = np.where(nz, x, 0.0)
-            u = L @ x + e
+            u = B.matvec(x) + e
             f = -float(w @ np.log(u))
-            g = -(L.T @ (w / u))
-            Z = L * (np.sqrt(w) / u)[:, None]
-            H = Z.T @ Z
+            g = -B.rmatvec(w / u)
+            H = B.gram(np.sqrt(w) / u)
             if 1.0 + g[nz].min() >= -CONVTOL_SQP:
                 converged = True
                 break
             y = _active_set_qp(H, g - H @ x + 1.0, x.copy(), min(20, m + 1))
-            x = _line_search(f, L, w, g, x, y, e)
+            x = _line_search(f, B, w, g, x, y, e)
     return MixsqpRResult(x / x.sum(), it, converged)
 
 
-def _em_update(L: np.ndarray, w: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """One EM update of mixsqp (with its 1e-15 safeguards)."""
-    P = L * (x + 1e-15)[None, :]
-    P /= P.max(axis=1, keepdims=True)
-    P += 1e-15
-    P /= P.sum(axis=1, keepdims=True)
-    return P.T @ w
+class _Blocks:
+    """mixsqp's products with L, by blocks of rows (on threads), sums added in block order."""
+
+    def __init__(self, L: np.ndarray):
+        self.L = L
+        n, m = L.shape
+        self.blocks = row_slices(n, max(1024, BLOCK_BYTES // (8 * m)))
+
+    def _sum(self, fn: Callable[[slice], np.ndarray]) -> np.ndarray:
+        parts = map_blocks(fn, self.blocks)
+        total = parts[0]
+        for p in parts[1:]:
+            total = total + p
+        return total
+
+    def em_update(self, w: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """One EM update of mixsqp (with its 1e-15 safeguards)."""
+        xe = (x + 1e-15)[None, :]
+
+        def block(b: slice) -> np.ndarray:
+            P = self.L[b] * xe
+            P /= P.max(axis=1, keepdims=True)
+            P += 1e-15
+            P /= P.sum(axis=1, keepdims=True)
+            return P.T @ w[b]
+
+        return self._sum(block)
+
+    def matvec(self, x: np.ndarray) -> np.ndarray:
+        """L x."""
+        return np.concatenate(map_blocks(lambda b: self.L[b] @ x, self.blocks))
+
+    def rmatvec(self, v: np.ndarray) -> np.ndarray:
+        """L' v."""
+        return self._sum(lambda b: self.L[b].T @ v[b])
+
+    def gram(self, scale: np.ndarray) -> np.ndarray:
+        """Z'Z with Z = diag(scale) L."""
+
+        def block(b: slice) -> np.ndarray:
+            Z = self.L[b] * scale[b, None]
+            return Z.T @ Z
+
+        return self._sum(block)
 
 
 def _feasible_step(x: np.ndarray, p: np.ndarray) -> tuple[int, float]:
@@ -239,7 +286,7 @@ def _active_set_qp(H: np.ndarray, c: np.ndarray, y: np.ndarray, maxiter: int) ->
 
 
 def _line_search(
-    f: float, L: np.ndarray, w: np.ndarray, g: np.ndarray, x: np.ndarray, y: np.ndarray, e: float
+    f: float, L: _Blocks, w: np.ndarray, g: np.ndarray, x: np.ndarray, y: np.ndarray, e: float
 ) -> np.ndarray:
     """mixsqp's backtracking line search from x towards y."""
     _, afeas = _feasible_step(x, y - x)
@@ -249,7 +296,7 @@ def _line_search(
     slope = float((y - x) @ (g + 1.0))
     while True:
         xn = a * y + (1 - a) * x
-        u = L @ xn + e
+        u = L.matvec(xn) + e
         if (u > 0).all():
             fn = -float(w @ np.log(u))
             if xn.min() >= 0 and fn + xn.sum() <= f + x.sum() + SUFFDECR * a * slope:

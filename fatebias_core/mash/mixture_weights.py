@@ -21,14 +21,22 @@ same problem with one extra row e_k of weight prior_k - 1 per component
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.linalg import LinAlgError, cho_factor, cho_solve
+from scipy.linalg.blas import dsyrk
 
 from fatebias_core.errors import FitError
 
 from .blas_threads import single_threaded_blas
+from .parallel import map_blocks, row_slices
+
+#: Bytes of the likelihood matrix per row block of the products (stays in cache between
+#: the two products of an EM step).
+BLOCK_BYTES = 1 << 21
 
 
 @dataclass(frozen=True)
@@ -104,19 +112,71 @@ def mixsqp(
         raise FitError("mixture likelihood matrix has negative or non-finite entries")
     if m == 1:
         return MixtureWeightsResult(np.ones(1), _objective(L, w, a, np.ones(1)), 0, 0.0, True)
-    if not (L @ x > 0).all():
+    rows = RowBlocks(L)
+    if not (rows.matvec(x) > 0).all():
         raise FitError("mixture likelihood matrix has a row of zeros: some unit fits no component")
     with single_threaded_blas():
-        return _sqp(L, w, a, x, tol, maxiter, numiter_em)
+        return _sqp(rows, w, a, x, tol, maxiter, numiter_em)
+
+
+class RowBlocks:
+    """Products with a tall matrix L (n x m), computed by blocks of rows on threads.
+
+    Sums over rows are added block by block in block order, so the results do not
+    depend on the number of threads (:mod:`.parallel`).
+    """
+
+    def __init__(self, L: np.ndarray):
+        self.L = L
+        n, m = L.shape
+        self.blocks = row_slices(n, max(256, BLOCK_BYTES // (8 * max(1, m))))
+
+    def _sum(self, fn: Callable[[slice], np.ndarray]) -> np.ndarray:
+        return functools.reduce(np.add, map_blocks(fn, self.blocks))
+
+    def matvec(self, x: np.ndarray) -> np.ndarray:
+        """L x."""
+        out = np.empty(self.L.shape[0])
+
+        def block(b: slice) -> None:
+            out[b] = self.L[b] @ x
+
+        map_blocks(block, self.blocks)
+        return out
+
+    def rmatvec(self, v: np.ndarray) -> np.ndarray:
+        """L' v."""
+        return self._sum(lambda b: self.L[b].T @ v[b])
+
+    def em(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """L' (w / (L x)), each block read once from memory."""
+
+        def block(b: slice) -> np.ndarray:
+            Lb = self.L[b]
+            return Lb.T @ (w[b] / (Lb @ x))
+
+        return self._sum(block)
+
+    def gram(self, scale: np.ndarray, S: np.ndarray) -> np.ndarray:
+        """L_S' diag(scale^2) L_S (symmetric rank-k updates, one per block)."""
+        every = S.size == self.L.shape[1]
+
+        def block(b: slice) -> np.ndarray:
+            Lb = self.L[b] if every else self.L[b][:, S]
+            A = np.multiply(Lb, scale[b, None], order="F")
+            return dsyrk(1.0, A, trans=1)
+
+        H = self._sum(block)
+        return np.triu(H) + np.triu(H, 1).T
 
 
 def _sqp(
-    L: np.ndarray, w: np.ndarray, a: np.ndarray, x: np.ndarray, tol: float, maxiter: int, numiter_em: int
+    L: RowBlocks, w: np.ndarray, a: np.ndarray, x: np.ndarray, tol: float, maxiter: int, numiter_em: int
 ) -> MixtureWeightsResult:
     for _ in range(numiter_em):
-        x = x * (L.T @ (w / (L @ x))) + a
+        x = x * L.em(x, w) + a
         x /= x.sum()
-    u = L @ x
+    u = L.matvec(x)
     fx = _objective_u(w, a, u, x)
     it = 0
     history: list[float] = []
@@ -147,7 +207,7 @@ def _sqp(
         step = 1.0
         while True:
             xn = np.maximum(x + step * p, 0.0)
-            un = L @ xn
+            un = L.matvec(xn)
             fn = _objective_u(w, a, un, xn)
             if fn <= fx + 0.01 * step * slope:
                 break
@@ -161,24 +221,19 @@ def _sqp(
         x, u, fx = xn, un, fn
     kkt = _kkt_residual(x, _gradient(L, w, a, u, x))
     x = x / x.sum()
-    return MixtureWeightsResult(x, _objective(L, w, a, x), it, float(kkt), bool(kkt <= max(tol, 1e-8)))
+    return MixtureWeightsResult(x, _objective_u(w, a, L.matvec(x), x), it, float(kkt), bool(kkt <= max(tol, 1e-8)))
 
 
-def _gradient(L: np.ndarray, w: np.ndarray, a: np.ndarray, u: np.ndarray, x: np.ndarray) -> np.ndarray:
-    g = 1.0 - L.T @ (w / u)
+def _gradient(L: RowBlocks, w: np.ndarray, a: np.ndarray, u: np.ndarray, x: np.ndarray) -> np.ndarray:
+    g = 1.0 - L.rmatvec(w / u)
     pen = a > 0
     g[pen] -= a[pen] / x[pen]
     return g
 
 
-def _hessian(L: np.ndarray, w: np.ndarray, a: np.ndarray, u: np.ndarray, x: np.ndarray, S: np.ndarray) -> np.ndarray:
+def _hessian(L: RowBlocks, w: np.ndarray, a: np.ndarray, u: np.ndarray, x: np.ndarray, S: np.ndarray) -> np.ndarray:
     """L_S' diag(w / u^2) L_S + diag(a / x^2), accumulated over row blocks (bounded memory)."""
-    scale = np.sqrt(w) / u
-    H = np.zeros((S.size, S.size))
-    step = max(1, (1 << 22) // max(1, S.size))
-    for r0 in range(0, L.shape[0], step):
-        A = L[r0 : r0 + step, S] * scale[r0 : r0 + step, None]
-        H += A.T @ A
+    H = L.gram(np.sqrt(w) / u, S)
     pen = a[S] > 0
     with np.errstate(divide="ignore"):
         H[np.flatnonzero(pen), np.flatnonzero(pen)] += a[S][pen] / x[S][pen] ** 2

@@ -25,6 +25,7 @@ import numpy as np
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.errors import ConfigError, FitError
 
+from .blas_threads import single_threaded_blas
 from .covariances import cov_canonical, cov_ed, cov_pca
 from .data import MashData, mash_set_data
 from .fit import mash
@@ -44,7 +45,11 @@ MODES: tuple[str, ...] = ("conservative", "enriched")
 
 @dataclass(frozen=True)
 class ModeSettings:
-    """The settings of one mash mode, read from the configuration."""
+    """The settings of one mash mode, read from the configuration.
+
+    ``eps`` is the effect size of the posterior probabilities P(|b| >= eps) that the
+    fit reports with its posterior summaries (``effect_size_eps``; ``None``: not computed).
+    """
 
     mode: str
     se_inflate: float
@@ -61,6 +66,7 @@ class ModeSettings:
     min_strong: int
     chunk_rows: int
     ed_maxiter: int = 100_000
+    eps: float | None = 0.2
 
     @classmethod
     def from_config(cls, config: FatebiasConfig, mode: str) -> ModeSettings:
@@ -88,6 +94,7 @@ class ModeSettings:
             min_strong=config.mash_min_strong_for_cov,
             chunk_rows=config.mash_chunk_rows,
             ed_maxiter=config.mash_ed_maxiter,
+            eps=config.effect_size_eps,
         )
 
 
@@ -154,6 +161,12 @@ class NativeBackend:
         return estimate_null_correlation_simple(data)
 
     def fit(self, data: MashData, settings: ModeSettings, datadriven: bool) -> BackendFit:
+        # one BLAS thread: the matrix products are small or split into row blocks on
+        # threads already (mash.parallel); idle BLAS threads would only spin
+        with single_threaded_blas():
+            return self._fit(data, settings, datadriven)
+
+    def _fit(self, data: MashData, settings: ModeSettings, datadriven: bool) -> BackendFit:
         covs = cov_canonical(data)
         n_strong = None
         warnings: list[str] = []
@@ -176,6 +189,7 @@ class NativeBackend:
             prior=settings.prior,
             nullweight=settings.nullweight,
             chunk_rows=settings.chunk_rows,
+            eps=settings.eps,
         )
         return BackendFit(
             fit.posterior, fit.loglik, fit.weights_by_covariance(), covs.names, n_strong, tuple(warnings)

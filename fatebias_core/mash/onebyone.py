@@ -8,6 +8,7 @@ import numpy as np
 
 from .ash import ash
 from .data import MashData
+from .parallel import map_blocks
 
 
 @dataclass(frozen=True)
@@ -31,17 +32,16 @@ class OneByOneResult:
 def mash_1by1(data: MashData) -> OneByOneResult:
     """Run :func:`ash` (normal mixture, point mass, nullbiased prior) on each condition.
 
-    As in mashr, V is ignored: each condition is shrunk on its own.
+    As in mashr, V is ignored: each condition is shrunk on its own (the conditions'
+    fits run on threads, :mod:`.parallel`).
     """
-    J, R = data.Bhat.shape
-    mean = np.empty((J, R))
-    sd = np.empty((J, R))
-    lfsr = np.empty((J, R))
+    fits = map_blocks(lambda r: ash(data.Bhat[:, r], data.Shat[:, r]), range(data.n_conditions))
+    mean = np.stack([f.postmean for f in fits], axis=1)
+    sd = np.stack([f.postsd for f in fits], axis=1)
+    lfsr = np.stack([f.lfsr for f in fits], axis=1)
     loglik = 0.0
-    for r in range(R):  # one ash fit per condition (R is the number of days)
-        fit = ash(data.Bhat[:, r], data.Shat[:, r])
-        mean[:, r], sd[:, r], lfsr[:, r] = fit.postmean, fit.postsd, fit.lfsr
-        loglik += fit.loglik
+    for f in fits:
+        loglik += f.loglik
     return OneByOneResult(mean, sd, lfsr, loglik)
 
 

@@ -8,6 +8,11 @@ R runs ``estimate_null_correlation_simple``, ``cov_canonical``, ``mash_1by1``,
 generics (``get_pm``, ``get_psd``, ``get_lfsr``, ``get_loglik``), which mashr imports
 from ashr but does not export.
 
+P(|b| >= eps) (``plarge``) is not something mashr reports. It is computed from R's
+fitted mixture (``fitted_g``: the weights pi, the normalised covariances, the grid and
+the point mass) by the native posterior code (:func:`compute_posterior_matrices`), on
+the same data and V; the posterior means, SDs and lfsr stay R's.
+
 A failure in R raises :class:`RBackendError`, one line carrying R's own message; the
 fit is never retried with another model. The only exception is the one the native
 backend shares: too few null rows to estimate V, after which V is the identity (a
@@ -24,10 +29,12 @@ import numpy as np
 
 from fatebias_core.errors import FatebiasError
 
+from .covariances import CovarianceSet
 from .data import MashData
+from .likelihood import expand_covariances, likelihood_matrix
 from .modes import BackendFit, ModeSettings
 from .null_correlation import NotEnoughNullDataError
-from .posterior import PosteriorMatrices
+from .posterior import PosteriorMatrices, compute_posterior_matrices
 
 _R_FIT = r"""
 function(B, S, V, conditions, prior, nullweight, usepointmass, datadriven,
@@ -50,11 +57,13 @@ function(B, S, V, conditions, prior, nullweight, usepointmass, datadriven,
   m <- mashr::mash(data, U, prior = prior, nullweight = nullweight,
                    usepointmass = usepointmass, output_lfdr = TRUE, verbose = FALSE)
   pi <- mashr::get_estimated_pi(m)
+  g <- m$fitted_g
   list(mean = unname(ashr::get_pm(m)), sd = unname(ashr::get_psd(m)),
        lfsr = unname(ashr::get_lfsr(m)), lfdr = unname(m$result$lfdr),
        neg = unname(m$result$NegativeProb), loglik = ashr::get_loglik(m),
        pi = unname(pi), pi_names = names(pi), cov_names = names(U),
-       n_strong = n_strong)
+       n_strong = n_strong, g_pi = unname(g$pi), g_U = unname(simplify2array(g$Ulist)),
+       g_grid = unname(g$grid), g_usepointmass = g$usepointmass)
 }
 """
 
@@ -176,7 +185,12 @@ class RBackend:
             # R matrices are stored column-major
             return _r_numeric(res.rx2(name)).reshape((J, R), order="F")
 
-        posterior = PosteriorMatrices(mat("mean"), mat("sd"), mat("lfsr"), mat("lfdr"), mat("neg"))
+        plarge = None
+        if settings.eps is not None:
+            plarge = fitted_g_posterior(res, data, settings).plarge
+        posterior = PosteriorMatrices(
+            mat("mean"), mat("sd"), mat("lfsr"), mat("lfdr"), mat("neg"), plarge, settings.eps
+        )
         pi = _r_numeric(res.rx2("pi"))
         pi_names = [str(s) for s in res.rx2("pi_names")]
         n_strong_raw = _r_numeric(res.rx2("n_strong"))[0]
@@ -188,6 +202,18 @@ class RBackend:
             covariance_names=tuple(str(s) for s in res.rx2("cov_names")),
             n_strong=n_strong,
         )
+
+
+def fitted_g_posterior(res: Any, data: MashData, settings: ModeSettings) -> PosteriorMatrices:
+    """The native posterior summaries (with P(|b| >= eps)) under R's fitted mixture ``res``."""
+    R = data.n_conditions
+    U = _r_numeric(res.rx2("g_U")).reshape((R, R, -1), order="F").transpose(2, 0, 1)
+    names = tuple(str(s) for s in res.rx2("cov_names"))
+    usepointmass = bool(res.rx2("g_usepointmass")[0])
+    prior = expand_covariances(CovarianceSet(names, np.ascontiguousarray(U)), _r_numeric(res.rx2("g_grid")), usepointmass)
+    pi = _r_numeric(res.rx2("g_pi"))
+    lik = likelihood_matrix(data, prior, settings.chunk_rows).lik
+    return compute_posterior_matrices(data, prior, pi, lik, chunk_rows=settings.chunk_rows, eps=settings.eps)
 
 
 def _r_message(exc: BaseException) -> str:

@@ -2,8 +2,10 @@
 
 Input: ``betahat_<day>`` and ``se_<day>`` for two or more days, any other columns
 (``gene``, ``guide``, ...) carried through. Output: the input columns, then per day
-``postmean_<day>, postsd_<day>, lfsr_<day>``, then ``lfsr_min`` and ``best_day``, as
-the seed's ``mash_gene_<mode>.csv`` / ``mash_guide_<mode>.csv``.
+``postmean_<day>, postsd_<day>, lfsr_<day>``, then ``lfsr_min`` and ``best_day`` (as
+the seed's ``mash_gene_<mode>.csv`` / ``mash_guide_<mode>.csv``), then
+``plarge_<day>`` per day, P(|effect| >= eps) under the posterior mixture, and
+``plarge_eps``, that eps (the same on every row).
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from fatebias_core.errors import InputDataError
 BETA_PREFIX = "betahat_"
 SE_PREFIX = "se_"
 OUTPUT_PREFIXES = ("postmean_", "postsd_", "lfsr_")
+PLARGE_PREFIX = "plarge_"
+#: Column holding the eps of the ``plarge_<day>`` columns.
+PLARGE_EPS = "plarge_eps"
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,7 @@ def parse_daywise(df: pd.DataFrame, what: str = "mash input") -> DaywiseTable:
         raise InputDataError(f"{what}: duplicated betahat_ columns")
     if len(days) < 2:
         raise InputDataError(f"{what} has {len(days)} day ({BETA_PREFIX}{days[0]}); mash needs at least 2 conditions")
-    taken = [p + d for d in days for p in OUTPUT_PREFIXES] + ["lfsr_min", "best_day"]
+    taken = [p + d for d in days for p in (*OUTPUT_PREFIXES, PLARGE_PREFIX)] + ["lfsr_min", "best_day", PLARGE_EPS]
     clash = [c for c in taken if c in cols]
     if clash:
         raise InputDataError(f"{what} already has output column(s) {', '.join(clash[:6])}")
@@ -99,8 +104,11 @@ def assemble_output(
     mean: np.ndarray,
     sd: np.ndarray,
     lfsr: np.ndarray,
+    plarge: np.ndarray | None = None,
+    eps: float | None = None,
 ) -> pd.DataFrame:
-    """Input columns, then postmean/postsd/lfsr per day (interleaved), lfsr_min, best_day."""
+    """Input columns, then postmean/postsd/lfsr per day (interleaved), lfsr_min, best_day,
+    and (with ``plarge``) plarge per day and plarge_eps."""
     out = df.copy()
     new: dict[str, np.ndarray] = {}
     for r, d in enumerate(table.days):
@@ -110,6 +118,10 @@ def assemble_output(
     new["lfsr_min"] = lfsr.min(axis=1)
     # argmin takes the first minimum: ties go to the earliest day
     new["best_day"] = np.asarray(table.day_numbers, dtype=np.int64)[np.argmin(lfsr, axis=1)]
+    if plarge is not None:
+        for r, d in enumerate(table.days):
+            new[PLARGE_PREFIX + d] = plarge[:, r]
+        new[PLARGE_EPS] = np.full(lfsr.shape[0], float(eps) if eps is not None else np.nan)
     return pd.concat([out.reset_index(drop=True), pd.DataFrame(new)], axis=1)
 
 

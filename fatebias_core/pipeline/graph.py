@@ -121,7 +121,8 @@ def _settings_table() -> dict[str, tuple[str, ...]]:
         # The exports widen intervals at the calls' tail and run the NTC check before ranking.
         "export": ["num_posterior_draws", "seed", *g["exports"], "mash_lfsr_thresh_anyday", "mash_anyday_correction",
                    "ntc_check", "ntc_pseudogene_size"],
-        "mash": g["mash"],
+        # effect_size_eps: mash tables carry P(|effect| >= eps) under the posterior mixture
+        "mash": g["mash"] + ["effect_size_eps"],
         "aggregate": g["calls"],
         "rank": g["calls"] + ["ash_lfsr_thresh", "ash_qvalue_thresh", "on_failed_calibration"],
         "diagnostics": g["model"] + g["inference"] + g["mash"] + g["calls"] + g["diagnostics"],

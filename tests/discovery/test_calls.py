@@ -11,6 +11,8 @@ from fatebias_core.cli import main
 from fatebias_core.config import make_config
 from fatebias_core.discovery.calls import (
     CALL_COLUMNS,
+    PLARGE_MIXTURE,
+    PLARGE_NORMAL,
     CallRule,
     call_days,
     compare_modes,
@@ -169,6 +171,88 @@ def test_real_mash_table_calls_satisfy_the_rules():
     assert 0 < n_hits < len(out)
     assert out["hit_anyday"].iloc[:n_hits].all() and not out["hit_anyday"].iloc[n_hits:].any()
     assert out["min_lfsr_among_active"].iloc[:n_hits].is_monotonic_increasing
+
+
+# --------------------------------------------------------------------------- plarge from the mash mixture
+def _with_plarge(eps: float = 0.2) -> pd.DataFrame:
+    """Two genes whose normal approximation and posterior-mixture P(|effect| >= eps) disagree.
+
+    "a": mean 0.2, SD 0.02, lfsr 1e-6 on day 0: the normal approximation gives 0.5
+    (fails the 0.9 gate); its plarge_d0 (as a mixture with a heavy tail would) 0.95.
+    "b": mean 0.5, SD 0.05 (normal: ~1) but plarge_d0 0.3 (mass near zero).
+    """
+    t = mash_table(["a", "b"], [[0.2, 0.0], [0.5, 0.0]], [[0.02, 0.1], [0.05, 0.1]], [[1e-6, 0.9], [1e-6, 0.9]])
+    t["lfsr_min"] = 1e-6
+    t["best_day"] = 0
+    t["plarge_d0"] = [0.95, 0.3]
+    t["plarge_d1"] = [0.01, 0.02]
+    t["plarge_eps"] = eps
+    return t
+
+
+def test_the_gate_uses_the_mash_tables_mixture_probability():
+    t = _with_plarge()
+    assert prob_large(np.array([0.2, 0.5]), np.array([0.02, 0.05]), 0.2)[0] == pytest.approx(0.5)
+    out = rank_hits(t, CFG)
+    assert out.attrs["plarge_source"] == PLARGE_MIXTURE
+    by = _by_gene(out)
+    assert by.loc["a", "plarge_d0"] == 0.95 and by.loc["a", "hit_anyday"]  # the normal approximation: no
+    assert by.loc["b", "plarge_d0"] == 0.3 and not by.loc["b", "hit_anyday"]  # the normal approximation: yes
+    # the ranked table keeps the eps of its plarge columns, and ranks again the same
+    assert out.columns.tolist()[-len(CALL_COLUMNS) - 3:-len(CALL_COLUMNS)] == ["plarge_d0", "plarge_d1", "plarge_eps"]
+    pd.testing.assert_frame_equal(rank_hits(out, CFG), out)
+
+
+def test_plarge_at_another_eps_falls_back_to_the_normal_approximation(caplog):
+    t = _with_plarge(eps=0.3)
+    with caplog.at_level("WARNING", logger="fatebias.calls"):
+        out = rank_hits(t, CFG, what="old.csv")
+    assert out.attrs["plarge_source"] == PLARGE_NORMAL
+    assert "old.csv" in caplog.text and "0.3" in caplog.text and "normal approximation" in caplog.text
+    by = _by_gene(out)
+    assert by.loc["a", "plarge_d0"] == pytest.approx(0.5) and not by.loc["a", "hit_anyday"]
+    assert by.loc["b", "hit_anyday"] and "plarge_eps" not in out.columns
+
+
+def test_tables_without_plarge_eps_use_the_normal_approximation(caplog):
+    t = _with_plarge().drop(columns=["plarge_eps"])  # e.g. an external table or an old ranked one
+    with caplog.at_level("INFO", logger="fatebias.calls"):
+        out = rank_hits(t, CFG, what="ext.csv")
+    assert out.attrs["plarge_source"] == PLARGE_NORMAL
+    assert "ext.csv: P(|effect| >= 0.2) under the normal approximation" in caplog.text
+    assert _by_gene(out).loc["a", "plarge_d0"] == pytest.approx(0.5)
+
+
+def test_call_days_records_where_plarge_came_from():
+    m, s, f = np.array([[0.2, 0.0]]), np.array([[0.02, 0.1]]), np.array([[1e-6, 0.9]])
+    rule = CallRule.from_config(CFG, 2)
+    assert call_days(m, s, f, rule).plarge_source == PLARGE_NORMAL
+    calls = call_days(m, s, f, rule, plarge=np.array([[0.95, 0.0]]))
+    assert calls.plarge_source == PLARGE_MIXTURE and calls.active[0].tolist() == [True, False]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda t: t.assign(plarge_eps=[0.2, 0.3]), "plarge_eps must hold one number"),
+        (lambda t: t.drop(columns=["plarge_d1"]), "plarge_d1"),
+        (lambda t: t.assign(plarge_d0=[1.5, 0.2]), "plarge_d0 has values above 1"),
+    ],
+)
+def test_bad_plarge_columns_give_one_line_errors(change, message):
+    with pytest.raises(InputDataError, match=message) as err:
+        rank_hits(change(_with_plarge()), CFG)
+    assert "\n" not in str(err.value)
+
+
+def test_rank_and_compare_says_where_plarge_came_from(tmp_path):
+    mix, old = tmp_path / "c.csv", tmp_path / "e.csv"
+    _with_plarge().to_csv(mix, index=False)
+    _with_plarge().drop(columns=["plarge_eps"]).to_csv(old, index=False)
+    res = rank_and_compare({"conservative": mix, "enriched": old}, tmp_path, CFG)
+    assert res.plarge_sources == {"conservative": PLARGE_MIXTURE, "enriched": PLARGE_NORMAL}
+    text = res.describe()
+    assert "conservative" in text and "posterior mixture" in text and "normal approximation" in text
 
 
 # --------------------------------------------------------------------------- ash source

@@ -101,10 +101,39 @@ def test_r_backend_agrees_with_native(mode: str) -> None:
     r = mash_table(df, mode, FatebiasConfig(mash_backend="r"))
     assert len(r.covariance_names) == len(native.covariance_names)
     assert r.covariance_names[-3:] == native.covariance_names[-3:]
-    for name, tol in (("postmean_", 1e-4), ("postsd_", 1e-4), ("lfsr_", 1e-3)):
+    for name, tol in (("postmean_", 1e-4), ("postsd_", 1e-4), ("lfsr_", 1e-3), ("plarge_", 1e-4)):
         cols = [c for c in native.table.columns if c.startswith(name)]
         np.testing.assert_allclose(r.table[cols].to_numpy(), native.table[cols].to_numpy(), atol=tol)
+    assert r.table.columns.tolist() == native.table.columns.tolist()
     np.testing.assert_allclose(r.V, native.V, atol=1e-12)
+
+
+@needs_r
+@pytest.mark.parametrize("mode", ["conservative", "enriched"])
+def test_r_backend_plarge_comes_from_rs_fitted_mixture(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The native posterior under R's fitted_g reproduces R's own posterior summaries.
+
+    So the mixture that gives plarge_<day> is R's fit, read correctly (component order,
+    normalised covariances, grid, point mass).
+    """
+    from fatebias_core.mash import rbackend
+
+    seen = {}
+    original = rbackend.fitted_g_posterior
+
+    def spy(res, data, settings):
+        post = original(res, data, settings)
+        J, R = data.Bhat.shape
+        for name in ("mean", "sd", "lfsr"):
+            seen[name] = (getattr(post, name), rbackend._r_numeric(res.rx2(name)).reshape((J, R), order="F"))
+        return post
+
+    monkeypatch.setattr(rbackend, "fitted_g_posterior", spy)
+    df = pd.read_csv(DATA / "gene_300x4" / "input.csv")
+    r = mash_table(df, mode, FatebiasConfig(mash_backend="r", effect_size_eps=0.3))
+    for name, (native_under_r, from_r) in seen.items():
+        np.testing.assert_allclose(native_under_r, from_r, rtol=0, atol=1e-10, err_msg=name)
+    assert (r.table["plarge_eps"] == 0.3).all()
 
 
 @needs_r

@@ -30,11 +30,13 @@ from fatebias_core.mash import (
     mixsqp,
     nearest_correlation,
     normalize_covariances,
+    parallel,
     qval_from_lfdr,
     regularize_null_correlation,
     set_prior,
 )
 from fatebias_core.mash.batched import BatchedCholesky
+from fatebias_core.mash.likelihood import likelihood_matrix
 
 
 def _corr(R: int, rho: float) -> np.ndarray:
@@ -95,6 +97,30 @@ def test_loglik_matrix_is_the_multivariate_normal_density(sim) -> None:
         for p in (0, 3, U.n_components - 1):
             ref = multivariate_normal(np.zeros(3), U.matrices[p] + Sig).logpdf(data.Bhat[j])
             assert ll[j, p] == pytest.approx(ref, rel=1e-12)
+
+
+def test_relative_likelihoods_are_the_scaled_densities(sim) -> None:
+    """likelihood_matrix (no logs formed) = exp(loglik - row max), with the point mass's loglik."""
+    data = mash_set_data(sim["B"], sim["S"], V=sim["V"])
+    U = expand_covariances(cov_canonical(data), autoselect_grid(data.Bhat, data.Shat))
+    ll = loglik_matrix(data, U, chunk_rows=64)
+    rel = likelihood_matrix(data, U, chunk_rows=64)
+    np.testing.assert_allclose(rel.lfactors, ll.max(axis=1), rtol=1e-13)
+    np.testing.assert_allclose(rel.lik, np.exp(ll - ll.max(axis=1, keepdims=True)), rtol=1e-11, atol=1e-300)
+    np.testing.assert_allclose(rel.null_loglik, ll[:, 0], rtol=1e-13)
+    assert (rel.lik.max(axis=1) == 1.0).all()
+
+
+def test_results_do_not_depend_on_the_number_of_threads(sim, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = mash_set_data(sim["B"], sim["S"], V=sim["V"])
+    fits = []
+    for n in (1, 3):
+        monkeypatch.setattr(parallel, "available_cores", lambda n=n: n)
+        fits.append(mash(data, cov_canonical(data), chunk_rows=40, eps=0.5))
+    one, three = fits
+    for name in ("mean", "sd", "lfsr", "lfdr", "plarge"):
+        np.testing.assert_array_equal(getattr(one.posterior, name), getattr(three.posterior, name), err_msg=name)
+    np.testing.assert_array_equal(one.pi, three.pi)
 
 
 # ------------------------------------------------------------------ covariances

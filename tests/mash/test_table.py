@@ -11,6 +11,7 @@ import pytest
 from fatebias_core.cli import main
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.errors import InputDataError
+from fatebias_core.io import write_csv
 from fatebias_core.mash import ash_file, ash_table, mash_file, mash_table
 from fatebias_core.mash.table import day_numbers
 
@@ -25,7 +26,9 @@ def small() -> pd.DataFrame:
 def test_output_layout_matches_the_seed(small) -> None:
     res = mash_table(small, "conservative", FatebiasConfig())
     r_cols = list(pd.read_csv(DATA / "gene_40x4_small" / "r_conservative.csv", nrows=1).columns)
-    assert list(res.table.columns) == r_cols + ["lfsr_min", "best_day"]
+    plarge = [f"plarge_d{d}" for d in range(4)] + ["plarge_eps"]
+    assert list(res.table.columns) == r_cols + ["lfsr_min", "best_day"] + plarge
+    assert (res.table["plarge_eps"] == 0.2).all()
     lfsr = res.table[[f"lfsr_d{d}" for d in range(4)]].to_numpy()
     np.testing.assert_array_equal(res.table["lfsr_min"], lfsr.min(axis=1))
     np.testing.assert_array_equal(res.table["best_day"], lfsr.argmin(axis=1))
@@ -130,3 +133,61 @@ def test_ash_table_values_and_errors(tmp_path) -> None:
         ash_file(tmp_path / "b.csv", tmp_path / "o.csv")
     with pytest.raises(InputDataError, match="lacks column"):
         ash_table(df.drop(columns=["sebetahat"]))
+
+
+def test_mash_file_writes_what_write_csv_writes(small, tmp_path) -> None:
+    """An input written by write_csv: the output file has write_csv's bytes (input lines kept as they are)."""
+    src = tmp_path / "in.csv"
+    write_csv(small.assign(n_cells=np.arange(len(small)), note="x y"), src)
+    res = mash_file(src, tmp_path / "out.csv", mode="conservative", config=FatebiasConfig())
+    write_csv(res.table, tmp_path / "ref.csv")
+    assert (tmp_path / "out.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()
+
+
+def test_mash_file_keeps_the_inputs_own_spelling_or_falls_back(small, tmp_path) -> None:
+    plain = tmp_path / "plain.csv"
+    head, *rows = small.to_csv(index=False).splitlines()
+    # a code column whose values pandas reads as the number 1
+    plain.write_text("\n".join([head + ",code", *(r + ",001" for r in rows)]) + "\n")
+    res = mash_file(plain, tmp_path / "out.csv")
+    lines = (tmp_path / "out.csv").read_text().splitlines()
+    body = plain.read_text().splitlines()
+    assert [line[: len(b)] for line, b in zip(lines, body, strict=True)] == body  # the input lines, verbatim
+    assert lines[0].endswith(",plarge_eps") and lines[1].split(",")[9] == "001"
+    back = pd.read_csv(tmp_path / "out.csv", float_precision="round_trip")
+    new = [c for c in res.table.columns if c not in small.columns and c != "code"]
+    pd.testing.assert_frame_equal(back[new], res.table[new])
+    # quoted fields: written by write_csv from the parsed table
+    quoted = tmp_path / "quoted.csv"
+    small.assign(gene='"' + small["gene"] + ', a"').to_csv(quoted, index=False)
+    res = mash_file(quoted, tmp_path / "q_out.csv")
+    write_csv(res.table, tmp_path / "q_ref.csv")
+    assert (tmp_path / "q_out.csv").read_bytes() == (tmp_path / "q_ref.csv").read_bytes()
+
+
+def test_mash_file_splits_rows_between_processes_without_changing_a_byte(small, tmp_path, monkeypatch) -> None:
+    from fatebias_core.mash import csv_out
+
+    src = tmp_path / "in.csv"
+    write_csv(pd.concat([small] * 5, ignore_index=True).assign(gene=lambda d: [f"G{i}" for i in range(len(d))]), src)
+    serial = mash_file(src, tmp_path / "serial.csv")
+    monkeypatch.setattr(csv_out, "PARALLEL_MIN_CELLS", 0)
+    monkeypatch.setattr(csv_out, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(csv_out, "available_cores", lambda: 3)
+    mash_file(src, tmp_path / "forked.csv")
+    write_csv(serial.table, tmp_path / "ref.csv")
+    assert (tmp_path / "forked.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()
+    assert (tmp_path / "serial.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["forked.csv", "in.csv", "ref.csv", "serial.csv"]
+
+
+def test_output_columns_that_repeat_another_reuse_its_text_exactly(tmp_path) -> None:
+    from fatebias_core.mash.csv_out import write_output
+
+    df = pd.DataFrame({"gene": ["a", "b", "c"], "x": [1, 2, 3]})
+    out = df.assign(u=[0.1, -0.0, 2.5], v=[0.3, 0.0, 7.0], w=[0.3, -0.0, 2.5], z=[0.0, 0.0, 0.0])
+    write_csv(df, tmp_path / "in.csv")
+    write_output(out, df, tmp_path / "in.csv", tmp_path / "out.csv")
+    write_csv(out, tmp_path / "ref.csv")
+    assert (tmp_path / "out.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()
+    assert "-0.0,0.0,-0.0,0.0" in (tmp_path / "out.csv").read_text()
