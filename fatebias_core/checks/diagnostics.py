@@ -12,22 +12,18 @@
   better); where guides carry signal the full model must beat the nuisance model. The
   held-out cells' burden is centred with the training cells' day means, the centring
   the fitted burden slope was learned on.
-* **Permutation negative control.** Whole guide sets (rows of ``guide_ids``/``mask``)
-  are permuted among the clones of each replicate x burden-bin stratum (every cell of
-  a clone receives the same set, so the clone structure survives)
-  (``perm_burden_bins`` quantile bins of the burden, ``perm_seed``); the chain is rerun
-  on the permuted experiment in ``<out>/permutation/`` (its fit at the real run's
-  likelihood weight and, with a Laplace run, its sigma_guide: the Laplace step alone;
-  else SVI stopped at convergence; ``perm_refit_svi`` always refits by SVI; without
-  guide-level mash unless ``perm_guide_mash``) and its hits counted. Fate
-  probabilities, days and replicates stay with their cells and a guide set carries its
-  burden with it, so a cell's burden changes only within its bin (never, when every bin
-  holds one burden value); guides are independent of fate given the strata, and hits
-  must collapse to about zero.
-* **NTC calibration.** Non-targeting guides grouped into pseudo-genes are score-tested
-  at the run's fit like genes (:mod:`fatebias_core.checks.ntc`); their z-scores should
-  be N(0, 1). ``ntc_calibration.csv`` holds them, ``diagnostics.json`` their SD and
-  share beyond +/-1.96 under the model-based and the cluster-robust variance.
+* **Permutation negative control.** Whole guide sets are permuted among units of cells
+  (:func:`permutation_units`: clusters of the detected guide sets at the loose
+  ``perm_chance_links`` threshold, each containing whole clones) within replicate x
+  burden-quartile strata (:func:`permute_guide_sets`, ``perm_seed``); every cell of a
+  unit receives the same set. The chain is rerun on the permuted experiment in
+  ``<out>/permutation/`` at the real run's hyperparameters (likelihood weight,
+  sigma_guide, clone covariance; the Laplace step alone with a Laplace run), without
+  guide-level mash unless ``perm_guide_mash``, and its hits counted: guides are
+  independent of fate given the strata, so hits must collapse to about zero.
+* **NTC calibration.** The export step's NTC check (:mod:`fatebias_core.checks.ntc`):
+  NTC guides grouped into pseudo-genes are fitted as genes at the run's
+  hyperparameters; ``diagnostics.json`` carries its result.
 * **Sanity checks.** Each configured known regulator (``known_regulators``: gene ->
   expected sign of its primary-contrast effect) is looked up in the run's gene-level
   mash table of ``mash_default_mode`` (else the posterior exports, lfsr from the

@@ -176,14 +176,20 @@ def call_rows(postmean: np.ndarray, lfsr: np.ndarray, truth: np.ndarray, thresh:
     return rows
 
 
-def hit_rows(postmean: np.ndarray, postsd: np.ndarray, lfsr: np.ndarray, truth: np.ndarray, config: FatebiasConfig) -> list[dict]:
+def hit_rows(
+    postmean: np.ndarray, postsd: np.ndarray, lfsr: np.ndarray, truth: np.ndarray, config: FatebiasConfig,
+    plarge: np.ndarray | None = None,
+) -> list[dict]:
     """The chain's own calls (lfsr and effect-size gate, any-day Bonferroni) scored against the truth.
+
+    ``plarge`` is a mash table's ``P(|effect| >= eps)`` under its posterior mixture, as
+    the ranking step uses it; the normal approximation when None.
 
     Daywise: precision and recall of called gene/days against the truly active ones
     (|truth| > ``sim_truth_thresh``; a call with the wrong sign is a false one).
     Any day: hits, and false hits (genes with no true effect on any day).
     """
-    calls = call_days(postmean, postsd, lfsr, CallRule.from_config(config, postmean.shape[1]))
+    calls = call_days(postmean, postsd, lfsr, CallRule.from_config(config, postmean.shape[1]), plarge=plarge)
     active = np.abs(truth) > config.sim_truth_thresh
     right = calls.active & active & (np.sign(postmean) == np.sign(truth))
     n_called, n_true = int(calls.active.sum()), int(active.sum())
@@ -266,12 +272,13 @@ def calibration_run(scenario: str, seed: int, base: FatebiasConfig, methods: Ite
                 pm = out[[f"postmean_{d}" for d in days]].to_numpy()
                 ps = out[[f"postsd_{d}" for d in days]].to_numpy()
                 lf = out[[f"lfsr_{d}" for d in days]].to_numpy()
+                plarge = out[[f"plarge_{d}" for d in days]].to_numpy() if "plarge_eps" in out else None
                 lo, hi = _normal_bounds(pm, ps)
                 src = f"mash:{variant}:{mode}"
                 extra = {"method": method, "source": src, "runtime_s": runtime + time.perf_counter() - t2}
                 rows += [{**r, **extra} for r in coverage_rows(lo, hi, truth, cfg.sim_truth_thresh)]
                 rows += [{**r, **extra} for r in call_rows(pm, lf, truth, cfg.sim_truth_thresh)]
-                rows += [{**r, **extra} for r in hit_rows(pm, ps, lf, truth, mcfg)]
+                rows += [{**r, **extra} for r in hit_rows(pm, ps, lf, truth, mcfg, plarge)]
     df = pd.DataFrame(rows)
     df.insert(0, "seed", seed)
     df.insert(0, "scenario", scenario)
