@@ -316,7 +316,7 @@ def test_duplicate_guide_names_in_a_10x_h5_name_the_features(forms: Forms, tmp_p
         load_experiment(forms.config(guide_source="cellranger_h5", guide_files=[str(path)], **UMI1), verbose=False)
 
 
-@pytest.mark.filterwarnings("ignore:(Variable|var)_?names are not unique")
+@pytest.mark.filterwarnings("ignore:.*names are not unique")
 def test_duplicate_guide_names_in_an_h5mu_name_the_rows(forms: Forms, tmp_path: Path) -> None:
     import mudata as md
 
@@ -449,3 +449,14 @@ def test_per_guide_table_and_qc_match_a_plain_computation() -> None:
     assert qc["ntc"]["share_of_detected"] == round(ntc.sum() / detected.nnz, 4)
     assert qc["ntc"]["share_of_cells"] == round((ntc > 0).mean(), 4)
     assert qc["thresholds"]["min"] == 3 and qc["umis"]["unassigned_median"] == float(np.median(coo.data[coo.data < 3]))
+
+
+def test_the_report_shows_the_guide_input(forms: Forms) -> None:
+    from fatebias_core.report.context import guide_input_rows
+
+    exp = load_experiment(forms.config(guide_source="cellranger_calls", guide_files=forms.csvs), verbose=False)
+    rows = dict(guide_input_rows(exp.summary.guide_input))
+    assert rows["guides from"] == "cellranger_calls"
+    assert rows["guide file"].endswith("600 of 600 barcodes matched (suffix '-1' added 600)")
+    assert rows["guides per cell (MOI)"].startswith("mean ") and "NTC" in rows
+    assert rows["thresholds (smallest called count, per guide and batch)"].startswith("median 1")
