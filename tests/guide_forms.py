@@ -32,7 +32,8 @@ NUCLEOTIDES = np.array(list("ACGT"))
 def barcodes(n: int, seed: int = 0, shared: float = 0.05) -> np.ndarray:
     """``n`` 16-nt barcodes, unique within each half; a ``shared`` share of the second half repeats the first's."""
     rng = np.random.default_rng(seed)
-    codes = NUCLEOTIDES[rng.integers(0, 4, size=(n, 16))]
+    ints = rng.choice(4**16, size=n, replace=False)  # distinct barcodes
+    codes = NUCLEOTIDES[(ints[:, None] >> (2 * np.arange(16))) & 3]
     out = np.array(["".join(row) for row in codes], dtype=object)
     half = n // 2
     k = int(shared * (n - half))
