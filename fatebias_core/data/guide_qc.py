@@ -58,6 +58,14 @@ def _quantiles(keys: np.ndarray, values: np.ndarray, n_keys: int, qs: tuple[floa
     return out
 
 
+def _order(seg: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The order sorting entries by (segment, value): one integer sort when the values are small whole numbers."""
+    top = float(values.max(initial=0.0))
+    if values.size and top < 2**24 and np.all(values == np.round(values)) and values.min() >= 0:
+        return np.argsort(seg.astype(np.int64) * 2**24 + values.astype(np.int64))
+    return np.lexsort((values, seg))
+
+
 def truncated_poisson_detection(mean: np.ndarray, threshold: np.ndarray, iterations: int = 60) -> np.ndarray:
     """P(X >= t) for the Poisson whose mean above t (E[X | X >= t]) is ``mean`` (vectorised bisection on its rate).
 
@@ -90,6 +98,8 @@ def _entry_table(detected: sp.csr_matrix, counts: sp.csr_matrix | None) -> tuple
     cols = base.indices.astype(np.int64)
     if counts is None:
         return rows, cols, np.ones(rows.size), np.ones(rows.size, dtype=bool)
+    if np.array_equal(counts.indptr, detected.indptr) and np.array_equal(counts.indices, detected.indices):
+        return rows, cols, counts.data.astype(np.float64), np.ones(rows.size, dtype=bool)  # every entry detected
     n_cols = base.shape[1]
     d_rows = np.repeat(np.arange(detected.shape[0], dtype=np.int64), np.diff(detected.indptr))
     d_keys = np.sort(d_rows * n_cols + detected.indices.astype(np.int64))
@@ -106,6 +116,7 @@ def per_guide_table(
     batches: np.ndarray,
     is_ntc: np.ndarray,
     library_thresholds: pd.DataFrame | None = None,
+    entries: tuple[np.ndarray, ...] | None = None,
 ) -> pd.DataFrame:
     """One row per guide and batch: cells assigned, UMI summaries, threshold, detection estimate.
 
@@ -116,7 +127,7 @@ def per_guide_table(
     batch_codes, batch_labels = pd.factorize(np.asarray(batches, dtype=object).astype(str), sort=True)
     n_b, n_g = len(batch_labels), len(guides)
     n_keys = n_g * n_b
-    rows, cols, values, assigned = _entry_table(detected, counts)
+    rows, cols, values, assigned = entries if entries is not None else _entry_table(detected, counts)
     group = cols * n_b + batch_codes[rows]
     d_rows = np.repeat(np.arange(detected.shape[0], dtype=np.int64), np.diff(detected.indptr))
     cells_assigned = np.bincount(detected.indices.astype(np.int64) * n_b + batch_codes[d_rows], minlength=n_keys)
@@ -133,7 +144,7 @@ def per_guide_table(
     else:
         table["cells_with_counts"] = np.bincount(group, minlength=n_keys)
         seg = group * 2 + assigned
-        order = np.lexsort((values, seg))
+        order = _order(seg, values)
         q = _quantiles(seg[order], values[order], 2 * n_keys, (0.0, 0.1, 0.5, 0.9))
         table["threshold"] = q[0, 1::2]
         table["umi_median_assigned"] = q[2, 1::2]
@@ -159,7 +170,12 @@ def _share(n: float, d: float) -> float:
 
 
 def guide_qc(
-    detected: sp.csr_matrix, counts: sp.csr_matrix | None, per_guide: pd.DataFrame, is_ntc: np.ndarray, threshold_from: str
+    detected: sp.csr_matrix,
+    counts: sp.csr_matrix | None,
+    per_guide: pd.DataFrame,
+    is_ntc: np.ndarray,
+    threshold_from: str,
+    entries: tuple[np.ndarray, ...] | None = None,
 ) -> dict:
     """The assignment QC summary (module docstring), JSON-friendly.
 
@@ -210,7 +226,7 @@ def guide_qc(
         "ntc": {"share_of_detected": _share(ntc_entries, detected.nnz), "share_of_cells": _share(cells_with_ntc, n)},
     }
     if counts is not None and counts.nnz:
-        _, _, values, assigned = _entry_table(detected, counts)
+        _, _, values, assigned = entries if entries is not None else _entry_table(detected, counts)
         a = values[assigned]
         qc["umis"] = {
             "assigned_median": float(np.median(a)) if a.size else None,
@@ -267,8 +283,9 @@ def guide_report(guides: GuideInput, gmap: pd.DataFrame, cells: np.ndarray) -> t
     is_ntc = np.isin(np.asarray(guides.guides, dtype=object), ntc_names.to_numpy(dtype=object))
     source = guides.report.get("source", "obsm")
     lib = guides.assignment.library_thresholds if guides.assignment is not None else None
-    table = per_guide_table(guides.detected, guides.counts, guides.guides, guides.batches, is_ntc, lib)
-    qc = guide_qc(guides.detected, guides.counts, table, is_ntc, THRESHOLD_FROM.get(source, "smallest assigned count"))
+    entries = _entry_table(guides.detected, guides.counts)
+    table = per_guide_table(guides.detected, guides.counts, guides.guides, guides.batches, is_ntc, lib, entries)
+    qc = guide_qc(guides.detected, guides.counts, table, is_ntc, THRESHOLD_FROM.get(source, "smallest assigned count"), entries)
     info = {**guides.report, "qc": qc}
     if source == "obsm":
         return info, None

@@ -26,6 +26,8 @@ naming the file and the rows (file lines) or features at fault.
 from __future__ import annotations
 
 import contextlib
+import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +39,7 @@ import scipy.sparse as sp
 
 from fatebias_core.config import GUIDE_COUNT_SOURCES, FatebiasConfig
 from fatebias_core.data.assignment import Assignment, assign_guides
-from fatebias_core.data.barcodes import match_barcodes
+from fatebias_core.data.barcodes import CellNames, match_barcodes
 from fatebias_core.errors import ConfigError, InputDataError
 from fatebias_core.io import read_csv
 
@@ -207,15 +209,18 @@ def read_protospacer_calls(path: str | Path) -> GuideTable:
             f"{what}: missing column {missing[0]!r}; Cell Ranger's protospacer_calls_per_cell.csv has "
             f"cell_barcode, num_features, feature_call, num_umis (this file has {_listing(df.columns, 8)})"
         )
-    barcode = df["cell_barcode"].str.strip()
-    empty = (barcode == "").to_numpy() | (df["feature_call"].str.strip() == "").to_numpy()
+    barcode = df["cell_barcode"].str.strip().to_numpy(dtype=object)
+    call_text = df["feature_call"].to_numpy(dtype=object)
+    empty = (barcode == "") | (pd.Series(call_text).str.strip() == "").to_numpy()
     if empty.any():
         raise InputDataError(f"{what}: {int(empty.sum())} rows without a barcode or a guide call ({_lines(np.flatnonzero(empty))})")
-    _unique_barcodes(barcode.to_numpy(), what, unit="lines")
-    calls = df["feature_call"].str.split("|")
-    umis = df["num_umis"].str.split("|")
-    n_calls = calls.str.len().to_numpy()
-    bad = n_calls != umis.str.len().to_numpy()
+    _unique_barcodes(barcode, what, unit="lines")
+    # One split of the joined text instead of a split per row (2,000,000 calls at 200,000 cells).
+    guide = _split_joined(call_text)
+    umi_text = _split_joined(df["num_umis"].to_numpy(dtype=object))
+    umi = _numbers(umi_text)
+    n_calls = _parts_per_row(df["feature_call"])
+    bad = n_calls != _parts_per_row(df["num_umis"])
     if "num_features" in df.columns:
         bad |= pd.to_numeric(df["num_features"], errors="coerce").to_numpy() != n_calls
     if bad.any():
@@ -224,25 +229,53 @@ def read_protospacer_calls(path: str | Path) -> GuideTable:
             f"of guides ({_lines(np.flatnonzero(bad))})"
         )
     row = np.repeat(np.arange(len(df)), n_calls)
-    guide = calls.explode().str.strip().to_numpy(dtype=object)
-    umi_text = umis.explode().str.strip()
-    umi = pd.to_numeric(umi_text, errors="coerce").to_numpy(dtype=np.float64)
     bad_entry = ~np.isfinite(umi) | (umi < 0) | (umi != np.round(umi)) | (guide == "")
     if bad_entry.any():
         rows = np.unique(row[bad_entry])
         raise InputDataError(
             f"{what}: {len(rows)} rows with an empty guide name or UMIs that are not whole numbers "
-            f"(e.g. {umi_text.iloc[int(np.flatnonzero(bad_entry)[0])]!r}; {_lines(rows)})"
+            f"(e.g. {umi_text[int(np.flatnonzero(bad_entry)[0])]!r}; {_lines(rows)})"
         )
     codes, names = pd.factorize(guide)
-    twice = pd.DataFrame({"row": row, "code": codes}).duplicated().to_numpy()
-    if twice.any():
-        rows = np.unique(row[twice])
+    key = np.sort(row.astype(np.int64) * max(len(names), 1) + codes)
+    twice_keys = key[1:][np.diff(key) == 0]
+    if twice_keys.size:
+        rows = np.unique(twice_keys // max(len(names), 1))
         raise InputDataError(f"{what}: {len(rows)} rows call the same guide twice (duplicate guide names; {_lines(rows)})")
     # A call with 0 UMIs would vanish from a sparse matrix: keep every call as stored (>= 1).
     values = sp.csr_matrix((np.maximum(umi, 1.0).astype(np.float32), (row, codes)), shape=(len(df), len(names)))
     values.sort_indices()
-    return GuideTable(what, barcode.to_numpy(dtype=object), [str(n) for n in names], values, "calls")
+    return GuideTable(what, barcode, [str(n) for n in names], values, "calls")
+
+
+def _split_joined(texts: np.ndarray) -> np.ndarray:
+    """Every ``|``-separated part of every text, in order, stripped of surrounding blanks."""
+    joined = "|".join(texts.tolist())
+    if any(ch in joined for ch in " \t"):
+        joined = re.sub(r"[ \t]*\|[ \t]*", "|", joined.strip())
+    return np.asarray(joined.split("|"), dtype=object)
+
+
+def _parts_per_row(texts: pd.Series) -> np.ndarray:
+    """How many ``|``-separated parts each text has (one pass over the bytes of the joined texts)."""
+    data = np.frombuffer("\n".join(texts.tolist()).encode("utf-8"), dtype=np.uint8)
+    bars = np.concatenate([[0], np.cumsum(data == ord("|"))])
+    ends = np.concatenate([np.flatnonzero(data == ord("\n")), [data.size]])
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    return bars[ends] - bars[starts] + 1
+
+
+def _numbers(texts: np.ndarray) -> np.ndarray:
+    """``texts`` as float64 (NaN where one is not a number): one C parse of the joined text, else pandas'."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            values = np.fromstring("|".join(texts.tolist()), dtype=np.float64, sep="|")
+            if values.size == texts.size:
+                return values
+        except (ValueError, DeprecationWarning):
+            pass
+    return pd.to_numeric(pd.Series(texts), errors="coerce").to_numpy(dtype=np.float64)
 
 
 # --------------------------------------------------------------------------- 10x .h5
@@ -520,8 +553,9 @@ def _align(
     rows, cols, vals = [], [], []
     files = []
     covered = np.zeros(n, dtype=bool)
+    cell_names = CellNames(cells)
     for t in tables:
-        match = match_barcodes(t.barcodes, cells, t.source)
+        match = match_barcodes(t.barcodes, cell_names, t.source)
         coo = t.values.tocoo()
         target = match.rows[coo.row]
         ok = target >= 0
