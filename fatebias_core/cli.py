@@ -78,6 +78,24 @@ def _run_check(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- assign
+def _build_assign(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", required=True, help="YAML configuration file")
+    p.add_argument("--out", help="output folder (overrides out_dir)")
+
+
+@command("assign", "read the guides (assigning them from UMI counts) and write them beside the run with the load summary, without fitting")(_build_assign)
+def _run_assign(args: argparse.Namespace) -> int:
+    from fatebias_core.io.layout import RunLayout
+    from fatebias_core.pipeline.steps import load_step
+
+    cfg = _config(args, out_dir=args.out)
+    experiment = load_step(cfg)
+    written = ", ".join(p.name for p in RunLayout.of(cfg).load_files() if p.exists())
+    print(f"guides of {experiment.summary.n_cells_in} cells written to {cfg.out_dir}: {written}")
+    return 0
+
+
 # --------------------------------------------------------------------------- lineage
 def _build_lineage(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group(required=True)

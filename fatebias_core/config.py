@@ -28,6 +28,15 @@ MashMode = Literal["conservative", "enriched"]
 DEVICES: tuple[str, ...] = get_args(Device)
 MASH_BACKENDS: tuple[str, ...] = get_args(MashBackendName)
 MASH_MODES: tuple[str, ...] = get_args(MashMode)
+GuideSource = Literal["obsm", "obsm_counts", "layer", "cellranger_calls", "cellranger_h5", "mudata"]
+AssignMethod = Literal[
+    "gauss", "poisson_gauss", "umi", "poisson", "negative_binomial", "binomial", "max", "ratio", "quantiles", "2beta", "3beta"
+]
+GUIDE_SOURCES: tuple[str, ...] = get_args(GuideSource)
+#: Guide sources that need files of their own (``guide_files``).
+GUIDE_FILE_SOURCES = ("cellranger_calls", "cellranger_h5", "mudata")
+#: Guide sources with UMI counts that a library assigns.
+GUIDE_COUNT_SOURCES = ("obsm_counts", "layer", "cellranger_h5", "mudata")
 
 # Group names, in the order the README's configuration reference lists them.
 GROUPS = (
@@ -74,6 +83,17 @@ class FatebiasConfig(BaseModel):
     R: int | None = _f(None, "Expected number of replicates; checked against the data when given.", "inputs", ge=1)
     fate_sum_tol: float = _f(1e-3, "Fate rows whose sum is off 1 by more than this are rejected; smaller drift is renormalised.", "inputs", gt=0)
     drop_invalid_cells: bool = _f(False, "Drop invalid cells (fate probabilities NaN/infinite, negative or off the simplex by more than fate_sum_tol; no day, replicate or clone label) instead of failing; they are counted in the load summary and listed with the reason in dropped_cells.csv.", "inputs")
+    guide_source: GuideSource = _f("obsm", "Where the guides come from: obsm (the detection matrix in obsm[guide_key], non-zero = detected); obsm_counts (guide UMI counts in obsm[guide_key]) or layer (UMI counts in layers[guide_layer] of the guide features), assigned by assign_method; cellranger_calls (Cell Ranger's protospacer_calls_per_cell.csv); cellranger_h5 (the guide features of a 10x filtered_feature_bc_matrix.h5) or mudata (the guide modality of an .h5mu), UMI counts assigned by assign_method.", "inputs")
+    guide_files: list[str] = _f([], "The guide file(s) of guide_source cellranger_calls, cellranger_h5 or mudata (one per sample or library; each file's barcodes are matched to the AnnData's cells on their own). mudata with none: the .h5mu of adata_path.", "inputs")
+    guide_layer: str | None = _f(None, "The layer of guide UMI counts: of the AnnData (guide_source layer, restricted to var[feature_types] == guide_feature_type when that column exists) or of the .h5mu guide modality (mudata); null: X.", "inputs")
+    guide_modality: str | None = _f(None, "The .h5mu modality of the guide counts; null: the first of gdo, crispr, guides, grna, sgrna present.", "inputs")
+    rna_modality: str = _f("rna", "When adata_path is an .h5mu (or the in-memory object a MuData): the modality holding the fate probabilities, days and replicates.", "inputs")
+    guide_feature_type: str = _f("CRISPR Guide Capture", "Feature type of the guide features in a 10x .h5 and in var['feature_types'] of a layer.", "inputs")
+    guide_min_matched: float = _f(0.5, "Stop when fewer than this share of the AnnData's cells is found in the guide file(s) (barcodes are matched exactly, then with a sample prefix or suffix added or removed).", "inputs", ge=0, le=1)
+    drop_empty_guides: bool = _f(False, "Guide features with no UMI in any cell are an error (a wrong feature reference or modality); true: drop them and list them in the load summary.", "inputs")
+    assign_method: AssignMethod = _f("gauss", "crispat method that assigns guides from UMI counts (docs/method.md, Guide assignment): gauss (default: a two-component Gaussian mixture on log counts per guide and replicate, close to Cell Ranger's protospacer calling; per guide, so right at high MOI), poisson_gauss (Replogle et al.'s per-guide mixture; slow), umi (a fixed UMI threshold), poisson, negative_binomial, binomial; max, ratio, quantiles, 2beta, 3beta compare a cell's guides with each other and assume one guide per cell (low MOI).", "inputs")
+    assign_params: dict[str, Any] = _f({}, "Keyword arguments of the crispat function of assign_method, over fatebias' defaults (gauss: inference em; umi: thresholds [2]; plots off), e.g. {n_iter: 250} or {thresholds: [3]}.", "inputs")
+    assign_batch_key: str | None = _f(None, "obs column whose labels are crispat's batches (methods that fit per batch: gauss, poisson, negative_binomial, binomial, 2beta, 3beta); null: the replicate labels.", "inputs")
 
     # ------------------------------------------------------------------ model (3-4)
     s_alpha: float = _f(2.0, "Prior SD of the day intercepts a[f, d].", "model", gt=0)
@@ -211,6 +231,11 @@ class FatebiasConfig(BaseModel):
             raise ValueError(f"needs at least 2 distinct day labels, got {v}")
         return v
 
+    @field_validator("guide_files", mode="before")
+    @classmethod
+    def _one_or_more_files(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
     @field_validator("likelihood_weight")
     @classmethod
     def _positive_weight(cls, v: float | str) -> float | str:
@@ -253,6 +278,13 @@ class FatebiasConfig(BaseModel):
             self._check_fixed_sigma_guide(self.fixed_sigma_guide)
         if self.fixed_clone_cov is not None:
             self._check_fixed_clone_cov(self.fixed_clone_cov)
+        if self.guide_source in ("cellranger_calls", "cellranger_h5") and not self.guide_files:
+            raise ValueError(f"guide_source {self.guide_source} needs guide_files (the file(s) to read the guides from)")
+        if self.guide_files and self.guide_source not in GUIDE_FILE_SOURCES:
+            raise ValueError(
+                f"guide_files is set but guide_source is {self.guide_source!r}; set guide_source to one of "
+                f"{', '.join(GUIDE_FILE_SOURCES)} or remove guide_files"
+            )
         return self
 
     def _check_fixed_sigma_guide(self, values: list[float]) -> None:
@@ -270,6 +302,10 @@ class FatebiasConfig(BaseModel):
             raise ValueError(f"fixed_clone_cov needs a symmetric positive definite {k} x {k} matrix (one row per contrast fate), got {values}")
 
     # ------------------------------------------------------------------ derived
+    def input_paths(self) -> list[str]:
+        """The experiment's input files: the AnnData, the guide map and the guide files (those that are set)."""
+        return [p for p in (self.adata_path, self.guide_map_csv, *self.guide_files) if p]
+
     @property
     def contrast_fates(self) -> list[str]:
         """Non-reference fates, primary contrast first, then the rest in configured order."""
@@ -373,8 +409,8 @@ def read_yaml(path: str | Path, what: str = "YAML file") -> Any:
 def load_config(path: str | Path | None = None, **overrides: Any) -> FatebiasConfig:
     """Read and validate a YAML configuration file.
 
-    Relative ``adata_path``, ``guide_map_csv`` and ``out_dir`` are resolved against the
-    file's folder, so a config travels with its data.
+    Relative ``adata_path``, ``guide_map_csv``, ``guide_files`` and ``out_dir`` are resolved
+    against the file's folder, so a config travels with its data.
 
     Parameters
     ----------
@@ -395,6 +431,13 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> FatebiasCon
         value = raw.get(key)
         if isinstance(value, str) and not Path(value).is_absolute():
             raw[key] = str((path.parent / value).resolve())
+    files = raw.get("guide_files")
+    if isinstance(files, str):
+        files = [files]
+    if isinstance(files, list):
+        raw["guide_files"] = [
+            str((path.parent / f).resolve()) if isinstance(f, str) and not Path(f).is_absolute() else f for f in files
+        ]
     return make_config(raw, source=str(path), **overrides)
 
 

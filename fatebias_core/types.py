@@ -7,6 +7,7 @@ the fit consumes it. All arrays are numpy; the model moves them to torch itself.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -189,6 +190,9 @@ class LoadSummary:
     clones: dict = field(default_factory=dict)
     fate_mean_by_day: dict[str, dict[str, float]] = field(default_factory=dict)
     drop_invalid_cells: bool = False
+    #: Where the guides came from, how the barcodes matched, the assignment and its QC
+    #: (:mod:`fatebias_core.data.guide_sources`, :mod:`fatebias_core.data.guide_qc`).
+    guide_input: dict = field(default_factory=dict)
 
     @property
     def n_dropped(self) -> int:
@@ -238,6 +242,7 @@ class LoadSummary:
         if self.map_guides_absent:
             shown = ", ".join(self.map_guides_absent[:5]) + (" ..." if len(self.map_guides_absent) > 5 else "")
             lines.append(f"  {len(self.map_guides_absent)} map guides absent from the matrix: {shown}")
+        lines.extend(guide_input_lines(self.guide_input))
         return "\n".join(lines)
 
 
@@ -250,6 +255,9 @@ class Experiment:
     summary: LoadSummary
     #: Cells dropped at load (columns ``cell``, ``reason``); None when not known.
     dropped_cells: pd.DataFrame | None = None
+    #: The guides as read from a guide file or assigned from counts, written beside the run
+    #: (:class:`fatebias_core.data.assignment.GuideFiles`); None for the obsm matrix.
+    guide_files: Any = None
 
     @property
     def n_cells(self) -> int:
@@ -268,3 +276,59 @@ def center_by_group(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.
     sums = np.bincount(group, weights=values, minlength=n_groups)
     means = np.divide(sums, counts, out=np.zeros(n_groups), where=counts > 0)
     return (values - means[group]).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- guide input lines
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:g}"
+
+
+def _file_line(f: dict) -> str:
+    how = ", ".join(f"{k} {v}" for k, v in f["how"].items()) or "none"
+    text = f"{f['file']}: {f['matched']} of {f['barcodes']} barcodes matched ({how})"
+    if f["unmatched"]:
+        text += f"; {f['unmatched']} not in the AnnData (e.g. {', '.join(f['unmatched_examples'])})"
+    return text
+
+
+def guide_input_lines(info: dict) -> list[str]:
+    """The load summary's lines on where the guides came from and their QC (``LoadSummary.guide_input``)."""
+    if not info:
+        return []
+    lines = [f"  guides from: {info.get('source')} {info.get('where', '')}".rstrip()]
+    lines += [f"    {_file_line(f)}" for f in info.get("files", [])]
+    if info.get("cells_not_in_files"):
+        lines.append(f"    {info['cells_not_in_files']} cells of the AnnData are in no guide file (kept, without guides)")
+    if info.get("empty_guides_dropped"):
+        dropped = info["empty_guides_dropped"]
+        lines.append(f"    {len(dropped)} guides without UMIs dropped (drop_empty_guides): {', '.join(dropped[:5])}")
+    a = info.get("assignment")
+    if a:
+        params = ", ".join(f"{k}={v}" for k, v in a["params"].items())
+        when = "reused from guide_assignment.h5ad" if a["reused"] else f"in {a['runtime_s']:g} s"
+        lines.append(f"  assignment: {a['library']} {a['method']} ({a['function']} {params}) {when}")
+    qc = info.get("qc") or {}
+    if not qc:
+        return lines
+    g = qc["guides_per_cell"]
+    hist = ", ".join(f"{k}: {v:.1%}" for k, v in g["share_of_cells"].items())
+    lines.append(f"  guides per cell (MOI): mean {g['mean']:g}, median {g['median']:g}, 90% {g['p90']:g}, max {g['max']}; cells with {hist}")
+    c = qc["cells_per_guide"]
+    lines.append(
+        f"  cells per guide: min {c['min']}, median {c['median']:g}, max {c['max']} ({c['guides_under_10_cells']} guides in fewer than 10 cells); "
+        f"{qc['cells_without_guides']} cells without a guide"
+    )
+    lines.append(f"  NTC: {qc['ntc']['share_of_detected']:.1%} of detected guides, in {qc['ntc']['share_of_cells']:.1%} of cells")
+    if "umis" in qc:
+        u, t, d = qc["umis"], qc["thresholds"], qc["detection"]
+        lines.append(
+            f"  UMIs of detected guides: median {_fmt(u['assigned_median'])} (10% {_fmt(u['assigned_q10'])}, 90% {_fmt(u['assigned_q90'])}); "
+            f"non-zero but not detected: {u['unassigned_share_of_nonzero']:.1%} of entries, median {_fmt(u['unassigned_median'])}"
+        )
+        lib = f"; crispat's fitted thresholds median {_fmt(t['library_median'])}" if "library_median" in t else ""
+        lines.append(f"  thresholds ({t['from']}, per guide and batch): median {_fmt(t['median'])}, range {_fmt(t['min'])}-{_fmt(t['max'])}{lib}")
+        if d["n_estimated"]:
+            lines.append(
+                f"  detection (truncated Poisson on detected UMIs, {d['n_estimated']} guide x batch): median {d['median']:.3f}, 10% {d['q10']:.3f}"
+            )
+    return lines

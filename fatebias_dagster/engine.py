@@ -51,7 +51,9 @@ PATH_KEYS = ("adata_path", "guide_map_csv", "out_dir")
 
 def _absolute(config: FatebiasConfig) -> FatebiasConfig:
     """``config`` with its file paths made absolute (they are resolved against the CWD)."""
-    update = {k: str(Path(getattr(config, k)).resolve()) for k in PATH_KEYS if getattr(config, k)}
+    update: dict = {k: str(Path(getattr(config, k)).resolve()) for k in PATH_KEYS if getattr(config, k)}
+    if config.guide_files:
+        update["guide_files"] = [str(Path(f).resolve()) for f in config.guide_files]
     return config.model_copy(update=update)
 
 

@@ -83,8 +83,8 @@ def settings_values(config: FatebiasConfig, step: str) -> dict[str, object]:
 
 
 def input_files(config: FatebiasConfig) -> list[str]:
-    """The experiment's input files (AnnData and guide map)."""
-    return [str(p) for p in (config.adata_path, config.guide_map_csv) if p]
+    """The experiment's input files (AnnData, guide map and guide files)."""
+    return [str(p) for p in config.input_paths()]
 
 
 @functools.lru_cache(maxsize=32)

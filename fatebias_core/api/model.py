@@ -52,7 +52,9 @@ class FateBias:
     ----------
     adata
         The experiment: fate probabilities, guide matrix, day and replicate labels (the
-        keys of :meth:`setup_anndata`, else of ``config``).
+        keys of :meth:`setup_anndata`, else of ``config``); or a MuData whose
+        ``rna_modality`` holds them, with ``guide_source="mudata"`` for guide UMI counts in
+        its guide modality.
     guide_map
         ``guide_name, gene_name, is_ntc`` (0/1), one row per guide.
     config

@@ -52,6 +52,15 @@ from fatebias_core.data.clones import (
     clones_from_labels,
     impute_clone_guides,
 )
+from fatebias_core.data.guide_qc import guide_report
+from fatebias_core.data.guide_sources import (
+    GuideInput,
+    batch_labels,
+    guide_where,
+    read_guides,
+    rna_group,
+    rna_of,
+)
 from fatebias_core.errors import ConfigError, InputDataError
 from fatebias_core.io import read_csv
 from fatebias_core.types import (
@@ -225,7 +234,7 @@ class _H5adSource(_Source):
 @contextlib.contextmanager
 def _open_source(config: FatebiasConfig, adata: Any | None) -> Iterator[_Source]:
     if adata is not None:
-        yield _MemorySource(adata)
+        yield _MemorySource(rna_of(adata, config))
         return
     if config.adata_path is None:
         raise ConfigError("adata_path is not set: name the .h5ad file in the configuration")
@@ -241,9 +250,12 @@ def _open_source(config: FatebiasConfig, adata: Any | None) -> Iterator[_Source]
     except OSError:
         raise InputDataError(f"{path}: not an HDF5/.h5ad file (adata_path)") from None
     try:
-        if "obs" not in h5:
+        root, name = rna_group(h5, path, config)  # an .h5mu: its rna_modality
+        if "obs" not in root:
             raise InputDataError(f"{path}: no obs group; is this an AnnData .h5ad file?")
-        yield _H5adSource(path, h5)
+        src = _H5adSource(path, root)
+        src.source = name
+        yield src
     finally:
         h5.close()
 
@@ -751,6 +763,7 @@ class _Inputs:
     rep_where: str
     clone: pd.Series | None
     cell_names: np.ndarray
+    guides: GuideInput | None = None  # the guide source's read (report, counts, assignment)
 
     def subset(self, rows: np.ndarray) -> _Inputs:
         """The cells where ``rows`` (a boolean mask) is true."""
@@ -776,9 +789,11 @@ def _read_inputs(config: FatebiasConfig, adata: Any | None) -> _Inputs:
             f"{source}: obsm[{config.fate_prob_key!r}]",
             drop=config.drop_invalid_cells,
         )
-        csr, matrix_guides = _guide_matrix(src, config.guide_key)
         day_raw = src.require_obs(config.day_key, "day_key").reset_index(drop=True)
         rep_raw, rep_where = _replicates(src, config)
+        obsm = _guide_matrix(src, config.guide_key) if config.guide_source in ("obsm", "obsm_counts") else None
+        guides = read_guides(src, config, adata, batch_labels(src, config, rep_raw), obsm, cache_dir=Path(config.out_dir))
+        csr, matrix_guides = guides.detected, guides.guides
         clone_raw = (
             src.obs(config.clone_key).reset_index(drop=True)
             if config.clone_key in src.obs_keys()
@@ -798,6 +813,7 @@ def _read_inputs(config: FatebiasConfig, adata: Any | None) -> _Inputs:
             rep_where=rep_where,
             clone=clone_raw,
             cell_names=src.obs_names(),
+            guides=guides,
         )
 
 
@@ -1000,7 +1016,7 @@ def load_experiment(
         raise InputDataError(f"{source}: no valid cell left ({_drop_text(reason)})")
     kept = inputs if valid.all() else inputs.subset(valid)
     day_all, day_labels, rep_all, rep_labels = _levels(kept, config)
-    index = _index_guides(gmap, inputs.matrix_guides, f"{source} obsm[{config.guide_key!r}]")
+    index = _index_guides(gmap, inputs.matrix_guides, guide_where(config, source))
 
     guide_ids, mask, keep, burden_all = embed_guides(kept.csr, index.column_ids, config.Kmax)
     day, rep, burden = day_all[keep], rep_all[keep], burden_all[keep]
@@ -1045,9 +1061,11 @@ def load_experiment(
         inputs, cells, guides, index, dropped, day_counts, config.drop_invalid_cells,
         clones.summary() | {"cells_given_clone_guides": n_imputed, "cells_unplaced": int(unplaced.sum())},
     )
+    guide_info, guide_files = guide_report(inputs.guides, gmap, inputs.cell_names)
+    summary = replace(summary, guide_input=guide_info)
     if verbose:
         print(summary.format())
-    return Experiment(cells=cells, guides=guides, summary=summary, dropped_cells=dropped_cells)
+    return Experiment(cells=cells, guides=guides, summary=summary, dropped_cells=dropped_cells, guide_files=guide_files)
 
 
 #: Why a cell was dropped at load, by code (fate codes of :data:`FATE_ROW_REASONS`, then labels).

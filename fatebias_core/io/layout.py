@@ -27,6 +27,10 @@ CHECKPOINT = "checkpoint.pt"
 # ---------------------------------------------------------------- the run folder
 LOAD_SUMMARY = "load_summary.json"
 DROPPED_CELLS = "dropped_cells.csv"
+GUIDE_ASSIGNMENT = "guide_assignment.h5ad"
+"""Cells x guides as loaded from a guide file or assigned from counts (X: 1 = detected; layers['counts']: UMIs; var: per guide)."""
+GUIDE_THRESHOLDS = "guide_thresholds.csv"
+"""Per guide and batch: the threshold, cells assigned, UMI summaries and detection estimate (the assignment QC)."""
 CONFIG_USED = "config_used.yaml"
 MANIFEST = "fatebias_manifest.json"
 ELBO_FIGURE = "elbo_trace.png"
@@ -115,8 +119,11 @@ class RunLayout:
 
     # ------------------------------------------------------------ per step
     def load_files(self) -> list[Path]:
-        """``load_summary.json`` and ``dropped_cells.csv``."""
-        return [self.root / LOAD_SUMMARY, self.root / DROPPED_CELLS]
+        """``load_summary.json``, ``dropped_cells.csv`` and, for guides not read from obsm, the guide files."""
+        files = [self.root / LOAD_SUMMARY, self.root / DROPPED_CELLS]
+        if self.config.guide_source != "obsm":
+            files += [self.root / GUIDE_ASSIGNMENT, self.root / GUIDE_THRESHOLDS]
+        return files
 
     def fit_files(self) -> list[Path]:
         """The saved fit that later steps load (metadata and parameters)."""

@@ -26,6 +26,7 @@ def load_experiment_checked(config: FatebiasConfig, verbose: bool = True) -> Exp
         raise ConfigError(f"the configuration does not name {' and '.join(missing)}")
     absent = [f"{key}: file not found: {getattr(config, key)}" for key in ("adata_path", "guide_map_csv")
               if not Path(getattr(config, key)).exists()]
+    absent += [f"guide_files: file not found: {f}" for f in config.guide_files if not Path(f).exists()]
     if absent:
         raise InputDataError("; ".join(absent))  # every missing input at once, each with its key
     return load_experiment(config, verbose=verbose)

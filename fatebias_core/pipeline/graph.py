@@ -280,8 +280,8 @@ def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def input_version(config: FatebiasConfig) -> str:
-    """Content hash of the experiment's input files (AnnData and guide map)."""
-    parts = [file_hash(p) for p in (config.adata_path, config.guide_map_csv) if p]
+    """Content hash of the experiment's input files (AnnData, guide map and guide files)."""
+    parts = [file_hash(p) for p in config.input_paths()]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 

@@ -48,14 +48,20 @@ def load_step(config: FatebiasConfig, out_dir: str | Path | None = None, verbose
 
 
 def write_load_files(experiment: Experiment, out_dir: str | Path) -> list[Path]:
-    """Write ``load_summary.json`` and ``dropped_cells.csv`` (``cell, reason``; header only when none)."""
+    """Write ``load_summary.json`` and ``dropped_cells.csv`` (``cell, reason``; header only when none).
+
+    Guides read from a guide file or assigned from counts are written beside them:
+    ``guide_assignment.h5ad`` and ``guide_thresholds.csv`` (:class:`fatebias_core.data.assignment.GuideFiles`).
+    """
     out = Path(out_dir)
     dropped = experiment.dropped_cells
     if dropped is None:
         dropped = pd.DataFrame({"cell": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})
+    guide_files = experiment.guide_files.write(out) if experiment.guide_files is not None else []
     return [
         write_json(experiment.summary.to_dict(), out / names.LOAD_SUMMARY),
         write_csv(dropped, out / names.DROPPED_CELLS),
+        *guide_files,
     ]
 
 

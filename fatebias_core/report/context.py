@@ -32,6 +32,7 @@ from fatebias_core.report.parts import (
 )
 from fatebias_core.report.plots import plot_elbo
 from fatebias_core.report.trust import TrustSection, trust_section
+from fatebias_core.types import guide_input_lines
 
 #: Settings shown in the run section (all are in the collapsed config_used.yaml).
 KEY_SETTINGS = (
@@ -259,7 +260,19 @@ def load_facts(run: RunFolder, page: PageLog) -> KeyValues | Absent:
         ("guides not in the map (ignored)", count_and_names(load.get("unmapped_guides") or [])),
         ("map guides absent from the matrix", count_and_names(load.get("map_guides_absent") or [])),
         ("fate names from", load.get("fate_names_source", "–") + renormalised),
+        *guide_input_rows(load.get("guide_input") or {}),
     ])
+
+
+def guide_input_rows(info: dict) -> list[tuple[str, str]]:
+    """The guide source, its barcode matching, the assignment and its QC (``load_summary.json``'s ``guide_input``)."""
+    rows = []
+    for line in guide_input_lines(info):
+        label, _, text = line.strip().partition(": ")
+        if line.startswith("    "):  # a guide file's matching, under "guides from"
+            label, text = "guide file", line.strip()
+        rows.append((label, text))
+    return rows
 
 
 def dropped_cells(run: RunFolder, shown: int = 8) -> list[tuple[str, str]]:
