@@ -23,7 +23,7 @@ from fatebias_core.checks.diagnostics import (
     sanity_checks,
     score_heldout,
 )
-from fatebias_core.checks.ntc import NTCCalibration
+from fatebias_core.checks.ntc import NTCCheck
 from fatebias_core.cli import main
 from fatebias_core.config import FatebiasConfig, make_config
 from fatebias_core.discovery.calls import rank_and_compare, rank_file, rank_hits
@@ -138,19 +138,24 @@ def make_run_folder(out: Path) -> FatebiasConfig:
     scores = score_heldout(p, 0.9 * p + 0.1 / 3, np.full((n, 3), 1 / 3), day, list(DAYS))
     heldout = HeldOutResult(frac=0.1, seed=1, steps=120, n_train=1080, scores=scores, fit_info={})
     perm = PermutationResult(
-        seed=2, n_burden_bins=4, bin_edges=[2.0, 3.0, 4.0], n_strata=32, n_cells_moved=1100, n_cells_burden_changed=0,
+        seed=2, n_units=310, n_clones=640, n_strata=32, n_cells_moved=1100,
         out_dir=out / "permutation", n_genes=N_GENES, n_hits=0, hit_genes=[], n_gene_days_called=0,
         hits_by_mode={"conservative": 0, "enriched": 1}, n_hits_real=len(ACTIVE), runtime_s=4.0,
-        fixed_sigma_guide=[0.0812, 0.0791],
+        fixed={"sigma_guide": [0.0812, 0.0791], "weight": 50.0},
     )
     z = rng.standard_normal(120)
     ntc_table = pd.DataFrame({
-        "partition": 0, "pseudo_gene": np.repeat(np.arange(15), 8), "guides": "NTC_1;NTC_2", "fate": "MES",
-        "day": np.tile(DAYS, 30)[:120], "score": z, "z_model": 1.6 * z, "z_robust": z,
+        "half": 0, "pseudo_gene": np.repeat(np.arange(15), 8), "guides": "NTC_1;NTC_2", "fate": "MES",
+        "day": np.tile(DAYS, 30)[:120], "estimate": 0.05 * z, "sd": 0.05, "z": z, "sd_model": 0.05 / 1.6,
+        "z_model": 1.6 * z, "df": 40.0,
     })
+    ntc = NTCCheck(ntc_table, statistic=float((z**2).sum()), dof=120, p_value=0.5,
+                   coverage_90=float(np.mean(np.abs(z) < 1.6449)), n_ntc_guides=10, pseudo_gene_size=3,
+                   uncertainty="cluster_robust")
     write_csv(ntc_table, out / "ntc_calibration.csv")
-    ntc = NTCCalibration(ntc_table, "cluster_robust", n_ntc_guides=10, pseudo_gene_size=3, n_clusters=1100)
-    diag = DiagnosticsResult(heldout, perm, sanity_checks(cfg, out), out / "diagnostics.json", runtime_s=9.0, ntc=ntc)
+    write_json(ntc.to_dict(), out / "ntc_check.json")
+    diag = DiagnosticsResult(heldout, perm, sanity_checks(cfg, out), out / "diagnostics.json", runtime_s=9.0,
+                             ntc=ntc.to_dict())
     write_json(diag.to_dict(), out / "diagnostics.json")
     evaluate_files(out / "hits_ranked.csv", out.parent / "truth_daywise.csv", out, truth_thresh=0.2, config=cfg)
 
@@ -199,11 +204,14 @@ def test_report_shows_every_section(report, run_folder):
     for version in ("torch", "pyro", "numpy", "python", "fatebias"):
         assert f"<th>{version}</th>" in page
     assert "full model better" in page and "passed: hits collapse" in page
-    assert "the Laplace step alone, at the real run" in page and "sigma_guide (0.0812, 0.0791)" in page
+    assert "the Laplace step alone, at the real run&#39;s sigma_guide, weight" in page
+    assert "guide sets permuted among 310 units" in page and "1100 cells changed guides" in page
     assert re.search(r"\d+ in \d+ whole clones \(fraction 0\.1,", page)
     # The NTC check: its verdict, both SDs and the QQ plot.
-    sd_model = float(np.sqrt(np.mean((1.6 * pd.read_csv(out / "ntc_calibration.csv")["score"]) ** 2)))
-    assert "calibrated: NTC z-scores look like N(0, 1)" in page and f"{sd_model:.2f}" in page
+    table = pd.read_csv(out / "ntc_calibration.csv")
+    z_sd = float(np.sqrt(np.mean(table["z"] ** 2)))
+    assert "calibrated: NTC pseudo-genes&#39; intervals cover 0 as often as they say" in page and f"{z_sd:.2f}" in page
+    assert f"{np.mean(np.abs(table['z_model']) < 1.6449):.1%}" in page
     assert 'alt="NTC QQ plot"' in page
 
 

@@ -271,7 +271,7 @@ class FateBias:
         """Write the run folder ``fatebias run`` writes, for the steps up to ranking.
 
         ``load_summary.json``, ``dropped_cells.csv``, ``config_used.yaml``, ``fit/``,
-        the posterior exports, every mash, ash, aggregation and ranking table, and the
+        the posterior exports and the NTC check, every mash, ash, aggregation and ranking table, and the
         ELBO and effects figures; with ``report``, ``report.html`` too. Diagnostics (which
         refit the model) are not run. Returns the folder.
         """
@@ -281,7 +281,7 @@ class FateBias:
         write_load_files(self.experiment, out)
         write_text(cfg.to_yaml(), out / names.CONFIG_USED)
         save_fit(fitted, self.experiment, RunLayout(out, cfg))
-        export_step(fitted, None, cfg, out, summary=self.posterior)
+        export_step(fitted, self.experiment, cfg, out, summary=self.posterior)
         for name, table in self.run_tables().items():
             write_csv(table, out / name)
         if report:

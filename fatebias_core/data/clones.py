@@ -30,6 +30,7 @@ detected guides: a cell carries its clone's guides whether or not they were capt
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +51,8 @@ __all__ = [
 #: such pairs are common, so sharing them alone is never significant, and a pair that
 #: shares more guides is found through its other guide pairs.
 MAX_KEY_GROUP = 256
+#: Key-pair entries aggregated at once (about 40 bytes each at the peak).
+MAX_PAIR_CHUNK = 8_000_000
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,10 @@ def clones_from_guides(sets: np.ndarray, rep: np.ndarray, chance_links: float = 
     the same non-empty set are linked as well. Linking is repeated on the clusters found
     until no new link is made: fragments of one clone (cells that missed different
     guides) share most of its guides and find each other once they are a few cells
-    each, where single cells with few detected guides could not.
+    each, where single cells with few detected guides could not. A later round tests
+    the pairs that involve a cluster the round before made (the others were tested).
+    Memory is bounded: candidate pairs are counted in parts of at most
+    :data:`MAX_PAIR_CHUNK`.
 
     Parameters
     ----------
@@ -224,9 +230,10 @@ def _merge(
     """
     n_links, chance, detection = 0, 0.0, float("nan")
     cluster = np.unique(cluster, return_inverse=True)[1].astype(np.int64)
+    changed = None  # units made by the last round's links (None: every unit is new)
     for round_ in range(30):  # rounds of merging; each round is vectorised over units
         units, unit_rep = _union_sets(sets, cluster, rep, int(cluster.max(initial=-1)) + 1, max_union)
-        i, j, expected = _significant_links(units, unit_rep, chance_links)
+        i, j, expected = _significant_links(units, unit_rep, chance_links, changed)
         if round_ == 0:
             # Identical sets of one or two guides are shared by chance too often to vouch for sisters.
             sure = (expected <= DETECTION_LINKS) & ((expected > 0) | ((units[i] > 0).sum(axis=1) >= 3))
@@ -243,11 +250,17 @@ def _merge(
         if n_comp == n_units:
             break
         cluster = comp.astype(np.int64)[cluster]
+        changed = np.bincount(comp, minlength=n_comp) > 1
     return np.unique(cluster, return_inverse=True)[1].astype(np.int64), n_links, chance, detection
 
 
-def _significant_links(sets: np.ndarray, rep: np.ndarray, chance_links: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _significant_links(
+    sets: np.ndarray, rep: np.ndarray, chance_links: float, changed: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Links between units (rows of ``sets``): identical non-empty sets, and overlaps beyond chance.
+
+    With ``changed`` (a mask of units), only overlaps of pairs with at least one changed
+    unit are tested: the other pairs were tested in the round before.
 
     Returns the pairs and the number of units expected to share as much by chance (0 for
     identical sets).
@@ -256,11 +269,16 @@ def _significant_links(sets: np.ndarray, rep: np.ndarray, chance_links: float) -
     k = present.sum(axis=1)
     logf = np.log(np.maximum(_frequencies(sets, rep), 1e-300))
     n_rep = np.bincount(rep)[rep].astype(np.float64)
-    i, j, overlap, shared_logf = _shared_guide_pairs(sets, k, rep, logf)
-    # From the larger unit's side: a large union would otherwise collect small units by chance.
-    a = np.maximum(k[i], k[j])
-    expected = n_rep[i] * comb(a, overlap) * np.exp(shared_logf)
-    keep = expected <= chance_links
+
+    def expected_of(i: np.ndarray, j: np.ndarray, overlap: np.ndarray, shared_logf: np.ndarray) -> np.ndarray:
+        # From the larger unit's side: a large union would otherwise collect small units by chance.
+        return n_rep[i] * comb(np.maximum(k[i], k[j]), overlap) * np.exp(shared_logf)
+
+    i, j, overlap, shared_logf = _shared_guide_pairs(
+        sets, k, rep, logf, keep=lambda *pair: expected_of(*pair) <= chance_links, changed=changed
+    )
+    expected = expected_of(i, j, overlap, shared_logf)
+    keep = np.ones(i.size, dtype=bool)
     si, sj = _identical_set_links(sets, present, rep)
     return (
         np.concatenate([i[keep], si]),
@@ -307,58 +325,103 @@ def _frequencies(sets: np.ndarray, rep: np.ndarray) -> np.ndarray:
 
 
 def _shared_guide_pairs(
-    sets: np.ndarray, k: np.ndarray, rep: np.ndarray, logf: np.ndarray
+    sets: np.ndarray,
+    k: np.ndarray,
+    rep: np.ndarray,
+    logf: np.ndarray,
+    keep: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None,
+    changed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Unit pairs (i < j, same replicate) that share at least two guides: how many, and the sum of their log frequencies.
 
     Every pair of guides of a unit is a key; units with a key in common share both of its
     guides, and a pair sharing ``o`` guides has ``o (o - 1) / 2`` keys in common, in which
     each shared guide appears ``o - 1`` times. Keys shared by more than
-    :data:`MAX_KEY_GROUP` units are skipped.
+    :data:`MAX_KEY_GROUP` units are skipped. ``keep(i, j, overlap, logf_sum)`` selects
+    the pairs to return (all when None); with ``changed``, only pairs with a changed unit
+    are formed.
     """
-    n, w = sets.shape
+    n = sets.shape[0]
     order_slots = np.argsort(np.where(sets > 0, sets, np.iinfo(np.int64).max), axis=1)
     srt = np.take_along_axis(sets, order_slots, axis=1)
     lf = np.take_along_axis(logf, order_slots, axis=1)
     base = int(sets.max(initial=0)) + 1
     cells, keys, weights = [], [], []
-    for a in range(w - 1):  # a loop over slot pairs; units are vectorised
-        for b in range(a + 1, w):
-            has = np.flatnonzero(k > b)
-            cells.append(has)
-            keys.append(srt[has, a] * base + srt[has, b])
-            weights.append(lf[has, a] + lf[has, b])
+    for width in np.unique(k[k >= 2]):  # a loop over guide counts; units and their slot pairs are vectorised
+        has = np.flatnonzero(k == width)
+        a, b = np.triu_indices(int(width), 1)
+        g, f = srt[has, :width], lf[has, :width]
+        cells.append(np.repeat(has, a.size))
+        keys.append((g[:, a] * base + g[:, b]).ravel())
+        weights.append((f[:, a] + f[:, b]).ravel())
     empty = np.zeros(0, dtype=np.int64)
     if not cells:
         return empty, empty, empty, np.zeros(0)
     cell = np.concatenate(cells)
     key = np.concatenate(keys)
     weight = np.concatenate(weights)
-    order = np.lexsort((cell, key, rep[cell]))
-    cell, key, krep, weight = cell[order], key[order], rep[cell[order]], weight[order]
+    n_rep = int(rep.max(initial=0)) + 1
+    if n_rep * float(base) ** 2 < 2.0**62:  # one sort key: replicate, then guide pair
+        key = rep[cell] * (base * base) + key
+        order = np.argsort(key)
+        krep = None
+    else:
+        order = np.lexsort((key, rep[cell]))
+        krep = rep[cell[order]]
+    cell, key, weight = cell[order], key[order], weight[order]
+    if krep is None:
+        krep = np.zeros(cell.size, dtype=np.int64)
     new = np.ones(cell.size, dtype=bool)
     new[1:] = (key[1:] != key[:-1]) | (krep[1:] != krep[:-1])
     start = np.flatnonzero(new)
     size = np.diff(np.append(start, cell.size))
     group_size = np.repeat(size, size)
     pos = np.arange(cell.size) - np.repeat(start, size)
-    idx = np.flatnonzero((group_size >= 2) & (group_size <= MAX_KEY_GROUP))
-    left, right, wsum = [], [], []
-    d = 1
-    while idx.size:  # a loop over offsets within a key group: all pairs of its units
-        idx = idx[pos[idx] + d < group_size[idx]]
-        left.append(cell[idx])
-        right.append(cell[idx + d])
-        wsum.append(weight[idx])
-        d += 1
-    if not left:
+    usable = (group_size >= 2) & (group_size <= MAX_KEY_GROUP)
+    if changed is not None:  # groups without a changed unit make no pair to test
+        usable &= np.repeat(np.maximum.reduceat(changed[cell].astype(np.int8), start), size).astype(bool)
+    idx = np.flatnonzero(usable)
+    # Pairs are aggregated in parts (by the smaller unit's id), each at most MAX_PAIR_CHUNK
+    # key-pair entries, and only the pairs ``keep`` accepts leave a part: memory stays bounded
+    # where chance overlaps of two guides are common (many guides per cell).
+    rest = group_size[idx] - 1 - pos[idx]
+    n_entries = int(rest.sum())
+    parts = max(1, -(-n_entries // MAX_PAIR_CHUNK))
+    out_i, out_j, out_o, out_w = [], [], [], []
+    for part in range(parts):
+        left, right, wsum = [], [], []
+        sel = idx
+        d = 1
+        while sel.size:  # a loop over offsets within a key group: all pairs of its units
+            sel = sel[pos[sel] + d < group_size[sel]]
+            a, b = cell[sel], cell[sel + d]
+            mine = np.ones(a.size, dtype=bool) if parts == 1 else (np.minimum(a, b) % parts == part)
+            if changed is not None:
+                mine &= changed[a] | changed[b]
+            left.append(a[mine])
+            right.append(b[mine])
+            wsum.append(weight[sel][mine])
+            d += 1
+        if not left:
+            break
+        i, j, wk = np.concatenate(left), np.concatenate(right), np.concatenate(wsum)
+        if i.size == 0:
+            continue
+        lo, hi = np.minimum(i, j), np.maximum(i, j)
+        del i, j
+        code, inverse, shared = np.unique(lo * n + hi, return_inverse=True, return_counts=True)
+        del lo, hi
+        overlap = np.rint((1.0 + np.sqrt(1.0 + 8.0 * shared)) / 2.0).astype(np.int64)
+        logf_sum = np.bincount(inverse.ravel(), weights=wk, minlength=code.size) / np.maximum(overlap - 1, 1)
+        pi, pj = code // n, code % n
+        ok = keep(pi, pj, overlap, logf_sum) if keep is not None else slice(None)
+        out_i.append(pi[ok])
+        out_j.append(pj[ok])
+        out_o.append(overlap[ok])
+        out_w.append(logf_sum[ok])
+    if not out_i:
         return empty, empty, empty, np.zeros(0)
-    i, j, wk = np.concatenate(left), np.concatenate(right), np.concatenate(wsum)
-    lo, hi = np.minimum(i, j), np.maximum(i, j)
-    code, inverse, shared = np.unique(lo * n + hi, return_inverse=True, return_counts=True)
-    overlap = np.rint((1.0 + np.sqrt(1.0 + 8.0 * shared)) / 2.0).astype(np.int64)
-    logf_sum = np.bincount(inverse.ravel(), weights=wk, minlength=code.size) / np.maximum(overlap - 1, 1)
-    return code // n, code % n, overlap, logf_sum
+    return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_o), np.concatenate(out_w)
 
 
 def comb(n: np.ndarray, k: np.ndarray) -> np.ndarray:

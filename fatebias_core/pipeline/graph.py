@@ -154,7 +154,7 @@ def _build_steps() -> dict[str, Step]:
              ("fatebias_core.pipeline.check", "fatebias_core.data.load"), reload=_reload_experiment),
         Step("fit", ("load",), s["fit"], _outputs("fit"), steps.fit_step,
              ("fatebias_core.model.inference", "fatebias_core.report.plots"), reads=("load",), reload=_reload_fit),
-        Step("export", ("fit",), s["export"], _outputs("export"), steps.export_step,
+        Step("export", ("load", "fit"), s["export"], _outputs("export"), steps.export_step,
              ("fatebias_core.model.posterior", "fatebias_core.report.plots", "fatebias_core.checks.ntc"), reads=("fit", "load")),
         Step("mash", ("export",), s["mash"], _outputs("mash"), steps.mash_step, ("fatebias_core.mash",)),
         Step("aggregate", ("mash",), s["aggregate"], _outputs("aggregate"), steps.aggregate_step,

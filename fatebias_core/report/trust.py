@@ -178,8 +178,10 @@ def permutation_part(run: RunFolder, page: PageLog) -> KeyValues | Absent:
         ("allowed (5% of real hits, at least 1)", p.get("allowed_hits", "–")),
         ("verdict", Badge(None if passed is None else bool(passed), "passed: hits collapse" if passed else "FAILED: hits survive permutation")),
         ("permuted hits", ", ".join(hit_genes[:30]) + (" ..." if len(hit_genes) > 30 else "") or "none"),
-        ("permutation", f"guides reassigned to genes at random ({p.get('n_guides_moved')} moved; cells, clones and guide "
-                        f"sets unchanged), seed {p.get('seed')}"),
+        ("permutation", f"guide sets permuted among {p.get('n_units')} units (cells linked by shared guides far more "
+                        f"loosely than the run's {p.get('n_clones')} clones, so a split clone stays one unit) within "
+                        f"{p.get('n_strata')} replicate x burden strata; {p.get('n_cells_moved')} cells changed guides, "
+                        f"seed {p.get('seed')}"),
         ("fit of the permuted data", _permuted_fit(p)),
     ])
 
