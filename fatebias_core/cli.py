@@ -113,7 +113,7 @@ def _run_lineage(args: argparse.Namespace) -> int:
         from fatebias_dagster.lineage import format_hit_lineage, hit_list_lineage
         from fatebias_dagster.resources import LineageStore
     except ImportError:
-        raise FatebiasError("fatebias lineage needs fatebias_dagster (pip install -e .)") from None
+        raise FatebiasError('fatebias lineage needs the platform: pip install "fatebias[platform]"') from None
     db = LineageStore.from_env().db(out / "lineage.duckdb")
     if not db.path.exists():
         manifest = out / "fatebias_manifest.json"
@@ -154,7 +154,8 @@ def _run_simulate(args: argparse.Namespace) -> int:
 def _add_engine(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--engine", choices=["auto", "dagster", "local"], default="auto",
-        help="dagster: materialise the asset graph in-process (lineage recorded); local: plain in-process chain; auto: dagster when installed",
+        help="dagster: materialise the asset graph in-process (lineage recorded); local: plain in-process chain; "
+        'auto: dagster when installed (pip install "fatebias[platform]"), else local',
     )
 
 
