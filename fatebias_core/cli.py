@@ -108,15 +108,17 @@ def _build_lineage(p: argparse.ArgumentParser) -> None:
 def _run_lineage(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from fatebias_core.io import layout as names
+
     out = Path(args.out) if args.out else Path(_config(args).out_dir)
     try:
         from fatebias_dagster.lineage import format_hit_lineage, hit_list_lineage
         from fatebias_dagster.resources import LineageStore
     except ImportError:
         raise FatebiasError('fatebias lineage needs the platform: pip install "fatebias[platform]"') from None
-    db = LineageStore.from_env().db(out / "lineage.duckdb")
+    db = LineageStore.from_env().db(out / names.LINEAGE_DB)
     if not db.path.exists():
-        manifest = out / "fatebias_manifest.json"
+        manifest = out / names.MANIFEST
         hint = f"; {manifest} lists the steps that made the folder" if manifest.exists() else ""
         raise FatebiasError(
             f"no lineage database at {db.path}: only runs with the dagster engine record lineage{hint}"

@@ -105,7 +105,7 @@ def fit_metadata(info: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
         "device": MD.text(str(info.get("device", ""))),
         "posterior": MD.text(str(info.get("posterior_method", "meanfield"))),
     }
-    plot = out_dir / "elbo_trace.png"
+    plot = out_dir / run_files.ELBO_FIGURE
     if plot.exists():
         md["ELBO"] = image_markdown(plot, "ELBO trace")
     return md

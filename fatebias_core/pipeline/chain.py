@@ -77,11 +77,11 @@ class ChainResult:
                 + ("ok" if ntc["calibrated"] else "FAILED: THE INTERVALS ARE NOT TRUSTED (hits may include false ones)")
             )
         if self.hits is not None:
-            lines.append(f"  hits ({self.config.mash_default_mode} mode; the primary contrast's are in hits_ranked.csv):")
+            lines.append(f"  hits ({self.config.mash_default_mode} mode; the primary contrast's are in {names.HITS}):")
             for ans in contrast_answers(self.out_dir, self.config).values():
                 lines.extend(describe_hits(ans))
         lines.extend(f"  {n}" for n in self.notes)
-        report = self.out_dir / "report.html"
+        report = self.out_dir / names.REPORT
         if report.is_file() and "report" in self.ran + self.reused:
             lines.append(f"  report: {report.resolve()} (open it in a browser)")
         return "\n".join(lines)

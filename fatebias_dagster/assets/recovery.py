@@ -143,8 +143,8 @@ def recovery_summary_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefi
                 table[dim] = [dict(p.split("=", 1) for p in v.split("+") if "=" in p).get(dim) for v in table["scenario"]]
                 table[dim] = pd.to_numeric(table[dim], errors="ignore")
         root = res.study_root()
-        csv = write_csv(table, root / "recovery_summary.csv")
-        png = plot_sweep(table, study.spec, root / "recovery_summary.png")
+        csv = write_csv(table, root / run_files.RECOVERY_SUMMARY)
+        png = plot_sweep(table, study.spec, root / run_files.RECOVERY_FIGURE)
         version = hashlib.sha256(json.dumps([SUMMARY_CODE_VERSION, sorted(versions.items())]).encode()).hexdigest()[:16]
         db = lineage.db(res.experiment.lineage_default())
         save_results(context, db, SUMMARY_KEY, None, {"recovery_summary": table})
