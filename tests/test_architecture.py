@@ -11,7 +11,7 @@ ROOT = Path(fatebias_core.__file__).parent
 
 # Bottom first; a module may import from its own layer and the ones before it.
 LAYERS = [
-    {"errors", "config", "types"},
+    {"errors", "config", "types", "hashing"},
     {"io"},
     {"data"},
     {"model", "mash"},

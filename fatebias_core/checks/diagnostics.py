@@ -33,7 +33,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -55,8 +54,9 @@ from fatebias_core.data.clones import clones_from_guides
 from fatebias_core.data.load import guide_sets
 from fatebias_core.discovery.aggregate import normal_lfsr
 from fatebias_core.errors import ConfigError
-from fatebias_core.io import json_ready, read_csv, write_json
+from fatebias_core.hashing import short_hash
 from fatebias_core.io import layout as names
+from fatebias_core.io import read_csv, write_json
 from fatebias_core.io.layout import RunLayout
 from fatebias_core.io.tables import DayAxis, DaywisePosterior, day_axis, name_column, read_posterior
 from fatebias_core.model.fate_model import Priors
@@ -512,11 +512,8 @@ class PermutedExperiment:
 
     def fingerprint(self) -> str:
         """Hash of the permuted data (guide sets, burden, fates, days, replicates, clones)."""
-        h = hashlib.sha256()
         c, g = self.experiment.cells, self.experiment.guides
-        for a in (g.guide_ids, g.mask, c.burden, c.fate_probs, c.day, c.rep, c.clusters()):
-            h.update(np.ascontiguousarray(a).tobytes())
-        return h.hexdigest()[:16]
+        return short_hash(*(np.asarray(a) for a in (g.guide_ids, g.mask, c.burden, c.fate_probs, c.day, c.rep, c.clusters())))
 
 
 def permute_guide_sets(experiment: Experiment, units: np.ndarray, seed: int, n_bins: int = PERM_BURDEN_BINS) -> PermutedExperiment:
@@ -1038,7 +1035,7 @@ def run_diagnostics(
     path = out / names.DIAGNOSTICS
     result = DiagnosticsResult(heldout, permutation, sanity, path, ntc=ntc)
     result.runtime_s = time.perf_counter() - t0
-    write_json(json_ready(result.to_dict()), path)
+    write_json(result.to_dict(), path)
     return result
 
 
