@@ -30,6 +30,7 @@ _EXPORTS = {
     "FilteredCells": "types",
     "GuideEmbedding": "types",
     "LoadSummary": "types",
+    "DiagnosticsResult": "types",
     "load_experiment": "data.load",
     "fit": "model.inference",
     "FitResult": "model.inference",

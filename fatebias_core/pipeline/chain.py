@@ -18,7 +18,6 @@ from typing import Any
 
 import pandas as pd
 
-from fatebias_core.checks.diagnostics import DiagnosticsResult
 from fatebias_core.checks.ntc import read_ntc_check
 from fatebias_core.checks.simulate import simulate
 from fatebias_core.config import FatebiasConfig, load_config, make_config
@@ -44,7 +43,7 @@ from fatebias_core.pipeline.steps import (
     step_metrics,
     write_load_files,
 )
-from fatebias_core.types import Experiment
+from fatebias_core.types import DiagnosticsResult, Experiment
 
 log = logging.getLogger("fatebias")
 
