@@ -30,6 +30,7 @@ _EXPORTS = {
     "FilteredCells": "types",
     "GuideEmbedding": "types",
     "LoadSummary": "types",
+    "DiagnosticsResult": "types",
     "load_experiment": "data.load",
     "fit": "model.inference",
     "FitResult": "model.inference",
@@ -59,3 +60,8 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module 'fatebias_core' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public names (:data:`__all__`), not this module's helpers nor its loaded submodules."""
+    return sorted(__all__)

@@ -108,15 +108,17 @@ def _build_lineage(p: argparse.ArgumentParser) -> None:
 def _run_lineage(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from fatebias_core.io import layout as names
+
     out = Path(args.out) if args.out else Path(_config(args).out_dir)
     try:
         from fatebias_dagster.lineage import format_hit_lineage, hit_list_lineage
         from fatebias_dagster.resources import LineageStore
     except ImportError:
-        raise FatebiasError("fatebias lineage needs fatebias_dagster (pip install -e .)") from None
-    db = LineageStore.from_env().db(out / "lineage.duckdb")
+        raise FatebiasError('fatebias lineage needs the platform: pip install "fatebias[platform]"') from None
+    db = LineageStore.from_env().db(out / names.LINEAGE_DB)
     if not db.path.exists():
-        manifest = out / "fatebias_manifest.json"
+        manifest = out / names.MANIFEST
         hint = f"; {manifest} lists the steps that made the folder" if manifest.exists() else ""
         raise FatebiasError(
             f"no lineage database at {db.path}: only runs with the dagster engine record lineage{hint}"
@@ -154,7 +156,8 @@ def _run_simulate(args: argparse.Namespace) -> int:
 def _add_engine(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--engine", choices=["auto", "dagster", "local"], default="auto",
-        help="dagster: materialise the asset graph in-process (lineage recorded); local: plain in-process chain; auto: dagster when installed",
+        help="dagster: materialise the asset graph in-process (lineage recorded); local: plain in-process chain; "
+        'auto: dagster when installed (pip install "fatebias[platform]"), else local',
     )
 
 

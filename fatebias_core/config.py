@@ -10,7 +10,6 @@ key and suggesting the nearest valid one.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -20,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fatebias_core.errors import ConfigError
+from fatebias_core.hashing import json_hash
 
 #: Allowed values of the settings that the command line and the platform also offer.
 Device = Literal["auto", "cpu", "cuda"]
@@ -327,7 +327,7 @@ class FatebiasConfig(BaseModel):
         data = self.model_dump(mode="json")
         if fields is not None:
             data = {k: data[k] for k in fields}
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return json_hash(data)
 
     def to_yaml(self) -> str:
         """The settings as YAML, in schema order."""

@@ -1,12 +1,14 @@
 """Typed objects that flow through the chain (docs/method.md, "Inputs" and "Data").
 
 Loading produces an :class:`Experiment` (cells + guide embedding + loading summary);
-the fit consumes it. All arrays are numpy; the model moves them to torch itself.
+the fit consumes it. The diagnostics return a :class:`DiagnosticsResult`. All arrays are
+numpy; the model moves them to torch itself.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -332,3 +334,91 @@ def guide_input_lines(info: dict) -> list[str]:
                 f"  detection (truncated Poisson on detected UMIs, {d['n_estimated']} guide x batch): median {d['median']:.3f}, 10% {d['q10']:.3f}"
             )
     return lines
+
+
+@dataclass
+class DiagnosticsResult:
+    """Everything :func:`~fatebias_core.checks.diagnostics.run_diagnostics` found; ``diagnostics.json`` holds :meth:`to_dict`.
+
+    Attributes
+    ----------
+    heldout
+        The held-out comparison (``checks.diagnostics.HeldOutResult``), or None when not run.
+    permutation
+        The permutation control (``checks.diagnostics.PermutationResult``), or None.
+    sanity
+        The sanity checks of known regulators (``checks.diagnostics.SanityResult``), or None.
+    path
+        Where ``diagnostics.json`` was written.
+    runtime_s
+        Seconds the diagnostics took.
+    ntc
+        The NTC check's summary (``ntc_check.json``), or None.
+    """
+
+    # Typed Any: their classes live in checks.diagnostics, a layer above this module.
+    heldout: Any
+    permutation: Any
+    sanity: Any
+    path: Path
+    runtime_s: float = 0.0
+    ntc: dict | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ntc_calibration": self.ntc,
+            "heldout": None if self.heldout is None else self.heldout.to_dict(),
+            "permutation": None if self.permutation is None else self.permutation.to_dict(),
+            "sanity": None if self.sanity is None else self.sanity.to_dict(),
+            "runtime_s": round(self.runtime_s, 3),
+        }
+
+    def describe(self) -> str:
+        """A few human-readable lines per check."""
+        lines = [f"diagnostics ({self.runtime_s:.0f} s): {self.path}"]
+        if self.ntc is not None:
+            n = self.ntc
+            lines.append(
+                f"  NTC check: 90% intervals of {n['n']} NTC pseudo-gene/days cover 0 in {n['coverage_90']:.1%}, "
+                f"p {n['p_value']:.2g} - " + ("ok" if n["calibrated"] else "NOT CALIBRATED: the intervals are not trusted")
+            )
+        if self.heldout is not None:
+            s = self.heldout.scores
+            verdict = "full model better" if s.full_better else "full model NOT better"
+            lines.append(
+                f"  held-out cross-entropy ({s.n_cells} cells, {s.n_clones} clones): full {s.ce_full:.5f}, nuisance-only {s.ce_nuisance:.5f}, "
+                f"difference {s.difference:.5f} +/- {s.difference_se:.5f} ({verdict}; floor {s.entropy:.5f})"
+            )
+            per_day = ", ".join(f"{r.day} {r.difference:+.4f}" for r in s.per_day.itertuples())
+            lines.append(f"    per day (nuisance - full): {per_day}")
+        if self.permutation is not None:
+            p = self.permutation
+            real = "" if p.n_hits_real is None else f" (real run: {p.n_hits_real})"
+            modes = ", ".join(f"{m} {n}" for m, n in p.hits_by_mode.items())
+            lines.append(
+                f"  permutation control (guide sets of {p.n_units} units permuted within {p.n_strata} strata, "
+                f"{p.n_cells_moved} cells moved): {p.n_hits} hits{real}, "
+                f"{p.n_gene_days_called} gene-days called; by mode: {modes}; "
+                + ("passed" if p.passed else f"FAILED (more than {p.allowed_hits} hits)")
+            )
+            if p.hit_genes:
+                lines.append(f"    permuted hits: {', '.join(p.hit_genes[:20])}" + (" ..." if len(p.hit_genes) > 20 else ""))
+        if self.sanity is not None:
+            san = self.sanity
+            if not san.checks or san.source is None:
+                lines.append(f"  sanity checks: {san.note}")
+            else:
+                lines.append(
+                    f"  sanity checks ({san.source}, lfsr from {san.lfsr_from}): {san.count('pass')} of "
+                    f"{len(san.checks)} pass, {san.count('wrong_sign')} wrong sign, "
+                    f"{san.count('not_detected')} not detected, {san.count('missing')} missing"
+                )
+                for c in san.checks:
+                    if c.status != "missing":
+                        lines.append(
+                            f"    {c.gene:<14} expected {c.expected_sign:+d}: {c.status} "
+                            f"(best day {c.best_day}, lfsr {c.min_lfsr:.2g}, mean {c.postmean[c.best_day]:+.3f})"
+                        )
+                if san.note:
+                    lines.append(f"    note: {san.note}")
+        return "\n".join(lines)

@@ -198,7 +198,7 @@ def run_chain(config: FatebiasConfig, instance: dg.DagsterInstance | None = None
             raise err
         raise RuntimeError(f"the chain failed in Dagster run {result.run_id}: {_failure(result)}")
     chain = _chain_result(config, result, time.perf_counter() - t0)
-    lineage = LineageStore.from_env().db(Path(config.out_dir) / "lineage.duckdb").path
+    lineage = LineageStore.from_env().db(Path(config.out_dir) / run_files.LINEAGE_DB).path
     run = f"Dagster run {result.run_id}" if result is not None else "every step current: no Dagster run"
     chain.notes.append(f"{run}; lineage in {lineage}")
     return chain

@@ -40,8 +40,8 @@ def image_markdown(path: Path, alt: str) -> MD:
 
 
 def rounded(x: Any, digits: int = 4) -> float:
-    """``x`` to ``digits`` significant digits (NaN stays NaN), for numbers shown in the UI."""
-    v = float(x)
+    """``x`` to ``digits`` significant digits (NaN stays NaN; None, JSON's null, is NaN), for numbers shown in the UI."""
+    v = float("nan") if x is None else float(x)
     if not np.isfinite(v) or v == 0:
         return v
     return float(f"{v:.{digits}g}")
@@ -105,7 +105,7 @@ def fit_metadata(info: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
         "device": MD.text(str(info.get("device", ""))),
         "posterior": MD.text(str(info.get("posterior_method", "meanfield"))),
     }
-    plot = out_dir / "elbo_trace.png"
+    plot = out_dir / run_files.ELBO_FIGURE
     if plot.exists():
         md["ELBO"] = image_markdown(plot, "ELBO trace")
     return md

@@ -26,11 +26,12 @@ import dagster as dg
 import pandas as pd
 
 from fatebias_core.config import FatebiasConfig
+from fatebias_core.io import json_ready
 from fatebias_core.pipeline.graph import Manifest, Step
 from fatebias_core.types import Experiment
 
 from . import lineage as lin
-from .lineage import RESULTS_KEYS, LineageDB, json_safe, utcnow
+from .lineage import RESULTS_KEYS, LineageDB, utcnow
 from .resources import ChainSource, ComputeResource, LineageStore, MashBackend
 from .resources.experiment import RunFolder
 from .versions import SETTINGS_STEPS, STEP_ASSETS, settings_key, step_versions
@@ -180,9 +181,9 @@ def lineage_metadata(
         lin.MD_STARTED: dg.MetadataValue.timestamp(started_at.timestamp()),
         lin.MD_RUN_FOLDER: dg.MetadataValue.path(str(out_dir)),
         lin.MD_LINEAGE_DB: dg.MetadataValue.path(str(db.path)),
-        lin.MD_SETTINGS: dg.MetadataValue.json(json_safe(dict(settings))),
+        lin.MD_SETTINGS: dg.MetadataValue.json(json_ready(dict(settings))),
         lin.MD_OUTPUTS: dg.MetadataValue.json([str(p) for p in outputs]),
-        lin.MD_METRICS: dg.MetadataValue.json(json_safe(dict(metrics or {}))),
+        lin.MD_METRICS: dg.MetadataValue.json(json_ready(dict(metrics or {}))),
         lin.MD_ROW_COUNTS: dg.MetadataValue.json(dict(row_counts or {})),
     }
     if input_files is not None:

@@ -17,16 +17,15 @@ and Dagster marks ``aggregated_genes`` and ``ranked_hits`` stale, not the fit.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 from pathlib import Path
 
 import dagster as dg
 
 from fatebias_core.config import FatebiasConfig
+from fatebias_core.hashing import file_hash, short_hash
 from fatebias_core.pipeline.graph import (
     code_versions,
-    file_hash,
     input_version,
     step_settings,
 )
@@ -102,7 +101,7 @@ def watched_input_version(config: FatebiasConfig) -> str:
     for p in input_files(config):
         st = os.stat(p)
         parts.append(_file_hash(str(Path(p).resolve()), st.st_size, st.st_mtime_ns))
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    return short_hash("|".join(parts))
 
 
 def step_versions(config: FatebiasConfig) -> dict[str, str]:

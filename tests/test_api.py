@@ -41,10 +41,17 @@ def cli_run(tmp_path_factory):
     return sim, out
 
 
+def _registered(sim):
+    """A copy of the simulated AnnData with its guide map registered by setup_anndata."""
+    adata = sim.adata.copy()
+    FateBias.setup_anndata(adata, guide_map=sim.guide_map)
+    return adata
+
+
 @pytest.fixture(scope="module")
 def model(cli_run):
     sim, out = cli_run
-    return FateBias.load(out, sim.adata.copy(), sim.guide_map)
+    return FateBias.load(out, _registered(sim))
 
 
 def _files(folder: Path) -> set[str]:
@@ -127,8 +134,94 @@ def test_setup_anndata_records_keys_and_checks_them(cli_run):
         FateBias.setup_anndata(adata, guide_key="nope")
     renamed = adata.copy()
     renamed.obs["timepoint"] = renamed.obs.pop("day")
-    FateBias.setup_anndata(renamed, day_key="timepoint")
-    assert FateBias(renamed, sim.guide_map).config.day_key == "timepoint"
+    FateBias.setup_anndata(renamed, guide_map=sim.guide_map, day_key="timepoint")
+    assert FateBias(renamed).config.day_key == "timepoint"
+
+
+def test_setup_anndata_registers_the_guide_map(cli_run, tmp_path):
+    """The guide map lives in the AnnData (and its .h5ad); passing it to the constructor still works, with a warning."""
+    sim, _ = cli_run
+    adata = sim.adata.copy()
+    with pytest.raises(ConfigError, match="no guide map"):
+        FateBias(adata)
+    with pytest.raises(InputDataError, match="is_ntc"):
+        FateBias.setup_anndata(adata, guide_map=sim.guide_map.drop(columns="is_ntc"))
+    FateBias.setup_anndata(adata, guide_map=sim.guide_map)
+    stored = adata.uns["fatebias"]["guide_map"]
+    assert list(stored["guide_name"]) == list(sim.guide_map["guide_name"])
+    assert list(stored["is_ntc"]) == [bool(v) for v in sim.guide_map["is_ntc"]]
+    adata.write_h5ad(tmp_path / "registered.h5ad")
+    model = FateBias(ad.read_h5ad(tmp_path / "registered.h5ad"))
+    with pytest.warns(DeprecationWarning, match="setup_anndata"):
+        old = FateBias(sim.adata.copy(), sim.guide_map)
+    for m in (model, old):
+        assert list(m.experiment.guides.guide_names) == list(old.experiment.guides.guide_names)
+        assert list(m.experiment.guides.gene_names) == sorted(set(sim.guide_map.loc[sim.guide_map["is_ntc"] == 0, "gene_name"]))
+    np.testing.assert_array_equal(model.experiment.guides.guide_ids, old.experiment.guides.guide_ids)
+
+
+def test_load_checks_the_fit_is_of_this_anndata(cli_run):
+    """FateBias.load refuses an AnnData the saved fit was not made from, in one line naming what differs."""
+    sim, out = cli_run
+    adata = _registered(sim)
+    fewer = adata[10:].copy()
+    states = adata.obs["term_states_fwd"].cat.categories  # subsetting drops unused ones: they name the fates
+    fewer.obs["term_states_fwd"] = fewer.obs["term_states_fwd"].cat.set_categories(states)
+    with pytest.raises(InputDataError, match=r"is not of this AnnData: cells per day differ \(fit 1500: .*AnnData 1490"):
+        FateBias.load(out, fewer)
+    gmap = sim.guide_map.copy()
+    first = gmap.index[gmap["is_ntc"] == 0][0]
+    gmap.loc[first, "gene_name"] = "NEWGENE"
+    other = sim.adata.copy()
+    FateBias.setup_anndata(other, guide_map=gmap)
+    with pytest.raises(InputDataError, match="genes differ .*'NEWGENE' only in the AnnData") as err:
+        FateBias.load(out, other)
+    assert "\n" not in str(err.value)
+    with pytest.warns(DeprecationWarning, match="FateBias.load"):  # the old signature still loads
+        assert FateBias.load(out, sim.adata.copy(), sim.guide_map).is_trained
+
+
+def test_get_returns_copies(model, cli_run):
+    """Editing a table a get_* method returned changes nothing the model returns later."""
+    _, cli = cli_run
+    getters = {
+        "ranked": model.get_ranked, "hits": model.get_hits, "gene_effects": model.get_gene_effects,
+        "mash": lambda: model.get_mash("gene"), "elbo": model.get_elbo, "comparison": model.get_mode_comparison,
+        "gene_from_guides": lambda: model.get_gene_from_guides(), "ash": model.get_ash,
+    }
+    before = {name: get() for name, get in getters.items()}
+    for table in before.values():
+        table["edited"] = 1
+        table.drop(table.index[:1], inplace=True)
+    for name, get in getters.items():
+        again = get()
+        assert len(again) == len(before[name]) + 1 and "edited" not in again.columns, name
+    pd.testing.assert_frame_equal(_as_written(model.get_ranked()), pd.read_csv(cli / "hits_ranked.csv", float_precision="round_trip"))
+    info = model.fit_info
+    info["steps"] = -1
+    assert model.fit_info["steps"] != -1
+
+
+def test_namespaces_show_only_the_public_api():
+    import fatebias_core
+
+    assert dir(pl) == ["effects", "elbo", "guides", "heatmap", "mode_comparison", "recovery", "volcano"]
+    assert dir(fb) == ["FateBias", "SETUP_KEYS", "UNS_KEY", "pl", "stored_tables"]
+    names = dir(fatebias_core)
+    assert {"fit", "load_config", "run_chain", "FitResult", "__version__"} <= set(names)
+    assert not {"Any", "import_module", "annotations", "_EXPORTS"} & set(names)
+    assert all(hasattr(fatebias_core, n) for n in names)
+
+
+def test_plots_read_the_model_through_its_public_api(model):
+    """pl uses no private attribute of the model; the ELBO panel is the loss per cell of get_elbo()."""
+    source = Path(pl.__file__).read_text()
+    assert "model._" not in source
+    ax = pl.elbo(model)
+    per_step = ax.lines[0].get_ydata()
+    np.testing.assert_allclose(per_step, model.get_elbo()["loss"].to_numpy() / model.n_cells)
+    assert model.n_cells == 1500
+    plt.close("all")
 
 
 def test_plots_draw_on_the_given_axes(model):

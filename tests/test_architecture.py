@@ -11,7 +11,7 @@ ROOT = Path(fatebias_core.__file__).parent
 
 # Bottom first; a module may import from its own layer and the ones before it.
 LAYERS = [
-    {"errors", "config", "types"},
+    {"errors", "config", "types", "hashing"},
     {"io"},
     {"data"},
     {"model", "mash"},
@@ -77,3 +77,12 @@ def test_no_import_cycles() -> None:
         if module not in state:
             visit(module, [module])
     assert not cycles, "\n".join(cycles)
+
+
+def test_typed_objects_live_in_types_and_keep_their_old_imports() -> None:
+    """DiagnosticsResult is defined in fatebias_core.types; its old import path still works."""
+    from fatebias_core import types
+    from fatebias_core.checks.diagnostics import DiagnosticsResult
+
+    assert DiagnosticsResult is types.DiagnosticsResult is fatebias_core.DiagnosticsResult
+    assert DiagnosticsResult.__module__ == "fatebias_core.types"

@@ -24,17 +24,22 @@ if TYPE_CHECKING:
 __all__ = ["effects", "elbo", "guides", "heatmap", "mode_comparison", "recovery", "volcano"]
 
 
+def __dir__() -> list[str]:
+    """Only the plotting functions (not the helpers this module imports)."""
+    return sorted(__all__)
+
+
 def elbo(model: FateBias, *, start: int = 0, ax: Axes | None = None) -> Axes:
     """The SVI loss per cell from step ``start + 1``, with the likelihood-weight changes marked."""
-    info = model._fitted().info
-    return plots.elbo(model.get_elbo()["loss"].to_numpy(), n_cells=model.experiment.n_cells, start=start,
+    info = model.fit_info
+    return plots.elbo(model.get_elbo()["loss"].to_numpy(), n_cells=model.n_cells, start=start,
                       weight_steps=info.get("weight_update_steps") if start == 0 else None, ax=ax)
 
 
 def effects(model: FateBias, *, fate: str | None = None, top: int = 12, ax: Axes | None = None) -> Axes:
     """Gene effects theta by day (posterior mean +/- 2 SD, before mash) of the ``top`` clearest genes."""
     post = model.posterior
-    fate = model._fate(fate)
+    fate = model.resolve_fate(fate)
     c = post.contrasts[fate]
     return plots.effects_by_day(c.theta_mean, c.theta_sd, post.gene_names, post.day_labels, top=top,
                                 title=f"{fate} vs {model.config.ref_fate}: gene effects by day", ax=ax)
@@ -74,7 +79,7 @@ def volcano(model: FateBias, day: str | int, *, fate: str | None = None, label_t
 def guides(model: FateBias, gene: str, *, fate: str | None = None, legend: bool = True, ax: Axes | None = None) -> Axes:
     """One gene's effect by day (mean +/- 2 SD, before mash) beside its guides' effects: do the guides agree?"""
     post = model.posterior
-    c = post.contrasts[model._fate(fate)]
+    c = post.contrasts[model.resolve_fate(fate)]
     if gene not in post.gene_names:
         raise ConfigError(f"no gene {gene!r} in the fitted model")
     i = post.gene_names.index(gene)

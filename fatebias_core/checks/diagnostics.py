@@ -33,7 +33,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -55,8 +54,9 @@ from fatebias_core.data.clones import clones_from_guides
 from fatebias_core.data.load import guide_sets
 from fatebias_core.discovery.aggregate import normal_lfsr
 from fatebias_core.errors import ConfigError
-from fatebias_core.io import json_ready, read_csv, write_json
+from fatebias_core.hashing import short_hash
 from fatebias_core.io import layout as names
+from fatebias_core.io import read_csv, write_json
 from fatebias_core.io.layout import RunLayout
 from fatebias_core.io.tables import DayAxis, DaywisePosterior, day_axis, name_column, read_posterior
 from fatebias_core.model.fate_model import Priors
@@ -69,7 +69,7 @@ from fatebias_core.model.laplace import (
     pack_psi,
 )
 from fatebias_core.model.posterior import summarise_posterior
-from fatebias_core.types import Experiment, center_by_group
+from fatebias_core.types import DiagnosticsResult, Experiment, center_by_group
 
 
 class ChainRunner(Protocol):
@@ -512,11 +512,8 @@ class PermutedExperiment:
 
     def fingerprint(self) -> str:
         """Hash of the permuted data (guide sets, burden, fates, days, replicates, clones)."""
-        h = hashlib.sha256()
         c, g = self.experiment.cells, self.experiment.guides
-        for a in (g.guide_ids, g.mask, c.burden, c.fate_probs, c.day, c.rep, c.clusters()):
-            h.update(np.ascontiguousarray(a).tobytes())
-        return h.hexdigest()[:16]
+        return short_hash(*(np.asarray(a) for a in (g.guide_ids, g.mask, c.burden, c.fate_probs, c.day, c.rep, c.clusters())))
 
 
 def permute_guide_sets(experiment: Experiment, units: np.ndarray, seed: int, n_bins: int = PERM_BURDEN_BINS) -> PermutedExperiment:
@@ -916,77 +913,6 @@ def sanity_checks(config: FatebiasConfig, out_dir: str | Path, fallback: FitResu
 
 
 # --------------------------------------------------------------------------- all
-@dataclass
-class DiagnosticsResult:
-    """Everything :func:`run_diagnostics` found; ``diagnostics.json`` holds :meth:`to_dict`."""
-
-    heldout: HeldOutResult | None
-    permutation: PermutationResult | None
-    sanity: SanityResult | None
-    path: Path
-    runtime_s: float = 0.0
-    ntc: dict | None = None  # the NTC check's summary (ntc_check.json)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "ntc_calibration": self.ntc,
-            "heldout": None if self.heldout is None else self.heldout.to_dict(),
-            "permutation": None if self.permutation is None else self.permutation.to_dict(),
-            "sanity": None if self.sanity is None else self.sanity.to_dict(),
-            "runtime_s": round(self.runtime_s, 3),
-        }
-
-    def describe(self) -> str:
-        """A few human-readable lines per check."""
-        lines = [f"diagnostics ({self.runtime_s:.0f} s): {self.path}"]
-        if self.ntc is not None:
-            n = self.ntc
-            lines.append(
-                f"  NTC check: 90% intervals of {n['n']} NTC pseudo-gene/days cover 0 in {n['coverage_90']:.1%}, "
-                f"p {n['p_value']:.2g} - " + ("ok" if n["calibrated"] else "NOT CALIBRATED: the intervals are not trusted")
-            )
-        if self.heldout is not None:
-            s = self.heldout.scores
-            verdict = "full model better" if s.full_better else "full model NOT better"
-            lines.append(
-                f"  held-out cross-entropy ({s.n_cells} cells, {s.n_clones} clones): full {s.ce_full:.5f}, nuisance-only {s.ce_nuisance:.5f}, "
-                f"difference {s.difference:.5f} +/- {s.difference_se:.5f} ({verdict}; floor {s.entropy:.5f})"
-            )
-            per_day = ", ".join(f"{r.day} {r.difference:+.4f}" for r in s.per_day.itertuples())
-            lines.append(f"    per day (nuisance - full): {per_day}")
-        if self.permutation is not None:
-            p = self.permutation
-            real = "" if p.n_hits_real is None else f" (real run: {p.n_hits_real})"
-            modes = ", ".join(f"{m} {n}" for m, n in p.hits_by_mode.items())
-            lines.append(
-                f"  permutation control (guide sets of {p.n_units} units permuted within {p.n_strata} strata, "
-                f"{p.n_cells_moved} cells moved): {p.n_hits} hits{real}, "
-                f"{p.n_gene_days_called} gene-days called; by mode: {modes}; "
-                + ("passed" if p.passed else f"FAILED (more than {p.allowed_hits} hits)")
-            )
-            if p.hit_genes:
-                lines.append(f"    permuted hits: {', '.join(p.hit_genes[:20])}" + (" ..." if len(p.hit_genes) > 20 else ""))
-        if self.sanity is not None:
-            san = self.sanity
-            if not san.checks or san.source is None:
-                lines.append(f"  sanity checks: {san.note}")
-            else:
-                lines.append(
-                    f"  sanity checks ({san.source}, lfsr from {san.lfsr_from}): {san.count('pass')} of "
-                    f"{len(san.checks)} pass, {san.count('wrong_sign')} wrong sign, "
-                    f"{san.count('not_detected')} not detected, {san.count('missing')} missing"
-                )
-                for c in san.checks:
-                    if c.status != "missing":
-                        lines.append(
-                            f"    {c.gene:<14} expected {c.expected_sign:+d}: {c.status} "
-                            f"(best day {c.best_day}, lfsr {c.min_lfsr:.2g}, mean {c.postmean[c.best_day]:+.3f})"
-                        )
-                if san.note:
-                    lines.append(f"    note: {san.note}")
-        return "\n".join(lines)
-
-
 def run_diagnostics(
     experiment: Experiment,
     config: FatebiasConfig,
@@ -1038,7 +964,7 @@ def run_diagnostics(
     path = out / names.DIAGNOSTICS
     result = DiagnosticsResult(heldout, permutation, sanity, path, ntc=ntc)
     result.runtime_s = time.perf_counter() - t0
-    write_json(json_ready(result.to_dict()), path)
+    write_json(result.to_dict(), path)
     return result
 
 

@@ -23,7 +23,6 @@ not import it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import inspect
 import io
@@ -42,6 +41,7 @@ import scipy.sparse as sp
 
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.errors import ConfigError, InputDataError
+from fatebias_core.hashing import short_hash
 from fatebias_core.io import atomic_path, write_csv
 from fatebias_core.io import layout as names
 
@@ -190,14 +190,11 @@ def _check_signature(function: Any, params: dict[str, Any], method: str) -> None
 # --------------------------------------------------------------------------- fingerprint and cache
 def fingerprint(counts: sp.csr_matrix, guides: list[str], cells: np.ndarray, batches: np.ndarray, method: str, params: dict) -> str:
     """Hash of everything an assignment depends on."""
-    h = hashlib.sha256()
-    for arr in (counts.indptr, counts.indices, counts.data):
-        h.update(np.ascontiguousarray(arr).tobytes())
-    for text in (guides, list(map(str, cells)), list(map(str, batches))):
-        h.update("\0".join(text).encode())
-    h.update(json.dumps({"method": method, "params": params, "crispat": crispat_version(), "format": CACHE_FORMAT},
-                        sort_keys=True, default=str).encode())
-    return h.hexdigest()[:24]
+    arrays = (counts.indptr, counts.indices, counts.data)
+    texts = ("\0".join(text) for text in (guides, list(map(str, cells)), list(map(str, batches))))
+    spec = json.dumps({"method": method, "params": params, "crispat": crispat_version(), "format": CACHE_FORMAT},
+                      sort_keys=True, default=str)
+    return short_hash(*arrays, *texts, spec, length=24)
 
 
 def read_cached(cache_dir: Path | None, fp: str, cells: np.ndarray, guides: list[str]) -> Assignment | None:

@@ -217,7 +217,7 @@ def contrast_answer(
         hit = bool_column(hits, "hit_anyday", names.HITS)
         if config.discovery_source in SOURCE_PREFIXES:
             daywise, prefixes = hits, SOURCE_PREFIXES[config.discovery_source]
-            effects_from = f"hits_ranked.csv ({config.discovery_source} table, {config.mash_default_mode} mode)"
+            effects_from = f"{names.HITS} ({config.discovery_source} table, {config.mash_default_mode} mode)"
         else:  # ash: one across-day pseudo-day; the daywise picture comes from the gene mash table
             mash = read(mash_name)
             if mash is None:
@@ -226,7 +226,7 @@ def contrast_answer(
             row = pd.Index(ranked["gene"].astype(str)).get_indexer(hits["gene"].astype(str))
             keep = row >= 0
             if not keep.any():
-                raise InputDataError(f"{mash_name} shares no gene with hits_ranked.csv")
+                raise InputDataError(f"{mash_name} shares no gene with {names.HITS}")
             hits, hit = hits[keep].reset_index(drop=True), hit[keep]
             daywise = ranked.iloc[row[keep]].reset_index(drop=True)
             effects_from, prefixes = f"{mash_name} (hits from the across-day ash summary)", SOURCE_PREFIXES["gene"]

@@ -30,7 +30,7 @@ import pandas as pd
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.discovery.calls import ASH_DAY, rank_hits
 from fatebias_core.errors import InputDataError
-from fatebias_core.io import PathLike, read_csv, write_csv, write_json
+from fatebias_core.io import PathLike, json_ready, read_csv, write_csv, write_json
 from fatebias_core.io import layout as names
 from fatebias_core.io.tables import (
     DayAxis,
@@ -162,19 +162,6 @@ def _hit_days(hits: pd.DataFrame, what: str) -> DayAxis | None:
         raise InputDataError(
             f"{what}: no plarge_<day> columns; expected a ranked hit table from `fatebias rank`"
         ) from None
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN -> None, numpy scalars -> Python, recursively."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
 
 
 def _by_level(confusion: pd.DataFrame) -> dict[str, dict[str, Any]]:
@@ -321,7 +308,7 @@ def score_calls(
     summary = _score_summary(
         truth_thresh, config, t_genes, t_axis, t_active, h_genes, hit_any, row_of, pred_days, confusion
     )
-    return Evaluation(confusion=confusion, summary=_json_safe(summary))
+    return Evaluation(confusion=confusion, summary=json_ready(summary))
 
 
 def evaluate_files(

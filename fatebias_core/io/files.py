@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -111,34 +112,40 @@ def write_bytes(data: bytes, path: PathLike) -> Path:
     return Path(path)
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
 def json_ready(value: Any) -> Any:
-    """``value`` with NaN and inf as None and numpy scalars as Python numbers, recursively (strict JSON)."""
+    """``value`` as strict JSON can hold it, recursively: the one JSON rule of fatebias.
+
+    * NaN, inf and -inf become ``None`` (JSON ``null``): "no value", as strict JSON
+      (``allow_nan=False``, JavaScript's ``JSON.parse``) needs;
+    * numpy scalars become Python numbers and booleans, numpy arrays and tuples lists;
+    * paths become text, and dictionary keys that JSON cannot hold (numpy scalars,
+      paths, tuples) their text;
+    * everything else is kept (JSON itself rejects what it cannot write).
+
+    :func:`write_json`, the lineage and Dagster metadata all go through it.
+    """
     if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+        return {_json_key(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
         return [json_ready(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, Path):
+        return str(value)
     return value
 
 
+def _json_key(key: Any) -> str | int | float | bool | None:
+    if isinstance(key, np.generic):
+        key = key.item()
+    return key if key is None or isinstance(key, str | int | float | bool) else str(key)
+
+
 def write_json(obj: Any, path: PathLike) -> Path:
-    """Write ``obj`` as indented JSON atomically (numpy scalars and arrays allowed)."""
-    return write_text(json.dumps(obj, indent=2, default=_json_default) + "\n", path)
+    """Write ``obj`` as indented, strict JSON atomically, after :func:`json_ready` (NaN and inf as ``null``)."""
+    return write_text(json.dumps(json_ready(obj), indent=2, allow_nan=False) + "\n", path)
 
 
 def save_npz(path: PathLike, **arrays: np.ndarray) -> Path:

@@ -23,6 +23,10 @@ FIT_META = "fit.json"
 FIT_PARAMS = "variational_params.npz"
 FIT_ELBO = "elbo_trace.csv"
 CHECKPOINT = "checkpoint.pt"
+FIT_META_FILE = f"{FIT_DIR}/{FIT_META}"
+"""The fit's metadata relative to the run folder (``fit/fit.json``)."""
+FIT_ELBO_FILE = f"{FIT_DIR}/{FIT_ELBO}"
+"""The fit's loss trace relative to the run folder (``fit/elbo_trace.csv``)."""
 
 # ---------------------------------------------------------------- the run folder
 LOAD_SUMMARY = "load_summary.json"
@@ -46,6 +50,12 @@ PERMUTATION_FINGERPRINT = "permutation.json"
 REPORT = "report.html"
 DAYWISE_CONFUSION = "daywise_confusion.csv"
 CALL_SUMMARY = "pred_call_summary.json"
+LINEAGE_DB = "lineage.duckdb"
+"""The Dagster engine's lineage database (fatebias_dagster), unless ``FATEBIAS_LINEAGE_DB`` names another."""
+
+# ---------------------------------------------------------------- a simulation study (fatebias_dagster)
+RECOVERY_SUMMARY = "recovery_summary.csv"
+RECOVERY_FIGURE = "recovery_summary.png"
 
 EXPORT_FILES = {
     "gene_daywise": "gene_daywise_for_mash{sfx}.csv",

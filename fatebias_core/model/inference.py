@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -29,6 +28,7 @@ from tqdm.auto import tqdm
 
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.errors import FitError
+from fatebias_core.hashing import json_hash
 from fatebias_core.io import atomic_path, save_npz, write_csv, write_json
 from fatebias_core.io import layout as names
 from fatebias_core.model.design import pearson_dispersion
@@ -836,7 +836,7 @@ def _laplace_classes() -> dict[str, type]:
 
 
 def _hash(obj: dict) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_hash(obj)
 
 
 def _progress(enabled: bool, total: int, initial: int, desc: str):

@@ -18,7 +18,6 @@ from typing import Any
 
 import pandas as pd
 
-from fatebias_core.checks.diagnostics import DiagnosticsResult
 from fatebias_core.checks.ntc import read_ntc_check
 from fatebias_core.checks.simulate import simulate
 from fatebias_core.config import FatebiasConfig, load_config, make_config
@@ -44,7 +43,7 @@ from fatebias_core.pipeline.steps import (
     step_metrics,
     write_load_files,
 )
-from fatebias_core.types import Experiment
+from fatebias_core.types import DiagnosticsResult, Experiment
 
 log = logging.getLogger("fatebias")
 
@@ -77,11 +76,11 @@ class ChainResult:
                 + ("ok" if ntc["calibrated"] else "FAILED: THE INTERVALS ARE NOT TRUSTED (hits may include false ones)")
             )
         if self.hits is not None:
-            lines.append(f"  hits ({self.config.mash_default_mode} mode; the primary contrast's are in hits_ranked.csv):")
+            lines.append(f"  hits ({self.config.mash_default_mode} mode; the primary contrast's are in {names.HITS}):")
             for ans in contrast_answers(self.out_dir, self.config).values():
                 lines.extend(describe_hits(ans))
         lines.extend(f"  {n}" for n in self.notes)
-        report = self.out_dir / "report.html"
+        report = self.out_dir / names.REPORT
         if report.is_file() and "report" in self.ran + self.reused:
             lines.append(f"  report: {report.resolve()} (open it in a browser)")
         return "\n".join(lines)
@@ -215,23 +214,43 @@ def diagnose(config: FatebiasConfig) -> DiagnosticsResult:
     return diagnostics_step(experiment, config, run_chain=run_chain)
 
 
+#: The platform's top-level packages (the ``platform`` extra); the Dagster engine needs them.
+PLATFORM_MODULES = ("dagster", "dagster_webserver", "dagster_dask", "dask", "distributed", "dask_jobqueue", "duckdb")
+
+#: The one line ``--engine auto`` logs when it falls back to the local engine.
+LOCAL_FALLBACK = 'Dagster is not installed (pip install "fatebias[platform]"): running the chain with the local engine'
+
+
 def chain_engine(name: str = "auto"):
     """The function that runs the whole chain: ``local`` (:func:`run_chain`) or a plugin.
 
     Plugins register under the entry-point group ``fatebias.engines`` (fatebias_dagster
     registers ``dagster``, which materialises the asset graph). ``auto`` picks ``dagster``
-    when installed, else ``local``.
+    when it and the platform it runs on (the ``platform`` extra) import, else ``local``,
+    saying so in one log line (:data:`LOCAL_FALLBACK`); naming ``dagster`` without the
+    platform is an error that says what to install.
     """
     if name == "local":
         return run_chain
     engines = {ep.name: ep for ep in entry_points(group="fatebias.engines")}
-    if name == "auto":
-        if "dagster" not in engines:
+    wanted = "dagster" if name == "auto" else name
+    if wanted not in engines:
+        if name == "auto":
             return run_chain
-        name = "dagster"
-    if name not in engines:
         raise ConfigError(f"engine {name!r} is not installed (available: local{''.join(', ' + n for n in engines)})")
-    return engines[name].load()
+    try:
+        return engines[wanted].load()
+    except ImportError as exc:
+        missing = (exc.name or "").split(".")[0]
+        if missing not in PLATFORM_MODULES:
+            raise
+        if name == "auto":
+            log.warning(LOCAL_FALLBACK)
+            return run_chain
+        raise ConfigError(
+            f"engine {name!r} needs the platform ({missing} is not installed): "
+            'pip install "fatebias[platform]", or use --engine local'
+        ) from None
 
 
 def run_demo(out_dir: str | Path = "fatebias_demo", config_path: str | Path | None = None, engine: str = "auto") -> ChainResult:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ast
 import functools
-import hashlib
 import inspect
 import json
 import time
@@ -27,6 +26,7 @@ from typing import Any
 
 import fatebias_core
 from fatebias_core.config import GROUPS, FatebiasConfig
+from fatebias_core.hashing import file_hash, json_hash, short_hash
 from fatebias_core.io import layout as names
 from fatebias_core.io import write_json
 from fatebias_core.model.inference import load_fit
@@ -249,13 +249,10 @@ def module_closure(modules: tuple[str, ...]) -> list[str]:
 
 def modules_version(modules: tuple[str, ...], *functions: Callable[..., Any]) -> str:
     """Hash of the source of ``functions`` and of ``modules`` with every module they import."""
-    h = hashlib.sha256()
-    for fn in functions:
-        h.update(inspect.getsource(fn).encode())
+    parts = [inspect.getsource(fn) for fn in functions]
     for m in module_closure(modules):
-        h.update(f"\0{m}\0".encode())
-        h.update(read_source(m).encode())
-    return h.hexdigest()[:16]
+        parts += [f"\0{m}\0", read_source(m)]
+    return short_hash(*parts)
 
 
 def code_version(step: str) -> str:
@@ -270,19 +267,10 @@ def code_versions() -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- versions
-def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's content (first 16 hex digits)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
 def input_version(config: FatebiasConfig) -> str:
     """Content hash of the experiment's input files (AnnData, guide map and guide files)."""
     parts = [file_hash(p) for p in config.input_paths()]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    return short_hash("|".join(parts))
 
 
 def step_versions(config: FatebiasConfig, inputs: str, codes: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -296,7 +284,7 @@ def step_versions(config: FatebiasConfig, inputs: str, codes: Mapping[str, str] 
             "upstream": [out[u] for u in step.upstream],
             "inputs": inputs if name == "load" else None,
         }
-        out[name] = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        out[name] = json_hash(payload)
     return out
 
 

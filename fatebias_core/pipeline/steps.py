@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fatebias_core.checks.diagnostics import ChainRunner, DiagnosticsResult, run_diagnostics
+from fatebias_core.checks.diagnostics import ChainRunner, run_diagnostics
 from fatebias_core.checks.ntc import require_calibrated, run_ntc_check
 from fatebias_core.config import MASH_MODES, FatebiasConfig
 from fatebias_core.discovery.aggregate import aggregate_file
@@ -29,7 +29,7 @@ from fatebias_core.model.posterior import ExportResult, PosteriorSummary, export
 from fatebias_core.pipeline.check import load_experiment_checked
 from fatebias_core.report.build import ReportResult, build_report
 from fatebias_core.report.plots import plot_effects_by_day, plot_elbo
-from fatebias_core.types import Experiment
+from fatebias_core.types import DiagnosticsResult, Experiment
 
 log = logging.getLogger("fatebias")
 

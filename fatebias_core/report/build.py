@@ -91,7 +91,7 @@ def _check_folder(out: Path) -> None:
         raise InputDataError(f"{out} is not a folder")
     if not (out / names.MANIFEST).is_file() and not (out / names.CONFIG_USED).is_file():
         raise InputDataError(
-            f"{out} is not a fatebias run folder (no fatebias_manifest.json or config_used.yaml); "
+            f"{out} is not a fatebias run folder (no {names.MANIFEST} or {names.CONFIG_USED}); "
             "run `fatebias run --config C` first"
         )
 

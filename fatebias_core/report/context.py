@@ -131,7 +131,7 @@ def build_context(run: RunFolder, page: PageLog) -> ReportContext:
         The page's content, section by section.
     """
     cfg = run.config
-    fit_info = (run.json("fit/fit.json") or {}).get("info") or {}
+    fit_info = (run.json(names.FIT_META_FILE) or {}).get("info") or {}
     answers = read_answers(run)
     cards = glance_cards(run, answers, fit_info)
     return ReportContext(
@@ -242,7 +242,7 @@ def load_facts(run: RunFolder, page: PageLog) -> KeyValues | Absent:
     """Cells and guides from ``load_summary.json`` (records "load summary")."""
     load = run.json(names.LOAD_SUMMARY)
     if load is None:
-        return page.missing("load summary", run.why_absent(names.LOAD_SUMMARY, "load_summary.json not found"))
+        return page.missing("load summary", run.why_absent(names.LOAD_SUMMARY, f"{names.LOAD_SUMMARY} not found"))
     page.shown("load summary")
     dropped = {k: v for k, v in (load.get("dropped") or {}).items() if v}
     per_cell = load.get("guides_per_cell") or {}
@@ -282,7 +282,7 @@ def dropped_cells(run: RunFolder, shown: int = 8) -> list[tuple[str, str]]:
         return []
     first = ", ".join(f"{c} ({r})" for c, r in zip(table["cell"][:shown], table["reason"][:shown], strict=True))
     more = f" ... (+{len(table) - shown} more)" if len(table) > shown else ""
-    return [("dropped cells (dropped_cells.csv)", f"{len(table)}: {first}{more}")]
+    return [(f"dropped cells ({names.DROPPED_CELLS})", f"{len(table)}: {first}{more}")]
 
 
 def steps_table(run: RunFolder, page: PageLog) -> Table | Absent:
@@ -290,7 +290,7 @@ def steps_table(run: RunFolder, page: PageLog) -> Table | Absent:
     manifest = (run.json(names.MANIFEST) or {}).get("steps")
     if not manifest:
         return page.missing("steps", run.why_absent(
-            names.MANIFEST, "fatebias_manifest.json not found: the steps that made this folder are unknown"))
+            names.MANIFEST, f"{names.MANIFEST} not found: the steps that made this folder are unknown"))
     page.shown("steps")
     rows = []
     for step, rec in manifest.items():
@@ -322,7 +322,7 @@ def fit_section(run: RunFolder, page: PageLog, fit_info: dict) -> FitSection:
 def fit_facts(run: RunFolder, page: PageLog, fit_info: dict) -> KeyValues | Absent:
     """Steps, convergence, loss, likelihood weight and posterior of the fit (``fit/fit.json``)."""
     if not fit_info:
-        return page.missing("fit", run.why_absent("fit/fit.json", "fit/fit.json not found"))
+        return page.missing("fit", run.why_absent(names.FIT_META_FILE, f"{names.FIT_META_FILE} not found"))
     page.shown("fit")
     conv = fit_info.get("steps_to_convergence")
     converged = bool(fit_info.get("converged"))
@@ -358,9 +358,9 @@ def fit_facts(run: RunFolder, page: PageLog, fit_info: dict) -> KeyValues | Abse
 
 def elbo_figure(run: RunFolder, page: PageLog, fit_info: dict) -> Figure | Absent:
     """The loss by step (``fit/elbo_trace.csv``), marking where the likelihood weight changed."""
-    elbo = run.csv("fit/elbo_trace.csv", ["loss"])
+    elbo = run.csv(names.FIT_ELBO_FILE, ["loss"])
     if elbo is None or not len(elbo):
-        return page.missing("ELBO trace", run.why_absent("fit/elbo_trace.csv", "fit/elbo_trace.csv not found"))
+        return page.missing("ELBO trace", run.why_absent(names.FIT_ELBO_FILE, f"{names.FIT_ELBO_FILE} not found"))
     page.shown("ELBO trace")
     loss = elbo["loss"].to_numpy(dtype=float)
     if not fit_info.get("steps"):

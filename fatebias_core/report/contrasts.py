@@ -15,6 +15,7 @@ from markupsafe import Markup
 
 from fatebias_core.discovery.answer import ContrastAnswer, contrast_answer, ranked_hits_name
 from fatebias_core.errors import FatebiasError
+from fatebias_core.io import layout as names
 from fatebias_core.io.tables import read_posterior
 from fatebias_core.report.folder import RANKED_DTYPES, PageLog, RunFolder
 from fatebias_core.report.parts import (
@@ -139,12 +140,12 @@ def contrast_part(run: RunFolder, page: PageLog, fate: str, ans: ContrastAnswer 
     sfx = "" if primary else f" ({fate})"
     name = ranked_hits_name(cfg, fate)
     if ans is None:
-        why = ("hits_ranked.csv not found: the chain did not reach hit calling" if primary
+        why = (f"{name} not found: the chain did not reach hit calling" if primary
                else f"{name} not found: the rank step writes it (fatebias run --rerun rank)")
         part.absent = page.missing(f"hits{sfx}", run.why_absent(name, why))
         return part
     page.shown(f"hits table{sfx}")
-    no_baseline = "" if ans.baseline is not None else "; no per-day baseline in load_summary.json, so no probability scale"
+    no_baseline = "" if ans.baseline is not None else f"; no per-day baseline in {names.LOAD_SUMMARY}, so no probability scale"
     part.note = f"{ans.n_hits} hits of {len(ans.genes)} genes. Effects from {ans.effects_from}{no_baseline}."
     part.table = hits_table(ans, f"hits-table-{fate}")
     top = ans.top_rows(HEATMAP_MIN_ROWS, HEATMAP_MAX_ROWS)

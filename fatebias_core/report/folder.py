@@ -136,9 +136,9 @@ def diagnostics_part(run: RunFolder, page: PageLog, part: str, label: str) -> di
         elif not run.config.run_diagnostics:
             why = "diagnostics were not run (run_diagnostics: false)"
         else:
-            why = "diagnostics.json not found (fatebias diagnose --config C writes it)"
+            why = f"{names.DIAGNOSTICS} not found (fatebias diagnose --config C writes it)"
         return page.missing(label, why)
     if not diag.get(part):
-        return page.missing(label, f"diagnostics.json has no {part} part (not run)")
+        return page.missing(label, f"{names.DIAGNOSTICS} has no {part} part (not run)")
     page.shown(label)
     return diag[part]

@@ -138,7 +138,7 @@ def ntc_part(run: RunFolder, page: PageLog) -> NTCPart | Absent:
     n = run.json(names.NTC_CHECK)
     if n is None:
         why = ("the check is off (ntc_check: false)" if not run.config.ntc_check
-               else run.why_absent(names.NTC_CHECK, "ntc_check.json not found (fewer than four NTC guides, or not a Laplace fit)"))
+               else run.why_absent(names.NTC_CHECK, f"{names.NTC_CHECK} not found (fewer than four NTC guides, or not a Laplace fit)"))
         return page.missing(label, why)
     page.shown(label)
     table = run.csv(names.NTC_TABLE, ["z", "z_model"])
@@ -218,7 +218,7 @@ def modes_part(run: RunFolder, page: PageLog) -> ModesPart | Absent:
     """The conservative and enriched mash modes compared (``mash_mode_comparison.csv``)."""
     cmp_ = run.csv(names.MODE_COMPARISON, ["mode", "n_rows", "n_hits", "n_shared_hits", "jaccard_hits"])
     if cmp_ is None or cmp_.empty:
-        return page.missing("mode comparison", run.why_absent(names.MODE_COMPARISON, "mash_mode_comparison.csv not found"))
+        return page.missing("mode comparison", run.why_absent(names.MODE_COMPARISON, f"{names.MODE_COMPARISON} not found"))
     page.shown("mode comparison")
     rows = [
         (r["mode"], r["n_rows"], r["n_hits"], score(r.get("median_score")), num(r.get("median_n_active_days"), ".2g"),

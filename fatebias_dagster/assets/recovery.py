@@ -10,8 +10,6 @@ scored partition into one table and figure, in the format of ``fatebias sweep``
 (``sweep_results.csv``/``.png``, :func:`fatebias_core.studies.sweep.plot_sweep`).
 """
 
-import hashlib
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -21,9 +19,10 @@ import pandas as pd
 from dagster import AssetExecutionContext
 
 from fatebias_core.discovery.evaluate import evaluate_files
+from fatebias_core.hashing import file_hash, json_hash
 from fatebias_core.io import layout as run_files
 from fatebias_core.io import read_csv, write_csv
-from fatebias_core.pipeline.graph import file_hash, modules_version
+from fatebias_core.pipeline.graph import modules_version
 from fatebias_core.studies.sweep import plot_sweep, score_row
 
 from .. import metadata as meta
@@ -87,7 +86,7 @@ def recovery_scores_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefin
         ev = evaluate_files(hits, truth, folder.out_dir, truth_thresh=cfg.sim_truth_thresh, config=cfg)
         rank_version = step_versions(cfg)["rank"]
         payload = [EVALUATE_CODE_VERSION, rank_version, file_hash(truth), cfg.sim_truth_thresh]
-        version = hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
+        version = json_hash(payload)
         row = {"partition": str(key), "scenario": Study.variant(run), "seed": run.seed, **score_row(ev.summary)}
         with manifest_lock(folder.out_dir) as manifest:
             manifest.record("evaluate", version, [folder.out_dir / n for n in SCORE_FILES], row)
@@ -143,9 +142,9 @@ def recovery_summary_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefi
                 table[dim] = [dict(p.split("=", 1) for p in v.split("+") if "=" in p).get(dim) for v in table["scenario"]]
                 table[dim] = pd.to_numeric(table[dim], errors="ignore")
         root = res.study_root()
-        csv = write_csv(table, root / "recovery_summary.csv")
-        png = plot_sweep(table, study.spec, root / "recovery_summary.png")
-        version = hashlib.sha256(json.dumps([SUMMARY_CODE_VERSION, sorted(versions.items())]).encode()).hexdigest()[:16]
+        csv = write_csv(table, root / run_files.RECOVERY_SUMMARY)
+        png = plot_sweep(table, study.spec, root / run_files.RECOVERY_FIGURE)
+        version = json_hash([SUMMARY_CODE_VERSION, sorted(versions.items())])
         db = lineage.db(res.experiment.lineage_default())
         save_results(context, db, SUMMARY_KEY, None, {"recovery_summary": table})
         common = lineage_metadata(

@@ -14,8 +14,6 @@ change sensor (:mod:`fatebias_dagster.automation`) can report it without a run.
 """
 
 
-import hashlib
-import json
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from dagster import AssetExecutionContext
 from fatebias_core.checks.simulate import simulate
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.errors import InputDataError
+from fatebias_core.hashing import json_hash
 from fatebias_core.io import layout as run_files
 from fatebias_core.pipeline.graph import input_version, modules_version
 
@@ -185,7 +184,7 @@ def _settings_source(step: str) -> dg.AssetsDefinition:
 def simulation_version(config: FatebiasConfig) -> str:
     """Version of a simulation: the simulator's code version and the settings it reads."""
     payload = {"code": SIMULATE_CODE_VERSION, "settings": settings_version(config, SIMULATION_SETTINGS)}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return json_hash(payload)
 
 
 def build_simulated_experiment(

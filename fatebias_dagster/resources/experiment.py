@@ -21,13 +21,14 @@ from pydantic import Field
 
 from fatebias_core.config import FatebiasConfig, load_config, make_config
 from fatebias_core.errors import ConfigError
+from fatebias_core.io import layout as run_files
 
 from .env import env_or
 
 CONFIG_ENV = "FATEBIAS_CONFIG"
 DEMO_DIR_ENV = "FATEBIAS_DEMO_DIR"
 DEFAULT_DEMO_DIR = "fatebias_demo"
-LINEAGE_FILE = "lineage.duckdb"
+LINEAGE_FILE = run_files.LINEAGE_DB
 
 
 @dataclass(frozen=True)
