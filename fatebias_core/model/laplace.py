@@ -23,7 +23,7 @@ import scipy.sparse as sp
 
 from fatebias_core.errors import FitError
 from fatebias_core.mash.blas_threads import single_threaded_blas
-from fatebias_core.model.algebra import MAX_LAPLACE_DIM, check_dense_size
+from fatebias_core.model.algebra import DenseEstimate, check_dense_size
 from fatebias_core.model.design import (
     Layout,
     centre_within_gene,
@@ -57,7 +57,7 @@ from fatebias_core.types import Experiment
 log = logging.getLogger("fatebias.laplace")
 
 __all__ = [
-    "MAX_LAPLACE_DIM",
+    "DenseEstimate",
     "BootstrapPosterior",
     "LaplacePosterior",
     "LaplaceProblem",
@@ -74,10 +74,10 @@ __all__ = [
 ]
 
 
-def check_laplace_size(experiment: Experiment, n_contrasts: int) -> None:
-    """Raise a one-line error when the dense Laplace system would be too large."""
+def check_laplace_size(experiment: Experiment, n_contrasts: int) -> DenseEstimate:
+    """The dense Laplace step's memory and time; a one-line error when this machine cannot hold it."""
     lay = Layout.of(experiment)
-    check_dense_size(n_contrasts * lay.size, lay.n_guides, lay.n_genes, n_contrasts)
+    return check_dense_size(n_contrasts * lay.size, lay.n_guides, lay.n_genes, n_contrasts)
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ def check_data(config: FatebiasConfig) -> CheckResult:
     experiment = load_experiment_checked(config, verbose=False)
     notes: list[str] = []
     if config.posterior_method != "meanfield":
-        check_laplace_size(experiment, len(config.contrast_fates))
+        notes.append(check_laplace_size(experiment, len(config.contrast_fates)).describe())
     out = Path(config.out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out_dir: {out} exists and is not a folder")
