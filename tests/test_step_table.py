@@ -47,6 +47,12 @@ def edited(monkeypatch: pytest.MonkeyPatch) -> Iterator[callable]:
         ("fatebias_core.mash.fit", {"mash", "aggregate", "rank", "diagnostics", "report"}),
         ("fatebias_core.model.fate_model", {"fit", "export", "mash", "aggregate", "rank", "diagnostics", "report"}),
         ("fatebias_core.report.build", {"report"}),
+        # Figures and file names are presentation: only the report (a page, remade in
+        # seconds) is remade for them, never a fit.
+        ("fatebias_core.report.plots", {"report"}),
+        ("fatebias_core.io.layout", {"report"}),
+        # The Laplace step computes the fit; loading only validates with it (fatebias check).
+        ("fatebias_core.model.laplace", {"fit", "export", "mash", "aggregate", "rank", "diagnostics", "report"}),
     ],
 )
 def test_editing_a_module_makes_its_steps_and_everything_downstream_stale(edited, module: str, stale: set[str]) -> None:

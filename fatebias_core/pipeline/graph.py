@@ -48,8 +48,15 @@ PLUMBING = frozenset(
         "fatebias_core.pipeline.graph",
         "fatebias_core.pipeline.steps",
         "fatebias_core.pipeline.chain",
+        # Validation before work: it stops bad input, it computes nothing a step writes.
+        "fatebias_core.pipeline.check",
     }
 )
+
+#: Modules that present results (figures, file names) without computing them: they are
+#: left out of every step's code version but the report's, so that a plot colour or a new
+#: output name never makes a fit stale.
+PRESENTATION = frozenset({"fatebias_core.report.plots", "fatebias_core.io.layout"})
 
 #: Settings that never change results.
 COSMETIC = frozenset({"progress", "out_dir", "device", "checkpoint_every"})
@@ -234,30 +241,36 @@ def _absolute(module: str, node: ast.ImportFrom) -> str | None:
     return f"{base}.{node.module}" if node.module else base
 
 
-def module_closure(modules: tuple[str, ...]) -> list[str]:
-    """``modules`` and every fatebias_core module they import, transitively, minus :data:`PLUMBING`."""
+def module_closure(modules: tuple[str, ...], excluded: frozenset[str] = PLUMBING) -> list[str]:
+    """``modules`` and every fatebias_core module they import, transitively, minus ``excluded``."""
     seen: set[str] = set()
-    stack = [m for m in modules if m not in PLUMBING]
+    stack = [m for m in modules if m not in excluded]
     while stack:
         m = stack.pop()
         if m in seen:
             continue
         seen.add(m)
-        stack.extend(d for d in module_imports(m) if d not in PLUMBING and d not in seen)
+        stack.extend(d for d in module_imports(m) if d not in excluded and d not in seen)
     return sorted(seen)
 
 
-def modules_version(modules: tuple[str, ...], *functions: Callable[..., Any]) -> str:
+def modules_version(
+    modules: tuple[str, ...], *functions: Callable[..., Any], excluded: frozenset[str] = PLUMBING
+) -> str:
     """Hash of the source of ``functions`` and of ``modules`` with every module they import."""
     parts = [inspect.getsource(fn) for fn in functions]
-    for m in module_closure(modules):
+    for m in module_closure(modules, excluded):
         parts += [f"\0{m}\0", read_source(m)]
     return short_hash(*parts)
 
 
 def code_version(step: str) -> str:
-    """Hash of ``step``'s function source and of the source of every module it computes with."""
-    return modules_version(STEPS[step].modules, STEPS[step].run)
+    """Hash of ``step``'s function source and of the source of every module it computes with.
+
+    Presentation modules (:data:`PRESENTATION`) count for the report step only.
+    """
+    excluded = PLUMBING if step == "report" else PLUMBING | PRESENTATION
+    return modules_version(STEPS[step].modules, STEPS[step].run, excluded=excluded)
 
 
 @functools.cache
