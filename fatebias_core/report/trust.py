@@ -150,7 +150,7 @@ def ntc_part(run: RunFolder, page: PageLog) -> NTCPart | Absent:
         ("90% intervals covering 0 (the run's, as exported)", f"{num(n.get('coverage_90'), '.1%')} (nominal 90%)"),
         ("90% intervals covering 0, model-based covariance", f"{num(n.get('coverage_90_model'), '.1%')}"),
         ("SD of z (the run's intervals)", f"{num(n.get('z_sd'), '.2f')} (expected at most 1)"),
-        ("chi-square test", f"{num(n.get('statistic'), '.1f')} on {n.get('dof')} df, p {num(n.get('p_value'), '.2g')} "
+        ("test", f"sum of z^2 {num(n.get('statistic'), '.1f')}, scaled chi-square on {n.get('dof')} df, p {num(n.get('p_value'), '.2g')} "
                             f"(fails below {n.get('alpha')})"),
         ("pseudo-genes", f"{n.get('n_pseudo_genes')} of {n.get('pseudo_gene_size')} NTC guides each, fitted as genes "
                          f"(from {n.get('n_ntc_guides')} NTC guides; half of them the baseline, then the other half), "
