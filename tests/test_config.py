@@ -20,7 +20,7 @@ def test_every_field_has_a_default_doc_and_group():
         assert (info.json_schema_extra or {}).get("group"), name
     cfg = FatebiasConfig()
     assert cfg.Kmax == 20 and cfg.ref_fate == "EC" and cfg.contrast_fate == "MES"
-    assert cfg.mash_se_inflate == 1.5 and cfg.mash_se_floor == 0.02
+    assert cfg.mash_se_inflate == 1.2 and cfg.mash_se_floor == 0.0
 
 
 def test_unknown_key_names_it_and_suggests_the_near_miss(tmp_path):

@@ -40,7 +40,7 @@ def test_settings_follow_the_configuration() -> None:
     e = ModeSettings.from_config(cfg, "enriched")
     assert (c.prior, c.nullweight, c.usepointmass, c.add_datadriven) == ("nullbiased", 10.0, True, False)
     assert (e.prior, e.nullweight, e.usepointmass, e.add_datadriven) == ("uniform", 3.0, True, True)
-    assert (e.se_inflate, e.se_floor, e.npc, e.strong_lfsr, e.min_strong) == (1.5, 0.02, 2, 0.1, 50)
+    assert (e.se_inflate, e.se_floor, e.npc, e.strong_lfsr, e.min_strong) == (1.2, 0.0, 2, 0.1, 50)
     with pytest.raises(ConfigError, match="conservative, enriched"):
         ModeSettings.from_config(cfg, "plain")
     np.testing.assert_allclose(inflate_se(np.array([0.001, 0.1]), 1.5, 0.02), [0.02, 0.15], rtol=1e-15)
