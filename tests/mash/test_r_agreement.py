@@ -25,8 +25,9 @@ CASES = ("gene_300x4", "guide_1800x4", "gene_200x3", "gene_40x4_small")
 STRONG = {"gene_300x4": 57, "guide_1800x4": 282, "gene_200x3": 24, "gene_40x4_small": 3}
 SETTINGS = {
     "plain": ("conservative", {"mash_se_inflate": 1.0, "mash_se_floor": 0.0, "mash_estimate_V": False}),
-    "conservative": ("conservative", {}),
-    "enriched": ("enriched", {}),
+    # The R fixtures were made at SE inflation 1.5 and floor 0.02 (the defaults then).
+    "conservative": ("conservative", {"mash_se_inflate": 1.5, "mash_se_floor": 0.02}),
+    "enriched": ("enriched", {"mash_se_inflate": 1.5, "mash_se_floor": 0.02}),
 }
 
 
