@@ -49,14 +49,15 @@ from fatebias_core.mash import ash_table, mash_table
 
 TARGET = 30.0
 
-# One mode run by R mashr on a daywise CSV, as the native command runs it.
+# One mode run by R mashr on a daywise CSV, as the native command runs it (SE inflation
+# and floor from the arguments: the defaults the native command uses).
 RSCRIPT = r"""
 suppressPackageStartupMessages(library(mashr))
 args <- commandArgs(trailingOnly = TRUE)
 df <- read.csv(args[1], check.names = FALSE)
 mode <- args[3]
 B <- as.matrix(df[, grep("^betahat_", names(df))])
-S <- pmax(as.matrix(df[, grep("^se_", names(df))]) * 1.5, 0.02)
+S <- pmax(as.matrix(df[, grep("^se_", names(df))]) * as.numeric(args[4]), as.numeric(args[5]))
 colnames(B) <- colnames(S) <- sub("^betahat_", "", colnames(B))
 V <- tryCatch(estimate_null_correlation_simple(mash_set_data(B, S)), error = function(e) diag(ncol(B)))
 e <- eigen(V, symmetric = TRUE)
@@ -217,7 +218,7 @@ def main() -> None:
                 out = Path(tmp) / f"out_{mode}.csv"
                 r_out = Path(tmp) / f"out_{mode}.R.csv"
                 native_cmd = [exe, "mash", str(src), str(out), "--mode", mode]
-                r_cmd = ["Rscript", str(script), str(src), str(r_out), mode]
+                r_cmd = ["Rscript", str(script), str(src), str(r_out), mode, str(cfg.mash_se_inflate), str(cfg.mash_se_floor)]
                 before = os.getloadavg()[0]
                 best, times, _ = best_of(partial(run_process, native_cmd), args.repeats)
                 r_best, r_times, _ = best_of(partial(run_process, r_cmd), args.r_repeats)
