@@ -2,9 +2,10 @@
 
 fatebias_core never imports Dagster: its command line finds this engine through the
 ``fatebias.engines`` entry point (``dagster = "fatebias_dagster.engine:run_chain"``).
-The run observes the sources, then materializes the assets whose data version in the
-Dagster instance differs from the step's version now (or whose files are gone): the
-others are current and are not run at all. The instance is persistent, so a later
+The run observes the sources, then materializes the assets whose step the run
+folder's manifest does not record at its version now (or whose files are gone): the
+others are current and are not run at all. Each asset records itself in that manifest,
+the one record both engines keep. The instance is persistent, so a later
 ``dagster dev`` shows the run: ``DAGSTER_HOME`` when set, else the run folder's own
 ``<out_dir>/dagster_home`` (:func:`dagster_home`). One instance per experiment: the
 chain's asset keys are the same for every experiment, so two experiments sharing an
@@ -30,12 +31,12 @@ from fatebias_core.io import layout as run_files
 from fatebias_core.io import read_csv, write_text
 from fatebias_core.pipeline.chain import ChainResult
 from fatebias_core.pipeline.check import load_experiment_checked
-from fatebias_core.pipeline.graph import CHAIN, STEPS, downstream
+from fatebias_core.pipeline.graph import CHAIN, STEPS, Manifest, downstream
 from fatebias_core.pipeline.steps import write_load_files
 
 from .definitions import build_definitions
 from .jobs import CHAIN_JOB, OBSERVE_JOB
-from .lineage import MD_RUN_FOLDER, record_run
+from .lineage import record_run
 from .resources import ExperimentConfig, LineageStore
 from .runner import ChainLayout
 from .versions import ASSET_STEP, step_versions
@@ -92,31 +93,22 @@ def persistent_instance(out_dir: str | Path) -> Iterator[dg.DagsterInstance]:
         yield instance
 
 
-def _recorded_version(instance: dg.DagsterInstance, key: dg.AssetKey, out_dir: Path, scan: int = 50) -> str | None:
-    """The data version of ``key``'s latest materialization made in ``out_dir`` (a shared
-    ``DAGSTER_HOME`` may also hold other run folders' materializations of the same key)."""
-    for rec in instance.fetch_materializations(key, limit=scan).records:
-        folder = rec.asset_materialization.metadata.get(MD_RUN_FOLDER) if rec.asset_materialization else None
-        if folder is not None and str(folder.value) == str(out_dir):
-            return (rec.event_log_entry.tags or {}).get("dagster/data_version")
-    return None
+def stale_assets(config: FatebiasConfig) -> list[dg.AssetKey]:
+    """The chain's assets whose step the run folder's manifest does not record as current.
 
-
-def stale_assets(instance: dg.DagsterInstance, config: FatebiasConfig) -> list[dg.AssetKey]:
-    """The chain's assets whose data version in ``instance`` is not the step's version now.
-
-    A step whose files are gone is stale too, whatever the instance says; diagnostics
-    switched off (``run_diagnostics: false``) never is.
+    The manifest (:class:`~fatebias_core.pipeline.graph.Manifest`) is the record both
+    engines keep: a step is current when it was made at the version it has now and its
+    files exist, whichever engine made it. Diagnostics switched off (``run_diagnostics:
+    false``) never are stale.
     """
-    versions, layout, out = step_versions(config), ChainLayout(), Path(config.out_dir).resolve()
+    versions, layout = step_versions(config), ChainLayout()
+    manifest = Manifest.open(config.out_dir)
     stale: list[dg.AssetKey] = []
-    for name, step in STEPS.items():
+    for name in STEPS:
         if name == "diagnostics" and not config.run_diagnostics:
             continue  # switched off: nothing to run
-        keys = layout.keys_of(name)
-        current = all(_recorded_version(instance, k, out) == versions[name] for k in keys)
-        if not (current and all(p.exists() for p in step.outputs(config, out))):
-            stale.extend(keys)
+        if not manifest.is_current(name, versions[name]):
+            stale.extend(layout.keys_of(name))
     return stale
 
 
@@ -130,7 +122,7 @@ def _execute(
     observed = defs.resolve_job_def(OBSERVE_JOB).execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
     if not observed.success:
         return observed
-    stale = stale_assets(instance, config)
+    stale = stale_assets(config)
     forced = [k for s in (downstream(rerun) if rerun else []) for k in ChainLayout().keys_of(s)]
     stale += [k for k in forced if k not in stale and (config.run_diagnostics or k.path[-1] != "diagnostics")]
     if not stale:

@@ -95,6 +95,44 @@ def test_newton_reaches_the_joint_mode(clone_problem):
     assert np.abs(g).max() < 1e-4 and np.abs(g_beta).max() < 1e-5
 
 
+@pytest.mark.parametrize("clones", [True, False])
+def test_matrix_free_product_is_the_eliminated_hessian(clone_problem, clones):
+    """``schur_matvec`` (sparse, never forming S) multiplies by the dense eliminated Hessian, prior included."""
+    problem, _, _ = clone_problem
+    problem = problem if clones else problem.with_hyper(clone_cov=None)
+    rng = np.random.default_rng(4)
+    K, P = problem.n_contrasts, problem.layout.size
+    psi = 0.1 * rng.standard_normal((K, P))
+    beta = 0.2 * rng.standard_normal((problem.n_clusters, K)) if clones else None
+    curv = problem.curvature(problem.probabilities(psi, beta))
+    dense = problem.schur_hessian(curv)
+    for _ in range(3):
+        v = rng.standard_normal((K, P))
+        np.testing.assert_allclose(problem.schur_matvec(curv, v).ravel(), dense @ v.ravel(), rtol=1e-10, atol=1e-9 * np.abs(dense).max())
+
+
+def test_newton_preconditioned_by_another_hessian_reaches_the_same_mode(clone_problem):
+    """Conjugate-gradient Newton steps preconditioned by a Hessian made elsewhere (other hyperparameters, another
+    point), by the first step's, or by a useless one (the Hessian is then factored afresh) reach one mode, to 1e-8."""
+    problem, _, _ = clone_problem
+    psi0 = nuisance_start(problem)
+    elsewhere = problem.with_hyper(sigma_guide=problem.sigma_guide * 1.5, clone_cov=problem.clone_cov * 2.0)
+    far = newton_mode(elsewhere, psi0)
+    algebra = DenseAlgebra(elsewhere, far.hessian.copy())
+    ref = newton_mode(problem, psi0)
+    for precondition in (algebra.solve, None):
+        got = newton_mode(problem, psi0, precondition=precondition)
+        assert got.converged
+        np.testing.assert_allclose(got.psi, ref.psi, atol=1e-8)
+        np.testing.assert_allclose(got.beta, ref.beta, atol=1e-8)
+        np.testing.assert_allclose(got.hessian, ref.hessian, rtol=1e-8, atol=1e-10 * np.abs(ref.hessian).max())
+    # a useless preconditioner: the conjugate gradients stall and the Hessian is factored afresh
+    got = newton_mode(problem, psi0, precondition=lambda r: 1e-6 * r)
+    np.testing.assert_allclose(got.psi, ref.psi, atol=1e-8)
+    g, g_beta, _ = problem.gradients(ref.psi, ref.beta)
+    assert np.abs(g).max() < 1e-4 and np.abs(g_beta).max() < 1e-5
+
+
 def test_no_clone_effect_is_the_limit_of_a_tiny_clone_covariance(clone_problem):
     problem, _, _ = clone_problem
     tiny = problem.with_hyper(clone_cov=np.eye(2) * 1e-10)

@@ -24,6 +24,7 @@ the covariance of psi with the clone effects integrated out (their Laplace margi
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -280,6 +281,20 @@ class LaplaceProblem:
         out = self.symmetric_blocks(lambda k, j: self._raw_block(cell_w[:, k, j], rows, k, j))
         return self.add_prior_hessian(out)
 
+    def schur_matvec(self, curv: Curvature, v: np.ndarray) -> np.ndarray:
+        """``S v`` for a (K, P) ``v`` without forming S (:meth:`schur_hessian`): sparse products, linear in the cells.
+
+        ``X^T W X v``, minus for every clone ``H_psi,b B_c^-1 H_b,psi v`` (its cells'
+        ``W_i x_i v`` summed, solved with ``B_c`` and spread back), plus ``Q v``.
+        """
+        z = np.einsum("nkj,nj->nk", curv.W, self.linear(v))
+        if curv.B_inv is not None:
+            t = np.einsum("ckj,cj->ck", curv.B_inv, self.cluster_sum(z))
+            z -= np.einsum("nkj,nj->nk", curv.W, t[self.clusters])
+        XT = self.X_T
+        out = np.stack([self.centre_rows(np.asarray(XT @ z[:, k]), k) for k in range(self.n_contrasts)])
+        return out + self.prior_grad(v)  # the prior is quadratic: its gradient at v is Q v
+
     def _raw_block(self, w: np.ndarray, rows: list[list[sp.csr_matrix]] | None, k: int, j: int) -> np.ndarray:
         block = self.weighted_gram(w)
         if rows is not None:
@@ -430,6 +445,7 @@ def newton_mode(
     max_iter: int = 50,
     tol: float = 1e-8,
     hessian_at_mode: bool = True,
+    precondition: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> LaplaceResult:
     """Newton's method with backtracking to the joint mode of (psi, clone effects).
 
@@ -438,6 +454,14 @@ def newton_mode(
     from it. Converged when the Newton decrement ``g^T H^-1 g / 2`` falls below ``tol``
     times the number of cells. With ``hessian_at_mode`` the eliminated Hessian at the
     mode is kept (``hessian``) for the posterior covariance.
+
+    The Newton system is solved to :data:`NEWTON_CG_RTOL` by conjugate gradients with the
+    exact Hessian-vector product (:meth:`LaplaceProblem.schur_matvec`), preconditioned by
+    the Cholesky factor of a nearby Hessian: ``precondition`` (the inverse of the
+    Hessian at an earlier mode, e.g. the previous empirical Bayes update's), else the
+    Hessian of the first step, formed and factored once. The steps are Newton's (to that
+    tolerance), so the mode is the same; a factor is formed again only when the
+    conjugate gradients stall (the point has moved far from where it was made).
     """
     K, P = psi0.shape
     psi = psi0.copy()
@@ -448,17 +472,19 @@ def newton_mode(
     converged = False
     it = 0
     hess = curv = None
+    solve = precondition
     for it in range(1, max_iter + 1):
         g, g_beta, pi = problem.gradients(psi, beta)
         curv = problem.curvature(pi)
-        hess = problem.schur_hessian(curv)
         g_elim = problem.eliminated_gradient(g, g_beta, curv)
-        try:
-            with blas_threads_for(K * P):
-                chol = sla.cho_factor(hess, lower=True, check_finite=False)
-        except np.linalg.LinAlgError:
-            raise FitError("the Laplace Hessian is not positive definite; use posterior_method: meanfield") from None
-        dpsi = -sla.cho_solve(chol, g_elim.ravel(), check_finite=False).reshape(K, P)
+        rhs = -g_elim.ravel()
+        dpsi = None
+        if solve is not None:
+            dpsi = conjugate_gradients(lambda v, c=curv: problem.schur_matvec(c, v.reshape(K, P)).ravel(), rhs, solve)
+        if dpsi is None:
+            solve = _factor(problem.schur_hessian(curv), K * P)
+            dpsi = solve(rhs)
+        dpsi = dpsi.reshape(K, P)
         dbeta = problem.beta_step(g_beta, dpsi, curv) if clones else None
         decrement = -0.5 * float(g.ravel() @ dpsi.ravel() + (0.0 if dbeta is None else (g_beta * dbeta).sum()))
         t = 1.0
@@ -481,6 +507,60 @@ def newton_mode(
     else:
         hess = curv = None
     return LaplaceResult(psi=psi, beta=beta, n_iter=it, converged=converged, objective=f, pi=pi, hessian=hess, curvature=curv)
+
+
+#: Relative residual to which conjugate gradients solve a Newton system.
+NEWTON_CG_RTOL = 1e-10
+#: Conjugate-gradient iterations after which a nearby factor no longer pays and the Hessian is factored afresh.
+NEWTON_CG_MAX_ITER = 40
+
+
+def _factor(hess: np.ndarray, size: int) -> Callable[[np.ndarray], np.ndarray]:
+    """``x -> hess^-1 x`` from a Cholesky factor of ``hess`` (overwritten)."""
+    try:
+        with blas_threads_for(size):
+            chol = sla.cho_factor(hess, lower=True, check_finite=False, overwrite_a=True)
+    except np.linalg.LinAlgError:
+        raise FitError("the Laplace Hessian is not positive definite; use posterior_method: meanfield") from None
+    return lambda r: sla.cho_solve(chol, r, check_finite=False)
+
+
+def conjugate_gradients(
+    matvec: Callable[[np.ndarray], np.ndarray],
+    rhs: np.ndarray,
+    precondition: Callable[[np.ndarray], np.ndarray],
+    rtol: float = NEWTON_CG_RTOL,
+    max_iter: int = NEWTON_CG_MAX_ITER,
+) -> np.ndarray | None:
+    """Preconditioned conjugate gradients for ``A x = rhs`` (A symmetric positive definite).
+
+    Returns the solution once the residual is below ``rtol`` times ``|rhs|``, or None when
+    it is not within ``max_iter`` iterations (or the preconditioned system is not
+    positive definite).
+    """
+    bnorm = float(np.linalg.norm(rhs))
+    x = precondition(rhs)
+    if bnorm == 0.0:
+        return x
+    r = rhs - matvec(x)
+    z = precondition(r)
+    p = z.copy()
+    rz = float(r @ z)
+    for _ in range(max_iter):
+        if np.linalg.norm(r) <= rtol * bnorm:
+            return x
+        q = matvec(p)
+        pq = float(p @ q)
+        if not pq > 0.0 or not rz > 0.0:
+            return None
+        alpha = rz / pq
+        x += alpha * p
+        r -= alpha * q
+        z = precondition(r)
+        rz_new = float(r @ z)
+        p = z + (rz_new / rz) * p
+        rz = rz_new
+    return x if np.linalg.norm(r) <= rtol * bnorm else None
 
 
 def optimise_clone_effects(problem: LaplaceProblem, psi: np.ndarray, beta: np.ndarray, max_iter: int = 20, tol: float = 1e-10) -> np.ndarray:

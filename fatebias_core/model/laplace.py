@@ -265,6 +265,7 @@ def _laplace_posterior(
         estimate_sigma_guide=settings.estimate_sigma_guide,
         estimate_clone_cov=settings.estimate_clone_cov and cov0 is not None,
         progress=settings.progress,
+        robust=settings.uncertainty == "cluster_robust" and settings.bootstrap == 0,
     )
     if not eb.result.converged:
         log.warning("Laplace: Newton did not converge in %d iterations", eb.result.n_iter)
@@ -326,7 +327,7 @@ class LaplacePosterior:
         index, mask = gene_blocks(lay, problem.gene_of_guide, K)
         extra: dict[str, np.ndarray] = {}
         if settings.uncertainty == "cluster_robust":
-            cp = clone_pass(problem, res, algebra, robust=True)
+            cp = eb.clones if eb.clones.adjusted is not None else clone_pass(problem, res, algebra, robust=True)
             blocks = robust_blocks(problem, algebra, cp.adjusted, index)
             theta_idx = index[:, : K * lay.n_days]  # (L, K D), contrast-major
             df = bm_degrees_of_freedom(problem, algebra, cp, theta_idx.ravel()).reshape(lay.n_genes, K, lay.n_days)

@@ -29,6 +29,7 @@ import scipy.sparse as sp
 from scipy.stats import norm
 from scipy.stats import t as student_t
 
+from fatebias_core.mash.blas_threads import blas_threads_for
 from fatebias_core.model.algebra import DenseAlgebra
 from fatebias_core.model.design import thread_map
 from fatebias_core.model.glmm import LaplaceProblem, LaplaceResult
@@ -245,7 +246,8 @@ def robust_blocks(problem: LaplaceProblem, algebra: DenseAlgebra, adjusted: np.n
     cols = [s.tocsc() for s in scores]
     rows = [s.T.tocsr() for s in scores]
     J = problem.symmetric_blocks(lambda k, j: rows[k] @ cols[j])
-    left = algebra.inv @ problem.add_prior_hessian(J)
+    with blas_threads_for(algebra.size):  # one large product: every thread
+        left = algebra.inv @ problem.add_prior_hessian(J)
     return _blocks_of_product(left, algebra.inv, index)
 
 

@@ -3,8 +3,8 @@
 ``fatebias run --engine local`` (and ``fatebias fit``/``demo``) call :func:`run_chain`.
 A step is reused when the run folder's manifest (``fatebias_manifest.json``) records
 it made at the same version (:func:`fatebias_core.pipeline.graph.step_versions`) and
-its files still exist. The Dagster engine does not read the manifest: Dagster's own
-data and code versions decide what is stale there.
+its files still exist. The Dagster engine keeps and reads the same manifest, so a
+folder made by either engine is current for the other.
 """
 
 from __future__ import annotations

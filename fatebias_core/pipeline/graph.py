@@ -304,7 +304,12 @@ def step_versions(config: FatebiasConfig, inputs: str, codes: Mapping[str, str] 
 # --------------------------------------------------------------------------- manifest
 @dataclass
 class Manifest:
-    """What each step of a run folder was made from (``fatebias_manifest.json``; local engine)."""
+    """What each step of a run folder was made from (``fatebias_manifest.json``).
+
+    The one record of what is current, written and read by both engines: a step made
+    by ``--engine local`` is current for ``--engine dagster`` and the other way round,
+    and the report names the steps, versions and engine behind the folder.
+    """
 
     path: Path
     steps: dict[str, dict]
@@ -333,10 +338,13 @@ class Manifest:
             write_json({"steps": self.steps}, self.path)
         return dropped
 
-    def record(self, step: str, version: str, outputs: list[str | Path], metrics: dict | None = None) -> None:
-        """Record that ``step`` was made at ``version`` with ``outputs``, and save."""
+    def record(
+        self, step: str, version: str, outputs: list[str | Path], metrics: dict | None = None, engine: str = "local"
+    ) -> None:
+        """Record that ``step`` was made at ``version`` with ``outputs`` (by ``engine``), and save."""
         self.steps[step] = {
             "version": version,
+            "engine": engine,
             "outputs": [str(p) for p in outputs],
             "metrics": metrics or {},
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),

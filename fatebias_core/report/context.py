@@ -286,7 +286,7 @@ def dropped_cells(run: RunFolder, shown: int = 8) -> list[tuple[str, str]]:
 
 
 def steps_table(run: RunFolder, page: PageLog) -> Table | Absent:
-    """The manifest's steps: when each finished, its outputs and metrics (records "steps")."""
+    """The manifest's steps: the version and engine that made each, when it finished, its outputs and metrics (records "steps")."""
     manifest = (run.json(names.MANIFEST) or {}).get("steps")
     if not manifest:
         return page.missing("steps", run.why_absent(
@@ -295,8 +295,9 @@ def steps_table(run: RunFolder, page: PageLog) -> Table | Absent:
     rows = []
     for step, rec in manifest.items():
         metrics = ", ".join(f"{k} {num(v) if isinstance(v, float) else v}" for k, v in (rec.get("metrics") or {}).items())
-        rows.append((step, rec.get("finished", "–"), len(rec.get("outputs", [])), metrics or "–"))
-    return Table(["step", "finished", "outputs", "metrics"], rows)
+        rows.append((step, rec.get("version", "–"), rec.get("engine", "local"), rec.get("finished", "–"),
+                     len(rec.get("outputs", [])), metrics or "–"))
+    return Table(["step", "version", "engine", "finished", "outputs", "metrics"], rows)
 
 
 def runtime_text(run: RunFolder, fit_info: dict) -> str | None:

@@ -10,7 +10,9 @@ copy (keys ``study/...``) are the same code. Each step of
   the run-folder IO manager from the files they wrote; the others are ``deps``;
 * its code version is the step's code version (a hash of the sources it runs) and its
   data version the step's version, so Dagster's own staleness follows the same rules as
-  ``fatebias run --engine local``.
+  ``fatebias run --engine local``;
+* it records itself in the run folder's manifest (:class:`~fatebias_core.pipeline.graph.Manifest`),
+  the record of what is current that both engines read.
 """
 
 import warnings
@@ -24,11 +26,12 @@ from fatebias_core.io import write_text
 from fatebias_core.io.layout import CONFIG_USED
 from fatebias_core.pipeline.chain import run_chain
 from fatebias_core.pipeline.graph import STEPS, Step, code_versions
+from fatebias_core.pipeline.steps import step_metrics
 
 from .. import metadata as meta
 from ..lineage import record_lineage
 from ..resources import ChainSource, ComputeResource, LineageStore, MashBackend
-from ..runner import ChainLayout, StepRun, asset_values, step_value
+from ..runner import ChainLayout, StepRun, asset_values, manifest_lock, step_value
 from ..versions import STEP_ASSETS
 from .describe import DESCRIBE
 
@@ -173,6 +176,8 @@ def materialize(run: StepRun, layout: ChainLayout, inputs: Mapping[str, Any]) ->
     outputs = step.outputs(run.config, run.out_dir)
     if step.name == "load":
         outputs.append(write_text(run.config.to_yaml(), run.out_dir / CONFIG_USED))
+    with manifest_lock(run.out_dir) as manifest:  # the record both engines read (assets may finish at once)
+        manifest.record(step.name, run.version, outputs, step_metrics(step.name, value), engine="dagster")
     described = DESCRIBE[step.name](run, value)
     run.save_results(layout.key(names[0]), described.tables)
     common = run.metadata(outputs, described.metrics, row_counts=meta.row_counts(outputs), **described.lineage)

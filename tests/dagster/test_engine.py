@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 import yaml
 
 from fatebias_core.config import load_config
+from fatebias_core.pipeline.chain import run_chain as local_run_chain
 from fatebias_dagster.definitions import build_definitions
 from fatebias_dagster.engine import run_chain
 from fatebias_dagster.lineage import PROVENANCE_SQL, LineageDB
@@ -46,7 +48,10 @@ def test_demo_and_run_at_once_then_threshold_edit(tmp_path: Path, tiny_experimen
         assert "MES vs EC:" in out and "NEU vs EC:" in out and "report: " in out and "report.html" in out, out[-2000:]
     assert "next: fatebias run" not in outs[0]  # the demo runs it itself
     for folder in (tmp_path / "demo" / "results", run_dir / "results"):
-        assert not (folder / "fatebias_manifest.json").exists()  # the manifest is the local engine's
+        # the one record of what is current, kept by both engines
+        steps = json.loads((folder / "fatebias_manifest.json").read_text())["steps"]
+        assert sorted(steps) == sorted(["load", "fit", "export", "mash", "aggregate", "rank", "report"])
+        assert {rec["engine"] for rec in steps.values()} == {"dagster"}
 
     db = LineageDB(db_path)
     rows = db.query("SELECT out_dir, asset_key, run_id FROM materializations")
@@ -87,6 +92,19 @@ def test_demo_and_run_at_once_then_threshold_edit(tmp_path: Path, tiny_experimen
     assert again.ran == [] and again.reused == ["fit", "export", "mash", "aggregate", "rank", "report"]
     forced = run_chain(load_config(cfg_path), rerun="rank")  # fatebias run --rerun rank
     assert forced.ran == ["rank", "report"] and forced.reused == ["fit", "export", "mash", "aggregate"]
+
+    # One record for both engines: the local engine finds the Dagster-made folder current,
+    # and Dagster finds what the local engine remade current.
+    local = local_run_chain(load_config(cfg_path))
+    assert local.ran == [] and local.reused == ["load", "fit", "export", "mash", "aggregate", "rank", "report"]
+    local = local_run_chain(load_config(cfg_path), rerun="aggregate")
+    assert local.ran == ["aggregate", "rank", "report"]
+    steps = json.loads((run_dir / "results" / "fatebias_manifest.json").read_text())["steps"]
+    assert steps["rank"]["engine"] == "local" and steps["fit"]["engine"] == "dagster"
+    again = run_chain(load_config(cfg_path))
+    assert again.ran == [] and again.reused == ["fit", "export", "mash", "aggregate", "rank", "report"]
+    html = (run_dir / "results" / "report.html").read_text()
+    assert "not found: the steps that made this folder are unknown" not in html and steps["fit"]["version"] in html
 
     # The values handed between assets are rebuilt from the run folder's files (no pickles): a
     # fresh instance materializes daywise_exports alone from the fit's npz.
