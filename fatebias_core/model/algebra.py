@@ -11,6 +11,7 @@ the exports keep), ``S^-1`` at the few columns a clone's cells touch (leverage),
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +107,11 @@ class DenseAlgebra:
     def solve(self, rhs: np.ndarray) -> np.ndarray:
         """``S^-1 rhs`` for a (K P,) or (K P, m) right-hand side."""
         return sla.cho_solve((self.chol, False), rhs, check_finite=False)
+
+    def solver(self) -> Callable[[np.ndarray], np.ndarray]:
+        """:meth:`solve` holding the factor alone (a preconditioner that keeps no inverse alive)."""
+        chol = self.chol
+        return lambda rhs: sla.cho_solve((chol, False), rhs, check_finite=False)
 
     def blocks(self, index: np.ndarray) -> np.ndarray:
         """(L, B, B) diagonal blocks of ``S^-1`` at the (L, B) indices."""

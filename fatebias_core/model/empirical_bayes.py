@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -84,6 +85,7 @@ def fit_empirical_bayes(
     progress: bool = False,
     desc: str = "laplace",
     robust: bool = False,
+    precondition: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> EBResult:
     """Alternate the Newton mode and the hyperparameter updates until the hyperparameters settle.
 
@@ -111,11 +113,15 @@ def fit_empirical_bayes(
     robust
         Make the final clone pass the cluster-robust one (CR2 residuals and factors), for
         a cluster-robust covariance at the converged fit.
+    precondition
+        ``x -> H^-1 x`` for a Hessian near the first update's (e.g. the start's), to
+        precondition its Newton systems (None: the first Newton step factors its own).
     """
     t0 = time.perf_counter()
     fpm = _FixedPointMap(problem, psi0, estimate_weight, estimate_sigma_guide, estimate_clone_cov and problem.has_clone_effects)
     bar = tqdm(total=max_updates, desc=desc, unit="update", dynamic_ncols=True, mininterval=0.5) if progress else None
     fpm.bar = bar
+    fpm.solve = precondition
     try:
         x = fpm.encode(problem)
         converged = fpm.size == 0
@@ -136,9 +142,7 @@ def fit_empirical_bayes(
         if not converged:
             log.warning("empirical Bayes: the hyperparameters did not settle in %d updates", fpm.calls)
         problem = fpm.at(x)
-        res = newton_mode(problem, fpm.psi_for(problem), fpm.beta, precondition=fpm.solve)
-        algebra = DenseAlgebra(problem, res.hessian)
-        res.hessian = None  # factored in place: the algebra holds it now
+        res, algebra = fpm.mode(problem, tol=1e-8)
         cp = clone_pass(problem, res, algebra, robust=robust)
         fpm.trace.append(_trace_row(len(fpm.trace) + 1, problem, res))
     finally:
@@ -222,6 +226,20 @@ class _FixedPointMap:
             psi[:, lay.u] *= (self.sigma_of_psi / problem.sigma_guide)[:, None]
         return psi
 
+    def mode(self, problem: LaplaceProblem, tol: float) -> tuple[LaplaceResult, DenseAlgebra]:
+        """The mode of ``problem`` from the last one, and ``S^-1`` there.
+
+        Newton's systems are preconditioned by the last mode's factor, which is dropped
+        before the new one is made (one factor alive at a time); the Hessian at the mode
+        is factored in place.
+        """
+        res = newton_mode(problem, self.psi_for(problem), self.beta, tol=tol, precondition=self.solve)
+        res.solve = self.solve = None
+        algebra = DenseAlgebra(problem, res.hessian)
+        res.hessian = None  # factored in place: the algebra holds it now
+        self.solve = algebra.solver()
+        return res, algebra
+
     @staticmethod
     def change(a: np.ndarray, b: np.ndarray) -> float:
         return float(np.abs(a - b).max()) if a.size else 0.0
@@ -229,10 +247,7 @@ class _FixedPointMap:
     # ----------------------------------------------------------------- one update
     def __call__(self, x: np.ndarray) -> np.ndarray:
         problem = self.at(x)
-        res = newton_mode(problem, self.psi_for(problem), self.beta, tol=1e-7, precondition=self.solve)
-        algebra = DenseAlgebra(problem, res.hessian)
-        res.hessian = None  # factored in place: the algebra holds it now
-        self.solve = algebra.solve
+        res, algebra = self.mode(problem, tol=1e-7)
         cp = clone_pass(problem, res, algebra, robust=False)
         self.psi, self.beta, self.sigma_of_psi = res.psi, res.beta, problem.sigma_guide.copy()
         updates = _updates(problem, res, algebra, cp, *self.flags)

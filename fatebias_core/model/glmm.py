@@ -436,6 +436,8 @@ class LaplaceResult:
     pi: np.ndarray  # (N, F) at the mode
     hessian: np.ndarray | None = None  # (K P, K P) eliminated Hessian at the mode, prior included
     curvature: Curvature | None = None
+    #: ``x -> S^-1 x`` for the Hessian last factored on the way (a preconditioner for a nearby problem)
+    solve: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 def newton_mode(
@@ -506,7 +508,9 @@ def newton_mode(
         hess = problem.schur_hessian(curv)
     else:
         hess = curv = None
-    return LaplaceResult(psi=psi, beta=beta, n_iter=it, converged=converged, objective=f, pi=pi, hessian=hess, curvature=curv)
+    return LaplaceResult(
+        psi=psi, beta=beta, n_iter=it, converged=converged, objective=f, pi=pi, hessian=hess, curvature=curv, solve=solve
+    )
 
 
 #: Relative residual to which conjugate gradients solve a Newton system.

@@ -254,13 +254,16 @@ def _laplace_posterior(
 ) -> LaplacePosterior:
     problem = build_problem(experiment, contrast_fates, ref_fate, priors, hyper, weight)
     psi0 = nuisance_start(problem) if start is None else pack_psi(problem, start)
-    cov0 = None
+    cov0 = solve = None
     if settings.clone_effects:
-        cov0 = _clone_start(problem, psi0, clone_cov, settings.estimate_clone_cov)
+        cov0, without = _clone_start(problem, psi0, clone_cov, settings.estimate_clone_cov)
+        if without is not None:  # the mode without clone effects: a nearer start, and its factor a preconditioner
+            psi0, solve = without.psi, without.solve
         if cov0 is not None:
             problem = problem.with_hyper(clone_cov=cov0)
     eb = fit_empirical_bayes(
         problem, psi0,
+        precondition=solve,
         estimate_weight=settings.estimate_weight,
         estimate_sigma_guide=settings.estimate_sigma_guide,
         estimate_clone_cov=settings.estimate_clone_cov and cov0 is not None,
@@ -276,8 +279,10 @@ def _laplace_posterior(
     return LaplacePosterior.from_fit(eb, hyper_out, settings)
 
 
-def _clone_start(problem: LaplaceProblem, psi0: np.ndarray, clone_cov: np.ndarray | None, estimate: bool) -> np.ndarray | None:
-    """The clone covariance to start from (or to fix), or None for no clone effect.
+def _clone_start(
+    problem: LaplaceProblem, psi0: np.ndarray, clone_cov: np.ndarray | None, estimate: bool
+) -> tuple[np.ndarray | None, LaplaceResult | None]:
+    """The clone covariance to start from (or to fix), or None for no clone effect; and the mode without clone effects when it was found.
 
     Without :data:`MIN_MULTICELL_CLONES` clones of two cells or more there is nothing to
     estimate it from. Otherwise, unless it is given, the moment estimate at the mode
@@ -287,16 +292,16 @@ def _clone_start(problem: LaplaceProblem, psi0: np.ndarray, clone_cov: np.ndarra
     """
     if multicell_clones(problem.clusters) < MIN_MULTICELL_CLONES:
         log.info("no clone effect: fewer than %d clones of two or more cells", MIN_MULTICELL_CLONES)
-        return None
+        return None, None
     if clone_cov is not None and not estimate:
-        return np.asarray(clone_cov, dtype=np.float64)
+        return np.asarray(clone_cov, dtype=np.float64), None
     res = newton_mode(problem, psi0, hessian_at_mode=False)
     moments = clone_cov_moments(problem, res)
     sd = np.sqrt(np.diag(moments))
     if (sd < MIN_CLONE_SD).all():
         log.info("no clone effect: the clones' cells share no fate bias (moment estimate of its SD %s)", np.round(sd, 3).tolist())
-        return None
-    return moments + np.eye(moments.shape[0]) * MIN_CLONE_SD**2
+        return None, res
+    return moments + np.eye(moments.shape[0]) * MIN_CLONE_SD**2, res
 
 
 #: A clone effect whose SD (logit scale) is below this in every contrast is left out.

@@ -252,12 +252,13 @@ def robust_blocks(problem: LaplaceProblem, algebra: DenseAlgebra, adjusted: np.n
 
 
 def _blocks_of_product(left: np.ndarray, right: np.ndarray, index: np.ndarray, genes: int = 32) -> np.ndarray:
-    """The symmetrised diagonal blocks ``(left @ right)[index_l, index_l]`` without the full product."""
+    """The symmetrised diagonal blocks ``(left @ right)[index_l, index_l]`` of a symmetric ``right``, without the full product."""
     L, B = index.shape
     out = np.empty((L, B, B))
     for start in range(0, L, genes):
         idx = index[start : start + genes]
-        blk = np.matmul(left[idx], right[:, idx].transpose(1, 0, 2))  # (g, B, P) @ (g, P, B)
+        # right is symmetric: its rows are its columns, and rows are gathered contiguously
+        blk = np.matmul(left[idx], right[idx].transpose(0, 2, 1))  # (g, B, P) @ (g, P, B)
         out[start : start + genes] = 0.5 * (blk + blk.transpose(0, 2, 1))
     return out
 
@@ -287,11 +288,13 @@ def bm_degrees_of_freedom(
     def part(start: int) -> np.ndarray:
         cols = effects[start : start + chunk]
         H = algebra.columns(cols)  # (K P, e)
-        Y = np.stack([np.asarray(X @ problem.centre_rows(H[k * P : (k + 1) * P], k)) for k in range(K)], axis=1)  # (N, K, e)
+        Y = [np.asarray(X @ problem.centre_rows(H[k * P : (k + 1) * P], k)) for k in range(K)]  # K x (N, e)
         out = np.zeros(cols.size)
         for cells, valid, f in cp.factors:
             n_cl, m = cells.shape
-            yc = np.where(np.repeat(valid, K, axis=1)[:, :, None], Y[cells.ravel()].reshape(n_cl, m * K, cols.size), 0.0)
+            flat = cells.ravel()
+            yc = np.stack([y[flat] for y in Y], axis=1).reshape(n_cl, m * K, cols.size)  # a cell's contrasts together
+            yc[~np.repeat(valid, K, axis=1)] = 0.0
             mu = ((f @ yc) ** 2).sum(axis=1)
             out += (mu**2).sum(axis=0)
         return out
