@@ -25,13 +25,14 @@ from pathlib import Path
 
 import dagster as dg
 
+from fatebias_core.checks.ntc import CalibrationFailed
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.errors import ConfigError, FatebiasError, FitError, InputDataError
 from fatebias_core.io import layout as run_files
 from fatebias_core.io import read_csv, write_text
 from fatebias_core.pipeline.chain import ChainResult
 from fatebias_core.pipeline.check import load_experiment_checked
-from fatebias_core.pipeline.graph import CHAIN, STEPS, Manifest, downstream
+from fatebias_core.pipeline.graph import ASSET_STEP, STEPS, Manifest, downstream, enabled_steps
 from fatebias_core.pipeline.steps import write_load_files
 
 from .definitions import build_definitions
@@ -39,7 +40,7 @@ from .jobs import CHAIN_JOB, OBSERVE_JOB
 from .lineage import record_run
 from .resources import ExperimentConfig, LineageStore
 from .runner import ChainLayout
-from .versions import ASSET_STEP, step_versions
+from .versions import step_versions
 
 #: The folder, inside the run folder, of the instance ``fatebias run`` uses when ``DAGSTER_HOME`` is unset.
 DAGSTER_HOME_DIR = "dagster_home"
@@ -56,6 +57,17 @@ def _absolute(config: FatebiasConfig) -> FatebiasConfig:
     if config.guide_files:
         update["guide_files"] = [str(Path(f).resolve()) for f in config.guide_files]
     return config.model_copy(update=update)
+
+
+def _blocked(result: dg.ExecuteInProcessResult) -> FatebiasError | None:
+    """A blocking asset check that failed (the NTC check with ``on_failed_calibration: stop``): the steps after it did not run."""
+    for evaluation in result.get_asset_check_evaluations():
+        if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
+            return CalibrationFailed(
+                f"the {evaluation.check_name} check failed ({evaluation.description}): the intervals are not trusted, "
+                "so the steps after it stopped (on_failed_calibration: stop)"
+            )
+    return None
 
 
 def _user_error(result: dg.ExecuteInProcessResult) -> FatebiasError | None:
@@ -98,15 +110,13 @@ def stale_assets(config: FatebiasConfig) -> list[dg.AssetKey]:
 
     The manifest (:class:`~fatebias_core.pipeline.graph.Manifest`) is the record both
     engines keep: a step is current when it was made at the version it has now and its
-    files exist, whichever engine made it. Diagnostics switched off (``run_diagnostics:
-    false``) never are stale.
+    files exist, whichever engine made it. A step the configuration does not run
+    (:attr:`~fatebias_core.pipeline.graph.Step.enabled`) never is stale.
     """
     versions, layout = step_versions(config), ChainLayout()
     manifest = Manifest.open(config.out_dir)
     stale: list[dg.AssetKey] = []
-    for name in STEPS:
-        if name == "diagnostics" and not config.run_diagnostics:
-            continue  # switched off: nothing to run
+    for name in enabled_steps(config, list(STEPS)):
         if not manifest.is_current(name, versions[name]):
             stale.extend(layout.keys_of(name))
     return stale
@@ -123,8 +133,8 @@ def _execute(
     if not observed.success:
         return observed
     stale = stale_assets(config)
-    forced = [k for s in (downstream(rerun) if rerun else []) for k in ChainLayout().keys_of(s)]
-    stale += [k for k in forced if k not in stale and (config.run_diagnostics or k.path[-1] != "diagnostics")]
+    forced = [k for s in enabled_steps(config, downstream(rerun) if rerun else []) for k in ChainLayout().keys_of(s)]
+    stale += [k for k in forced if k not in stale]
     if not stale:
         return None
     result = defs.resolve_job_def(CHAIN_JOB).execute_in_process(
@@ -184,6 +194,9 @@ def run_chain(config: FatebiasConfig, instance: dg.DagsterInstance | None = None
         with contextlib.ExitStack() as stack:
             inst = instance or stack.enter_context(persistent_instance(config.out_dir))
             result = _execute(defs, inst, config, rerun)
+    blocked = None if result is None else _blocked(result)
+    if blocked is not None:
+        raise blocked
     if result is not None and not result.success:
         err = _user_error(result)
         if err is not None:
@@ -210,7 +223,7 @@ def _chain_result(config: FatebiasConfig, result: dg.ExecuteInProcessResult | No
     ran: set[str] = set()
     for event in result.get_asset_materialization_events() if result is not None else []:
         ran.add(ASSET_STEP.get(event.step_materialization_data.materialization.asset_key.path[-1], ""))
-    steps = [s for s in CHAIN if s != "diagnostics" or config.run_diagnostics]
+    steps = enabled_steps(config)
     chain.ran = [s for s in steps if s in ran]
     chain.reused = [s for s in steps if s not in ran]
     fit_json = out / run_files.FIT_DIR / run_files.FIT_META

@@ -109,12 +109,12 @@ _DATA_VERSION_TAG = "dagster/data_version"
 _INPUT_POINTER_PREFIX = "dagster/input_event_pointer/"
 _INPUT_VERSION_PREFIX = "dagster/input_data_version/"
 
-#: The README's example: which input files and settings produced the latest hit list.
-#: It walks the edges back from the newest ``ranked_hits`` materialization.
-PROVENANCE_SQL = """
+def _provenance_sql(which_hits: str) -> str:
+    """The provenance query of the newest ``ranked_hits`` materialization matching ``which_hits`` (a SQL condition)."""
+    return f"""
 WITH RECURSIVE made_from(run_id, asset_key, partition_key) AS (
     (SELECT run_id, asset_key, partition_key FROM materializations   -- the latest hit list
-     WHERE asset_key = 'ranked_hits' ORDER BY finished_at DESC LIMIT 1)
+     WHERE asset_key = 'ranked_hits' AND {which_hits} ORDER BY finished_at DESC LIMIT 1)
     UNION                                                           -- and all it was made from
     SELECT e.upstream_run_id, e.upstream_asset_key, e.upstream_partition_key
     FROM edges e JOIN made_from m USING (run_id, asset_key, partition_key)
@@ -126,6 +126,11 @@ LEFT JOIN settings s USING (settings_id)
 LEFT JOIN input_files f USING (input_id)
 ORDER BY made_at, m.asset_key
 """
+
+
+#: The README's example: which input files and settings produced the latest hit list.
+#: It walks the edges back from the newest ``ranked_hits`` materialization.
+PROVENANCE_SQL = _provenance_sql("TRUE")
 
 #: The README's example: what changed between the latest hit list and the one current a week ago.
 CHANGES_SQL = """
@@ -159,9 +164,7 @@ ORDER BY what = 'input files' DESC, what
 
 #: What made the latest hit list of a run folder (``fatebias lineage``): :data:`PROVENANCE_SQL`
 #: for the newest ``ranked_hits`` made in that folder (any folder when the parameter is NULL).
-HIT_LINEAGE_SQL = PROVENANCE_SQL.replace(
-    "WHERE asset_key = 'ranked_hits' ORDER BY", "WHERE asset_key = 'ranked_hits' AND ($1 IS NULL OR out_dir = $1) ORDER BY"
-)
+HIT_LINEAGE_SQL = _provenance_sql("($1 IS NULL OR out_dir = $1)")
 
 
 @dataclass(frozen=True)

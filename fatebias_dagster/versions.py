@@ -25,24 +25,16 @@ import dagster as dg
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.hashing import file_hash, short_hash
 from fatebias_core.pipeline.graph import (
+    ASSET_STEP,
+    STEPS,
     code_versions,
     input_version,
     step_settings,
 )
 from fatebias_core.pipeline.graph import step_versions as core_step_versions
 
-#: Chain assets of each fatebias_core step, in chain order.
-STEP_ASSETS: dict[str, tuple[str, ...]] = {
-    "load": ("filtered_cells", "guide_embeddings"),
-    "fit": ("fitted_posterior",),
-    "export": ("daywise_exports",),
-    "mash": ("mash_outputs",),
-    "aggregate": ("aggregated_genes",),
-    "rank": ("ranked_hits",),
-    "diagnostics": ("diagnostics",),
-    "report": ("report",),
-}
-ASSET_STEP = {name: step for step, names in STEP_ASSETS.items() for name in names}
+#: Chain assets of each fatebias_core step, in chain order (from the step table).
+STEP_ASSETS: dict[str, tuple[str, ...]] = {name: step.asset_names for name, step in STEPS.items()}
 
 #: Steps with a settings source (every chain step that reads settings; the report reads none).
 SETTINGS_STEPS = tuple(step for step in STEP_ASSETS if step_settings(step))

@@ -133,6 +133,23 @@ def test_newton_preconditioned_by_another_hessian_reaches_the_same_mode(clone_pr
     assert np.abs(g).max() < 1e-4 and np.abs(g_beta).max() < 1e-5
 
 
+def test_a_second_clone_pass_reuses_the_leverage_blocks(clone_problem):
+    """A robust pass given the blocks of an earlier pass at the same mode is the robust pass made from scratch."""
+    problem, _, _ = clone_problem
+    res = newton_mode(problem, nuisance_start(problem))
+    algebra = DenseAlgebra(problem, res.hessian.copy())
+    first = clone_pass(problem, res, algebra, robust=False, keep_blocks=True, max_cells=64)
+    assert first.blocks and all(b.ndim == 3 for b in first.blocks)
+    reused = clone_pass(problem, res, algebra, robust=True, blocks=first.blocks, max_cells=64)
+    fresh = clone_pass(problem, res, algebra, robust=True, max_cells=64)
+    assert reused.blocks is None
+    for name in ("beta_cov", "cell_leverage", "adjusted"):
+        np.testing.assert_array_equal(getattr(reused, name), getattr(fresh, name))
+    np.testing.assert_array_equal(first.cell_leverage, fresh.cell_leverage)
+    with pytest.raises(ValueError, match="not those of this problem"):
+        clone_pass(problem, res, algebra, robust=True, blocks=first.blocks[:-1], max_cells=64)
+
+
 def test_no_clone_effect_is_the_limit_of_a_tiny_clone_covariance(clone_problem):
     problem, _, _ = clone_problem
     tiny = problem.with_hyper(clone_cov=np.eye(2) * 1e-10)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -95,7 +95,9 @@ def fit_empirical_bayes(
     extrapolated point keeps it on the map. Stops when an update changes no
     hyperparameter by more than ``tol`` (relative): half a per cent of a variance scale
     changes no interval by more than that, and a scale the data barely inform (near
-    zero) would otherwise drift towards its boundary for many updates.
+    zero) would otherwise drift towards its boundary for many updates. The fit returned
+    is that last update's: the mode, ``S^-1`` and clone pass at hyperparameters within
+    ``tol`` of the fixed point.
 
     Parameters
     ----------
@@ -139,16 +141,27 @@ def fit_empirical_bayes(
             alpha = min(alpha, -1.0)
             x3 = fpm.clamp(x - 2.0 * alpha * r + alpha**2 * v)
             x = fpm(x3) if np.all(np.isfinite(x3)) and np.abs(x3 - x2).max() < 5.0 else x2
-        if not converged:
-            log.warning("empirical Bayes: the hyperparameters did not settle in %d updates", fpm.calls)
-        problem = fpm.at(x)
-        res, algebra = fpm.mode(problem, tol=1e-8)
-        cp = clone_pass(problem, res, algebra, robust=robust)
-        fpm.trace.append(_trace_row(len(fpm.trace) + 1, problem, res))
+        if converged and fpm.last is not None:
+            # The last update's input is within tol of its image, the fixed point: its
+            # mode, S^-1 and clone pass are the converged fit's (no further solve).
+            problem, res, algebra, cp = fpm.last
+            cp = clone_pass(problem, res, algebra, robust=True, blocks=cp.blocks) if robust else replace(cp, blocks=None)
+        else:
+            if not converged:
+                log.warning("empirical Bayes: the hyperparameters did not settle in %d updates", fpm.calls)
+            problem = fpm.at(x)
+            res, algebra = fpm.mode(problem, tol=NEWTON_TOL)
+            cp = clone_pass(problem, res, algebra, robust=robust)
+            fpm.trace.append(_trace_row(len(fpm.trace) + 1, problem, res))
+        fpm.last = None
     finally:
         if bar is not None:
             bar.close()
     return EBResult(problem, res, algebra, cp, fpm.trace, converged, time.perf_counter() - t0)
+
+
+#: Newton's convergence tolerance at every update (decrement per cell): each update's mode may be the final one.
+NEWTON_TOL = 1e-8
 
 
 class _FixedPointMap:
@@ -164,6 +177,7 @@ class _FixedPointMap:
         self.trace: list[dict] = []
         self.bar = None
         self.solve = None  # S^-1 at the last update's mode: it preconditions the next Newton solve
+        self.last: tuple[LaplaceProblem, LaplaceResult, DenseAlgebra, ClonePass] | None = None  # the last update's fit
 
     # ----------------------------------------------------------------- encoding
     def encode(self, problem: LaplaceProblem, updates: dict | None = None) -> np.ndarray:
@@ -247,8 +261,10 @@ class _FixedPointMap:
     # ----------------------------------------------------------------- one update
     def __call__(self, x: np.ndarray) -> np.ndarray:
         problem = self.at(x)
-        res, algebra = self.mode(problem, tol=1e-7)
-        cp = clone_pass(problem, res, algebra, robust=False)
+        self.last = None  # one S^-1 alive at a time
+        res, algebra = self.mode(problem, tol=NEWTON_TOL)
+        cp = clone_pass(problem, res, algebra, robust=False, keep_blocks=True)
+        self.last = (problem, res, algebra, cp)
         self.psi, self.beta, self.sigma_of_psi = res.psi, res.beta, problem.sigma_guide.copy()
         updates = _updates(problem, res, algebra, cp, *self.flags)
         if "beta" in updates:

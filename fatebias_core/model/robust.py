@@ -55,12 +55,17 @@ class ClonePass:
         Per chunk of clones, ``(cells, valid, M^1/2)`` (n_cl, m K, m K): a clone's
         model-based share of an effect's variance is the squared norm of ``M_c^1/2``
         times its cells' linear predictors' change (None unless asked for).
+    blocks
+        Per chunk of clones, the within-clone blocks of ``X S^-1 X^T``
+        (:func:`clone_leverage_blocks`), kept when asked for so that a second pass at
+        the same mode reuses them (None otherwise).
     """
 
     beta_cov: np.ndarray | None
     cell_leverage: np.ndarray
     adjusted: np.ndarray | None = None
     factors: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+    blocks: list[np.ndarray] | None = None
 
 
 def padded_clusters(cluster: np.ndarray, max_cells: int, cell_nnz: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -163,15 +168,26 @@ def _sym_sqrt(a: np.ndarray, inverse: bool = False, rtol: float = 1e-10) -> np.n
 
 
 def clone_pass(
-    problem: LaplaceProblem, res: LaplaceResult, algebra: DenseAlgebra, robust: bool, max_cells: int = 512
+    problem: LaplaceProblem,
+    res: LaplaceResult,
+    algebra: DenseAlgebra,
+    robust: bool,
+    max_cells: int = 512,
+    keep_blocks: bool = False,
+    blocks: list[np.ndarray] | None = None,
 ) -> ClonePass:
-    """One pass over the clones at the mode ``res`` (see the module docstring and :class:`ClonePass`)."""
+    """One pass over the clones at the mode ``res`` (see the module docstring and :class:`ClonePass`).
+
+    ``keep_blocks`` keeps each chunk's leverage blocks in the result; ``blocks`` (those
+    of an earlier pass at the same mode and ``max_cells``) are used instead of reading
+    them off ``S^-1`` again, the pass's costliest part.
+    """
     K = problem.n_contrasts
     curv = res.curvature if res.curvature is not None else problem.curvature(res.pi)
     W = curv.W
     resid = problem.residuals(res.pi)
     clusters = problem.clusters
-    ceff = algebra.effective
+    ceff = algebra.effective if blocks is None else None
     X = problem.X.tocsr()
     B_inv = curv.B_inv
     n = problem.n_cells
@@ -180,11 +196,11 @@ def clone_pass(
     adjusted = np.empty_like(resid) if robust else None
     factors: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = [] if robust else None
 
-    def one(chunk: tuple[np.ndarray, np.ndarray]) -> tuple:
-        cells, valid = chunk
+    def one(item: tuple[int, tuple[np.ndarray, np.ndarray]]) -> tuple:
+        i, (cells, valid) = item
         n_cl, m = cells.shape
         flat = cells.ravel()
-        lev = clone_leverage_blocks(X, ceff, cells, valid, K)  # (n_cl, mK, mK)
+        lev = clone_leverage_blocks(X, ceff, cells, valid, K) if blocks is None else blocks[i]  # (n_cl, mK, mK)
         w_cells = np.where(valid[:, :, None, None], W[flat].reshape(n_cl, m, K, K), 0.0)
         Wc = _block_diag(w_cells)
         diag = np.arange(m)
@@ -201,7 +217,7 @@ def clone_pass(
             M = Wc - WE @ binv @ WE.transpose(0, 2, 1)
         h_partial = np.einsum("cmkj,cmjk->cm", w_cells, var_eta)
         if not robust:
-            return h_partial, v_psi, None, None
+            return h_partial, v_psi, None, None, lev
         m_half = _sym_sqrt(M)
         m_ihalf = _sym_sqrt(M, inverse=True)
         a = m_half @ lev @ m_half
@@ -210,10 +226,15 @@ def clone_pass(
         inv_root = np.einsum("nij,nj,nkj->nik", vec, 1.0 / np.sqrt(1.0 - lam), vec)
         r = np.where(np.repeat(valid, K, axis=1), resid[flat].reshape(n_cl, m * K), 0.0)
         adj = np.einsum("cij,cj->ci", m_half @ inv_root @ m_ihalf, r).reshape(n_cl, m, K)
-        return h_partial, v_psi, adj, m_half
+        return h_partial, v_psi, adj, m_half, lev
 
     chunks = padded_clusters(clusters, max_cells, np.diff(X.indptr))
-    for (cells, valid), (h, v_psi, adj, f) in zip(chunks, thread_map(one, chunks), strict=True):
+    if blocks is not None and len(blocks) != len(chunks):
+        raise ValueError("the leverage blocks are not those of this problem's clones")
+    kept: list[np.ndarray] | None = [] if keep_blocks else None
+    for (cells, valid), (h, v_psi, adj, f, lev) in zip(chunks, thread_map(one, list(enumerate(chunks))), strict=True):
+        if kept is not None:
+            kept.append(lev)
         leverage[cells[valid]] = h[valid]
         if v_psi is not None:
             beta_cov[clusters[cells[:, 0]]] = v_psi
@@ -224,7 +245,7 @@ def clone_pass(
         beta_cov = B_inv + B_inv @ beta_cov @ B_inv  # full posterior covariance of each clone's effect
         # the clone effect's own variance in each cell's linear predictor: tr(W_i V_c)
         leverage += np.einsum("nkj,njk->n", W, beta_cov[clusters])
-    return ClonePass(beta_cov=beta_cov, cell_leverage=leverage / K, adjusted=adjusted, factors=factors)
+    return ClonePass(beta_cov=beta_cov, cell_leverage=leverage / K, adjusted=adjusted, factors=factors, blocks=kept)
 
 
 def cluster_scores(problem: LaplaceProblem, resid: np.ndarray) -> list[sp.csr_matrix]:

@@ -33,6 +33,7 @@ from fatebias_core.pipeline.graph import (
     Manifest,
     Step,
     downstream,
+    enabled_steps,
     input_version,
     step_versions,
 )
@@ -40,7 +41,6 @@ from fatebias_core.pipeline.steps import (
     diagnostics_step,
     load_step,
     report_step,
-    step_metrics,
     write_load_files,
 )
 from fatebias_core.types import DiagnosticsResult, Experiment
@@ -106,7 +106,7 @@ def fit_and_export(config: FatebiasConfig) -> ChainResult:
 def chain_steps(config: FatebiasConfig, until: str | None = None) -> list[Step]:
     """The steps ``fatebias run`` runs, in order (diagnostics only when ``run_diagnostics``)."""
     chosen = CHAIN if until is None else CHAIN[: CHAIN.index(until) + 1]
-    return [STEPS[n] for n in chosen if n != "diagnostics" or config.run_diagnostics]
+    return [STEPS[n] for n in enabled_steps(config, chosen)]
 
 
 def step_inputs(step: Step, config: FatebiasConfig, out: Path, values: dict[str, Any]) -> dict[str, Any]:
@@ -159,7 +159,7 @@ def run_chain(
             result.reused.append(step.name)
         else:
             values[step.name] = step.call(config, out, step_inputs(step, config, out, values), engine=run_chain)
-            metrics = step_metrics(step.name, values[step.name])
+            metrics = step.metrics(values[step.name])
             manifest.record(step.name, versions[step.name], step.outputs(config, out), metrics)
             result.ran.append(step.name)
         _collect(result, step, config, out, values)

@@ -1,8 +1,10 @@
-"""The step table: each step's upstream steps, settings, files, function and code.
+"""The step table: everything about each step of the chain.
 
-:data:`STEPS` is the one description of the chain. The local engine
-(:func:`fatebias_core.pipeline.chain.run_chain`), the run manifest and the Dagster
-assets are all built from it.
+:data:`STEPS` is the one description of the chain: each step's upstream steps,
+settings, files, function, code, the assets the platform shows it as (name,
+description, kinds), the headline metrics the manifest keeps and whether a
+configuration runs it. The local engine (:func:`fatebias_core.pipeline.chain.run_chain`),
+the run manifest and the Dagster assets are all built from it.
 
 A step's *version* is the hash of its code version, the settings it reads, the versions
 of the steps it reads from and (for loading) the content hash of the input files. The
@@ -65,6 +67,33 @@ MANIFEST_FILE = names.MANIFEST
 
 
 @dataclass(frozen=True)
+class Asset:
+    """How the platform shows one of a step's results: a software-defined asset.
+
+    Attributes
+    ----------
+    name
+        Asset key (``fitted_posterior``, ...).
+    description
+        What it holds and which files it writes (the UI's description).
+    kinds
+        Tags of the libraries and formats behind it (the UI's kind badges).
+    """
+
+    name: str
+    description: str
+    kinds: frozenset[str]
+
+
+def _always(config: FatebiasConfig) -> bool:
+    return True
+
+
+def _no_metrics(value: Any) -> dict:
+    return {}
+
+
+@dataclass(frozen=True)
 class Step:
     """One step of the chain.
 
@@ -89,6 +118,15 @@ class Step:
         later step takes (None: no value).
     engine
         Whether ``run`` takes the chain's engine (``run_chain``) to rerun the chain.
+    assets
+        The platform assets its value is shown as (loading makes two).
+    reads_settings
+        A few words on the settings it reads (the platform's settings source).
+    enabled
+        ``config -> bool``: whether a run with ``config`` runs the step (the diagnostics
+        only with ``run_diagnostics``).
+    metrics
+        ``value -> dict``: the headline numbers of its result that the manifest keeps.
     """
 
     name: str
@@ -100,6 +138,14 @@ class Step:
     reads: tuple[str, ...] = ()
     reload: Callable[[FatebiasConfig, Path], Any] | None = None
     engine: bool = False
+    assets: tuple[Asset, ...] = ()
+    reads_settings: str = ""
+    enabled: Callable[[FatebiasConfig], bool] = _always
+    metrics: Callable[[Any], dict] = _no_metrics
+
+    @property
+    def asset_names(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.assets)
 
     def call(self, config: FatebiasConfig, out_dir: Path, values: Mapping[str, Any], engine: Callable[..., Any] | None = None) -> Any:
         """Run the step with the values of the steps it reads (``values[step]``).
@@ -154,25 +200,75 @@ def _reload_fit(config: FatebiasConfig, out: Path) -> Any:
     return load_fit(out / names.FIT_DIR)
 
 
+def _fit_metrics(fit: Any) -> dict:
+    return {"final_loss_per_cell": fit.info["final_loss_per_cell"], "converged": fit.info["converged"]}
+
+
+def _rank_metrics(ranked: Any) -> dict:
+    return {"n_hits": int(ranked.hits["hit_anyday"].sum())}
+
+
+def _report_metrics(report: Any) -> dict:
+    return {"size_bytes": report.size_bytes, "n_figures": report.n_figures}
+
+
+def _diagnostics_enabled(config: FatebiasConfig) -> bool:
+    return bool(config.run_diagnostics)
+
+
 def _build_steps() -> dict[str, Step]:
     s = _settings_table()
     table = [
         Step("load", (), s["load"], _outputs("load"), steps.load_step,
-             ("fatebias_core.pipeline.check", "fatebias_core.data.load"), reload=_reload_experiment),
+             ("fatebias_core.pipeline.check", "fatebias_core.data.load"), reload=_reload_experiment,
+             assets=(
+                 Asset("filtered_cells", "Cells kept after validation and the Kmax filter: fate probabilities, day, "
+                       "replicate, burden and burden centred within day, with the loading summary. Writes "
+                       "load_summary.json and dropped_cells.csv.", frozenset({"numpy", "anndata"})),
+                 Asset("guide_embeddings", "The padded embedding-sum representation of each cell's guides: guide_ids, "
+                       "mask, gene_of_guide, guide and gene names.", frozenset({"numpy"})),
+             ),
+             reads_settings="inputs: file keys, fates, Kmax, expected days and replicates"),
         Step("fit", ("load",), s["fit"], _outputs("fit"), steps.fit_step,
-             ("fatebias_core.model.inference", "fatebias_core.report.plots"), reads=("load",), reload=_reload_fit),
+             ("fatebias_core.model.inference", "fatebias_core.report.plots"), reads=("load",), reload=_reload_fit,
+             assets=(Asset("fitted_posterior", "The fitted posterior (the Laplace step with empirical Bayes, or SVI), "
+                           "its trace and fit settings: the GPU-resourced step. Writes fit/variational_params.npz, "
+                           "fit/elbo_trace.csv, fit/fit.json, elbo_trace.png.", frozenset({"pytorch", "pyro"})),),
+             reads_settings="model priors, inference and SVI settings", metrics=_fit_metrics),
         Step("export", ("load", "fit"), s["export"], _outputs("export"), steps.export_step,
-             ("fatebias_core.model.posterior", "fatebias_core.report.plots", "fatebias_core.checks.ntc"), reads=("fit", "load")),
-        Step("mash", ("export",), s["mash"], _outputs("mash"), steps.mash_step, ("fatebias_core.mash",)),
+             ("fatebias_core.model.posterior", "fatebias_core.report.plots", "fatebias_core.checks.ntc"), reads=("fit", "load"),
+             assets=(Asset("daywise_exports", "Posterior summaries for mash: gene_daywise_for_mash.csv, "
+                           "guide_daywise_for_mash.csv, theta/delta npz summaries, QC tables, gene_summary_for_ash.csv, "
+                           "and the NTC calibration check.", frozenset({"pandas", "csv"})),),
+             reads_settings="posterior draws, seed, day weights, ash summary, QC tolerance and the NTC check"),
+        Step("mash", ("export",), s["mash"], _outputs("mash"), steps.mash_step, ("fatebias_core.mash",),
+             assets=(Asset("mash_outputs", "mash on the gene and guide tables in both modes: mash_gene_<mode>.csv, "
+                           "mash_guide_<mode>.csv, ash_gene_summary.csv.", frozenset({"scipy", "csv"})),),
+             reads_settings="mash settings (backend, standard errors, null correlation, both modes' priors)"),
         Step("aggregate", ("mash",), s["aggregate"], _outputs("aggregate"), steps.aggregate_step,
-             ("fatebias_core.discovery.aggregate",)),
+             ("fatebias_core.discovery.aggregate",),
+             assets=(Asset("aggregated_genes", "Guide-to-gene inverse-variance aggregation of the guide-level mash "
+                           "posteriors: gene_from_guide_mash_<mode>.csv.", frozenset({"pandas", "csv"})),),
+             reads_settings="calling thresholds used to call days of the aggregated guides"),
         Step("rank", ("mash", "aggregate", "export"), s["rank"], _outputs("rank"), steps.rank_step,
-             ("fatebias_core.discovery.calls",)),
+             ("fatebias_core.discovery.calls",),
+             assets=(Asset("ranked_hits", "Called and ranked hits: hits_ranked.csv (mash_default_mode) and "
+                           "mash_mode_comparison.csv.", frozenset({"pandas", "csv"})),),
+             reads_settings="calling thresholds, discovery source, default mode", metrics=_rank_metrics),
         # The sanity checks and the permutation verdict read the ranked results.
         Step("diagnostics", ("load", "rank"), s["diagnostics"], _outputs("diagnostics"), steps.diagnostics_step,
-             ("fatebias_core.checks.diagnostics",), reads=("load",), engine=True),
+             ("fatebias_core.checks.diagnostics",), reads=("load",), engine=True,
+             assets=(Asset("diagnostics", "Held-out cross-entropy, permutation negative control (clones permuted) "
+                           "and sanity checks: diagnostics.json. With run_diagnostics false it is recorded as "
+                           "disabled and nothing is computed.", frozenset({"pytorch", "json"})),),
+             reads_settings="everything the diagnostics refit reads, plus the diagnostics settings",
+             enabled=_diagnostics_enabled),
         Step("report", ("rank", "diagnostics"), s["report"], _outputs("report"), steps.report_step,
-             ("fatebias_core.report.build", "fatebias_core.report.plots")),
+             ("fatebias_core.report.build", "fatebias_core.report.plots"),
+             assets=(Asset("report", "The run as one self-contained HTML page with figures (report.html): inputs, "
+                           "fit, hits, effects by day, guide concordance, QC, negative control, mode comparison, "
+                           "recovery. Linked below.", frozenset({"html"})),),
+             metrics=_report_metrics),
     ]
     return {step.name: step for step in table}
 
@@ -185,6 +281,15 @@ CHAIN: tuple[str, ...] = tuple(name for name in STEPS if name != "load")
 
 #: Each step's upstream steps.
 UPSTREAM: dict[str, tuple[str, ...]] = {name: step.upstream for name, step in STEPS.items()}
+
+
+def enabled_steps(config: FatebiasConfig, names: tuple[str, ...] | list[str] = CHAIN) -> list[str]:
+    """``names`` that a run with ``config`` runs, in order (:attr:`Step.enabled`)."""
+    return [n for n in names if STEPS[n].enabled(config)]
+
+
+#: The step that makes each asset.
+ASSET_STEP: dict[str, str] = {a.name: step.name for step in STEPS.values() for a in step.assets}
 
 
 def step_settings(step: str) -> list[str]:

@@ -230,14 +230,3 @@ def report_step(config: FatebiasConfig, out_dir: str | Path | None = None) -> Re
 def step_outputs(step: str, config: FatebiasConfig, out_dir: str | Path | None = None) -> list[Path]:
     """The files ``step`` writes into the run folder (what the manifest checks still exist)."""
     return _layout(config, out_dir).step_files(step)
-
-
-def step_metrics(step: str, value: object) -> dict:
-    """Headline numbers of a finished step, kept in the manifest."""
-    if step == "fit":
-        return {"final_loss_per_cell": value.info["final_loss_per_cell"], "converged": value.info["converged"]}
-    if step == "rank":
-        return {"n_hits": int(value.hits["hit_anyday"].sum())}
-    if step == "report":
-        return {"size_bytes": value.size_bytes, "n_figures": value.n_figures}
-    return {}

@@ -5,7 +5,7 @@ chain (keys ``filtered_cells`` ... ``report``) and the simulation study's partit
 copy (keys ``study/...``) are the same code. Each step of
 :data:`fatebias_core.pipeline.graph.STEPS` becomes one (multi-)asset:
 
-* its assets are :data:`~fatebias_dagster.versions.STEP_ASSETS` of the step;
+* its assets, their descriptions and kinds are the step's :attr:`Step.assets`;
 * the upstream steps whose value it takes (:attr:`Step.reads`) are ``ins``, loaded by
   the run-folder IO manager from the files they wrote; the others are ``deps``;
 * its code version is the step's code version (a hash of the sources it runs) and its
@@ -22,11 +22,11 @@ from typing import Any
 
 import dagster as dg
 
+from fatebias_core.checks.verdicts import CHECKS, step_verdicts
 from fatebias_core.io import write_text
 from fatebias_core.io.layout import CONFIG_USED
 from fatebias_core.pipeline.chain import run_chain
 from fatebias_core.pipeline.graph import STEPS, Step, code_versions
-from fatebias_core.pipeline.steps import step_metrics
 
 from .. import metadata as meta
 from ..lineage import record_lineage
@@ -35,42 +35,12 @@ from ..runner import ChainLayout, StepRun, asset_values, manifest_lock, step_val
 from ..versions import STEP_ASSETS
 from .describe import DESCRIBE
 
-DESCRIPTIONS = {
-    "filtered_cells": "Cells kept after validation and the Kmax filter: fate probabilities, day, replicate, "
-    "burden and burden centred within day, with the loading summary. Writes load_summary.json and dropped_cells.csv.",
-    "guide_embeddings": "The padded embedding-sum representation of each cell's guides: guide_ids, mask, "
-    "gene_of_guide, guide and gene names.",
-    "fitted_posterior": "The fitted variational posterior, ELBO trace and fit settings: the "
-    "GPU-resourced step. Writes fit/variational_params.npz, fit/elbo_trace.csv, fit/fit.json, elbo_trace.png.",
-    "daywise_exports": "Posterior summaries for mash: gene_daywise_for_mash.csv, "
-    "guide_daywise_for_mash.csv, theta/delta npz summaries, QC tables, gene_summary_for_ash.csv.",
-    "mash_outputs": "mash on the gene and guide tables in both modes: mash_gene_<mode>.csv, "
-    "mash_guide_<mode>.csv, ash_gene_summary.csv.",
-    "aggregated_genes": "Guide-to-gene inverse-variance aggregation of the guide-level mash posteriors: "
-    "gene_from_guide_mash_<mode>.csv.",
-    "ranked_hits": "Called and ranked hits: hits_ranked.csv (mash_default_mode) and "
-    "mash_mode_comparison.csv.",
-    "diagnostics": "NTC pseudo-gene calibration check, held-out cross-entropy, permutation negative control "
-    "(clones permuted) and sanity checks: diagnostics.json, ntc_calibration.csv. With "
-    "run_diagnostics false it is recorded as disabled and nothing is computed.",
-    "report": "The run as one self-contained HTML page with figures (report.html): inputs, fit, hits, "
-    "effects by day, guide concordance, QC, negative control, mode comparison, recovery. Linked below.",
-}
+#: Each chain asset's description and kinds, from the step table.
+DESCRIPTIONS = {a.name: a.description for step in STEPS.values() for a in step.assets}
+KINDS = {a.name: set(a.kinds) for step in STEPS.values() for a in step.assets}
 
 #: The chain's assets share one group, so that its page in the UI shows the whole graph.
 CHAIN_GROUP = "chain"
-
-KINDS = {
-    "filtered_cells": {"numpy", "anndata"},
-    "guide_embeddings": {"numpy"},
-    "fitted_posterior": {"pytorch", "pyro"},
-    "daywise_exports": {"pandas", "csv"},
-    "mash_outputs": {"scipy", "csv"},
-    "aggregated_genes": {"pandas", "csv"},
-    "ranked_hits": {"pandas", "csv"},
-    "diagnostics": {"pytorch", "json"},
-    "report": {"html"},
-}
 
 #: The op of the loading step (it makes two assets).
 LOAD_OP = "load_experiment"
@@ -136,6 +106,10 @@ def step_asset(step: Step, layout: ChainLayout, options: ChainOptions) -> dg.Ass
         for name in names
     }
     fit = step.name == "fit"
+    check_specs = [
+        dg.AssetCheckSpec(name, asset=layout.key(names[0]), description=text, blocking=name in BLOCKING_CHECKS)
+        for name, text in CHECKS.get(step.name, {}).items()
+    ]
 
     @dg.multi_asset(
         name=layout.op_name(LOAD_OP if step.name == "load" else names[0]),
@@ -146,6 +120,7 @@ def step_asset(step: Step, layout: ChainLayout, options: ChainOptions) -> dg.Ass
         op_tags=dict(options.fit_op_tags or {}) if fit else None,
         pool=options.fit_pool if fit else None,
         hooks={record_lineage},
+        check_specs=check_specs or None,
     )
     def _asset(
         context: dg.AssetExecutionContext,
@@ -164,12 +139,13 @@ def step_asset(step: Step, layout: ChainLayout, options: ChainOptions) -> dg.Ass
 def materialize(run: StepRun, layout: ChainLayout, inputs: Mapping[str, Any]) -> Iterator[dg.Output]:
     """Run the step and yield each of its assets with its data version and metadata."""
     step, names = run.step, STEP_ASSETS[run.step.name]
-    if step.name == "diagnostics" and not run.config.run_diagnostics:
+    if not step.enabled(run.config):
         # Recorded (so that the report's automation is not held up) but kept out of the
         # lineage database: nothing was computed.
-        run.context.log.info("run_diagnostics is false: diagnostics disabled, nothing computed")
-        md = {"run_diagnostics": dg.MetadataValue.bool(False)}
+        run.context.log.info(f"{step.name} is switched off by the configuration: nothing computed")
+        md = {"enabled": dg.MetadataValue.bool(False)}
         yield from (versioned_output(None, n, run.version, md) for n in names)
+        yield from check_results(run, layout)
         return
     values = {r: step_value(r, inputs) for r in step.reads}
     value = step.call(run.config, run.out_dir, values, engine=run_chain)
@@ -177,7 +153,7 @@ def materialize(run: StepRun, layout: ChainLayout, inputs: Mapping[str, Any]) ->
     if step.name == "load":
         outputs.append(write_text(run.config.to_yaml(), run.out_dir / CONFIG_USED))
     with manifest_lock(run.out_dir) as manifest:  # the record both engines read (assets may finish at once)
-        manifest.record(step.name, run.version, outputs, step_metrics(step.name, value), engine="dagster")
+        manifest.record(step.name, run.version, outputs, step.metrics(value), engine="dagster")
     described = DESCRIBE[step.name](run, value)
     run.save_results(layout.key(names[0]), described.tables)
     common = run.metadata(outputs, described.metrics, row_counts=meta.row_counts(outputs), **described.lineage)
@@ -185,6 +161,27 @@ def materialize(run: StepRun, layout: ChainLayout, inputs: Mapping[str, Any]) ->
     for name, asset_value in asset_values(step.name, value).items():
         md = {**common, **described.metadata.get("", {}), **described.metadata.get(name, {})}
         yield versioned_output(asset_value, name, run.version, md)
+    yield from check_results(run, layout)
+
+
+#: Checks declared blocking: a failure with ERROR severity (a blocking verdict) skips what follows in the run.
+BLOCKING_CHECKS = frozenset({"ntc_calibration"})
+
+
+def check_results(run: StepRun, layout: ChainLayout) -> Iterator[dg.AssetCheckResult]:
+    """The step's checks (:func:`fatebias_core.checks.verdicts.step_verdicts`) as Dagster asset check results.
+
+    A failed blocking verdict is an ERROR (Dagster skips the steps after it in the run);
+    a failed other one, or a check that did not run, a WARN.
+    """
+    key = layout.key(STEP_ASSETS[run.step.name][0])
+    for v in step_verdicts(run.step.name, run.out_dir, run.config):
+        severity = dg.AssetCheckSeverity.ERROR if v.passed is False and v.blocking else dg.AssetCheckSeverity.WARN
+        md = {k: val for k, val in v.metadata.items() if isinstance(val, (int, float, str, bool))}
+        yield dg.AssetCheckResult(
+            asset_key=key, check_name=v.name, passed=bool(v.passed), severity=severity, description=v.description,
+            metadata={**md, "ran": v.passed is not None},
+        )
 
 
 def versioned_output(value: Any, name: str, version: str, metadata: Mapping[str, Any]) -> dg.Output:

@@ -28,7 +28,7 @@ from fatebias_core.config import FatebiasConfig
 from fatebias_core.errors import InputDataError
 from fatebias_core.hashing import json_hash
 from fatebias_core.io import layout as run_files
-from fatebias_core.pipeline.graph import input_version, modules_version
+from fatebias_core.pipeline.graph import STEPS, input_version, modules_version
 
 from ..lineage import record_lineage, utcnow
 from ..resources import ChainSource, ComputeResource, ExperimentConfig, LineageStore, MashBackend
@@ -50,13 +50,7 @@ SOURCE_CODE_VERSION = "1"
 SIMULATE_CODE_VERSION = modules_version(("fatebias_core.checks.simulate",))
 
 SETTINGS_DESCRIPTIONS = {
-    "load": "inputs: file keys, fates, Kmax, expected days and replicates",
-    "fit": "model priors and SVI settings",
-    "export": "posterior draws, seed, day weights, ash summary and QC tolerance",
-    "mash": "mash settings (backend, standard errors, null correlation, both modes' priors)",
-    "aggregate": "calling thresholds used to call days of the aggregated guides",
-    "rank": "calling thresholds, discovery source, default mode",
-    "diagnostics": "everything the diagnostics refit reads, plus the diagnostics settings",
+    **{name: step.reads_settings for name, step in STEPS.items() if step.reads_settings},
     SIMULATION_SETTINGS: "sim_* settings and the file layout the simulator writes",
 }
 

@@ -114,3 +114,21 @@ def test_dagster_definitions_validate() -> None:
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "All code locations passed validation" in proc.stdout + proc.stderr
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_checks_are_asset_checks(tiny_experiment: Path) -> None:
+    """The NTC calibration check is a blocking asset check of the exports; the diagnostics' three are checks of theirs."""
+    defs = build_definitions(ExperimentConfig(config_path=str(tiny_experiment)))
+    specs = {
+        (spec.asset_key.to_user_string(), spec.name): spec.blocking
+        for asset in defs.assets
+        if isinstance(asset, dg.AssetsDefinition)
+        for spec in asset.check_specs
+    }
+    assert specs == {
+        ("daywise_exports", "ntc_calibration"): True,
+        ("diagnostics", "heldout_fit"): False,
+        ("diagnostics", "permutation_control"): False,
+        ("diagnostics", "sanity_checks"): False,
+    }

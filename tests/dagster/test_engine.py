@@ -128,3 +128,23 @@ def test_engine_reports_bad_input_in_one_line(tmp_path: Path, clean_env) -> None
         run_chain(cfg)
     # Validation fails before Dagster starts: no run folder, lineage database or lock is left.
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_failed_blocking_check_stops_what_follows(tmp_path: Path, tiny_experiment: Path, clean_env) -> None:
+    """The NTC check is a blocking asset check: failed with ``on_failed_calibration: stop``, Dagster skips mash and
+    everything after it, and the run ends with the check's one-line error."""
+    from fatebias_core.checks.ntc import CalibrationFailed
+    from fatebias_core.checks.verdicts import Verdict
+    from fatebias_dagster.assets import chain as chain_assets
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_experiment.parent, run_dir, ignore=shutil.ignore_patterns("results"))
+    cfg_path = run_dir / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump({**yaml.safe_load(cfg_path.read_text()), "on_failed_calibration": "stop"}))
+    failed = Verdict("ntc_calibration", False, True, "90% intervals of 40 NTC pseudo-gene/days cover 0 in 60.0%, p 1e-05")
+    clean_env.setattr(chain_assets, "step_verdicts", lambda step, out, config: [failed] if step == "export" else [])
+    with pytest.raises(CalibrationFailed, match="^the ntc_calibration check failed .*cover 0 in 60.0%.*on_failed_calibration: stop"):
+        run_chain(load_config(cfg_path))
+    steps = json.loads((run_dir / "results" / "fatebias_manifest.json").read_text())["steps"]
+    assert sorted(steps) == ["export", "fit", "load"]  # nothing after the exports ran

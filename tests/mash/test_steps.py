@@ -354,13 +354,25 @@ def test_qvalue_is_running_mean_of_sorted_rates() -> None:
     np.testing.assert_allclose(qval_from_lfdr(lfdr), [(0.1 + 0.1 + 0.3 + 0.5) / 4, 0.1, (0.1 + 0.1 + 0.3) / 3, 0.1])
 
 
-def test_mash_1by1_is_ash_per_condition_whatever_V(sim) -> None:
-    data = mash_set_data(sim["B"], sim["S"], V=sim["V"])
-    one = mash_1by1(data)
-    for r in range(3):
-        a = ash(sim["B"][:, r], sim["S"][:, r])
-        np.testing.assert_allclose(one.mean[:, r], a.postmean, rtol=1e-12)
-        np.testing.assert_allclose(one.lfsr[:, r], a.lfsr, rtol=1e-12)
+def test_mash_1by1_shrinks_each_condition_on_its_own(sim) -> None:
+    """Each condition is shrunk from its own column alone: the noise correlation and the other columns do not
+    enter; effects far above the noise are kept, pure noise is shrunk towards 0."""
+    one = mash_1by1(mash_set_data(sim["B"], sim["S"], V=sim["V"]))
+    indep = mash_1by1(mash_set_data(sim["B"], sim["S"]))  # V = identity
+    np.testing.assert_array_equal(one.mean, indep.mean)
+    B2 = sim["B"].copy()
+    B2[:, 1:] = np.random.default_rng(3).normal(size=B2[:, 1:].shape)  # other columns replaced
+    other = mash_1by1(mash_set_data(B2, sim["S"]))
+    np.testing.assert_array_equal(other.mean[:, 0], one.mean[:, 0])
+    np.testing.assert_array_equal(other.lfsr[:, 0], one.lfsr[:, 0])
+    z = np.abs(sim["B"] / sim["S"])
+    big, small = z > 6, z < 0.5
+    assert big.any() and small.any()
+    # strong effects: kept with their sign, shrunk at most as a N(0, 2^2) effect prior under unit noise would (0.8)
+    ratio = one.mean[big] / sim["B"][big]
+    assert (ratio > 0.6).all() and (ratio <= 1.0).all()
+    assert (np.abs(one.mean[small]) < 0.5 * np.abs(sim["B"][small]) + 1e-12).all()  # noise: shrunk at least by half
+    assert (one.lfsr[big] < 1e-3).all() and (one.lfsr[small] > 0.1).all()
     strong = get_significant_results(one.lfsr, 0.1)
     assert (one.lfsr[strong].min(axis=1) < 0.1).all()
     assert (np.diff(one.lfsr[strong].min(axis=1)) >= 0).all()
