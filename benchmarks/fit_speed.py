@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from fatebias_core.checks.simulate import simulate_experiment
 from fatebias_core.config import make_config
 from fatebias_core.data.load import load_experiment
+from fatebias_core.data.simulate import simulate_experiment
 from fatebias_core.model.inference import fit
 
 sys.path.insert(0, str(Path(__file__).parent))

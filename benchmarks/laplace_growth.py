@@ -28,7 +28,7 @@ import numpy as np
 
 WORKER = r"""
 import json, resource, sys, time
-from fatebias_core.checks.simulate import simulate_experiment
+from fatebias_core.data.simulate import simulate_experiment
 from fatebias_core.config import make_config
 from fatebias_core.data.load import load_experiment
 from fatebias_core.model.inference import laplace_fit

@@ -77,8 +77,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    from fatebias_core.checks.simulate import simulate
     from fatebias_core.config import make_config
+    from fatebias_core.data.simulate import simulate
 
     with tempfile.TemporaryDirectory(prefix="fatebias-laplace-bench-") as tmp:
         tmp = Path(tmp)

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fatebias_core.checks.simulate import simulate_experiment
 from fatebias_core.config import load_config
 from fatebias_core.data.load import load_experiment
+from fatebias_core.data.simulate import simulate_experiment
 from fatebias_core.mash import mash_table
 from fatebias_core.model.inference import fit
 from fatebias_core.model.posterior import QUANTILES, summarise_posterior

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from fatebias_core.checks.simulate import simulate
 from fatebias_core.config import load_config, make_config
+from fatebias_core.data.simulate import simulate
 from fatebias_core.discovery.evaluate import evaluate_files
 from fatebias_core.pipeline.chain import run_chain
 

@@ -80,9 +80,9 @@ def _machine() -> str:
 
 
 def _experiment(cells: int, genes: int, guides: int, kmax: int, **extra):
-    from fatebias_core.checks.simulate import simulate_experiment
     from fatebias_core.config import make_config
     from fatebias_core.data.load import load_experiment
+    from fatebias_core.data.simulate import simulate_experiment
 
     cfg = make_config(
         sim_n_cells=cells, sim_n_genes=genes, sim_n_guides=guides, sim_kmax=kmax, sim_n_ntc_guides=max(guides // 40, 1),
@@ -153,7 +153,7 @@ def chain_rows(quick: bool) -> list[Row]:
     """``fatebias run`` with defaults as a process, against the seed's 5,000-step fit."""
     from seed_reference import time_seed_steps
 
-    from fatebias_core.checks.simulate import simulate
+    from fatebias_core.data.simulate import simulate
 
     cells, genes, guides = (5_000, 100, 300) if quick else (40_000, 300, 1800)
     cfg, exp = _experiment(cells, genes, guides, 20)

@@ -36,7 +36,7 @@ _EXPORTS = {
     "FitResult": "model.inference",
     "load_fit": "model.inference",
     "export_posterior": "model.posterior",
-    "simulate": "checks.simulate",
+    "simulate": "data.simulate",
     "aggregate_guides": "discovery.aggregate",
     "rank_hits": "discovery.calls",
     "compare_modes": "discovery.calls",

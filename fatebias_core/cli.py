@@ -142,8 +142,8 @@ def _build_simulate(p: argparse.ArgumentParser) -> None:
 
 @command("simulate", "simulate an experiment with known truth")(_build_simulate)
 def _run_simulate(args: argparse.Namespace) -> int:
-    from fatebias_core.checks.simulate import simulate
     from fatebias_core.config import FatebiasConfig
+    from fatebias_core.data.simulate import simulate
 
     sim = {k: getattr(args, k) for k in FatebiasConfig.model_fields if k.startswith("sim_")}
     cfg = _config(args, **sim)

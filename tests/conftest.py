@@ -182,9 +182,9 @@ class TinySim:
 
 @pytest.fixture(scope="session")
 def tiny_sim() -> TinySim:
-    from fatebias_core.checks.simulate import simulate_experiment
     from fatebias_core.config import make_config
     from fatebias_core.data.load import load_experiment
+    from fatebias_core.data.simulate import simulate_experiment
 
     cfg = make_config(**TINY_SIM, **TINY_FIT)
     sim = simulate_experiment(cfg)

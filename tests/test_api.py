@@ -19,9 +19,9 @@ from matplotlib.axes import Axes
 
 import fatebias_core.api as fb
 from fatebias_core.api import FateBias, pl, stored_tables
-from fatebias_core.checks.simulate import simulate_experiment
 from fatebias_core.config import make_config
 from fatebias_core.data.load import load_experiment
+from fatebias_core.data.simulate import simulate_experiment
 from fatebias_core.errors import ConfigError, InputDataError
 from fatebias_core.pipeline.chain import run_chain
 from tests.conftest import TINY_CHAIN

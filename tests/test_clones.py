@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fatebias_core.checks.simulate import simulate_experiment
 from fatebias_core.config import make_config
 from fatebias_core.data.clones import (
     adjusted_rand_index,
@@ -16,6 +15,7 @@ from fatebias_core.data.clones import (
     impute_clone_guides,
 )
 from fatebias_core.data.load import load_experiment
+from fatebias_core.data.simulate import simulate_experiment
 from fatebias_core.studies.calibration import pair_agreement
 
 

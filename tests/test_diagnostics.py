@@ -28,8 +28,8 @@ from fatebias_core.checks.diagnostics import (
     split_experiment,
     stratified_holdout,
 )
-from fatebias_core.checks.simulate import simulate
 from fatebias_core.config import load_config, make_config
+from fatebias_core.data.simulate import simulate
 from fatebias_core.errors import ConfigError
 from fatebias_core.io.layout import PERMUTATION_FINGERPRINT
 from fatebias_core.io.tables import DayAxis, DaywisePosterior
@@ -206,8 +206,8 @@ def test_permutation_moves_whole_units_within_strata() -> None:
 def test_permutation_units_hold_whole_clones_and_are_coarser() -> None:
     cfg = make_config(dict(sim_n_cells=3000, sim_n_genes=40, sim_n_guides=240, sim_kmax=9, sim_clone_size_mean=8.0,
                            sim_guide_detection=0.7, sim_write_clone_labels=False, sim_seed=2))
-    from fatebias_core.checks.simulate import simulate_experiment
     from fatebias_core.data.load import load_experiment
+    from fatebias_core.data.simulate import simulate_experiment
 
     sim = simulate_experiment(cfg)
     exp = load_experiment(cfg, verbose=False, adata=sim.adata, guide_map=sim.guide_map)

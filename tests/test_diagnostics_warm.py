@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from fatebias_core.checks.diagnostics import heldout_comparison, permutation_control
-from fatebias_core.checks.simulate import simulate
 from fatebias_core.config import load_config, make_config
 from fatebias_core.data.load import load_experiment
+from fatebias_core.data.simulate import simulate
 from fatebias_core.model.inference import fit, load_fit
 from fatebias_core.pipeline.chain import run_chain
 

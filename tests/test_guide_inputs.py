@@ -19,12 +19,12 @@ import scipy.sparse as sp
 import yaml
 
 from fatebias_core import cli
-from fatebias_core.checks.simulate import simulate_experiment
 from fatebias_core.config import load_config, make_config
 from fatebias_core.data import assignment as assignment_module
 from fatebias_core.data.barcodes import match_barcodes
 from fatebias_core.data.guide_qc import guide_qc, per_guide_table, truncated_poisson_detection
 from fatebias_core.data.load import load_experiment
+from fatebias_core.data.simulate import simulate_experiment
 from fatebias_core.errors import ConfigError, InputDataError
 from fatebias_core.io import layout as names
 from fatebias_core.io.layout import RunLayout

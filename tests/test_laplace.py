@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from fatebias_core.checks.simulate import simulate_experiment
 from fatebias_core.config import make_config
 from fatebias_core.data.load import load_experiment
+from fatebias_core.data.simulate import simulate_experiment
 from fatebias_core.model.algebra import DenseAlgebra
 from fatebias_core.model.design import (
     Layout,

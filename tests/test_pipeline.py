@@ -26,8 +26,8 @@ RUN_SETTINGS = {k: v for k, v in TINY_FIT.items() if k != "device"}
 
 @pytest.fixture(scope="module")
 def sim_folder(tmp_path_factory) -> Path:
-    from fatebias_core.checks.simulate import simulate
     from fatebias_core.config import make_config
+    from fatebias_core.data.simulate import simulate
 
     folder = tmp_path_factory.mktemp("sim")
     simulate(make_config(**TINY_SIM), folder)

@@ -13,9 +13,9 @@ import scipy.sparse as sp
 import yaml
 
 from fatebias_core import cli
-from fatebias_core.checks.simulate import PROB_FLOOR, SimulatedData, simulate, simulate_experiment
 from fatebias_core.config import load_config, make_config
 from fatebias_core.data.load import load_experiment
+from fatebias_core.data.simulate import PROB_FLOOR, SimulatedData, simulate, simulate_experiment
 from fatebias_core.errors import ConfigError
 
 SIM = {

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from fatebias_core.checks.ntc import ntc_calibration, pseudo_gene_experiment
-from fatebias_core.checks.simulate import simulate_experiment
 from fatebias_core.config import make_config
 from fatebias_core.data.load import load_experiment
+from fatebias_core.data.simulate import simulate_experiment
 from fatebias_core.model.inference import fit
 from fatebias_core.model.posterior import summarise_posterior
 

@@ -1,4 +1,4 @@
-"""Scoring ranked hits against a simulation's truth (:mod:`fatebias_core.checks.simulate`).
+"""Scoring ranked hits against a simulation's truth (:mod:`fatebias_core.data.simulate`).
 
 A gene/day is truly active when ``|true_<day>| > truth_thresh``; a gene is truly
 active "any day" when it is truly active on at least one day. Predictions come from a

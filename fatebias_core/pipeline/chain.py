@@ -19,8 +19,8 @@ from typing import Any
 import pandas as pd
 
 from fatebias_core.checks.ntc import read_ntc_check
-from fatebias_core.checks.simulate import simulate
 from fatebias_core.config import FatebiasConfig, load_config, make_config
+from fatebias_core.data.simulate import simulate
 from fatebias_core.discovery.answer import contrast_answers, describe_hits
 from fatebias_core.discovery.evaluate import evaluate_files
 from fatebias_core.errors import ConfigError

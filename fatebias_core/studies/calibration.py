@@ -36,10 +36,10 @@ from scipy.stats import beta as beta_dist
 from scipy.stats import norm
 
 from fatebias_core.checks.ntc import ntc_calibration
-from fatebias_core.checks.simulate import simulate_experiment
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.data.clones import adjusted_rand_index
 from fatebias_core.data.load import load_experiment
+from fatebias_core.data.simulate import simulate_experiment
 from fatebias_core.discovery.calls import CallRule, call_days
 from fatebias_core.errors import ConfigError
 from fatebias_core.io import write_csv, write_text

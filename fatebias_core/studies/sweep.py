@@ -45,8 +45,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from fatebias_core.checks.simulate import simulate
 from fatebias_core.config import FatebiasConfig, load_config, make_config, read_yaml
+from fatebias_core.data.simulate import simulate
 from fatebias_core.discovery.evaluate import evaluate_files
 from fatebias_core.errors import ConfigError, FatebiasError
 from fatebias_core.io import layout as names

@@ -23,8 +23,8 @@ from typing import Any
 import dagster as dg
 from dagster import AssetExecutionContext
 
-from fatebias_core.checks.simulate import simulate
 from fatebias_core.config import FatebiasConfig
+from fatebias_core.data.simulate import simulate
 from fatebias_core.errors import InputDataError
 from fatebias_core.hashing import json_hash
 from fatebias_core.io import layout as run_files
@@ -47,7 +47,7 @@ from ..versions import (
 
 SOURCE_CODE_VERSION = "1"
 #: The simulator's code version: a hash of the sources it runs, as the chain's steps.
-SIMULATE_CODE_VERSION = modules_version(("fatebias_core.checks.simulate",))
+SIMULATE_CODE_VERSION = modules_version(("fatebias_core.data.simulate",))
 
 SETTINGS_DESCRIPTIONS = {
     **{name: step.reads_settings for name, step in STEPS.items() if step.reads_settings},

@@ -60,7 +60,7 @@ def demo_run_config(base: FatebiasConfig, demo_dir: str | Path) -> FatebiasConfi
     ``<demo_dir>/config.yaml``, computed without simulating, so that the chain's
     settings are known before the data exist.
     """
-    from fatebias_core.checks.simulate import run_config
+    from fatebias_core.data.simulate import run_config
 
     folder = Path(demo_dir).resolve()
     values = run_config(base, base.sim_n_days, base.sim_n_reps)

@@ -50,8 +50,8 @@ def write_tiny_sim_config(folder: Path, **settings: object) -> Path:
 
 def simulate_tiny(folder: Path, **settings: object) -> Path:
     """Simulate the tiny experiment into ``folder``; return its run configuration."""
-    from fatebias_core.checks.simulate import simulate
     from fatebias_core.config import make_config
+    from fatebias_core.data.simulate import simulate
 
     sim = simulate(make_config({**TINY, **settings}), folder)
     return sim.paths["config"]
