@@ -137,9 +137,16 @@ def clone_leverage_blocks(X: sp.csr_matrix, ceff: np.ndarray, cells: np.ndarray,
     A = np.zeros((n_cl, m, s))
     np.add.at(A, (clone, row % m, pos[inv]), val)
     out = np.empty((n_cl, m, K, m, K))
+    upper = np.triu_indices(s)
+    sub_cov = np.empty((n_cl, s, s))
     for k in range(K):
         for j in range(k, K):
-            sub_cov = ceff[k * P + cols[:, :, None], j * P + cols[:, None, :]]  # (n_cl, s, s)
+            if j == k:  # a symmetric block: read its upper triangle only (the reads are the pass's cost)
+                vals = ceff[k * P + cols[:, upper[0]], k * P + cols[:, upper[1]]]
+                sub_cov[:, upper[0], upper[1]] = vals
+                sub_cov[:, upper[1], upper[0]] = vals
+            else:
+                sub_cov = ceff[k * P + cols[:, :, None], j * P + cols[:, None, :]]  # (n_cl, s, s)
             blk = A @ sub_cov @ A.transpose(0, 2, 1)  # (n_cl, m, m)
             out[:, :, k, :, j] = blk
             if j != k:
@@ -266,7 +273,10 @@ def robust_blocks(problem: LaplaceProblem, algebra: DenseAlgebra, adjusted: np.n
     scores = cluster_scores(problem, adjusted)
     cols = [s.tocsc() for s in scores]
     rows = [s.T.tocsr() for s in scores]
-    J = problem.symmetric_blocks(lambda k, j: rows[k] @ cols[j])
+    K = problem.n_contrasts
+    pairs = [(k, j) for k in range(K) for j in range(k, K)]
+    raw = dict(zip(pairs, thread_map(lambda kj: rows[kj[0]] @ cols[kj[1]], pairs), strict=True))  # products release the GIL
+    J = problem.symmetric_blocks(lambda k, j: raw[(k, j)])
     with blas_threads_for(algebra.size):  # one large product: every thread
         left = algebra.inv @ problem.add_prior_hessian(J)
     return _blocks_of_product(left, algebra.inv, index)
