@@ -295,7 +295,7 @@ def _clone_start(
         return None, None
     if clone_cov is not None and not estimate:
         return np.asarray(clone_cov, dtype=np.float64), None
-    res = newton_mode(problem, psi0, hessian_at_mode=False)
+    res = newton_mode(problem, psi0, hessian_at_mode=False, tol=START_TOL)
     moments = clone_cov_moments(problem, res)
     sd = np.sqrt(np.diag(moments))
     if (sd < MIN_CLONE_SD).all():
@@ -306,6 +306,8 @@ def _clone_start(
 
 #: A clone effect whose SD (logit scale) is below this in every contrast is left out.
 MIN_CLONE_SD = 0.05
+#: Newton's tolerance for the mode without clone effects: a start (of the moment estimate and of empirical Bayes), not a result.
+START_TOL = 1e-6
 
 
 # --------------------------------------------------------------------------- the fitted posterior
