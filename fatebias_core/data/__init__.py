@@ -1,1 +1,1 @@
-"""Loading an experiment: AnnData + guide map -> filtered cells and the guide embedding."""
+"""Experiments: AnnData + guide map -> filtered cells and the guide embedding; simulated experiments with known truth."""

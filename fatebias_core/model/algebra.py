@@ -102,7 +102,6 @@ class DenseAlgebra:
         if info != 0:
             raise FitError("the Laplace Hessian at the mode is not invertible")
         self.inv = np.ascontiguousarray(lower_to_symmetric(inv.T))
-        self._effective: np.ndarray | None = None
 
     def solve(self, rhs: np.ndarray) -> np.ndarray:
         """``S^-1 rhs`` for a (K P,) or (K P, m) right-hand side."""
@@ -124,22 +123,21 @@ class DenseAlgebra:
         """(K P, m) columns of ``S^-1``."""
         return self.inv[:, cols]
 
-    @property
     def effective(self) -> np.ndarray:
-        """``T S^-1 T^T``: the covariance of the effective parameters (u replaced by delta).
+        """``T S^-1 T^T``: the covariance of the effective parameters (u replaced by delta); a new array.
 
         ``T`` is block-diagonal over the contrasts with ``T_k`` the within-gene centring,
         so that ``x_raw,k (T S^-1 T^T)_kj x_raw,j^T = (x T)_k S^-1_kj (x T)_j^T``: a
-        cell's raw design row reads its linear predictor's covariance off it.
+        cell's raw design row reads its linear predictor's covariance off it. Not kept:
+        the clone pass, its one reader, lets it go when done (one dense matrix less at
+        the Laplace step's peak).
         """
-        if self._effective is None:
-            K, P = self.problem.n_contrasts, self.problem.layout.size
-            out = self.inv.copy()
-            for k in range(K):
-                for j in range(K):
-                    self.problem.centre_block_inplace(out[k * P : (k + 1) * P, j * P : (j + 1) * P], k, j)
-            self._effective = out
-        return self._effective
+        K, P = self.problem.n_contrasts, self.problem.layout.size
+        out = self.inv.copy()
+        for k in range(K):
+            for j in range(K):
+                self.problem.centre_block_inplace(out[k * P : (k + 1) * P, j * P : (j + 1) * P], k, j)
+        return out
 
     def prior_trace(self) -> float:
         """``tr(S^-1 Q)``: the prior's share of the posterior (parameters minus effective degrees of freedom)."""

@@ -109,7 +109,7 @@ def clone_leverage_blocks(X: sp.csr_matrix, ceff: np.ndarray, cells: np.ndarray,
     X
         (N, P) raw design (one contrast's columns).
     ceff
-        (K P, K P) covariance of the effective parameters (:attr:`DenseAlgebra.effective`).
+        (K P, K P) covariance of the effective parameters (:meth:`DenseAlgebra.effective`).
     cells, valid
         (n_cl, m) padded cell indices of a chunk of clones and the mask of real entries.
     K
@@ -194,7 +194,7 @@ def clone_pass(
     W = curv.W
     resid = problem.residuals(res.pi)
     clusters = problem.clusters
-    ceff = algebra.effective if blocks is None else None
+    ceff = algebra.effective() if blocks is None else None
     X = problem.X.tocsr()
     B_inv = curv.B_inv
     n = problem.n_cells
