@@ -27,8 +27,10 @@ from fatebias_core.model.glmm import LaplaceProblem
 #: inverse, its symmetric copy, the effective covariance and the robust products);
 #: measured: 7.2 GB at K P = 14,414 is 4.3 of them.
 DENSE_MATRICES_AT_PEAK = 4.5
-#: Seconds per (K P)^3 of the whole Laplace step on 2 cores (14,414 parameters: 205 s).
-SECONDS_PER_CUBE = 6.9e-11
+#: Seconds per (K P)^3 of the Laplace step on 2 cores (``benchmarks/laplace_growth.py``: at
+#: 8,114 parameters and 50,000 cells it took 85.3 s, of which about 10 s grows with the cells):
+#: a factor and an inverse per empirical Bayes update, and the robust product.
+SECONDS_PER_CUBE = 1.4e-10
 #: Share of this machine's memory the dense step may plan to use.
 MEMORY_SHARE = 0.85
 
