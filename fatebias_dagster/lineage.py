@@ -15,8 +15,8 @@ Schema (normalised):
 ``edges``
     One row per upstream materialization (or source observation) a materialization read:
     ``(run_id, asset_key, partition_key)`` -> ``(upstream_run_id, upstream_asset_key,
-    upstream_partition_key, upstream_data_version)``, taken from the input event pointers
-    Dagster stores with every materialization.
+    upstream_partition_key, upstream_data_version)``, from each materialization's data
+    provenance (``dagster.DataProvenance``: the input events Dagster recorded with it).
 
 :func:`record_run` fills these from the Dagster instance's event log (every chain asset
 runs it as a success hook, and ``fatebias run`` once more at the end). Tabular results
@@ -38,9 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
-import math
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -51,10 +49,10 @@ from typing import Any
 
 import dagster as dg
 import duckdb
-import numpy as np
 import pandas as pd
 
-from fatebias_core.io import write_text
+from fatebias_core.hashing import json_hash
+from fatebias_core.io import json_ready, write_text
 
 SCHEMA = (
     'CREATE TABLE IF NOT EXISTS settings (settings_id VARCHAR PRIMARY KEY, "values" JSON NOT NULL)',
@@ -104,10 +102,7 @@ MD_INPUT_FILES = "input files"
 MD_INPUT_VERSION = "input version"
 MD_LINEAGE_DB = "lineage database"
 
-_CODE_VERSION_TAG = "dagster/code_version"
 _DATA_VERSION_TAG = "dagster/data_version"
-_INPUT_POINTER_PREFIX = "dagster/input_event_pointer/"
-_INPUT_VERSION_PREFIX = "dagster/input_data_version/"
 
 def _provenance_sql(which_hits: str) -> str:
     """The provenance query of the newest ``ranked_hits`` materialization matching ``which_hits`` (a SQL condition)."""
@@ -201,7 +196,7 @@ class Materialization:
 
     def to_json(self) -> dict[str, Any]:
         """The record as JSON-safe data (spooled writes)."""
-        data = json_safe(asdict(self))
+        data = json_ready(asdict(self))
         for key in ("started_at", "finished_at"):
             value = getattr(self, key)
             data[key] = None if value is None else value.isoformat()
@@ -222,24 +217,9 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def json_safe(obj: Any) -> Any:
-    """``obj`` with numpy scalars as Python numbers, paths as text and non-finite floats as None."""
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def settings_id(values: Mapping[str, Any]) -> str:
     """The id of a set of settings: a hash of their values."""
-    return hashlib.sha256(json.dumps(json_safe(dict(values)), sort_keys=True).encode()).hexdigest()[:16]
+    return json_hash(json_ready(dict(values)))
 
 
 class LineageLockTimeout(RuntimeError):
@@ -386,7 +366,7 @@ def _insert_materialization(con: duckdb.DuckDBPyConnection, m: Materialization) 
     sid = None
     if m.settings is not None:
         sid = settings_id(m.settings)
-        con.execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT DO NOTHING", [sid, json.dumps(json_safe(m.settings), sort_keys=True)])
+        con.execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT DO NOTHING", [sid, json.dumps(json_ready(m.settings), sort_keys=True)])
     if m.input_version and m.input_files is not None:
         con.execute("INSERT INTO input_files VALUES (?, ?) ON CONFLICT DO NOTHING", [m.input_version, m.input_files])
     key = [m.run_id, m.asset_key, m.partition_key]
@@ -394,7 +374,7 @@ def _insert_materialization(con: duckdb.DuckDBPyConnection, m: Materialization) 
         "INSERT INTO materializations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         [*key, m.event_id, m.step, m.started_at, m.finished_at, m.code_version, m.data_version, sid,
          m.input_version if m.input_files is not None else None, m.out_dir, m.output_paths,
-         json.dumps(json_safe(m.row_counts)), json.dumps(json_safe(m.metrics))],
+         json.dumps(json_ready(m.row_counts)), json.dumps(json_ready(m.metrics))],
     )
     for up in m.upstream:
         con.execute(
@@ -440,21 +420,20 @@ def _metadata_values(mat: dg.AssetMaterialization) -> dict[str, Any]:
     return {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
 
 
-def _upstream(instance: dg.DagsterInstance, tags: Mapping[str, str]) -> list[Upstream]:
-    """The events a materialization read, from the input event pointers Dagster stored with it."""
+def _upstream(instance: dg.DagsterInstance, provenance: dg.DataProvenance | None) -> list[Upstream]:
+    """The events a materialization read: its data provenance's input events, found again by storage id."""
+    if provenance is None:
+        return []
     out: list[Upstream] = []
-    for tag, pointer in sorted(tags.items()):
-        if not tag.startswith(_INPUT_POINTER_PREFIX):
-            continue
-        name = tag[len(_INPUT_POINTER_PREFIX) :]
-        version = tags.get(_INPUT_VERSION_PREFIX + name)
+    for key, storage_id in sorted(provenance.input_storage_ids.items(), key=lambda kv: kv[0].to_user_string()):
+        version = provenance.input_data_versions.get(key)
         run_id = partition = None
-        if pointer.isdigit():
-            flt = dg.AssetRecordsFilter(asset_key=dg.AssetKey.from_user_string(name), storage_ids=[int(pointer)])
+        if storage_id is not None:
+            flt = dg.AssetRecordsFilter(asset_key=key, storage_ids=[storage_id])
             recs = instance.fetch_materializations(flt, limit=1).records or instance.fetch_observations(flt, limit=1).records
             if recs:
                 run_id, partition = recs[0].run_id, recs[0].partition_key or ""
-        out.append(Upstream(name, run_id, partition, version))
+        out.append(Upstream(key.to_user_string(), run_id, partition, None if version is None else version.value))
     return out
 
 
@@ -468,6 +447,7 @@ def materialization_of(instance: dg.DagsterInstance, record: Any) -> tuple[str |
     mat = entry.asset_materialization
     md = _metadata_values(mat)
     tags = entry.tags or {}
+    provenance = dg.DataProvenance.from_tags(tags)  # Dagster's public reading of its provenance tags
     return md.get(MD_LINEAGE_DB), Materialization(
         run_id=entry.run_id,
         asset_key=mat.asset_key.to_user_string(),
@@ -476,7 +456,7 @@ def materialization_of(instance: dg.DagsterInstance, record: Any) -> tuple[str |
         step=md.get(MD_STEP),
         started_at=_timestamp(md.get(MD_STARTED)),
         finished_at=_timestamp(entry.timestamp),
-        code_version=tags.get(_CODE_VERSION_TAG),
+        code_version=None if provenance is None else provenance.code_version,
         data_version=tags.get(_DATA_VERSION_TAG),
         settings=md.get(MD_SETTINGS),
         input_files=md.get(MD_INPUT_FILES),
@@ -485,7 +465,7 @@ def materialization_of(instance: dg.DagsterInstance, record: Any) -> tuple[str |
         output_paths=list(md.get(MD_OUTPUTS) or []),
         row_counts=dict(md.get(MD_ROW_COUNTS) or {}),
         metrics=dict(md.get(MD_METRICS) or {}),
-        upstream=_upstream(instance, tags),
+        upstream=_upstream(instance, provenance),
     )
 
 
