@@ -152,12 +152,14 @@ def materialize(run: StepRun, layout: ChainLayout, inputs: Mapping[str, Any]) ->
     outputs = step.outputs(run.config, run.out_dir)
     if step.name == "load":
         outputs.append(write_text(run.config.to_yaml(), run.out_dir / CONFIG_USED))
-    with manifest_lock(run.out_dir) as manifest:  # the record both engines read (assets may finish at once)
-        manifest.record(step.name, run.version, outputs, step.metrics(value), engine="dagster")
     described = DESCRIBE[step.name](run, value)
     run.save_results(layout.key(names[0]), described.tables)
     common = run.metadata(outputs, described.metrics, row_counts=meta.row_counts(outputs), **described.lineage)
     common["step version"] = dg.MetadataValue.text(run.version)
+    # The record both engines read, once the step and its description succeeded (under the
+    # folder's lock: assets of one folder may finish at once).
+    with manifest_lock(run.out_dir) as manifest:
+        manifest.record(step.name, run.version, outputs, step.metrics(value), engine="dagster")
     for name, asset_value in asset_values(step.name, value).items():
         md = {**common, **described.metadata.get("", {}), **described.metadata.get(name, {})}
         yield versioned_output(asset_value, name, run.version, md)
