@@ -33,7 +33,7 @@ _EXPORTS = {
     "DiagnosticsResult": "types",
     "load_experiment": "data.load",
     "fit": "model.inference",
-    "FitResult": "model.inference",
+    "FitResult": "types",
     "load_fit": "model.inference",
     "export_posterior": "model.posterior",
     "simulate": "data.simulate",

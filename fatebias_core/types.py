@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fatebias_core.errors import FitError
+
 
 @dataclass(frozen=True)
 class FilteredCells:
@@ -422,3 +424,100 @@ class DiagnosticsResult:
                 if san.note:
                     lines.append(f"    note: {san.note}")
         return "\n".join(lines)
+
+
+@dataclass
+class EffectDraws:
+    """Posterior draws of the effects: ``theta`` (S, L, K, D) and ``delta`` (S, G, K)."""
+
+    theta: np.ndarray
+    delta: np.ndarray
+    gene_of_guide: np.ndarray  # (G,) 0-based
+
+    @property
+    def beta(self) -> np.ndarray:
+        """Guide effects (S, G, K, D)."""
+        return self.theta[:, self.gene_of_guide] + self.delta[..., None]
+
+
+@dataclass
+class FitResult:
+    """A fitted posterior with everything needed to export without refitting.
+
+    Attributes
+    ----------
+    posterior
+        The fitted posterior (``model.guides.MeanFieldPosterior`` or
+        ``model.laplace.LaplacePosterior``/``BootstrapPosterior``): its parameters.
+    elbo
+        Negative ELBO per step (the loss SVI minimised).
+    fates, ref_fate, contrast_fates, day_labels, rep_labels, gene_names, guide_names
+        Labels of the fitted dimensions.
+    gene_of_guide
+        (G,) 0-based gene index of each guide.
+    day_counts
+        Cells per day in the fitted data.
+    info
+        Run facts: steps, runtime, device, convergence, settings.
+
+    ``model.inference.write_fit`` writes it and ``load_fit`` reads it back;
+    ``predict_fates`` gives its fate probabilities for cells.
+    """
+
+    # Typed Any: the posterior classes live in model/, a layer above this module.
+    posterior: Any
+    elbo: np.ndarray
+    fates: list[str]
+    ref_fate: str
+    contrast_fates: list[str]
+    day_labels: list[str]
+    rep_labels: list[str]
+    gene_names: list[str]
+    guide_names: list[str]
+    gene_of_guide: np.ndarray
+    day_counts: np.ndarray
+    guide_effects: bool = True
+    info: dict = field(default_factory=dict)
+
+    # ----------------------------------------------------------------- draws
+    def sample_effects(self, n_draws: int, seed: int = 0, tail: float | None = None) -> EffectDraws:
+        """Draw ``n_draws`` posterior samples of theta and delta (seeded, reproducible).
+
+        ``tail``: with a cluster-robust Laplace posterior, the one-sided tail probability
+        at which its intervals are widened to Student-t (the calls' strictest threshold).
+        """
+        if not self.guide_effects:
+            raise FitError("this fit is the nuisance-only model: it has no gene or guide effects")
+        rng = np.random.default_rng(seed)
+        extra = {"tail": tail} if tail is not None and self.posterior.family == "laplace" else {}
+        theta, delta = self.posterior.sample_effects(n_draws, rng, self.gene_of_guide, len(self.gene_names), **extra)
+        return EffectDraws(theta=theta, delta=delta, gene_of_guide=self.gene_of_guide)
+
+    def point(self) -> dict[str, np.ndarray]:
+        """Point values (posterior median or mode) of a, b, c and, with guide effects, theta and delta."""
+        return self.posterior.point(self.gene_of_guide, len(self.gene_names))
+
+    def median_effects(self) -> tuple[np.ndarray, np.ndarray]:
+        """theta (L, K, D) and beta (G, K, D) at the point values."""
+        p = self.point()
+        return p["theta"], p["theta"][self.gene_of_guide] + p["delta"][..., None]
+
+    def warm_start(self) -> dict[str, np.ndarray]:
+        """Values of every latent site (constrained space) at this fit's point, to start another fit from.
+
+        The posterior median of a mean-field fit; for a Laplace/bootstrap fit its mode,
+        with the non-centred z and eps recovered from theta and the variance
+        hyperparameters the mode was computed with.
+        """
+        post = self.posterior
+        if post.family == "meanfield":
+            return post.median_sites()
+        p = post.params
+        out = {k: np.asarray(p[k]) for k in ("a", "b", "c")}
+        if self.guide_effects:
+            tau, st, theta = np.asarray(p["hyper_tau"]), np.asarray(p["hyper_sigma_time"]), np.asarray(p["theta"])
+            out.update(
+                tau=tau, sigma_time=st, sigma_guide=np.asarray(p["hyper_sigma_guide"]), u=np.asarray(p["u"]),
+                z=theta[..., 0] / tau, eps=np.diff(theta, axis=-1) / st[None],
+            )
+        return out

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from fatebias_core.errors import FitError
-from fatebias_core.model.inference import BatchSampler, fit, load_fit, steps_to_convergence
+from fatebias_core.model.inference import (
+    BatchSampler,
+    fit,
+    load_fit,
+    predict_fates,
+    steps_to_convergence,
+    write_fit,
+)
 
 
 def _truth(tiny_sim, fate: str, genes: list[str]) -> np.ndarray:
@@ -94,7 +101,7 @@ def test_exploding_elbo_stops_with_a_clear_message(tiny_sim):
 
 
 def test_saved_fit_round_trips(tiny_fit, tmp_path):
-    tiny_fit.save(tmp_path)
+    write_fit(tiny_fit, tmp_path)
     back = load_fit(tmp_path)
     assert back.posterior.family == "laplace"
     a, b = tiny_fit.sample_effects(20, seed=3), back.sample_effects(20, seed=3)
@@ -111,7 +118,7 @@ def test_load_fit_of_a_missing_folder_is_a_clear_error(tmp_path):
 def test_nuisance_only_fit_predicts_but_has_no_effects(tiny_sim):
     cfg = tiny_sim.config.model_copy(update={"num_steps": 50})
     res = fit(tiny_sim.experiment, cfg, guide_effects=False)
-    probs = res.predict(tiny_sim.experiment)
+    probs = predict_fates(res, tiny_sim.experiment)
     np.testing.assert_allclose(probs.sum(1), 1.0)
     with pytest.raises(FitError, match="nuisance-only"):
         res.sample_effects(5)

@@ -34,13 +34,14 @@ from fatebias_core.io import layout as names
 from fatebias_core.io import write_csv, write_text
 from fatebias_core.io.layout import RunLayout
 from fatebias_core.mash import ash_table, mash_table
-from fatebias_core.model.inference import FitResult, fit, load_fit
+from fatebias_core.model.inference import fit, load_fit, write_fit
 from fatebias_core.model.posterior import (
     PosteriorSummary,
     day_suffixes,
     summarise_posterior,
 )
 from fatebias_core.pipeline.steps import export_step, report_step, save_fit, write_load_files
+from fatebias_core.types import FitResult
 
 #: The keys :meth:`FateBias.setup_anndata` records: where the inputs live in the AnnData.
 SETUP_KEYS = ("fate_prob_key", "guide_key", "day_key", "covar_key", "rep_key", "clone_key")
@@ -351,7 +352,7 @@ class FateBias:
     def save(self, folder: str | Path) -> Path:
         """Save the fit and the settings (``fit/`` and ``config_used.yaml``, as in a run folder)."""
         folder = Path(folder)
-        self._fitted().save(folder / names.FIT_DIR)
+        write_fit(self._fitted(), folder / names.FIT_DIR)
         write_text(self.config.to_yaml(), folder / names.CONFIG_USED)
         return folder
 

@@ -60,7 +60,7 @@ from fatebias_core.io import read_csv, write_json
 from fatebias_core.io.layout import RunLayout
 from fatebias_core.io.tables import DayAxis, DaywisePosterior, day_axis, name_column, read_posterior
 from fatebias_core.model.fate_model import Priors
-from fatebias_core.model.inference import FitResult, fit, load_fit
+from fatebias_core.model.inference import fit, load_fit, predict_fates
 from fatebias_core.model.laplace import (
     LaplacePosterior,
     build_problem,
@@ -69,7 +69,7 @@ from fatebias_core.model.laplace import (
     pack_psi,
 )
 from fatebias_core.model.posterior import summarise_posterior
-from fatebias_core.types import DiagnosticsResult, Experiment, center_by_group
+from fatebias_core.types import DiagnosticsResult, Experiment, FitResult, center_by_group
 
 
 class ChainRunner(Protocol):
@@ -396,7 +396,7 @@ def heldout_comparison(experiment: Experiment, config: FatebiasConfig, start: Fi
     nuisance_init = None if init is None else {k: init[k] for k in ("a", "b", "c")}
     nuisance = fit(train, stopping, guide_effects=False, num_steps=steps, seed=config.heldout_seed, init=nuisance_init, weight=weight)
     scores = score_heldout(
-        test.cells.fate_probs, full.predict(test), nuisance.predict(test), test.cells.day, cells.day_labels, held_clones
+        test.cells.fate_probs, predict_fates(full, test), predict_fates(nuisance, test), test.cells.day, cells.day_labels, held_clones
     )
     keys = ("steps", "runtime_s", "converged", "final_loss_per_cell")
     info = {name: {k: r.info[k] for k in keys} for name, r in (("full", full), ("nuisance", nuisance))}

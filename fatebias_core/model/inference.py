@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +51,7 @@ from fatebias_core.model.laplace import (
     laplace_posterior,
     nuisance_start,
 )
-from fatebias_core.types import Experiment
+from fatebias_core.types import EffectDraws, Experiment, FitResult  # noqa: F401  (EffectDraws, FitResult: re-exported from their old place)
 
 log = logging.getLogger("fatebias.inference")
 
@@ -72,132 +72,41 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-@dataclass
-class EffectDraws:
-    """Posterior draws of the effects: ``theta`` (S, L, K, D) and ``delta`` (S, G, K)."""
+def predict_fates(fit: FitResult, experiment: Experiment) -> np.ndarray:
+    """Fate probabilities (N, F) of ``experiment``'s cells at ``fit``'s point values.
 
-    theta: np.ndarray
-    delta: np.ndarray
-    gene_of_guide: np.ndarray  # (G,) 0-based
-
-    @property
-    def beta(self) -> np.ndarray:
-        """Guide effects (S, G, K, D)."""
-        return self.theta[:, self.gene_of_guide] + self.delta[..., None]
-
-
-@dataclass
-class FitResult:
-    """A fitted posterior with everything needed to export without refitting.
-
-    Attributes
-    ----------
-    posterior
-        The fitted variational posterior (site parameters).
-    elbo
-        Negative ELBO per step (the loss SVI minimised).
-    fates, ref_fate, contrast_fates, day_labels, rep_labels, gene_names, guide_names
-        Labels of the fitted dimensions.
-    gene_of_guide
-        (G,) 0-based gene index of each guide.
-    day_counts
-        Cells per day in the fitted data.
-    info
-        Run facts: steps, runtime, device, convergence, settings.
+    The cells must share the fit's fates, days, replicates and guide ids (a held-out
+    split of the fitted experiment, for instance).
     """
+    data = ModelData.from_experiment(experiment, fit.ref_fate, fit.contrast_fates, dtype=torch.float64)
+    model = FateModel(data, Priors(), guide_effects=fit.guide_effects)
+    return fitted_probs(data, model, fit.point()).numpy()
 
-    posterior: MeanFieldPosterior | LaplacePosterior
-    elbo: np.ndarray
-    fates: list[str]
-    ref_fate: str
-    contrast_fates: list[str]
-    day_labels: list[str]
-    rep_labels: list[str]
-    gene_names: list[str]
-    guide_names: list[str]
-    gene_of_guide: np.ndarray
-    day_counts: np.ndarray
-    guide_effects: bool = True
-    info: dict = field(default_factory=dict)
 
-    # ----------------------------------------------------------------- draws
-    def sample_effects(self, n_draws: int, seed: int = 0, tail: float | None = None) -> EffectDraws:
-        """Draw ``n_draws`` posterior samples of theta and delta (seeded, reproducible).
+def write_fit(fit: FitResult, folder: str | Path) -> Path:
+    """Save ``fit``'s fitted parameters, trace and metadata into ``folder`` (:func:`load_fit` reads them back).
 
-        ``tail``: with a cluster-robust Laplace posterior, the one-sided tail probability
-        at which its intervals are widened to Student-t (the calls' strictest threshold).
-        """
-        if not self.guide_effects:
-            raise FitError("this fit is the nuisance-only model: it has no gene or guide effects")
-        rng = np.random.default_rng(seed)
-        extra = {"tail": tail} if tail is not None and self.posterior.family == "laplace" else {}
-        theta, delta = self.posterior.sample_effects(n_draws, rng, self.gene_of_guide, len(self.gene_names), **extra)
-        return EffectDraws(theta=theta, delta=delta, gene_of_guide=self.gene_of_guide)
-
-    def point(self) -> dict[str, np.ndarray]:
-        """Point values (posterior median or mode) of a, b, c and, with guide effects, theta and delta."""
-        return self.posterior.point(self.gene_of_guide, len(self.gene_names))
-
-    def median_effects(self) -> tuple[np.ndarray, np.ndarray]:
-        """theta (L, K, D) and beta (G, K, D) at the point values."""
-        p = self.point()
-        return p["theta"], p["theta"][self.gene_of_guide] + p["delta"][..., None]
-
-    def warm_start(self) -> dict[str, np.ndarray]:
-        """Values of every latent site (constrained space) at this fit's point, to start another fit from.
-
-        The posterior median of a mean-field fit; for a Laplace/bootstrap fit its mode,
-        with the non-centred z and eps recovered from theta and the variance
-        hyperparameters the mode was computed with.
-        """
-        post = self.posterior
-        if post.family == "meanfield":
-            return post.median_sites()
-        p = post.params
-        out = {k: np.asarray(p[k]) for k in ("a", "b", "c")}
-        if self.guide_effects:
-            tau, st, theta = np.asarray(p["hyper_tau"]), np.asarray(p["hyper_sigma_time"]), np.asarray(p["theta"])
-            out.update(
-                tau=tau, sigma_time=st, sigma_guide=np.asarray(p["hyper_sigma_guide"]), u=np.asarray(p["u"]),
-                z=theta[..., 0] / tau, eps=np.diff(theta, axis=-1) / st[None],
-            )
-        return out
-
-    def predict(self, experiment: Experiment) -> np.ndarray:
-        """Fate probabilities (N, F) of ``experiment``'s cells at the point values.
-
-        The cells must share this fit's fates, days, replicates and guide ids (a held-out
-        split of the fitted experiment, for instance).
-        """
-        data = ModelData.from_experiment(experiment, self.ref_fate, self.contrast_fates, dtype=torch.float64)
-        model = FateModel(data, Priors(), guide_effects=self.guide_effects)
-        return fitted_probs(data, model, self.point()).numpy()
-
-    # ----------------------------------------------------------------- persistence
-    def save(self, folder: str | Path) -> Path:
-        """Save the fitted parameters, ELBO trace and metadata into ``folder``.
-
-        Writes ``variational_params.npz``, ``elbo_trace.csv`` and ``fit.json``.
-        """
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_npz(folder / names.FIT_PARAMS, gene_of_guide=self.gene_of_guide, day_counts=self.day_counts, **self.posterior.params)
-        write_csv(pd.DataFrame({"step": np.arange(1, len(self.elbo) + 1), "loss": self.elbo}), folder / names.FIT_ELBO)
-        meta = {
-            "format": FIT_FORMAT,
-            "family": self.posterior.family,
-            "fates": self.fates,
-            "ref_fate": self.ref_fate,
-            "contrast_fates": self.contrast_fates,
-            "day_labels": self.day_labels,
-            "rep_labels": self.rep_labels,
-            "gene_names": self.gene_names,
-            "guide_names": self.guide_names,
-            "guide_effects": self.guide_effects,
-            "info": self.info,
-        }
-        write_json(meta, folder / names.FIT_META)
-        return folder
+    Writes ``variational_params.npz``, ``elbo_trace.csv`` and ``fit.json``.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_npz(folder / names.FIT_PARAMS, gene_of_guide=fit.gene_of_guide, day_counts=fit.day_counts, **fit.posterior.params)
+    write_csv(pd.DataFrame({"step": np.arange(1, len(fit.elbo) + 1), "loss": fit.elbo}), folder / names.FIT_ELBO)
+    meta = {
+        "format": FIT_FORMAT,
+        "family": fit.posterior.family,
+        "fates": fit.fates,
+        "ref_fate": fit.ref_fate,
+        "contrast_fates": fit.contrast_fates,
+        "day_labels": fit.day_labels,
+        "rep_labels": fit.rep_labels,
+        "gene_names": fit.gene_names,
+        "guide_names": fit.guide_names,
+        "guide_effects": fit.guide_effects,
+        "info": fit.info,
+    }
+    write_json(meta, folder / names.FIT_META)
+    return folder
 
 
 def load_fit(folder: str | Path) -> FitResult:

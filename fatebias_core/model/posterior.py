@@ -30,7 +30,7 @@ from fatebias_core.config import FatebiasConfig
 from fatebias_core.errors import ConfigError
 from fatebias_core.io import save_npz, write_csv
 from fatebias_core.io.layout import RunLayout
-from fatebias_core.model.inference import FitResult
+from fatebias_core.types import FitResult
 
 log = logging.getLogger("fatebias.posterior")
 

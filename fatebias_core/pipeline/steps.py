@@ -24,12 +24,12 @@ from fatebias_core.io import layout as names
 from fatebias_core.io import read_csv, write_csv, write_json
 from fatebias_core.io.layout import RunLayout
 from fatebias_core.mash import ash_table, mash_table
-from fatebias_core.model.inference import FitResult, fit
+from fatebias_core.model.inference import fit, write_fit
 from fatebias_core.model.posterior import ExportResult, PosteriorSummary, export_posterior
 from fatebias_core.pipeline.check import load_experiment_checked
 from fatebias_core.report.build import ReportResult, build_report
 from fatebias_core.report.plots import plot_effects_by_day, plot_elbo
-from fatebias_core.types import DiagnosticsResult, Experiment
+from fatebias_core.types import DiagnosticsResult, Experiment, FitResult
 
 log = logging.getLogger("fatebias")
 
@@ -80,7 +80,7 @@ def fit_step(experiment: Experiment, config: FatebiasConfig, out_dir: str | Path
 
 def save_fit(result: FitResult, experiment: Experiment, layout: RunLayout) -> None:
     """Save a fit into the run folder: ``fit/`` and the ELBO trace figure."""
-    result.save(layout.fit_dir)
+    write_fit(result, layout.fit_dir)
     plot_elbo(
         result.elbo, layout / names.ELBO_FIGURE, n_cells=experiment.n_cells,
         switch_step=result.info.get("weight_switch_step"), weight_steps=result.info.get("weight_update_steps"),
