@@ -34,6 +34,10 @@ CHECKS: dict[str, dict[str, str]] = {
 }
 
 
+#: Checks whose failure may stop what follows (the NTC check, with ``on_failed_calibration: stop``).
+BLOCKING = frozenset({"ntc_calibration"})
+
+
 @dataclass(frozen=True)
 class Verdict:
     """One check's outcome.
@@ -87,21 +91,14 @@ def _diagnostics(out_dir: str | Path, config: FatebiasConfig) -> list[Verdict]:
         found = json.loads((Path(out_dir) / names.DIAGNOSTICS).read_text())
     except (OSError, ValueError):
         return [Verdict(n, None, False, f"not run: no readable {names.DIAGNOSTICS}") for n in names_]
-    out = []
-    held = found.get("heldout")
-    if held is None:
-        out.append(Verdict("heldout_fit", None, False, "not run: the held-out check is off"))
-    else:
-        out.append(Verdict("heldout_fit", bool(held.get("full_better")), False,
-                           f"held-out cross-entropy: full {held.get('ce_full')}, nuisance-only {held.get('ce_nuisance')}",
-                           {k: held[k] for k in ("ce_full", "ce_nuisance", "difference", "difference_se") if k in held}))
-    perm = found.get("permutation")
-    if perm is None:
-        out.append(Verdict("permutation_control", None, False, "not run: the permutation control is off"))
-    else:
-        out.append(Verdict("permutation_control", bool(perm.get("passed")), False,
-                           f"{perm.get('n_hits')} hits on permuted data (at most {perm.get('allowed_hits')} allowed)",
-                           {k: perm[k] for k in ("n_hits", "allowed_hits", "n_units", "n_strata") if k in perm}))
+    out = [
+        _section(found.get("heldout"), "heldout_fit", "the held-out check", "full_better",
+                 lambda h: f"held-out cross-entropy: full {h.get('ce_full')}, nuisance-only {h.get('ce_nuisance')}",
+                 ("ce_full", "ce_nuisance", "difference", "difference_se")),
+        _section(found.get("permutation"), "permutation_control", "the permutation control", "passed",
+                 lambda p: f"{p.get('n_hits')} hits on permuted data (at most {p.get('allowed_hits')} allowed)",
+                 ("n_hits", "allowed_hits", "n_units", "n_strata")),
+    ]
     san = found.get("sanity")
     if san is None:
         out.append(Verdict("sanity_checks", None, False, "not run: the sanity checks are off"))
@@ -112,3 +109,10 @@ def _diagnostics(out_dir: str | Path, config: FatebiasConfig) -> list[Verdict]:
                            f"{san.get('n_passed')} of {len(san.get('checks', []))} known regulators detected with their sign",
                            {"n_passed": san.get("n_passed"), "n_checks": len(san.get("checks", []))}))
     return out
+
+
+def _section(part: dict | None, name: str, what: str, passed_key: str, text, keys: tuple[str, ...]) -> Verdict:
+    """The verdict of one section of ``diagnostics.json`` (None: that check is off)."""
+    if part is None:
+        return Verdict(name, None, False, f"not run: {what} is off")
+    return Verdict(name, bool(part.get(passed_key)), False, text(part), {k: part[k] for k in keys if k in part})

@@ -120,10 +120,11 @@ def fit_empirical_bayes(
         precondition its Newton systems (None: the first Newton step factors its own).
     """
     t0 = time.perf_counter()
-    fpm = _FixedPointMap(problem, psi0, estimate_weight, estimate_sigma_guide, estimate_clone_cov and problem.has_clone_effects)
+    fpm = _FixedPointMap(
+        problem, psi0, estimate_weight, estimate_sigma_guide, estimate_clone_cov and problem.has_clone_effects, precondition
+    )
     bar = tqdm(total=max_updates, desc=desc, unit="update", dynamic_ncols=True, mininterval=0.5) if progress else None
     fpm.bar = bar
-    fpm.solve = precondition
     try:
         x = fpm.encode(problem)
         converged = fpm.size == 0
@@ -136,10 +137,7 @@ def fit_empirical_bayes(
             if fpm.change(x2, x1) < tol:
                 x, converged = x2, True
                 break
-            r, v = x1 - x, x2 - 2.0 * x1 + x
-            alpha = -np.linalg.norm(r) / max(np.linalg.norm(v), 1e-300)
-            alpha = min(alpha, -1.0)
-            x3 = fpm.clamp(x - 2.0 * alpha * r + alpha**2 * v)
+            x3 = fpm.clamp(squarem_point(x, x1, x2))
             x = fpm(x3) if np.all(np.isfinite(x3)) and np.abs(x3 - x2).max() < 5.0 else x2
         if converged and fpm.last is not None:
             # The last update's input is within tol of its image, the fixed point: its
@@ -160,6 +158,16 @@ def fit_empirical_bayes(
     return EBResult(problem, res, algebra, cp, fpm.trace, converged, time.perf_counter() - t0)
 
 
+def squarem_point(x0: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
+    """SQUAREM's extrapolation (Varadhan and Roland 2008, step length S3) from two steps of a fixed-point map.
+
+    ``x1 = F(x0)``, ``x2 = F(x1)``; the step length is at least that of one plain step.
+    """
+    r, v = x1 - x0, x2 - 2.0 * x1 + x0
+    alpha = min(-np.linalg.norm(r) / max(np.linalg.norm(v), 1e-300), -1.0)
+    return x0 - 2.0 * alpha * r + alpha**2 * v
+
+
 #: Newton's convergence tolerance at every update (decrement per cell): each update's mode may be the final one.
 NEWTON_TOL = 1e-8
 
@@ -167,7 +175,10 @@ NEWTON_TOL = 1e-8
 class _FixedPointMap:
     """One empirical Bayes update as a map of the log hyperparameters, warm-starting each Newton solve from the last."""
 
-    def __init__(self, problem: LaplaceProblem, psi: np.ndarray, weight: bool, sigma_guide: bool, clone_cov: bool):
+    def __init__(
+        self, problem: LaplaceProblem, psi: np.ndarray, weight: bool, sigma_guide: bool, clone_cov: bool,
+        precondition: Callable[[np.ndarray], np.ndarray] | None = None,
+    ):
         self.base = problem
         self.psi, self.beta = psi.copy(), None
         self.sigma_of_psi = problem.sigma_guide.copy()  # the sigma_guide psi's u is scaled for
@@ -176,7 +187,7 @@ class _FixedPointMap:
         self.calls = 0
         self.trace: list[dict] = []
         self.bar = None
-        self.solve = None  # S^-1 at the last update's mode: it preconditions the next Newton solve
+        self.solve = precondition  # S^-1 at the last update's mode: it preconditions the next Newton solve
         self.last: tuple[LaplaceProblem, LaplaceResult, DenseAlgebra, ClonePass] | None = None  # the last update's fit
 
     # ----------------------------------------------------------------- encoding
@@ -368,9 +379,7 @@ def clone_cov_update(problem: LaplaceProblem, res: LaplaceResult, cp: ClonePass,
         c2 = em(c1)
         if change(c2, c1) < tol:
             return c2, state["beta"]
-        r, v = c1 - cov, c2 - 2.0 * c1 + cov
-        alpha = min(-np.linalg.norm(r) / max(np.linalg.norm(v), 1e-300), -1.0)
-        c3 = cov - 2.0 * alpha * r + alpha**2 * v
+        c3 = squarem_point(cov, c1, c2)
         if np.linalg.eigvalsh(c3).min() <= 1e-12 * np.abs(c2).max():
             c3 = c2
         cov = em(c3)

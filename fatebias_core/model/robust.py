@@ -138,11 +138,11 @@ def clone_leverage_blocks(X: sp.csr_matrix, ceff: np.ndarray, cells: np.ndarray,
     np.add.at(A, (clone, row % m, pos[inv]), val)
     out = np.empty((n_cl, m, K, m, K))
     upper = np.triu_indices(s)
-    sub_cov = np.empty((n_cl, s, s))
     for k in range(K):
         for j in range(k, K):
             if j == k:  # a symmetric block: read its upper triangle only (the reads are the pass's cost)
                 vals = ceff[k * P + cols[:, upper[0]], k * P + cols[:, upper[1]]]
+                sub_cov = np.empty((n_cl, s, s))
                 sub_cov[:, upper[0], upper[1]] = vals
                 sub_cov[:, upper[1], upper[0]] = vals
             else:

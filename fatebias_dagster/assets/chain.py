@@ -22,7 +22,7 @@ from typing import Any
 
 import dagster as dg
 
-from fatebias_core.checks.verdicts import CHECKS, step_verdicts
+from fatebias_core.checks.verdicts import BLOCKING, CHECKS, step_verdicts
 from fatebias_core.io import write_text
 from fatebias_core.io.layout import CONFIG_USED
 from fatebias_core.pipeline.chain import run_chain
@@ -107,7 +107,7 @@ def step_asset(step: Step, layout: ChainLayout, options: ChainOptions) -> dg.Ass
     }
     fit = step.name == "fit"
     check_specs = [
-        dg.AssetCheckSpec(name, asset=layout.key(names[0]), description=text, blocking=name in BLOCKING_CHECKS)
+        dg.AssetCheckSpec(name, asset=layout.key(names[0]), description=text, blocking=name in BLOCKING)
         for name, text in CHECKS.get(step.name, {}).items()
     ]
 
@@ -164,10 +164,6 @@ def materialize(run: StepRun, layout: ChainLayout, inputs: Mapping[str, Any]) ->
         md = {**common, **described.metadata.get("", {}), **described.metadata.get(name, {})}
         yield versioned_output(asset_value, name, run.version, md)
     yield from check_results(run, layout)
-
-
-#: Checks declared blocking: a failure with ERROR severity (a blocking verdict) skips what follows in the run.
-BLOCKING_CHECKS = frozenset({"ntc_calibration"})
 
 
 def check_results(run: StepRun, layout: ChainLayout) -> Iterator[dg.AssetCheckResult]:
