@@ -345,11 +345,11 @@ class DiagnosticsResult:
     Attributes
     ----------
     heldout
-        The held-out comparison (``checks.diagnostics.HeldOutResult``), or None when not run.
+        The held-out comparison (``checks.heldout.HeldOutResult``), or None when not run.
     permutation
-        The permutation control (``checks.diagnostics.PermutationResult``), or None.
+        The permutation control (``checks.permutation.PermutationResult``), or None.
     sanity
-        The sanity checks of known regulators (``checks.diagnostics.SanityResult``), or None.
+        The sanity checks of known regulators (``checks.sanity.SanityResult``), or None.
     path
         Where ``diagnostics.json`` was written.
     runtime_s
@@ -358,7 +358,7 @@ class DiagnosticsResult:
         The NTC check's summary (``ntc_check.json``), or None.
     """
 
-    # Typed Any: their classes live in checks.diagnostics, a layer above this module.
+    # Typed Any: their classes live in the checks package, a layer above this module.
     heldout: Any
     permutation: Any
     sanity: Any

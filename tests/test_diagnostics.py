@@ -15,7 +15,6 @@ from scipy.stats import norm
 from fatebias_core import cli
 from fatebias_core.checks.diagnostics import (
     GenePosterior,
-    _reset_if_changed,
     burden_bins,
     check_regulators,
     clone_holdout,
@@ -28,6 +27,7 @@ from fatebias_core.checks.diagnostics import (
     split_experiment,
     stratified_holdout,
 )
+from fatebias_core.checks.permutation import _reset_if_changed
 from fatebias_core.config import load_config, make_config
 from fatebias_core.data.simulate import simulate
 from fatebias_core.errors import ConfigError

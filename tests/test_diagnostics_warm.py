@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fatebias_core.checks.diagnostics import heldout_comparison, permutation_control
+from fatebias_core.checks.heldout import heldout_comparison
+from fatebias_core.checks.permutation import permutation_control
 from fatebias_core.config import load_config, make_config
 from fatebias_core.data.load import load_experiment
 from fatebias_core.data.simulate import simulate
@@ -105,7 +106,7 @@ def test_heldout_with_strong_clones_and_no_effects_is_not_fooled(tmp_path: Path)
     held-out cell's clone bias through the guides of its clone-mates, and beats the
     nuisance-only model on a screen with no guide effects at all. Whole held-out clones
     are new to both models."""
-    from fatebias_core.checks import diagnostics
+    from fatebias_core.checks import heldout
 
     cfg, exp, fit = _run(
         tmp_path, sim_n_cells=3000, sim_n_genes=20, sim_n_guides=120, sim_active_frac=0.0, sim_s_guide=0.0, sim_clone_size_mean=10,
@@ -116,10 +117,10 @@ def test_heldout_with_strong_clones_and_no_effects_is_not_fooled(tmp_path: Path)
     assert by_clone.scores.n_clones < by_clone.scores.n_cells and by_clone.scores.z < 2
 
     def by_cell(strata, cluster, frac, seed):
-        return diagnostics.stratified_holdout(strata, frac, seed)
+        return heldout.stratified_holdout(strata, frac, seed)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(diagnostics, "clone_holdout", by_cell)
+        mp.setattr(heldout, "clone_holdout", by_cell)
         leaky = heldout_comparison(exp, cfg, fit)
     # Held-out cells of clones the fit has seen: their guides "predict" their clone's bias.
     assert leaky.scores.full_better and leaky.scores.z > by_clone.scores.z + 1
