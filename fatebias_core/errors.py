@@ -7,6 +7,9 @@ command line prints that line and exits non-zero, without a traceback.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 
 class FatebiasError(Exception):
     """A problem with the user's input or settings, stated in one line."""
@@ -25,3 +28,12 @@ class InputDataError(FatebiasError):
 
 class FitError(FatebiasError):
     """The fit failed (diverged, NaN ELBO, corrupt checkpoint)."""
+
+
+def listing(items: Iterable[Any], limit: int = 12) -> str:
+    """``a, b, c ... (+n more)``: a few of ``items`` for a one-line error message."""
+    items = [str(i) for i in items]
+    if not items:
+        return "(none)"
+    shown = ", ".join(items[:limit])
+    return shown + (f" ... (+{len(items) - limit} more)" if len(items) > limit else "")

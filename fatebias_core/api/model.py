@@ -25,7 +25,8 @@ import pandas as pd
 
 from fatebias_core.api.uns import UNS_KEY, h5ad_frame, store_tables
 from fatebias_core.config import MASH_MODES, FatebiasConfig, make_config, read_yaml
-from fatebias_core.data.load import GUIDE_MAP_COLUMNS, load_experiment, validate_guide_map
+from fatebias_core.data.guide_map import GUIDE_MAP_COLUMNS, validate_guide_map
+from fatebias_core.data.load import load_experiment
 from fatebias_core.discovery.aggregate import aggregate_guides
 from fatebias_core.discovery.answer import ContrastAnswer, contrast_answer
 from fatebias_core.discovery.calls import compare_modes, rank_hits

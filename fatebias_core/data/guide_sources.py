@@ -40,7 +40,7 @@ import scipy.sparse as sp
 from fatebias_core.config import GUIDE_COUNT_SOURCES, FatebiasConfig
 from fatebias_core.data.assignment import Assignment, assign_guides
 from fatebias_core.data.barcodes import CellNames, match_barcodes
-from fatebias_core.errors import ConfigError, InputDataError
+from fatebias_core.errors import ConfigError, InputDataError, listing
 from fatebias_core.io import read_csv
 
 try:  # anndata >= 0.11
@@ -67,18 +67,9 @@ GUIDE_MODALITIES = ("gdo", "crispr", "guides", "grna", "sgrna")
 CHUNK = 1 << 24
 
 
-def _listing(items: Any, limit: int = 5) -> str:
-    """``a, b, c ... (+n more)`` for error messages."""
-    items = [str(i) for i in items]
-    if not items:
-        return "(none)"
-    shown = ", ".join(items[:limit])
-    return shown + (f" ... (+{len(items) - limit} more)" if len(items) > limit else "")
-
-
 def _lines(rows: np.ndarray, limit: int = 5) -> str:
     """File lines of 0-based data rows (the header is line 1)."""
-    return "lines " + _listing(np.asarray(rows) + 2, limit)
+    return "lines " + listing(np.asarray(rows) + 2, limit)
 
 
 @dataclass(frozen=True)
@@ -145,7 +136,7 @@ def _unique_names(names: list[str], what: str, unit: str = "features") -> None:
         first = str(dup[0])
         where = np.flatnonzero(index == first) + 1
         raise InputDataError(
-            f"{what}: guide names repeat ({len(dup)} names; e.g. {first!r} at {unit} {_listing(where)}); "
+            f"{what}: guide names repeat ({len(dup)} names; e.g. {first!r} at {unit} {listing(where, 5)}); "
             "give every guide a unique name"
         )
 
@@ -156,7 +147,7 @@ def _unique_barcodes(barcodes: np.ndarray, what: str, unit: str = "barcodes") ->
         dup = index[index.duplicated()].unique()
         where = np.flatnonzero(index == dup[0]) + 1
         raise InputDataError(
-            f"{what}: {len(dup)} cell barcodes repeat (e.g. {str(dup[0])!r} at {unit} {_listing(where)})"
+            f"{what}: {len(dup)} cell barcodes repeat (e.g. {str(dup[0])!r} at {unit} {listing(where, 5)})"
         )
 
 
@@ -207,7 +198,7 @@ def read_protospacer_calls(path: str | Path) -> GuideTable:
     if missing:
         raise InputDataError(
             f"{what}: missing column {missing[0]!r}; Cell Ranger's protospacer_calls_per_cell.csv has "
-            f"cell_barcode, num_features, feature_call, num_umis (this file has {_listing(df.columns, 8)})"
+            f"cell_barcode, num_features, feature_call, num_umis (this file has {listing(df.columns, 8)})"
         )
     barcode = df["cell_barcode"].str.strip().to_numpy(dtype=object)
     call_text = df["feature_call"].to_numpy(dtype=object)
@@ -359,7 +350,7 @@ def read_10x_guides(path: str | Path, feature_type: str) -> GuideTable:
         if not keep.any():
             raise InputDataError(
                 f"{what}: no feature of type {feature_type!r} (guide_feature_type); the file has "
-                f"{_listing(pd.unique(types))}"
+                f"{listing(pd.unique(types), 5)}"
             )
         if len(indptr) != len(barcodes) + 1:
             raise InputDataError(f"{what}: matrix/indptr has {len(indptr)} entries for {len(barcodes)} barcodes")
@@ -370,7 +361,7 @@ def read_10x_guides(path: str | Path, feature_type: str) -> GuideTable:
             first = index[index.duplicated()][0]
             rows = guide_rows[np.flatnonzero(index == first)] + 1
             raise InputDataError(
-                f"{what}: guide names repeat (duplicate guide names: {first!r} at features {_listing(rows)} of matrix/features)"
+                f"{what}: guide names repeat (duplicate guide names: {first!r} at features {listing(rows, 5)} of matrix/features)"
             )
         values = _csr_columns(m["data"], m["indices"], indptr, keep, len(barcodes))
     _unique_barcodes(barcodes, what)
@@ -381,13 +372,13 @@ def read_10x_guides(path: str | Path, feature_type: str) -> GuideTable:
 def _pick_modality(available: list[str], wanted: str | None, what: str) -> str:
     if wanted is not None:
         if wanted not in available:
-            raise InputDataError(f"{what}: no modality {wanted!r} (guide_modality); modalities: {_listing(available)}")
+            raise InputDataError(f"{what}: no modality {wanted!r} (guide_modality); modalities: {listing(available, 5)}")
         return wanted
     for name in GUIDE_MODALITIES:
         if name in available:
             return name
     raise InputDataError(
-        f"{what}: none of the modalities {_listing(available)} is a guide modality ({', '.join(GUIDE_MODALITIES)}); "
+        f"{what}: none of the modalities {listing(available, 5)} is a guide modality ({', '.join(GUIDE_MODALITIES)}); "
         "name it with guide_modality"
     )
 
@@ -409,7 +400,7 @@ def _h5_matrix(group: Any, layer: str | None, what: str) -> Any:
     else:
         layers = list(group["layers"].keys()) if "layers" in group else []
         if layer not in layers:
-            raise InputDataError(f"{what}: no layer {layer!r} (guide_layer); layers: {_listing(layers)}")
+            raise InputDataError(f"{what}: no layer {layer!r} (guide_layer); layers: {listing(layers, 5)}")
         elem, name = group["layers"][layer], f"layers[{layer!r}]"
     try:
         return read_elem(elem), name
@@ -462,7 +453,7 @@ def _memory_modality(container: Any, config: FatebiasConfig) -> GuideTable:
     elif config.guide_layer in mod.layers:
         matrix, elem = mod.layers[config.guide_layer], f"layers[{config.guide_layer!r}]"
     else:
-        raise InputDataError(f"{what}: no layer {config.guide_layer!r} (guide_layer); layers: {_listing(list(mod.layers.keys()))}")
+        raise InputDataError(f"{what}: no layer {config.guide_layer!r} (guide_layer); layers: {listing(list(mod.layers.keys()), 5)}")
     return _table_from_matrix(f"{what} {elem}", _text(mod.obs_names), [str(v) for v in mod.var_names], matrix)
 
 
@@ -473,7 +464,7 @@ def rna_group(h5: Any, path: Path, config: FatebiasConfig) -> tuple[Any, str]:
         return h5, str(path)
     mods = list(h5["mod"].keys())
     if config.rna_modality not in mods:
-        raise InputDataError(f"{path}: no modality {config.rna_modality!r} (rna_modality); modalities: {_listing(mods)}")
+        raise InputDataError(f"{path}: no modality {config.rna_modality!r} (rna_modality); modalities: {listing(mods, 5)}")
     return h5["mod"][config.rna_modality], f"{path} modality {config.rna_modality!r}"
 
 
@@ -483,7 +474,7 @@ def rna_of(container: Any, config: FatebiasConfig) -> Any:
     if mods is None:
         return container
     if config.rna_modality not in mods:
-        raise InputDataError(f"MuData (in memory): no modality {config.rna_modality!r} (rna_modality); modalities: {_listing(list(mods.keys()))}")
+        raise InputDataError(f"MuData (in memory): no modality {config.rna_modality!r} (rna_modality); modalities: {listing(list(mods.keys()), 5)}")
     return mods[config.rna_modality]
 
 
@@ -494,7 +485,7 @@ def _layer_table(src: Any, config: FatebiasConfig, cells: np.ndarray) -> GuideTa
     if adata is not None:  # in memory
         what = f"{src.source} {'X' if layer is None else f'layers[{layer!r}]'}"
         if layer is not None and layer not in adata.layers:
-            raise InputDataError(f"{src.source}: no layer {layer!r} (guide_layer); layers: {_listing(list(adata.layers.keys()))}")
+            raise InputDataError(f"{src.source}: no layer {layer!r} (guide_layer); layers: {listing(list(adata.layers.keys()), 5)}")
         matrix = adata.X if layer is None else adata.layers[layer]
         var = adata.var
         names = [str(v) for v in adata.var_names]
@@ -511,7 +502,7 @@ def _layer_table(src: Any, config: FatebiasConfig, cells: np.ndarray) -> GuideTa
         if not keep.any():
             raise InputDataError(
                 f"{what}: no feature with var['feature_types'] == {config.guide_feature_type!r} (guide_feature_type); "
-                f"types: {_listing(pd.unique(var['feature_types'].astype(str)))}"
+                f"types: {listing(pd.unique(var['feature_types'].astype(str)), 5)}"
             )
         csr = csr[:, np.flatnonzero(keep)]
         names = [n for n, k in zip(names, keep, strict=True) if k]
@@ -585,8 +576,8 @@ def _align(
         ex_file = next((f["unmatched_examples"] for f in files if f["unmatched_examples"]), [])
         raise InputDataError(
             f"only {n_cov} of {n} cells of {adata_source} ({n_cov / n:.0%}) are in the guide file(s), fewer than "
-            f"guide_min_matched={config.guide_min_matched:g} ({files_txt}); unmatched barcodes e.g. {_listing(ex_file, 3)} "
-            f"vs cells e.g. {_listing(np.asarray(cells)[:3], 3)}; barcodes are matched exactly, then with a sample "
+            f"guide_min_matched={config.guide_min_matched:g} ({files_txt}); unmatched barcodes e.g. {listing(ex_file, 3)} "
+            f"vs cells e.g. {listing(np.asarray(cells)[:3], 3)}; barcodes are matched exactly, then with a sample "
             "prefix or suffix added or removed"
         )
     report = {"files": files, "cells_in_files": n_cov, "cells_not_in_files": n - n_cov}
@@ -609,8 +600,8 @@ def _empty_guides(values: sp.csr_matrix, guides: list[str], config: FatebiasConf
     names = [guides[j] for j in empty]
     if not config.drop_empty_guides:
         raise InputDataError(
-            f"{what}: {empty.size} guides have no UMI in any cell of the AnnData ({_listing(names)}; guide columns "
-            f"{_listing(empty + 1)}); check the feature reference or modality, or set drop_empty_guides: true to drop "
+            f"{what}: {empty.size} guides have no UMI in any cell of the AnnData ({listing(names, 5)}; guide columns "
+            f"{listing(empty + 1, 5)}); check the feature reference or modality, or set drop_empty_guides: true to drop "
             "them (they are listed in the load summary)"
         )
     keep = np.flatnonzero(n_per_guide > 0)

@@ -4,7 +4,10 @@ This is the data step (docs/method.md, "Data"). :func:`load_experiment` reads on
 the model needs from the ``.h5ad`` (the fate probabilities, the guide matrix, the day
 and replicate labels and a few ``uns`` entries; never ``X`` or the layers), validates
 everything, and builds the padded guide embedding with array arithmetic on the CSR
-structure.
+structure. The pieces it puts together each have a module: AnnData access
+(:mod:`.adata_access`), the guide map (:mod:`.guide_map`), the fate probabilities
+(:mod:`.fates`), the guide matrix and its embedding (:mod:`.embedding`), the guides
+from other sources (:mod:`.guide_sources`) and the clones (:mod:`.clones`).
 
 Conventions (documented here once, relied on by the model):
 
@@ -31,12 +34,9 @@ Conventions (documented here once, relied on by the model):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import re
-import warnings
-from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -46,23 +46,30 @@ import pandas as pd
 import scipy.sparse as sp
 
 from fatebias_core.config import FatebiasConfig
+from fatebias_core.data.adata_access import AnnDataSource, open_source
 from fatebias_core.data.clones import (
     Clones,
     clones_from_guides,
     clones_from_labels,
     impute_clone_guides,
 )
+from fatebias_core.data.embedding import embed_guides, guide_matrix
+from fatebias_core.data.fates import (
+    DROP_HINT,
+    FATE_ROW_REASONS,
+    clean_fate_probs,
+    fate_matrix,
+    fate_row_problems,
+)
+from fatebias_core.data.guide_map import read_guide_map, validate_guide_map
 from fatebias_core.data.guide_qc import guide_report
 from fatebias_core.data.guide_sources import (
     GuideInput,
     batch_labels,
     guide_where,
     read_guides,
-    rna_group,
-    rna_of,
 )
-from fatebias_core.errors import ConfigError, InputDataError
-from fatebias_core.io import read_csv
+from fatebias_core.errors import InputDataError, listing
 from fatebias_core.types import (
     Experiment,
     FilteredCells,
@@ -70,11 +77,6 @@ from fatebias_core.types import (
     LoadSummary,
     center_by_group,
 )
-
-try:  # anndata >= 0.11
-    from anndata.io import read_elem
-except ImportError:  # pragma: no cover - anndata 0.10
-    from anndata.experimental import read_elem
 
 __all__ = [
     "load_experiment",
@@ -85,540 +87,8 @@ __all__ = [
     "embed_guides",
 ]
 
-GUIDE_MAP_COLUMNS = ("guide_name", "gene_name", "is_ntc")
-_TRUE = {"1", "1.0", "true", "t", "yes", "y"}
-_FALSE = {"0", "0.0", "false", "f", "no", "n"}
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
-
-def _listing(items: Any, limit: int = 12) -> str:
-    """``a, b, c ... (+n more)`` for error messages."""
-    items = [str(i) for i in items]
-    if not items:
-        return "(none)"
-    shown = ", ".join(items[:limit])
-    return shown + (f" ... (+{len(items) - limit} more)" if len(items) > limit else "")
-
-
-# --------------------------------------------------------------------------- AnnData access
-class _Source(ABC):
-    """Read-only access to the parts of an AnnData that loading needs."""
-
-    source: str
-    n_obs: int
-
-    @abstractmethod
-    def obs_names(self) -> np.ndarray: ...
-
-    @abstractmethod
-    def obs_keys(self) -> list[str]: ...
-
-    @abstractmethod
-    def obs(self, key: str) -> pd.Series: ...
-
-    @abstractmethod
-    def obsm_keys(self) -> list[str]: ...
-
-    @abstractmethod
-    def obsm(self, key: str) -> Any: ...
-
-    @abstractmethod
-    def obsm_column(self, key: str, column: str) -> pd.Series | None:
-        """Column ``column`` of an obsm DataFrame, or None where there is none."""
-
-    @abstractmethod
-    def uns(self, key: str) -> Any | None: ...
-
-    # shared helpers
-    def require_obs(self, key: str, setting: str) -> pd.Series:
-        if key not in self.obs_keys():
-            raise InputDataError(
-                f"{self.source}: obs column {key!r} ({setting}) not found; "
-                f"available obs columns: {_listing(self.obs_keys())}"
-            )
-        return self.obs(key)
-
-    def require_obsm(self, key: str, setting: str) -> Any:
-        if key not in self.obsm_keys():
-            raise InputDataError(
-                f"{self.source}: obsm key {key!r} ({setting}) not found; "
-                f"available obsm keys: {_listing(self.obsm_keys())}"
-            )
-        return self.obsm(key)
-
-
-class _MemorySource(_Source):
-    def __init__(self, adata: Any):
-        self.adata = adata
-        self.source = "AnnData (in memory)"
-        self.n_obs = int(adata.n_obs)
-
-    def obs_names(self) -> np.ndarray:
-        return np.asarray(self.adata.obs_names, dtype=object)
-
-    def obs_keys(self) -> list[str]:
-        return [str(c) for c in self.adata.obs.columns]
-
-    def obs(self, key: str) -> pd.Series:
-        return self.adata.obs[key]
-
-    def obsm_keys(self) -> list[str]:
-        return [str(k) for k in self.adata.obsm.keys()]
-
-    def obsm(self, key: str) -> Any:
-        return self.adata.obsm[key]
-
-    def obsm_column(self, key: str, column: str) -> pd.Series | None:
-        value = self.adata.obsm.get(key)
-        if isinstance(value, pd.DataFrame) and column in value.columns:
-            return value[column]
-        return None
-
-    def uns(self, key: str) -> Any | None:
-        return self.adata.uns.get(key)
-
-
-class _H5adSource(_Source):
-    """Element-wise reads from an open ``.h5ad``: X and layers are never touched."""
-
-    def __init__(self, path: Path, h5: Any):
-        self.source = str(path)
-        self.h5 = h5
-        obs = h5["obs"]
-        self._obs = obs
-        self._index_key = obs.attrs.get("_index", "_index")
-        self.n_obs = int(obs[self._index_key].shape[0])
-
-    def _read(self, elem: Any, what: str) -> Any:
-        try:
-            return read_elem(elem)
-        except Exception as exc:  # any decoding failure means a bad file
-            raise InputDataError(f"{self.source}: could not read {what}: {exc}") from None
-
-    def obs_names(self) -> np.ndarray:
-        return np.asarray(self._read(self._obs[self._index_key], "obs names"), dtype=object)
-
-    def obs_keys(self) -> list[str]:
-        order = self._obs.attrs.get("column-order")
-        if order is None:
-            return [k for k in self._obs.keys() if k != self._index_key and k != "__categories"]
-        return [str(c) for c in np.atleast_1d(order)]
-
-    def obs(self, key: str) -> pd.Series:
-        values = self._read(self._obs[key], f"obs[{key!r}]")
-        return pd.Series(values, name=key)
-
-    def obsm_keys(self) -> list[str]:
-        return list(self.h5["obsm"].keys()) if "obsm" in self.h5 else []
-
-    def obsm(self, key: str) -> Any:
-        return self._read(self.h5["obsm"][key], f"obsm[{key!r}]")
-
-    def obsm_column(self, key: str, column: str) -> pd.Series | None:
-        if key not in self.obsm_keys():
-            return None
-        group = self.h5["obsm"][key]
-        if group.attrs.get("encoding-type") != "dataframe":
-            return None
-        columns = [str(c) for c in np.atleast_1d(group.attrs.get("column-order", []))]
-        if column not in columns:
-            return None
-        return pd.Series(self._read(group[column], f"obsm[{key!r}][{column!r}]"), name=column)
-
-    def uns(self, key: str) -> Any | None:
-        if "uns" not in self.h5 or key not in self.h5["uns"]:
-            return None
-        return self._read(self.h5["uns"][key], f"uns[{key!r}]")
-
-
-@contextlib.contextmanager
-def _open_source(config: FatebiasConfig, adata: Any | None) -> Iterator[_Source]:
-    if adata is not None:
-        yield _MemorySource(rna_of(adata, config))
-        return
-    if config.adata_path is None:
-        raise ConfigError("adata_path is not set: name the .h5ad file in the configuration")
-    path = Path(config.adata_path)
-    if not path.exists():
-        raise InputDataError(f"adata_path: file not found: {path}")
-    if path.is_dir():
-        raise InputDataError(f"adata_path is a folder, not an .h5ad file: {path}")
-    import h5py
-
-    try:
-        h5 = h5py.File(path, "r")
-    except OSError:
-        raise InputDataError(f"{path}: not an HDF5/.h5ad file (adata_path)") from None
-    try:
-        root, name = rna_group(h5, path, config)  # an .h5mu: its rna_modality
-        if "obs" not in root:
-            raise InputDataError(f"{path}: no obs group; is this an AnnData .h5ad file?")
-        src = _H5adSource(path, root)
-        src.source = name
-        yield src
-    finally:
-        h5.close()
-
-
-# --------------------------------------------------------------------------- guide map
-def read_guide_map(path: str | Path | None) -> pd.DataFrame:
-    """Read and validate a guide map CSV (see :func:`validate_guide_map`).
-
-    Raises
-    ------
-    ConfigError
-        ``path`` is None (``guide_map_csv`` not set).
-    InputDataError
-        The file is missing, empty or invalid.
-    """
-    if path is None:
-        raise ConfigError("guide_map_csv is not set: name the guide map CSV in the configuration")
-    if not Path(path).exists():
-        raise InputDataError(f"guide_map_csv: file not found: {path}")
-    df = read_csv(
-        path, what="guide map (guide_map_csv)", dtype={"guide_name": str, "gene_name": str}
-    )
-    return validate_guide_map(df, source=str(path))
-
-
-def validate_guide_map(df: pd.DataFrame, source: str = "guide map") -> pd.DataFrame:
-    """Check a guide map and return it cleaned.
-
-    Parameters
-    ----------
-    df
-        Columns ``guide_name``, ``gene_name``, ``is_ntc`` (0/1 or true/false); other
-        columns are ignored.
-    source
-        Name for error messages (the file).
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per guide with ``guide_name`` and ``gene_name`` as str and ``is_ntc``
-        as bool, in the map's order (exact duplicate rows removed).
-
-    Raises
-    ------
-    InputDataError
-        A missing column, an unparsable ``is_ntc``, a targeting guide without a gene,
-        or a guide mapped to two genes (or to a gene and NTC).
-    """
-    missing = [c for c in GUIDE_MAP_COLUMNS if c not in df.columns]
-    if missing:
-        raise InputDataError(
-            f"guide map {source}: missing column {missing[0]!r}; "
-            f"needs {', '.join(GUIDE_MAP_COLUMNS)}, has {_listing(df.columns)}"
-        )
-    if len(df) == 0:
-        raise InputDataError(f"guide map {source}: no rows")
-    guide = df["guide_name"]
-    if guide.isna().any():
-        raise InputDataError(
-            f"guide map {source}: {int(guide.isna().sum())} rows without a guide_name"
-        )
-    is_ntc = _parse_bool(df["is_ntc"], f"guide map {source}: column 'is_ntc'")
-    gene = df["gene_name"]
-    no_gene = gene.isna().to_numpy() & ~is_ntc
-    if no_gene.any():
-        raise InputDataError(
-            f"guide map {source}: {int(no_gene.sum())} targeting guides without a gene_name "
-            f"(e.g. {guide[no_gene].iloc[0]!r})"
-        )
-    out = pd.DataFrame(
-        {
-            "guide_name": guide.astype(str).str.strip().to_numpy(),
-            # NTC rows keep whatever gene label they carry; it is never used.
-            "gene_name": gene.fillna("").astype(str).str.strip().to_numpy(),
-            "is_ntc": is_ntc,
-        }
-    ).drop_duplicates(ignore_index=True)
-    # The gene of an NTC row is irrelevant; compare targets as "NTC" vs gene name.
-    target = np.where(out["is_ntc"], "(NTC)", out["gene_name"])
-    n_targets = pd.Series(target).groupby(out["guide_name"].to_numpy(), sort=True).nunique()
-    conflicted = n_targets.index[n_targets.to_numpy() > 1]
-    if len(conflicted):
-        first = conflicted[0]
-        genes = sorted(set(target[out["guide_name"].to_numpy() == first]))
-        more = f" (and {len(conflicted) - 1} more guides)" if len(conflicted) > 1 else ""
-        raise InputDataError(
-            f"guide map {source}: guide {first!r} is mapped to {len(genes)} genes "
-            f"({', '.join(genes)}){more}"
-        )
-    return out.drop_duplicates("guide_name", ignore_index=True)
-
-
-def _parse_bool(values: pd.Series, what: str) -> np.ndarray:
-    if pd.api.types.is_bool_dtype(values):
-        return values.to_numpy(dtype=bool)
-    text = values.astype(str).str.strip().str.lower()
-    ok = text.isin(_TRUE | _FALSE).to_numpy()
-    if not ok.all():
-        bad = pd.unique(values[~ok].astype(str))
-        raise InputDataError(
-            f"{what} must be 0/1 or true/false; got {_listing(bad, 5)} in {int((~ok).sum())} rows"
-        )
-    return text.isin(_TRUE).to_numpy()
-
-
-# --------------------------------------------------------------------------- fate probabilities
-def _fate_names(src: _Source, key: str, value: Any, n_cols: int) -> tuple[list[str] | None, str]:
-    """Names of the fate columns and where they came from (None: no names anywhere)."""
-    if isinstance(value, pd.DataFrame):
-        return [str(c) for c in value.columns], f"obsm[{key!r}] DataFrame columns"
-    names = getattr(value, "names", None)  # an in-memory CellRank Lineage
-    if names is not None and len(names) == n_cols:
-        return [str(n) for n in names], f"obsm[{key!r}] Lineage names"
-    uns_names = src.uns(f"{key}_names")
-    if uns_names is not None:
-        uns_names = [str(n) for n in np.atleast_1d(np.asarray(uns_names))]
-        if len(uns_names) != n_cols:
-            raise InputDataError(
-                f"{src.source}: uns[{key + '_names'!r}] has {len(uns_names)} names but "
-                f"obsm[{key!r}] has {n_cols} columns"
-            )
-        return uns_names, f"uns[{key + '_names'!r}] (CellRank 1)"
-    if key.startswith("lineages_"):
-        states_key = "term_states_" + key.removeprefix("lineages_")
-        if states_key in src.obs_keys():
-            states = src.obs(states_key)
-            if isinstance(states.dtype, pd.CategoricalDtype):
-                cats = [str(c) for c in states.cat.categories]
-                if len(cats) != n_cols:
-                    raise InputDataError(
-                        f"{src.source}: obs[{states_key!r}] has {len(cats)} categories but "
-                        f"obsm[{key!r}] has {n_cols} columns; cannot name the fate columns"
-                    )
-                return cats, f"obs[{states_key!r}] categories (CellRank 2)"
-    return None, ""
-
-
-def _fate_matrix(src: _Source, config: FatebiasConfig) -> tuple[np.ndarray, str]:
-    """(N, F) float64 fate probabilities in ``config.fates`` order, unvalidated."""
-    key = config.fate_prob_key
-    value = src.require_obsm(key, "fate_prob_key")
-    arr = value.to_numpy() if isinstance(value, pd.DataFrame) else value
-    if sp.issparse(arr):
-        arr = arr.toarray()
-    try:
-        arr = np.asarray(arr, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InputDataError(f"{src.source}: obsm[{key!r}] is not numeric") from None
-    if arr.ndim != 2 or arr.shape[0] != src.n_obs:
-        raise InputDataError(
-            f"{src.source}: obsm[{key!r}] has shape {arr.shape}, expected ({src.n_obs}, n_fates)"
-        )
-    names, origin = _fate_names(src, key, value, arr.shape[1])
-    fates = list(config.fates)
-    if names is None:
-        if arr.shape[1] != len(fates):
-            raise InputDataError(
-                f"{src.source}: obsm[{key!r}] has {arr.shape[1]} unnamed columns but "
-                f"{len(fates)} fates are configured ({', '.join(fates)})"
-            )
-        warnings.warn(
-            f"{src.source}: no fate names for obsm[{key!r}]; assuming the configured order "
-            f"{', '.join(fates)}",
-            UserWarning,
-            stacklevel=3,
-        )
-        return arr, "configured order (no names in the file)"
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise InputDataError(f"{src.source}: fate names of obsm[{key!r}] repeat: {_listing(dup)}")
-    absent = [f for f in fates if f not in names]
-    if absent:
-        raise InputDataError(
-            f"{src.source}: configured fates {_listing(absent)} not in obsm[{key!r}] "
-            f"(fates in the file: {_listing(names)})"
-        )
-    extra = [n for n in names if n not in fates]
-    if extra:
-        # Dropping their probability mass would silently change every contrast.
-        raise InputDataError(
-            f"{src.source}: obsm[{key!r}] has fates {_listing(extra)} that are not configured; "
-            f"list every fate of the file in 'fates' (file has {_listing(names)})"
-        )
-    order = [names.index(f) for f in fates]
-    return arr[:, order], origin
-
-
-#: Why a fate-probability row is invalid, by code (0: valid).
-FATE_ROW_REASONS = {
-    1: "fate probabilities NaN or infinite",
-    2: "fate probabilities negative",
-    3: "fate probabilities do not sum to 1",
-}
-#: The setting that drops invalid cells instead of failing (named in the errors).
-DROP_HINT = "set drop_invalid_cells: true to drop such cells and list them in dropped_cells.csv"
-
-
-def fate_row_problems(probs: np.ndarray, tol: float) -> np.ndarray:
-    """Per row, why its fate probabilities are invalid (a :data:`FATE_ROW_REASONS` code, 0: valid).
-
-    A row is invalid when an entry is NaN or infinite (1), an entry is below ``-tol``
-    (2), or, after clipping entries in ``[-tol, 0)`` to 0, its sum is further than
-    ``tol`` from 1 (3); the first of these that applies is the reason.
-    """
-    probs = np.asarray(probs, dtype=np.float64)
-    finite = np.isfinite(probs).all(axis=1)
-    with np.errstate(invalid="ignore"):
-        negative = finite & (probs < -tol).any(axis=1)
-        sums = np.where(np.isfinite(probs), np.maximum(probs, 0.0), 0.0).sum(axis=1)
-    off = finite & ~negative & (np.abs(sums - 1.0) > tol)
-    return np.select([~finite, negative, off], [1, 2, 3], 0).astype(np.int8)
-
-
-def clean_fate_probs(
-    probs: np.ndarray, tol: float, what: str = "fate probabilities", drop: bool = False
-) -> tuple[np.ndarray, int]:
-    """Validate fate probability rows and remove small numerical drift.
-
-    Entries in ``[-tol, 0)`` are set to 0 and every row is divided by its sum. Rows
-    with a NaN or infinite entry, an entry below ``-tol``, or a sum further than
-    ``tol`` from 1 are rejected (see :func:`fate_row_problems`).
-
-    Parameters
-    ----------
-    probs
-        (N, F) probabilities.
-    tol
-        Tolerance (``fate_sum_tol``).
-    what
-        Name for error messages (file and key).
-    drop
-        Return invalid rows as uniform placeholders instead of raising (the caller
-        drops them; :func:`fate_row_problems` says which).
-
-    Returns
-    -------
-    probs, n_renormalised
-        (N, F) float32 rows summing to 1, and the number of valid rows whose sum was
-        off 1 by more than float32 rounding (1e-6) or that had a negative entry clipped.
-
-    Raises
-    ------
-    InputDataError
-        Without ``drop``: naming the number of rejected rows of the first kind found,
-        ``what``, and the setting that drops them.
-    """
-    probs = np.asarray(probs, dtype=np.float64)
-    problem = fate_row_problems(probs, tol)
-    if not drop and problem.any():
-        n = len(probs)
-        code = int(problem[problem > 0].min())
-        count = int((problem == code).sum())
-        if code == 1:
-            detail = f"{count} of {n} rows contain NaN or infinite values"
-        elif code == 2:
-            detail = f"{count} of {n} rows have entries below -{tol:g} (min {np.nanmin(probs[problem == 2]):.3g})"
-        else:
-            sums = np.maximum(probs[problem == 3], 0.0).sum(axis=1)
-            worst = sums[np.argmax(np.abs(sums - 1.0))]
-            detail = f"{count} of {n} rows do not sum to 1 within fate_sum_tol={tol:g} (worst row sum {worst:.6g})"
-        raise InputDataError(f"{what}: {detail}; {DROP_HINT}")
-    valid = problem == 0
-    probs = np.where(valid[:, None], probs, 1.0 / max(probs.shape[1], 1))
-    clipped = (probs < 0).any(axis=1)
-    probs = np.maximum(probs, 0.0)
-    sums = probs.sum(axis=1)
-    n_renorm = int((valid & (clipped | (np.abs(sums - 1.0) > 1e-6))).sum())
-    return (probs / sums[:, None]).astype(np.float32), n_renorm
-
-
-# --------------------------------------------------------------------------- guide matrix
-def _guide_matrix(src: _Source, key: str) -> tuple[sp.csr_matrix, list[str]]:
-    """The cell-by-guide matrix as CSR (sorted indices, explicit zeros removed) and its names."""
-    value = src.require_obsm(key, "guide_key")
-    if isinstance(value, pd.DataFrame):
-        names = [str(c) for c in value.columns]
-        if len(value.columns) and all(isinstance(t, pd.SparseDtype) for t in value.dtypes):
-            mat = value.sparse.to_coo()
-        else:
-            mat = value.to_numpy()
-    else:
-        raw = src.uns(f"{key}_names")
-        if raw is None:
-            raise InputDataError(
-                f"{src.source}: obsm[{key!r}] is a matrix without guide names; "
-                f"expected them in uns[{key + '_names'!r}]"
-            )
-        names = [str(n) for n in np.atleast_1d(np.asarray(raw))]
-        mat = value
-    if sp.issparse(mat):
-        csr = sp.csr_matrix(mat)
-    else:
-        dense = np.asarray(mat)
-        if dense.dtype.kind not in "biuf":
-            raise InputDataError(
-                f"{src.source}: obsm[{key!r}] is not numeric (dtype {dense.dtype})"
-            )
-        if dense.ndim != 2:
-            raise InputDataError(
-                f"{src.source}: obsm[{key!r}] has shape {dense.shape}, expected (cells, guides)"
-            )
-        csr = sp.csr_matrix(dense)
-    if csr.shape[0] != src.n_obs:
-        raise InputDataError(
-            f"{src.source}: obsm[{key!r}] has {csr.shape[0]} rows but the AnnData has {src.n_obs} cells"
-        )
-    if csr.shape[1] != len(names):
-        raise InputDataError(
-            f"{src.source}: obsm[{key!r}] has {csr.shape[1]} columns but {len(names)} guide names"
-        )
-    if len(set(names)) != len(names):
-        dup = pd.Index(names)[pd.Index(names).duplicated()].unique()
-        raise InputDataError(f"{src.source}: guide names of obsm[{key!r}] repeat: {_listing(dup)}")
-    if csr.dtype.kind == "f" and np.isnan(csr.data).any():
-        raise InputDataError(
-            f"{src.source}: obsm[{key!r}] has {int(np.isnan(csr.data).sum())} NaN entries"
-        )
-    csr.eliminate_zeros()
-    csr.sort_indices()
-    return csr, names
-
-
-def embed_guides(
-    csr: sp.csr_matrix, column_ids: np.ndarray, kmax: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Padded per-cell guide lists from a detection matrix, without loops over cells.
-
-    Parameters
-    ----------
-    csr
-        (N, J) CSR matrix, non-zero = detected, no explicit zeros.
-    column_ids
-        (J,) id of each column: -1 unmapped (ignored), 0 NTC, 1..G targeting guide.
-    kmax
-        Cells with more than ``kmax`` mapped guides are dropped.
-
-    Returns
-    -------
-    guide_ids, mask, keep, burden
-        ``guide_ids`` (n_kept, width) int32 and ``mask`` (n_kept, width) bool, entries
-        ordered by id within a cell, width = largest kept burden (at least 1);
-        ``keep`` (N,) bool, the cells with burden <= kmax; ``burden`` (N,) int64.
-    """
-    n = csr.shape[0]
-    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(csr.indptr))
-    ids = np.asarray(column_ids, dtype=np.int64)[csr.indices]
-    mapped = ids >= 0
-    rows, ids = rows[mapped], ids[mapped]
-    order = np.lexsort((ids, rows))  # rows stay grouped; ids ascending within a row
-    rows, ids = rows[order], ids[order]
-    burden = np.bincount(rows, minlength=n).astype(np.int64)
-    keep = burden <= kmax
-    starts = np.cumsum(burden) - burden
-    slot = np.arange(rows.size, dtype=np.int64) - starts[rows]
-    width = max(int(burden[keep].max(initial=0)), 1)
-    new_row = np.cumsum(keep) - 1
-    sel = keep[rows]
-    n_kept = int(keep.sum())
-    guide_ids = np.zeros((n_kept, width), dtype=np.int32)
-    mask = np.zeros((n_kept, width), dtype=bool)
-    guide_ids[new_row[rows[sel]], slot[sel]] = ids[sel]
-    mask[new_row[rows[sel]], slot[sel]] = True
-    return guide_ids, mask, keep, burden
 
 
 # --------------------------------------------------------------------------- labels
@@ -655,7 +125,7 @@ def order_labels(
         unknown = [u for u in uniques if u not in position]
         if unknown:
             raise InputDataError(
-                f"{what}: labels {_listing(unknown)} are not in day_order ({_listing(order)})"
+                f"{what}: labels {listing(unknown)} are not in day_order ({listing(order)})"
             )
         rank = sorted(range(len(uniques)), key=lambda j: position[uniques[j]])
     else:
@@ -674,7 +144,7 @@ def order_labels(
         if require_number and len(set(numbers)) != len(numbers):
             clash = [u for u, x in zip(uniques, numbers, strict=True) if numbers.count(x) > 1]
             raise InputDataError(
-                f"{what}: labels {_listing(clash)} have the same number; cannot order them "
+                f"{what}: labels {listing(clash)} have the same number; cannot order them "
                 "(give the order with day_order: [...])"
             )
         rank = sorted(range(len(uniques)), key=lambda j: (numbers[j], uniques[j]))
@@ -683,7 +153,7 @@ def order_labels(
     return remap[codes], tuple(uniques[j] for j in rank)
 
 
-def _replicates(src: _Source, config: FatebiasConfig) -> tuple[pd.Series, str]:
+def _replicates(src: AnnDataSource, config: FatebiasConfig) -> tuple[pd.Series, str]:
     col = src.obsm_column(config.covar_key, config.rep_key)
     if col is not None:
         return col, f"obsm[{config.covar_key!r}][{config.rep_key!r}]"
@@ -692,7 +162,7 @@ def _replicates(src: _Source, config: FatebiasConfig) -> tuple[pd.Series, str]:
     raise InputDataError(
         f"{src.source}: replicate column {config.rep_key!r} (rep_key) not found in "
         f"obsm[{config.covar_key!r}] (covar_key) or obs; "
-        f"available obs columns: {_listing(src.obs_keys())}"
+        f"available obs columns: {listing(src.obs_keys())}"
     )
 
 
@@ -717,7 +187,7 @@ def _index_guides(gmap: pd.DataFrame, matrix_guides: list[str], where: str) -> _
     if in_matrix.empty:
         raise InputDataError(
             f"no guide of the guide map is in {where} "
-            f"(map: {_listing(gmap['guide_name'], 3)}; matrix: {_listing(matrix_guides, 3)})"
+            f"(map: {listing(gmap['guide_name'], 3)}; matrix: {listing(matrix_guides, 3)})"
         )
     targeting = in_matrix[~in_matrix["is_ntc"]].sort_values(["gene_name", "guide_name"])
     gene_names = tuple(sorted(targeting["gene_name"].unique()))
@@ -780,9 +250,9 @@ class _Inputs:
 
 def _read_inputs(config: FatebiasConfig, adata: Any | None) -> _Inputs:
     """Read the fate matrix, guide matrix, labels and cell names, checking each as it is read."""
-    with _open_source(config, adata) as src:
+    with open_source(config, adata) as src:
         source = src.source
-        raw_probs, fate_origin = _fate_matrix(src, config)
+        raw_probs, fate_origin = fate_matrix(src, config)
         probs, n_renorm = clean_fate_probs(
             raw_probs,
             config.fate_sum_tol,
@@ -791,7 +261,7 @@ def _read_inputs(config: FatebiasConfig, adata: Any | None) -> _Inputs:
         )
         day_raw = src.require_obs(config.day_key, "day_key").reset_index(drop=True)
         rep_raw, rep_where = _replicates(src, config)
-        obsm = _guide_matrix(src, config.guide_key) if config.guide_source in ("obsm", "obsm_counts") else None
+        obsm = guide_matrix(src, config.guide_key) if config.guide_source in ("obsm", "obsm_counts") else None
         guides = read_guides(src, config, adata, batch_labels(src, config, rep_raw), obsm, cache_dir=Path(config.out_dir))
         csr, matrix_guides = guides.detected, guides.guides
         clone_raw = (
@@ -856,7 +326,7 @@ def _levels(
     ):
         if configured is not None and configured != len(found):
             raise InputDataError(
-                f"{source}: {where} has {len(found)} levels ({_listing(found)}) "
+                f"{source}: {where} has {len(found)} levels ({listing(found)}) "
                 f"but {setting} = {configured} is configured"
             )
     return day, day_labels, rep, rep_labels
@@ -890,7 +360,7 @@ def _day_counts(day: np.ndarray, day_labels: tuple[str, ...], source: str, kmax:
     if (day_counts == 0).any():
         empty = [lab for lab, c in zip(day_labels, day_counts, strict=True) if c == 0]
         raise InputDataError(
-            f"{source}: days {_listing(empty)} have no cells left after the Kmax={kmax} filter"
+            f"{source}: days {listing(empty)} have no cells left after the Kmax={kmax} filter"
         )
     return day_counts
 
