@@ -31,7 +31,7 @@ import json, resource, sys, time
 from fatebias_core.data.simulate import simulate_experiment
 from fatebias_core.config import make_config
 from fatebias_core.data.load import load_experiment
-from fatebias_core.model.inference import laplace_fit
+from fatebias_core.model.laplace_fit import laplace_fit
 cells, genes, guides, kmax = map(int, sys.argv[1:5])
 cfg = make_config(sim_n_cells=cells, sim_n_genes=genes, sim_n_guides=guides, sim_kmax=kmax,
                   sim_n_ntc_guides=max(guides // 40, 1), progress=False)

@@ -42,7 +42,7 @@ import fatebias_core
 print("code:", fatebias_core.__file__, file=sys.stderr)
 from fatebias_core.config import make_config
 from fatebias_core.data.load import load_experiment
-from fatebias_core.model.inference import laplace_fit
+from fatebias_core.model.laplace_fit import laplace_fit
 folder, out = sys.argv[1], sys.argv[2]
 cfg = make_config(adata_path=f"{folder}/adata.h5ad", guide_map_csv=f"{folder}/guide_map.csv", progress=False)
 exp = load_experiment(cfg, verbose=False)

@@ -192,7 +192,7 @@ def ntc_calibration(experiment: Experiment, fit_result, config: FatebiasConfig) 
     NTCCheck or None
         None when there are fewer than four NTC guides or the fit is not a Laplace one.
     """
-    from fatebias_core.model.inference import laplace_fit
+    from fatebias_core.model.laplace_fit import laplace_fit
 
     guides = experiment.guides
     n_ntc = len(guides.ntc_names)

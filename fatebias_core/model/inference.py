@@ -4,14 +4,14 @@
 ``ClippedAdam`` with a geometric learning-rate decay, and the mean-field guide. It
 shows a progress bar with the ELBO and steps/s, checks convergence, saves checkpoints
 that make an interrupted fit resume with the same numbers, and returns a
-:class:`FitResult` that can be saved and loaded so exports need no refit.
+:class:`FitResult` (saved and loaded by :mod:`.fit_io`, so exports need no refit). With
+``posterior_method: laplace`` or ``bootstrap`` the fit is the Laplace step
+(:mod:`.laplace_fit`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import logging
 import math
 import time
@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyro
 import torch
 from pyro.infer import SVI, Trace_ELBO
@@ -29,7 +28,7 @@ from tqdm.auto import tqdm
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.errors import FitError
 from fatebias_core.hashing import json_hash
-from fatebias_core.io import atomic_path, save_npz, write_csv, write_json
+from fatebias_core.io import atomic_path
 from fatebias_core.io import layout as names
 from fatebias_core.model.design import pearson_dispersion
 from fatebias_core.model.fate_model import (
@@ -41,21 +40,23 @@ from fatebias_core.model.fate_model import (
     full_logits,
     linear_predictor,
 )
+from fatebias_core.model.fit_io import FIT_FORMAT, load_fit, make_fit_result, write_fit
 from fatebias_core.model.guides import MeanFieldGuide, MeanFieldPosterior, initial_values
 from fatebias_core.model.laplace import (
-    BootstrapPosterior,
-    LaplacePosterior,
-    LaplaceSettings,
-    build_problem,
     check_laplace_size,
-    laplace_posterior,
-    nuisance_start,
 )
-from fatebias_core.types import EffectDraws, Experiment, FitResult  # noqa: F401  (EffectDraws, FitResult: re-exported from their old place)
+from fatebias_core.model.laplace_fit import laplace_fit, refine_posterior
+from fatebias_core.types import EffectDraws, Experiment, FitResult
+
+  # noqa: F401  (EffectDraws, FitResult: re-exported from their old place)
+
+__all__ = [
+    "BatchSampler", "EffectDraws", "FitResult", "fit", "fitted_probs", "laplace_fit", "load_fit", "predict_fates",
+    "refine_posterior", "resolve_device", "steps_to_convergence", "write_fit",
+]
 
 log = logging.getLogger("fatebias.inference")
 
-FIT_FORMAT = 1
 # Settings that change the fitted numbers; a checkpoint is only resumed when they match.
 FIT_SETTINGS = (
     "fates", "ref_fate", "contrast_fate", "s_alpha", "s_rep", "s_gamma", "s_tau", "s_time", "s_guide",
@@ -81,70 +82,6 @@ def predict_fates(fit: FitResult, experiment: Experiment) -> np.ndarray:
     data = ModelData.from_experiment(experiment, fit.ref_fate, fit.contrast_fates, dtype=torch.float64)
     model = FateModel(data, Priors(), guide_effects=fit.guide_effects)
     return fitted_probs(data, model, fit.point()).numpy()
-
-
-def write_fit(fit: FitResult, folder: str | Path) -> Path:
-    """Save ``fit``'s fitted parameters, trace and metadata into ``folder`` (:func:`load_fit` reads them back).
-
-    Writes ``variational_params.npz``, ``elbo_trace.csv`` and ``fit.json``.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_npz(folder / names.FIT_PARAMS, gene_of_guide=fit.gene_of_guide, day_counts=fit.day_counts, **fit.posterior.params)
-    write_csv(pd.DataFrame({"step": np.arange(1, len(fit.elbo) + 1), "loss": fit.elbo}), folder / names.FIT_ELBO)
-    meta = {
-        "format": FIT_FORMAT,
-        "family": fit.posterior.family,
-        "fates": fit.fates,
-        "ref_fate": fit.ref_fate,
-        "contrast_fates": fit.contrast_fates,
-        "day_labels": fit.day_labels,
-        "rep_labels": fit.rep_labels,
-        "gene_names": fit.gene_names,
-        "guide_names": fit.guide_names,
-        "guide_effects": fit.guide_effects,
-        "info": fit.info,
-    }
-    write_json(meta, folder / names.FIT_META)
-    return folder
-
-
-def load_fit(folder: str | Path) -> FitResult:
-    """Load a :class:`FitResult` saved by :meth:`FitResult.save`."""
-    folder = Path(folder)
-    meta_path, params_path = folder / names.FIT_META, folder / names.FIT_PARAMS
-    for p in (meta_path, params_path):
-        if not p.exists():
-            raise FitError(f"no saved fit in {folder}: {p.name} is missing")
-    try:
-        meta = json.loads(meta_path.read_text())
-        with np.load(params_path) as z:
-            arrays = {k: z[k] for k in z.files}
-        elbo = pd.read_csv(folder / names.FIT_ELBO)["loss"].to_numpy()
-    except (OSError, ValueError, KeyError) as exc:
-        raise FitError(f"saved fit in {folder} could not be read ({exc.__class__.__name__}: {exc})") from None
-    if meta.get("format") != FIT_FORMAT:
-        raise FitError(f"saved fit in {folder} has format {meta.get('format')}, expected {FIT_FORMAT}")
-    gene_of_guide = arrays.pop("gene_of_guide")
-    day_counts = arrays.pop("day_counts")
-    families = {"meanfield": MeanFieldPosterior, **_laplace_classes()}
-    if meta.get("family") not in families:
-        raise FitError(f"saved fit in {folder} has unknown posterior family {meta.get('family')!r}")
-    return FitResult(
-        posterior=families[meta["family"]](arrays),
-        elbo=elbo,
-        fates=meta["fates"],
-        ref_fate=meta["ref_fate"],
-        contrast_fates=meta["contrast_fates"],
-        day_labels=meta["day_labels"],
-        rep_labels=meta["rep_labels"],
-        gene_names=meta["gene_names"],
-        guide_names=meta["guide_names"],
-        gene_of_guide=gene_of_guide,
-        day_counts=day_counts,
-        guide_effects=meta["guide_effects"],
-        info=meta["info"],
-    )
 
 
 # --------------------------------------------------------------------------- minibatches
@@ -352,7 +289,7 @@ def fit(
     info = _fit_info(trace, plan, loop.stop_window, run, config, steps) | {"settings": settings, "settings_hash": settings_hash}
     if ckpt_path is not None and ckpt_path.exists():
         ckpt_path.unlink()
-    result = _fit_result(experiment, config, posterior, trace, info, guide_effects)
+    result = make_fit_result(experiment, config, posterior, trace, info, guide_effects)
     if guide_effects and config.posterior_method != "meanfield":
         result = refine_posterior(result, experiment, config, config.posterior_method)
     return result
@@ -566,182 +503,6 @@ def _start_values(model: FateModel, init: dict[str, np.ndarray] | None) -> dict[
                 raise FitError(f"warm start: site {name} has shape {tuple(tensor.shape)}, the model needs {tuple(out[name].shape)}")
             out[name] = tensor
     return out
-
-
-def refine_posterior(fit_result: FitResult, experiment: Experiment, config: FatebiasConfig, method: str) -> FitResult:
-    """Replace a mean-field fit's effect posterior by its Laplace or bootstrap refinement.
-
-    The Laplace step starts from the SVI fit's point; tau and sigma_time are its fitted
-    values with ``laplace_effect_scales: fitted`` (else the configured s_tau, s_time), and
-    sigma_guide, the clone covariance and the likelihood weight are estimated by
-    empirical Bayes from the SVI values as a start (unless fixed).
-
-    Parameters
-    ----------
-    fit_result
-        A mean-field fit of ``experiment`` (with guide effects).
-    experiment
-        The fitted experiment.
-    config
-        Settings (priors, weight, scales, bootstrap replicates, seed).
-    method
-        ``laplace`` or ``bootstrap``.
-    """
-    if fit_result.posterior.family != "meanfield":
-        raise FitError(f"refine_posterior needs a mean-field fit, got {fit_result.posterior.family}")
-    mf = fit_result.posterior
-    median = mf.median_sites()
-    point = mf.point(fit_result.gene_of_guide, len(fit_result.gene_names))
-    tau, sigma_time = None, None
-    if config.laplace_effect_scales == "fitted":
-        tau, sigma_time = median["tau"], median["sigma_time"]
-    return laplace_fit(
-        experiment, config.model_copy(update={"posterior_method": method}), start={**point, "u": median["u"]},
-        tau=tau, sigma_time=sigma_time, sigma_guide=median["sigma_guide"], weight=1.0 / fit_result.info["dispersion_final"],
-        base=fit_result,
-    )
-
-
-def laplace_fit(
-    experiment: Experiment,
-    config: FatebiasConfig,
-    *,
-    start: dict[str, np.ndarray] | None = None,
-    tau: np.ndarray | None = None,
-    sigma_time: np.ndarray | None = None,
-    sigma_guide: np.ndarray | None = None,
-    weight: float | None = None,
-    base: FitResult | None = None,
-) -> FitResult:
-    """The fit as the Laplace step with empirical Bayes (docs/method.md, "Inference").
-
-    Given tau and sigma_time (the configured s_tau, s_time unless given), the effects'
-    posterior is the Laplace approximation at the joint mode of the effects and the
-    clone effects, found by Newton's method; sigma_guide, the clone covariance and the
-    likelihood weight are estimated by empirical Bayes alongside (each unless fixed by
-    ``fixed_sigma_guide``, ``fixed_clone_cov`` or a numeric ``likelihood_weight``). No SVI
-    runs; the trace holds the negative log posterior per cell at each update.
-
-    Parameters
-    ----------
-    experiment
-        The data.
-    config
-        Settings.
-    start
-        Starting values of the linear latents (None: zero effects, nuisance at its mode).
-    tau, sigma_time, sigma_guide, weight
-        Values to use or to start from (sigma_guide, weight) instead of the defaults.
-    base
-        A mean-field fit this refines: its trace and facts are kept.
-    """
-    t0 = time.perf_counter()
-    K, D = len(config.contrast_fates), experiment.cells.n_days
-    fixed_sg = config.fixed_sigma_guide is not None
-    hyper = {
-        "tau": np.full(K, config.s_tau) if tau is None else np.asarray(tau, dtype=np.float64),
-        "sigma_time": np.full((K, D - 1), config.s_time) if sigma_time is None else np.asarray(sigma_time, dtype=np.float64),
-        "sigma_guide": np.asarray(
-            config.fixed_sigma_guide if fixed_sg else (np.full(K, 0.5 * config.s_guide) if sigma_guide is None else sigma_guide),
-            dtype=np.float64,
-        ),
-    }
-    auto = config.likelihood_weight == "auto"
-    w0 = float(config.likelihood_weight) if not auto else (weight if weight is not None else _nuisance_weight(experiment, config, hyper))
-    settings = LaplaceSettings(
-        estimate_weight=auto,
-        estimate_sigma_guide=not fixed_sg,
-        estimate_clone_cov=config.fixed_clone_cov is None,
-        clone_effects=config.clone_effects,
-        uncertainty=config.uncertainty,
-        bootstrap=config.bootstrap_replicates if config.posterior_method == "bootstrap" else 0,
-        seed=config.seed,
-        progress=config.progress,
-    )
-    clone_cov = None if config.fixed_clone_cov is None else np.asarray(config.fixed_clone_cov, dtype=np.float64)
-    posterior = laplace_posterior(
-        experiment, config.contrast_fates, config.ref_fate, Priors.from_config(config), start, hyper, w0, settings, clone_cov
-    )
-    p = posterior.params
-    runtime = time.perf_counter() - t0
-    trace = np.asarray(p["eb_trace"], dtype=np.float64) if "eb_trace" in p else np.zeros(0)
-    facts = {
-        "posterior_method": config.posterior_method,
-        "uncertainty": config.uncertainty,
-        "n_clusters": int(experiment.cells.clusters().max(initial=-1)) + 1,
-        "cluster_source": experiment.cells.cluster_source,
-        "likelihood_weight": float(p["weight"]),
-        "dispersion_final": 1.0 / float(p["weight"]),
-        "sigma_guide": np.asarray(p["sigma_guide"]).tolist(),
-        "clone_cov": None if posterior.clone_cov is None else posterior.clone_cov.tolist(),
-        "clone_effects": posterior.clone_cov is not None,
-        "estimated": [k for k, on in (("likelihood_weight", auto), ("sigma_guide", not fixed_sg),
-                                      ("clone_cov", config.fixed_clone_cov is None and posterior.clone_cov is not None)) if on],
-        "laplace_runtime_s": round(runtime, 3),
-        "laplace_newton_iterations": int(p["newton_iterations"]),
-        "laplace_eb_updates": int(p["eb_iterations"]),
-        "laplace_converged": bool(p["converged"]),
-    }
-    if base is not None:
-        info = dict(base.info) | facts
-        return dataclasses.replace(base, posterior=posterior, info=info)
-    info = {
-        "steps": 0, "max_steps": 0, "stopped_at_convergence": False, "resumed_from": 0, "runtime_s": round(runtime, 3),
-        "device": "cpu", "n_cells": experiment.n_cells, "converged": facts["laplace_converged"], "steps_to_convergence": None,
-        "final_loss_per_cell": float(p["objective"]) / max(experiment.n_cells, 1),
-        "weight_switch_step": None, "weight_update_steps": [],
-        "settings": {k: v for k, v in config.model_dump(mode="json").items() if k in _LAPLACE_SETTINGS},
-        **facts,
-    }
-    log.info(
-        "Laplace fit: %d empirical Bayes updates, %d Newton iterations, %.1f s; weight %.4g, sigma_guide %s%s",
-        facts["laplace_eb_updates"], facts["laplace_newton_iterations"], runtime, facts["likelihood_weight"],
-        np.round(p["sigma_guide"], 4).tolist(),
-        "" if posterior.clone_cov is None else f", clone SD {np.round(np.sqrt(np.diag(posterior.clone_cov)), 3).tolist()}",
-    )
-    return _fit_result(experiment, config, posterior, trace, info, guide_effects=True)
-
-
-_LAPLACE_SETTINGS = (
-    "fates", "ref_fate", "contrast_fate", "s_alpha", "s_rep", "s_gamma", "s_tau", "s_time", "s_guide",
-    "likelihood_weight", "posterior_method", "uncertainty", "clone_effects", "fixed_sigma_guide", "fixed_clone_cov",
-    "bootstrap_replicates", "seed",
-)
-
-
-def _nuisance_weight(experiment: Experiment, config: FatebiasConfig, hyper: dict[str, np.ndarray]) -> float:
-    """A starting likelihood weight: 1 / the Pearson dispersion around the nuisance-only mode."""
-    problem = build_problem(experiment, config.contrast_fates, config.ref_fate, Priors.from_config(config), hyper, 1.0)
-    psi = nuisance_start(problem)
-    phi = pearson_dispersion(problem.p, problem.probabilities(psi))
-    return 1.0 / phi if phi > 0 else 1.0
-
-
-def _fit_result(
-    experiment: Experiment, config: FatebiasConfig, posterior: MeanFieldPosterior | LaplacePosterior, elbo: np.ndarray,
-    info: dict, guide_effects: bool,
-) -> FitResult:
-    """A :class:`FitResult` of ``experiment``: its labels and names with the fitted posterior."""
-    cells, guides = experiment.cells, experiment.guides
-    return FitResult(
-        posterior=posterior,
-        elbo=elbo,
-        fates=list(cells.fates),
-        ref_fate=config.ref_fate,
-        contrast_fates=config.contrast_fates,
-        day_labels=list(cells.day_labels),
-        rep_labels=list(cells.rep_labels),
-        gene_names=list(guides.gene_names),
-        guide_names=list(guides.guide_names),
-        gene_of_guide=guides.gene_of_guide[1:].astype(np.int64) - 1,
-        day_counts=cells.day_counts(),
-        guide_effects=guide_effects,
-        info=info,
-    )
-
-
-def _laplace_classes() -> dict[str, type]:
-    return {"laplace": LaplacePosterior, "bootstrap": BootstrapPosterior}
 
 
 def _hash(obj: dict) -> str:
