@@ -1,0 +1,1 @@
+"""From shrunken effects to answers: guide-to-gene aggregation, hit calls, ranking, scoring."""

@@ -1,0 +1,167 @@
+"""The linear algebra of the posterior: the inverse of the eliminated Hessian, and what is read off it.
+
+Every quantity the Laplace step needs from the posterior precision ``S`` (the Hessian
+of psi with the clone effects eliminated, :meth:`LaplaceProblem.schur_hessian`) is one
+of: solves with S, the per-gene diagonal blocks of ``S^-1`` (the posterior covariance
+the exports keep), ``S^-1`` at the few columns a clone's cells touch (leverage), and
+``S^-1`` at the columns of the gene/day effects (degrees of freedom).
+:class:`DenseAlgebra` gives them from a dense Cholesky factor.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg as sla
+
+from fatebias_core.errors import FitError
+from fatebias_core.mash.blas_threads import blas_threads_for
+from fatebias_core.model.design import lower_to_symmetric
+from fatebias_core.model.glmm import LaplaceProblem
+
+#: Dense (K P) x (K P) matrices held at the peak of the Laplace step (the factor, the
+#: inverse, its symmetric copy, the effective covariance and the robust products);
+#: measured: 7.2 GB at K P = 14,414 is 4.3 of them.
+DENSE_MATRICES_AT_PEAK = 4.5
+#: Seconds per (K P)^3 of the Laplace step on 2 cores (``benchmarks/laplace_growth.py``: at
+#: 8,114 parameters and 50,000 cells it took 85.3 s, of which about 10 s grows with the cells):
+#: a factor and an inverse per empirical Bayes update, and the robust product.
+SECONDS_PER_CUBE = 1.4e-10
+#: Share of this machine's memory the dense step may plan to use.
+MEMORY_SHARE = 0.85
+
+
+def machine_memory() -> int:
+    """Bytes of memory this process may use: physical memory, or a lower cgroup limit."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return int(total)
+
+
+@dataclass(frozen=True)
+class DenseEstimate:
+    """What the dense Laplace step needs for a screen, and whether this machine has it."""
+
+    size: int
+    bytes_needed: int
+    bytes_available: int
+    seconds: float
+
+    @property
+    def fits(self) -> bool:
+        return self.bytes_needed <= MEMORY_SHARE * self.bytes_available
+
+    def describe(self) -> str:
+        """One line for ``fatebias check``."""
+        gb = 1024**3
+        return (
+            f"Laplace step: a dense {self.size} x {self.size} system, about {self.bytes_needed / gb:.1f} GB at its peak "
+            f"(this machine: {self.bytes_available / gb:.0f} GB) and about {_duration(self.seconds)} of dense algebra on 2 cores"
+        )
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def dense_estimate(size: int) -> DenseEstimate:
+    """Memory and time of the dense Laplace step for ``size`` = K P parameters on this machine."""
+    return DenseEstimate(size, int(DENSE_MATRICES_AT_PEAK * 8 * size**2), machine_memory(), SECONDS_PER_CUBE * size**3)
+
+
+class DenseAlgebra:
+    """``S^-1`` from a dense Cholesky factorisation of the (K P, K P) eliminated Hessian.
+
+    Parameters
+    ----------
+    problem
+        The problem ``hessian`` belongs to (for the within-gene centring).
+    hessian
+        (K P, K P) eliminated Hessian, prior included; overwritten.
+    """
+
+    def __init__(self, problem: LaplaceProblem, hessian: np.ndarray):
+        self.problem = problem
+        self.size = hessian.shape[0]
+        # The symmetric Hessian's transpose is itself and a Fortran-ordered view of it:
+        # LAPACK's upper-triangular routines then work in place without a copy.
+        with blas_threads_for(self.size):
+            chol, info = sla.lapack.dpotrf(hessian.T, lower=0, clean=1, overwrite_a=1)
+            if info != 0:
+                raise FitError("the Laplace Hessian at the mode is not positive definite; use posterior_method: meanfield")
+            self.chol = chol  # upper, Fortran-ordered: S = R^T R
+            inv, info = sla.lapack.dpotri(chol.copy(order="F"), lower=0, overwrite_c=1)
+        if info != 0:
+            raise FitError("the Laplace Hessian at the mode is not invertible")
+        self.inv = np.ascontiguousarray(lower_to_symmetric(inv.T))
+
+    def solve(self, rhs: np.ndarray) -> np.ndarray:
+        """``S^-1 rhs`` for a (K P,) or (K P, m) right-hand side."""
+        return sla.cho_solve((self.chol, False), rhs, check_finite=False)
+
+    def solver(self) -> Callable[[np.ndarray], np.ndarray]:
+        """:meth:`solve` holding the factor alone (a preconditioner that keeps no inverse alive)."""
+        chol = self.chol
+        return lambda rhs: sla.cho_solve((chol, False), rhs, check_finite=False)
+
+    def blocks(self, index: np.ndarray) -> np.ndarray:
+        """(L, B, B) diagonal blocks of ``S^-1`` at the (L, B) indices."""
+        return self.inv[index[:, :, None], index[:, None, :]]
+
+    def diagonal(self) -> np.ndarray:
+        return np.diag(self.inv).copy()
+
+    def columns(self, cols: np.ndarray) -> np.ndarray:
+        """(K P, m) columns of ``S^-1``."""
+        return self.inv[:, cols]
+
+    def effective(self) -> np.ndarray:
+        """``T S^-1 T^T``: the covariance of the effective parameters (u replaced by delta); a new array.
+
+        ``T`` is block-diagonal over the contrasts with ``T_k`` the within-gene centring,
+        so that ``x_raw,k (T S^-1 T^T)_kj x_raw,j^T = (x T)_k S^-1_kj (x T)_j^T``: a
+        cell's raw design row reads its linear predictor's covariance off it. Not kept:
+        the clone pass, its one reader, lets it go when done (one dense matrix less at
+        the Laplace step's peak).
+        """
+        K, P = self.problem.n_contrasts, self.problem.layout.size
+        out = self.inv.copy()
+        for k in range(K):
+            for j in range(K):
+                self.problem.centre_block_inplace(out[k * P : (k + 1) * P, j * P : (j + 1) * P], k, j)
+        return out
+
+    def prior_trace(self) -> float:
+        """``tr(S^-1 Q)``: the prior's share of the posterior (parameters minus effective degrees of freedom)."""
+        p = self.problem
+        K, P, lay = p.n_contrasts, p.layout.size, p.layout
+        val = float((np.diag(self.inv) * p.prior_diag.ravel()).sum())
+        D = lay.n_days
+        for k in range(K):
+            base = k * P + lay.theta.start + np.arange(lay.n_genes)[:, None] * D + np.arange(D)[None, :]
+            blocks = self.inv[base[:, :, None], base[:, None, :]]
+            val += float(np.einsum("lde,ed->", blocks, p.rw_precision[k]))
+        return val
+
+
+def check_dense_size(size: int, n_guides: int, n_genes: int, n_contrasts: int) -> DenseEstimate:
+    """The dense step's estimate; a one-line error when this machine cannot hold it."""
+    est = dense_estimate(size)
+    if not est.fits:
+        gb = 1024**3
+        raise FitError(
+            f"posterior_method laplace/bootstrap needs a dense {size} x {size} system for {n_guides} guides, "
+            f"{n_genes} genes and {n_contrasts} contrasts: about {est.bytes_needed / gb:.1f} GB, and this machine has "
+            f"{est.bytes_available / gb:.1f} GB; run it on a machine with more memory, or set posterior_method: meanfield"
+        )
+    return est

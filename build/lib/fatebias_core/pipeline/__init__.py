@@ -1,0 +1,1 @@
+"""The chain as steps: the step table, the step functions and the local engine."""

@@ -1,0 +1,1 @@
+"""Studies over many simulated experiments: parameter sweeps and the calibration study."""

@@ -1,0 +1,1 @@
+"""Software-defined assets: sources, the chain, and the simulation study."""
