@@ -57,6 +57,20 @@ LINEAGE_DB = "lineage.duckdb"
 RECOVERY_SUMMARY = "recovery_summary.csv"
 RECOVERY_FIGURE = "recovery_summary.png"
 
+# ---------------------------------------------------------------- a calibration study (fatebias calibrate)
+CALIBRATION_RESULTS = "calibration_results.csv"
+CALIBRATION_PARTIAL = "calibration_results.partial.csv"
+"""The rows of the runs done so far (an interrupted study resumes from it)."""
+CALIBRATION_SUMMARY = "calibration_summary.csv"
+CALIBRATION_COVERAGE_FIGURE = "calibration_coverage.png"
+CALIBRATION_FSR_FIGURE = "calibration_fsr.png"
+CALIBRATION_TABLES = "calibration_tables.md"
+
+# ---------------------------------------------------------------- a parameter sweep (fatebias sweep)
+SWEEP_SPEC = "sweep_spec.yaml"
+SWEEP_RESULTS = "sweep_results.csv"
+SWEEP_FIGURE = "sweep_results.png"
+
 EXPORT_FILES = {
     "gene_daywise": "gene_daywise_for_mash{sfx}.csv",
     "guide_daywise": "guide_daywise_for_mash{sfx}.csv",

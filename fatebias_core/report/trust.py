@@ -252,10 +252,10 @@ def recovery_part(run: RunFolder, page: PageLog) -> RecoveryPart | Absent:
 
 def calibration_part(run: RunFolder, page: PageLog) -> list[Figure] | Absent:
     """Coverage and false-sign-rate curves of a calibration study (``calibration_summary.csv``)."""
-    summ = run.csv("calibration_summary.csv", ["metric", "source", "group", "method", "scenario", "level", "value"])
+    summ = run.csv(names.CALIBRATION_SUMMARY, ["metric", "source", "group", "method", "scenario", "level", "value"])
     if summ is None or summ.empty:
         return page.missing("calibration", run.why_absent(
-            "calibration_summary.csv", "no calibration study in this folder (fatebias calibrate --out DIR runs one)"))
+            names.CALIBRATION_SUMMARY, "no calibration study in this folder (fatebias calibrate --out DIR runs one)"))
     page.shown("calibration")
     out = []
     if (summ["metric"] == "coverage").any():

@@ -42,6 +42,7 @@ from fatebias_core.data.load import load_experiment
 from fatebias_core.data.simulate import simulate_experiment
 from fatebias_core.discovery.calls import CallRule, call_days
 from fatebias_core.errors import ConfigError
+from fatebias_core.io import layout as names
 from fatebias_core.io import write_csv, write_text
 from fatebias_core.mash import mash_table
 from fatebias_core.model.inference import fit
@@ -430,10 +431,10 @@ def run_calibration(
             frames.append(calibration_run(scenario, int(seed), base, methods))
             log.info("calibration %s seed %d: %.0f s", scenario, seed, time.perf_counter() - t0)
             # Kept as it grows, so an interrupted study keeps the cells it finished.
-            write_csv(pd.concat(frames, ignore_index=True), out / "calibration_results.partial.csv")
+            write_csv(pd.concat(frames, ignore_index=True), out / names.CALIBRATION_PARTIAL)
     results = pd.concat(frames, ignore_index=True)
     result = write_calibration(results, out)
-    (out / "calibration_results.partial.csv").unlink(missing_ok=True)
+    (out / names.CALIBRATION_PARTIAL).unlink(missing_ok=True)
     return result
 
 
@@ -476,10 +477,10 @@ def write_calibration(results: pd.DataFrame, out_dir: str | Path) -> Calibration
     out = Path(out_dir)
     summary = summarise_calibration(results)
     paths = {
-        "results": write_csv(results, out / "calibration_results.csv"),
-        "summary": write_csv(summary, out / "calibration_summary.csv"),
-        "coverage": plot_calibration_coverage(summary, out / "calibration_coverage.png"),
-        "fsr": plot_calibration_fsr(summary, out / "calibration_fsr.png"),
-        "tables": write_text(calibration_markdown(summary), out / "calibration_tables.md"),
+        "results": write_csv(results, out / names.CALIBRATION_RESULTS),
+        "summary": write_csv(summary, out / names.CALIBRATION_SUMMARY),
+        "coverage": plot_calibration_coverage(summary, out / names.CALIBRATION_COVERAGE_FIGURE),
+        "fsr": plot_calibration_fsr(summary, out / names.CALIBRATION_FSR_FIGURE),
+        "tables": write_text(calibration_markdown(summary), out / names.CALIBRATION_TABLES),
     }
     return CalibrationResult(results, summary, paths)

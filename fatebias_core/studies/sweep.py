@@ -369,7 +369,7 @@ def run_sweep(
     runs = spec.configs(base)  # validates every run before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"spec": write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False), out / "sweep_spec.yaml")}
+    paths = {"spec": write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False), out / names.SWEEP_SPEC)}
     rows: list[dict[str, Any]] = []
     table = pd.DataFrame()
     for i, (run, cfg) in enumerate(runs):
@@ -390,8 +390,8 @@ def run_sweep(
             row.update(runtime_s=round(time.perf_counter() - t_run, 3), error=str(exc))
         rows.append(row)
         table = pd.DataFrame(rows)
-        paths["table"] = write_csv(table, out / "sweep_results.csv")
-    paths["figure"] = plot_sweep(table, spec, out / "sweep_results.png")
+        paths["table"] = write_csv(table, out / names.SWEEP_RESULTS)
+    paths["figure"] = plot_sweep(table, spec, out / names.SWEEP_FIGURE)
     return SweepResult(spec, table, out, paths, time.perf_counter() - t0)
 
 
