@@ -460,8 +460,8 @@ class FitResult:
     info
         Run facts: steps, runtime, device, convergence, settings.
 
-    ``model.inference.write_fit`` writes it and ``load_fit`` reads it back;
-    ``predict_fates`` gives its fate probabilities for cells.
+    ``model.fit_io.write_fit`` writes it and ``load_fit`` reads it back;
+    ``model.inference.predict_fates`` gives its fate probabilities for cells.
     """
 
     # Typed Any: the posterior classes live in model/, a layer above this module.

@@ -3,7 +3,7 @@
 Every step writes its own files (the fit its ``fit/variational_params.npz`` and
 ``fit/fit.json``); nothing else is stored. A value a later step takes is rebuilt from
 those files by the step table's :attr:`~fatebias_core.pipeline.graph.Step.reload`: the
-fit with :func:`~fatebias_core.model.inference.load_fit`, the cells and guide embedding
+fit with :func:`~fatebias_core.model.fit_io.load_fit`, the cells and guide embedding
 by loading the experiment's files again (validated, as the loading step does). A run
 folder is therefore self-contained: materializing ``daywise_exports`` alone works after
 ``fatebias run``, after a restart of ``dagster dev``, or on another machine that sees

@@ -330,3 +330,26 @@ def test_model_based_posterior_is_the_same_fit_with_the_model_covariance(clone_p
     np.testing.assert_array_equal(model.params["theta"], post.params["theta"])
     assert "theta_df" in post.params and "theta_df" not in model.params
     assert not np.allclose(model.params["block_cov"], post.params["block_cov"])
+
+
+def test_a_posterior_for_some_genes_is_the_full_one_there_and_model_based_elsewhere(clone_problem):
+    """``LaplaceSettings.genes`` (the NTC check's pseudo-genes): the selected genes' robust blocks and degrees
+    of freedom are those of the full computation; the other genes keep the model-based blocks, with NaN
+    degrees of freedom; the mode is the same."""
+    _, exp, cfg = clone_problem
+    K, D = 2, exp.cells.n_days
+    hyper = {"tau": np.ones(K), "sigma_time": np.full((K, D - 1), 0.5), "sigma_guide": np.full(K, 0.2)}
+    settings = dataclasses.replace(LaplaceSettings(), estimate_sigma_guide=False, estimate_weight=False)
+    args = (exp, cfg.contrast_fates, cfg.ref_fate, Priors.from_config(cfg), None, hyper, 20.0)
+    full = laplace_posterior(*args, settings).params
+    some = laplace_posterior(*args, dataclasses.replace(settings, genes=(2, 5))).params
+    sel, other = [2, 5], [0, 1, 3, 4, 6, 7]
+    np.testing.assert_array_equal(some["theta"], full["theta"])
+    np.testing.assert_allclose(some["block_cov"][sel], full["block_cov"][sel], rtol=1e-9, atol=1e-13)
+    np.testing.assert_allclose(some["theta_df"][sel], full["theta_df"][sel], rtol=1e-9)
+    assert np.isnan(some["theta_df"][other]).all() and np.isfinite(full["theta_df"]).all()
+    np.testing.assert_array_equal(some["block_cov_model"], full["block_cov_model"])
+    mask = full["block_mask"][other]
+    both = mask[:, :, None] & mask[:, None, :]
+    np.testing.assert_allclose(some["block_cov"][other][both], full["block_cov_model"][other][both], rtol=1e-12)
+    assert not np.allclose(full["block_cov"][other][both], full["block_cov_model"][other][both])

@@ -12,7 +12,7 @@ pseudo-genes of about a gene's number of guides and fitted as genes while the se
 half stays the baseline (an NTC guide adds nothing); then the halves swap, so every NTC
 guide is in a pseudo-gene once. Both fits are the Laplace step at the run's
 hyperparameters (sigma_guide, the clone covariance and the likelihood weight), so they
-cost two Newton solves. Each pseudo-gene/day gets the interval of the run's posterior,
+cost two Newton solves; the cluster-robust sandwich is made for the pseudo-genes only. Each pseudo-gene/day gets the interval of the run's posterior,
 widened as the exports widen it, and ``z = estimate / SD``.
 
 Verdict. The statistic is the sum of the squared z-scores. Under calibration a
@@ -216,7 +216,8 @@ def ntc_calibration(experiment: Experiment, fit_result, config: FatebiasConfig) 
     frames = []
     for h, chosen in enumerate((order[:half], order[half:])):
         exp_h, names = pseudo_gene_experiment(experiment, np.sort(chosen), size)
-        res = laplace_fit(exp_h, fixed)
+        pseudo = range(exp_h.guides.n_genes - len(names), exp_h.guides.n_genes)  # the pseudo-genes come last
+        res = laplace_fit(exp_h, fixed, posterior_genes=pseudo)
         frames.append(_pseudo_rows(res, names, h, tail))
     table = pd.concat(frames, ignore_index=True)
     per_gene = table.groupby(["half", "pseudo_gene"])[["trr2"]].first()

@@ -102,6 +102,12 @@ class LaplaceSettings:
         Seed of the bootstrap.
     progress
         Show the empirical Bayes iterations' progress bar.
+    genes
+        The genes (0-based) whose posterior the caller reads; None: every gene. Only
+        their blocks are made cluster-robust and given degrees of freedom: the others
+        keep the model-based blocks and NaN degrees of freedom. The robust sandwich's
+        cost then grows with these genes' parameters instead of with all of them (the
+        NTC check reads its pseudo-genes only).
     """
 
     estimate_weight: bool = True
@@ -113,6 +119,7 @@ class LaplaceSettings:
     bootstrap: int = 0
     seed: int = 0
     progress: bool = False
+    genes: tuple[int, ...] | None = None
 
 
 # --------------------------------------------------------------------------- the problem
@@ -335,10 +342,13 @@ class LaplacePosterior:
         extra: dict[str, np.ndarray] = {}
         if settings.uncertainty == "cluster_robust":
             cp = eb.clones if eb.clones.adjusted is not None else clone_pass(problem, res, algebra, robust=True)
-            blocks = robust_blocks(problem, algebra, cp.adjusted, index)
-            theta_idx = index[:, : K * lay.n_days]  # (L, K D), contrast-major
-            df = bm_degrees_of_freedom(problem, algebra, cp, theta_idx.ravel()).reshape(lay.n_genes, K, lay.n_days)
+            sel = np.arange(lay.n_genes) if settings.genes is None else np.asarray(settings.genes, dtype=np.int64)
             model = algebra.blocks(index)
+            blocks = model.copy() if sel.size < lay.n_genes else np.empty_like(model)
+            blocks[sel] = robust_blocks(problem, algebra, cp.adjusted, index[sel])
+            theta_idx = index[sel, : K * lay.n_days]  # contrast-major (k, d)
+            df = np.full((lay.n_genes, K, lay.n_days), np.nan)
+            df[sel] = bm_degrees_of_freedom(problem, algebra, cp, theta_idx.ravel()).reshape(sel.size, K, lay.n_days)
             model[~(mask[:, :, None] & mask[:, None, :])] = 0.0
             extra = {"theta_df": df, "block_cov_model": model}
         else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -74,6 +75,7 @@ def laplace_fit(
     sigma_guide: np.ndarray | None = None,
     weight: float | None = None,
     base: FitResult | None = None,
+    posterior_genes: Sequence[int] | None = None,
 ) -> FitResult:
     """The fit as the Laplace step with empirical Bayes (docs/method.md, "Inference").
 
@@ -96,6 +98,10 @@ def laplace_fit(
         Values to use or to start from (sigma_guide, weight) instead of the defaults.
     base
         A mean-field fit this refines: its trace and facts are kept.
+    posterior_genes
+        The genes whose posterior the caller reads (None: every gene); the others keep
+        model-based covariance blocks (:class:`~fatebias_core.model.laplace.LaplaceSettings`,
+        ``genes``).
     """
     t0 = time.perf_counter()
     K, D = len(config.contrast_fates), experiment.cells.n_days
@@ -119,6 +125,7 @@ def laplace_fit(
         bootstrap=config.bootstrap_replicates if config.posterior_method == "bootstrap" else 0,
         seed=config.seed,
         progress=config.progress,
+        genes=None if posterior_genes is None else tuple(int(g) for g in posterior_genes),
     )
     clone_cov = None if config.fixed_clone_cov is None else np.asarray(config.fixed_clone_cov, dtype=np.float64)
     posterior = laplace_posterior(
