@@ -63,7 +63,7 @@ def _one(cells: int, genes: int, guides: int, kmax: int, work: Path) -> dict:
     sim_yaml = work / f"sim_g{genes}_c{cells}.yaml"
     sim_yaml.write_text(yaml.safe_dump(settings))
     t0 = time.perf_counter()
-    subprocess.run(["fatebias", "simulate", "--out", str(folder), "--config", str(sim_yaml)], check=True,
+    subprocess.run([sys.executable, "-m", "fatebias_core.cli", "simulate", "--out", str(folder), "--config", str(sim_yaml)], check=True,
                    capture_output=True, text=True)
     simulate_s = time.perf_counter() - t0
     proc = subprocess.run([sys.executable, "-c", WORKER, str(folder / "config.yaml")], capture_output=True, text=True,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -124,7 +125,14 @@ def test_the_core_installs_alone_in_a_fresh_environment(tmp_path: Path) -> None:
     # The torch build this environment has (the README installs it first: a CPU build), then the
     # project from its source tree with the core's dependencies only.
     _pip(env, f"torch=={torch.__version__.split('+')[0]}")
-    _pip(env, str(ROOT))
+    # From a copy of what the package is built from: pip builds in the tree it is given (build/, *.egg-info).
+    src = tmp_path / "src"
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for part in ("fatebias_core", "fatebias_dagster"):
+        shutil.copytree(ROOT / part, src / part, ignore=skip)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    _pip(env, str(src))
     work = tmp_path / "work"
     work.mkdir()
     (work / "tiny.yaml").write_text(yaml.safe_dump({**TINY_CHAIN, "run_diagnostics": False}))

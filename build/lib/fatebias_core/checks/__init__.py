@@ -1,1 +1,0 @@
-"""Checks of a fit: held-out fit, permutation control, sanity checks, NTC calibration, and their verdicts."""

@@ -1,1 +1,0 @@
-"""Studies over many simulated experiments: parameter sweeps and the calibration study."""

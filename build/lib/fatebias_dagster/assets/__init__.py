@@ -1,1 +1,0 @@
-"""Software-defined assets: sources, the chain, and the simulation study."""
