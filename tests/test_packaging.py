@@ -108,7 +108,9 @@ CORE_ONLY = textwrap.dedent(
 
 
 def _pip(env: Path, *args: str) -> None:
-    proc = subprocess.run([str(env / "bin" / "python"), "-m", "pip", "install", "-q", *args], capture_output=True, text=True, timeout=900)
+    """``pip install`` into ``env``; no bytecode compiled (the environment runs once, and compiling torch's
+    sources took a third of the install)."""
+    proc = subprocess.run([str(env / "bin" / "python"), "-m", "pip", "install", "-q", "--no-compile", *args], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"pip install {' '.join(args)} failed:\n{proc.stderr[-3000:]}"
 
 
