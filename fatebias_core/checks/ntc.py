@@ -12,8 +12,9 @@ pseudo-genes of about a gene's number of guides and fitted as genes while the se
 half stays the baseline (an NTC guide adds nothing); then the halves swap, so every NTC
 guide is in a pseudo-gene once. Both fits are the Laplace step at the run's
 hyperparameters (sigma_guide, the clone covariance and the likelihood weight), so they
-cost two Newton solves; the cluster-robust sandwich is made for the pseudo-genes only. Each pseudo-gene/day gets the interval of the run's posterior,
-widened as the exports widen it, and ``z = estimate / SD``.
+cost two Newton solves; the cluster-robust sandwich is made for the pseudo-genes only.
+Each pseudo-gene/day gets the interval of the run's posterior, widened as the exports
+widen it, and ``z = estimate / SD``.
 
 Verdict. The statistic is the sum of the squared z-scores. Under calibration a
 pseudo-gene's block of z-scores (contrasts x days) has the correlation R of its

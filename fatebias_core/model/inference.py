@@ -42,9 +42,7 @@ from fatebias_core.model.fate_model import (
 )
 from fatebias_core.model.fit_io import FIT_FORMAT, load_fit, make_fit_result, write_fit
 from fatebias_core.model.guides import MeanFieldGuide, MeanFieldPosterior, initial_values
-from fatebias_core.model.laplace import (
-    check_laplace_size,
-)
+from fatebias_core.model.laplace import check_laplace_size
 from fatebias_core.model.laplace_fit import laplace_fit, refine_posterior
 from fatebias_core.types import EffectDraws, Experiment, FitResult
 
@@ -266,7 +264,7 @@ def fit(
     plan = _WeightPlan.of(config, weight, steps)
     model = FateModel(data, Priors.from_config(config), plan.initial, guide_effects=guide_effects)
     settings = _fit_settings(config, steps, seed, guide_effects, data.n_cells, init, weight)
-    settings_hash = _hash(settings)
+    settings_hash = json_hash(settings)
 
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
@@ -333,7 +331,7 @@ def _fit_settings(
     if config.stop_at_convergence:
         settings["stop_at_convergence"] = True
     if init is not None:
-        settings["init"] = _hash({k: np.asarray(v).round(12).tolist() for k, v in sorted(init.items())})
+        settings["init"] = json_hash({k: np.asarray(v).round(12).tolist() for k, v in sorted(init.items())})
         settings["start_weight"] = None if weight is None else float(weight)
     return settings
 
@@ -503,10 +501,6 @@ def _start_values(model: FateModel, init: dict[str, np.ndarray] | None) -> dict[
                 raise FitError(f"warm start: site {name} has shape {tuple(tensor.shape)}, the model needs {tuple(out[name].shape)}")
             out[name] = tensor
     return out
-
-
-def _hash(obj: dict) -> str:
-    return json_hash(obj)
 
 
 def _progress(enabled: bool, total: int, initial: int, desc: str):

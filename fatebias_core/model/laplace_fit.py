@@ -16,9 +16,7 @@ import numpy as np
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.errors import FitError
 from fatebias_core.model.design import pearson_dispersion
-from fatebias_core.model.fate_model import (
-    Priors,
-)
+from fatebias_core.model.fate_model import Priors
 from fatebias_core.model.fit_io import make_fit_result
 from fatebias_core.model.laplace import (
     LaplaceSettings,
