@@ -9,7 +9,8 @@ Environment (every variable optional):
 ``FATEBIAS_DEVICE``            torch device of the fit (auto | cpu | cuda).
 ``FATEBIAS_MASH_BACKEND``      native | r.
 ``FATEBIAS_LINEAGE_DB``        lineage DuckDB file (default ``<out_dir>/lineage.duckdb``).
-``FATEBIAS_EXECUTOR``          multiprocess | in_process | dask (:mod:`.executors`).
+``FATEBIAS_EXECUTOR``          multiprocess | in_process | slurm | dask | k8s (:mod:`.executors`).
+``FATEBIAS_SLURM``             with slurm: the slurm: block's YAML (steps as Slurm jobs).
 ``FATEBIAS_OBSERVE_INTERVAL``  seconds between checks of the files and settings (30).
 ``FATEBIAS_AUTOMATION_INTERVAL``  seconds between automation evaluations (30).
 ``FATEBIAS_LOG_LEVEL``         DEBUG: keep Dagster's beta/preview warnings (hidden otherwise).
@@ -34,7 +35,7 @@ from .automation import (
 from .executors import executor_from_env, fit_op_tags, fit_pool
 from .io_manager import RunFolderIOManager
 from .jobs import build_chain_job, build_observe_job
-from .resources import ComputeResource, ExperimentConfig, LineageStore, MashBackend
+from .resources import ClusterResource, ComputeResource, ExperimentConfig, LineageStore, MashBackend
 from .resources.env import resolved
 from .runner import ChainLayout
 from .versions import EXPERIMENT_KEY, SIMULATED_KEY
@@ -49,12 +50,14 @@ if os.environ.get("FATEBIAS_LOG_LEVEL", "INFO").upper() != "DEBUG":
 def chain_resources(experiment: ExperimentConfig | None = None) -> dict[str, object]:
     """The resources of the main chain, from the environment unless ``experiment`` is given."""
     experiment = experiment or ExperimentConfig.from_env()
+    cluster = ClusterResource.from_env()
     return {
         "experiment": experiment,
         "compute": ComputeResource.from_env(),
         "mash": MashBackend.from_env(),
         "lineage": LineageStore.from_env(),
-        "io_manager": RunFolderIOManager(experiment=experiment),
+        "cluster": cluster,
+        "io_manager": RunFolderIOManager(experiment=experiment, defer=cluster.remote),
     }
 
 

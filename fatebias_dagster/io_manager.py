@@ -20,18 +20,17 @@ from fatebias_core.errors import InputDataError
 from fatebias_core.pipeline.graph import STEPS
 
 from .resources import ChainSource
-from .runner import asset_values
-from .versions import ASSET_STEP, watched_input_version
-
-#: The last experiment loaded, by (settings, files) version: the cells and the guide
-#: embedding of one step are two inputs read from the same files.
-_LOADED: dict[tuple[str, str], Any] = {}
+from .runner import Deferred, asset_values, reload_value
+from .versions import ASSET_STEP
 
 
 class RunFolderIOManager(dg.ConfigurableIOManager):
     """Rebuilds the chain's in-memory values (cells, guide embedding, fit) from the run folder."""
 
     experiment: ChainSource
+    defer: bool = False
+    """Hand the assets :class:`~fatebias_dagster.runner.Deferred` values (steps that run as Slurm jobs
+    rebuild them there)."""
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         """Nothing to store: the step wrote its files into the run folder."""
@@ -43,19 +42,11 @@ class RunFolderIOManager(dg.ConfigurableIOManager):
         step = STEPS[ASSET_STEP[name]]
         if step.reload is None:
             raise InputDataError(f"{context.asset_key.to_user_string()} has no value to load")
+        if self.defer:
+            return Deferred(step.name)
         folder = self.experiment.run_folder(partition)
         try:
-            value = self._reload(step.name, folder.config, folder.out_dir)
+            value = reload_value(step.name, folder.config, folder.out_dir)
         except FileNotFoundError as exc:
             raise InputDataError(f"{context.asset_key.to_user_string()}: {exc}: materialize it first") from exc
         return asset_values(step.name, value)[name]
-
-    @staticmethod
-    def _reload(step: str, config: Any, out_dir: Any) -> Any:
-        if step != "load":
-            return STEPS[step].reload(config, out_dir)
-        key = (config.hash(list(STEPS["load"].settings)), watched_input_version(config))
-        if key not in _LOADED:
-            _LOADED.clear()
-            _LOADED[key] = STEPS["load"].reload(config, out_dir)
-        return _LOADED[key]

@@ -27,14 +27,21 @@ import pandas as pd
 
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.io import json_ready
-from fatebias_core.pipeline.graph import Manifest, Step
+from fatebias_core.pipeline.chain import run_chain
+from fatebias_core.pipeline.graph import STEPS, Manifest, Step
 from fatebias_core.types import Experiment
 
 from . import lineage as lin
 from .lineage import RESULTS_KEYS, LineageDB, utcnow
-from .resources import ChainSource, ComputeResource, LineageStore, MashBackend
+from .resources import ChainSource, ClusterResource, ComputeResource, LineageStore, MashBackend
 from .resources.experiment import RunFolder
-from .versions import SETTINGS_STEPS, STEP_ASSETS, settings_key, step_versions
+from .versions import (
+    SETTINGS_STEPS,
+    STEP_ASSETS,
+    settings_key,
+    step_versions,
+    watched_input_version,
+)
 
 
 @dataclass(frozen=True)
@@ -81,12 +88,55 @@ def asset_values(step: str, value: Any) -> dict[str, Any]:
     return {name: value for name in STEP_ASSETS[step]}
 
 
+@dataclass(frozen=True)
+class Deferred:
+    """An upstream value left unloaded: the step's Slurm job rebuilds it from the run folder.
+
+    The IO manager of a deployment whose steps run as Slurm jobs hands these to the
+    assets, so that the submit host never loads the cells or the fit.
+    """
+
+    step: str
+
+
 def step_value(step: str, values: Mapping[str, Any]) -> Any:
     """Inverse of :func:`asset_values`: a step's value from its assets' values."""
+    if any(isinstance(v, Deferred) for v in values.values()):
+        return Deferred(step)
     if step == "load":
         cells, summary = values["filtered_cells"]
         return Experiment(cells, values["guide_embeddings"], summary)
     return values[STEP_ASSETS[step][0]]
+
+
+#: The last experiment loaded, by (settings, files) version: the cells and the guide
+#: embedding are two inputs read from the same files.
+_LOADED: dict[tuple[str, str], Any] = {}
+
+
+def reload_value(step: str, config: FatebiasConfig, out_dir: Path) -> Any:
+    """The value of ``step`` rebuilt from the files it wrote (the step table's ``reload``)."""
+    if step != "load":
+        return STEPS[step].reload(config, out_dir)
+    key = (config.hash(list(STEPS["load"].settings)), watched_input_version(config))
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = STEPS["load"].reload(config, out_dir)
+    return _LOADED[key]
+
+
+def compute_step(step: str, config: FatebiasConfig, out_dir: Path, values: Mapping[str, Any] | None = None) -> Any:
+    """Run one step of the chain with the values it reads, rebuilding those not given (or :class:`Deferred`).
+
+    This is the computation a chain asset hands to its :class:`ClusterResource`: in the
+    asset's process, or in a Slurm job (where every value is rebuilt from the run folder).
+    """
+    given = dict(values or {})
+    reads = {
+        r: reload_value(r, config, out_dir) if given.get(r) is None or isinstance(given.get(r), Deferred) else given[r]
+        for r in STEPS[step].reads
+    }
+    return STEPS[step].call(config, out_dir, reads, engine=run_chain)
 
 
 # --------------------------------------------------------------------------- one materialization
@@ -99,6 +149,7 @@ class StepRun:
     folder: RunFolder
     versions: dict[str, str]
     lineage: LineageStore
+    cluster: ClusterResource
     started_at: datetime = field(default_factory=utcnow)
 
     @classmethod
@@ -110,12 +161,13 @@ class StepRun:
         compute: ComputeResource,
         mash: MashBackend,
         lineage: LineageStore,
+        cluster: ClusterResource,
     ) -> StepRun:
         """Resolve the run folder, effective settings and step versions for ``context``."""
         partition = context.partition_key if context.has_partition_key else None
         folder = experiment.run_folder(partition, **compute.overrides(), **mash.overrides())
         folder.out_dir.mkdir(parents=True, exist_ok=True)
-        return cls(context, step, folder, step_versions(folder.config), lineage)
+        return cls(context, step, folder, step_versions(folder.config), lineage, cluster)
 
     @property
     def config(self) -> FatebiasConfig:
@@ -129,6 +181,14 @@ class StepRun:
     def version(self) -> str:
         """This step's version: the data version of its assets."""
         return self.versions[self.step.name]
+
+    def compute(self, values: Mapping[str, Any]) -> Any:
+        """The step's value, computed where the cluster resource says (here, or in a Slurm job)."""
+        given = None if self.cluster.remote else values  # a job rebuilds them from the run folder
+        return self.cluster.call(
+            self.context, step=self.step.name, workdir=self.out_dir, fn=compute_step,
+            args=(self.step.name, self.config, self.out_dir, given),
+        )
 
     @property
     def lineage_db(self) -> LineageDB:

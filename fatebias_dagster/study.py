@@ -19,7 +19,14 @@ import dagster as dg
 from .assets.recovery import GROUP, build_recovery_assets
 from .executors import executor_from_env
 from .io_manager import RunFolderIOManager
-from .resources import ComputeResource, ExperimentConfig, LineageStore, MashBackend, StudyConfig
+from .resources import (
+    ClusterResource,
+    ComputeResource,
+    ExperimentConfig,
+    LineageStore,
+    MashBackend,
+    StudyConfig,
+)
 from .resources.env import resolved
 
 STUDY_JOB = "simulation_study"
@@ -32,6 +39,7 @@ def build_study_definitions(study: StudyConfig | None = None) -> dg.Definitions:
     # EnvVar field is resolved here).
     assets = build_recovery_assets(resolved(study).load())
     partitioned = dg.AssetSelection.groups(GROUP) - dg.AssetSelection.assets("recovery_summary")
+    cluster = ClusterResource.from_env()
     return dg.Definitions(
         assets=assets,
         resources={
@@ -39,7 +47,8 @@ def build_study_definitions(study: StudyConfig | None = None) -> dg.Definitions:
             "compute": ComputeResource.from_env(),
             "mash": MashBackend.from_env(),
             "lineage": LineageStore.from_env(),
-            "io_manager": RunFolderIOManager(experiment=study),
+            "cluster": cluster,
+            "io_manager": RunFolderIOManager(experiment=study, defer=cluster.remote),
         },
         jobs=[
             dg.define_asset_job(

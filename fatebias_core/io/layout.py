@@ -52,6 +52,10 @@ DAYWISE_CONFUSION = "daywise_confusion.csv"
 CALL_SUMMARY = "pred_call_summary.json"
 LINEAGE_DB = "lineage.duckdb"
 """The Dagster engine's lineage database (fatebias_dagster), unless ``FATEBIAS_LINEAGE_DB`` names another."""
+SLURM_LOGS = "slurm_logs"
+"""The Slurm jobs' ``.out``/``.err`` files of a run folder (fatebias_dagster on Slurm), unless the block names a folder."""
+SLURM_TASKS = ".slurm_jobs"
+"""Where a step's call, Pipes files and result wait while its Slurm job runs (removed after it)."""
 
 # ---------------------------------------------------------------- a simulation study (fatebias_dagster)
 RECOVERY_SUMMARY = "recovery_summary.csv"

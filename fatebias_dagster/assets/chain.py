@@ -25,12 +25,11 @@ import dagster as dg
 from fatebias_core.checks.verdicts import BLOCKING, CHECKS, step_verdicts
 from fatebias_core.io import write_text
 from fatebias_core.io.layout import CONFIG_USED
-from fatebias_core.pipeline.chain import run_chain
 from fatebias_core.pipeline.graph import STEPS, Step, code_versions
 
 from .. import metadata as meta
 from ..lineage import record_lineage
-from ..resources import ChainSource, ComputeResource, LineageStore, MashBackend
+from ..resources import ChainSource, ClusterResource, ComputeResource, LineageStore, MashBackend
 from ..runner import ChainLayout, StepRun, asset_values, manifest_lock, step_value
 from ..versions import STEP_ASSETS
 from .describe import DESCRIBE
@@ -128,9 +127,10 @@ def step_asset(step: Step, layout: ChainLayout, options: ChainOptions) -> dg.Ass
         compute: ComputeResource,
         mash: MashBackend,
         lineage: LineageStore,
+        cluster: ClusterResource,
         **inputs: Any,
     ) -> Iterator[dg.Output]:
-        run = StepRun.start(context, step, experiment, compute, mash, lineage)
+        run = StepRun.start(context, step, experiment, compute, mash, lineage, cluster)
         yield from materialize(run, layout, inputs)
 
     return _asset
@@ -147,8 +147,7 @@ def materialize(run: StepRun, layout: ChainLayout, inputs: Mapping[str, Any]) ->
         yield from (versioned_output(None, n, run.version, md) for n in names)
         yield from check_results(run, layout)
         return
-    values = {r: step_value(r, inputs) for r in step.reads}
-    value = step.call(run.config, run.out_dir, values, engine=run_chain)
+    value = run.compute({r: step_value(r, inputs) for r in step.reads})
     outputs = step.outputs(run.config, run.out_dir)
     if step.name == "load":
         outputs.append(write_text(run.config.to_yaml(), run.out_dir / CONFIG_USED))

@@ -28,7 +28,7 @@ from fatebias_core.studies.sweep import plot_sweep, score_row
 from .. import metadata as meta
 from ..executors import fit_op_tags, fit_pool
 from ..lineage import record_lineage, utcnow
-from ..resources import ComputeResource, LineageStore, MashBackend, StudyConfig
+from ..resources import ClusterResource, ComputeResource, LineageStore, MashBackend, StudyConfig
 from ..resources.study import Study
 from ..runner import ChainLayout, lineage_metadata, manifest_lock, save_results
 from ..versions import input_files, step_versions
@@ -75,6 +75,7 @@ def recovery_scores_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefin
         compute: ComputeResource,
         mash: MashBackend,
         lineage: LineageStore,
+        cluster: ClusterResource,
     ) -> dg.MaterializeResult:
         started = utcnow()
         key = context.partition_key
@@ -83,7 +84,10 @@ def recovery_scores_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefin
         truth = experiment.partition_dir(key) / run_files.truth_daywise_file()
         hits = folder.out_dir / run_files.HITS
         cfg = folder.config
-        ev = evaluate_files(hits, truth, folder.out_dir, truth_thresh=cfg.sim_truth_thresh, config=cfg)
+        ev = cluster.call(
+            context, step="evaluate", workdir=folder.out_dir, fn=evaluate_files, args=(hits, truth, folder.out_dir),
+            kwargs={"truth_thresh": cfg.sim_truth_thresh, "config": cfg},
+        )
         rank_version = step_versions(cfg)["rank"]
         payload = [EVALUATE_CODE_VERSION, rank_version, file_hash(truth), cfg.sim_truth_thresh]
         version = json_hash(payload)

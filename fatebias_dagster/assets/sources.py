@@ -31,7 +31,14 @@ from fatebias_core.io import layout as run_files
 from fatebias_core.pipeline.graph import STEPS, input_version, modules_version
 
 from ..lineage import record_lineage, utcnow
-from ..resources import ChainSource, ComputeResource, ExperimentConfig, LineageStore, MashBackend
+from ..resources import (
+    ChainSource,
+    ClusterResource,
+    ComputeResource,
+    ExperimentConfig,
+    LineageStore,
+    MashBackend,
+)
 from ..runner import lineage_metadata, manifest_lock
 from ..versions import (
     EXPERIMENT_KEY,
@@ -215,12 +222,13 @@ def build_simulated_experiment(
         compute: ComputeResource,
         mash: MashBackend,
         lineage: LineageStore,
+        cluster: ClusterResource,
     ) -> dg.MaterializeResult:
         started = utcnow()
         partition = context.partition_key if context.has_partition_key else None
         sim_config, folder_path = experiment.simulation_target(partition)
         run_folder = experiment.run_folder(partition, **compute.overrides(), **mash.overrides())
-        counts, outputs = _simulate(context, sim_config, folder_path)
+        counts, outputs = _simulate(context, cluster, sim_config, folder_path)
         data_version = input_version(run_folder.config)
         common = lineage_metadata(
             step="simulate", db=lineage.db(run_folder.lineage_db), out_dir=folder_path, started_at=started,
@@ -235,7 +243,9 @@ def build_simulated_experiment(
     return simulated_experiment
 
 
-def _simulate(context: AssetExecutionContext, sim_config: FatebiasConfig, folder: Path) -> tuple[dict[str, Any], list[Path]]:
+def _simulate(
+    context: AssetExecutionContext, cluster: ClusterResource, sim_config: FatebiasConfig, folder: Path
+) -> tuple[dict[str, Any], list[Path]]:
     """Simulate into ``folder`` unless its manifest records a simulation with the same settings."""
     version = simulation_version(sim_config)
     names = (run_files.SIM_ADATA, run_files.SIM_GUIDE_MAP, run_files.truth_daywise_file(), run_files.SIM_TRUTH_GUIDES, run_files.SIM_METADATA, run_files.SIM_CONFIG)
@@ -244,7 +254,8 @@ def _simulate(context: AssetExecutionContext, sim_config: FatebiasConfig, folder
         if manifest.is_current("simulate", version):
             context.log.info(f"simulation in {folder} is current (version {version}); reused")
             return manifest.steps["simulate"].get("metrics", {}), outputs
-    sim = simulate(sim_config, folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sim = cluster.call(context, step="simulate", workdir=folder, fn=simulate, args=(sim_config, folder))
     context.log.info(sim.describe())
     counts = {**sim.counts, "truly_active_gene_days": sim.active_gene_days}
     with manifest_lock(folder) as manifest:

@@ -1,5 +1,6 @@
-"""Resources of the platform: experiment configuration, compute device, mash backend, lineage store."""
+"""Resources of the platform: experiment configuration, compute device, cluster, mash backend, lineage store."""
 
+from .cluster import ClusterResource
 from .compute import ComputeResource
 from .experiment import ChainSource, ExperimentConfig, RunFolder
 from .lineage import LineageStore
@@ -8,6 +9,7 @@ from .study import Study, StudyConfig
 
 __all__ = [
     "ChainSource",
+    "ClusterResource",
     "ComputeResource",
     "ExperimentConfig",
     "LineageStore",

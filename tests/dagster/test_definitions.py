@@ -10,8 +10,15 @@ import dagster as dg
 import pytest
 import yaml
 
+from fatebias_core.errors import ConfigError
 from fatebias_dagster.definitions import build_definitions
-from fatebias_dagster.executors import dask_cluster_config, executor_from_env, fit_op_tags
+from fatebias_dagster.executors import (
+    dask_cluster_config,
+    executor_from_env,
+    fit_op_tags,
+    fit_pool,
+    slurm_file,
+)
 from fatebias_dagster.resources import ExperimentConfig, StudyConfig
 from fatebias_dagster.study import build_study_definitions
 
@@ -86,8 +93,20 @@ def test_executor_from_env(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> Non
     cluster.write_text(yaml.safe_dump({"cluster": {"slurm": {"cores": 8, "memory": "32GB"}}}))
     clean_env.setenv("FATEBIAS_DASK_CLUSTER", str(cluster))
     assert dask_cluster_config() == {"slurm": {"cores": 8, "memory": "32GB"}}
+    # The earlier spelling of a Slurm deployment: Dagster's multiprocess executor, steps as Slurm jobs.
+    assert executor_from_env().name == "multiprocess" and slurm_file() == cluster and fit_pool() == "gpu"
+    clean_env.delenv("FATEBIAS_DASK_CLUSTER")
+    assert fit_pool() is None  # a Dask cluster: its GPU resource places the fit
+    clean_env.setenv("FATEBIAS_EXECUTOR", "slurm")
+    with pytest.raises(ConfigError, match="FATEBIAS_EXECUTOR=slurm needs FATEBIAS_SLURM"):
+        executor_from_env()
+    clean_env.setenv("FATEBIAS_SLURM", str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match="FATEBIAS_SLURM: file not found: .*missing.yaml"):
+        executor_from_env()
+    clean_env.setenv("FATEBIAS_SLURM", str(cluster))
+    assert executor_from_env().name == "multiprocess" and slurm_file() == cluster
     clean_env.setenv("FATEBIAS_EXECUTOR", "spark")
-    with pytest.raises(Exception, match="multiprocess, in_process, dask or k8s"):
+    with pytest.raises(ConfigError, match="multiprocess, in_process, slurm, dask or k8s"):
         executor_from_env()
 
 

@@ -29,7 +29,7 @@ SCRIPTS = ROOT / "scripts" / "slurm"
 LOCK = Path("/tmp/fatebias-slurm.lock")
 SBIN = ("/usr/sbin", "/sbin")
 
-#: "step X ran in Slurm job N (pool pool)": the executor's engine event after each step.
+#: "step X ran in Slurm job N (pool pool)": the log line of a step whose job finished.
 RAN_IN = re.compile(r"step (\S+) ran in Slurm job (\d+) \((\w+) pool\)")
 
 
@@ -98,7 +98,7 @@ def slurm_cluster() -> Iterator[None]:
 
 @dataclass
 class Deployment:
-    """A deployment's files: DAGSTER_HOME, the cluster YAML, the worker logs."""
+    """A deployment's files: DAGSTER_HOME, the slurm: block's YAML, the jobs' logs."""
 
     root: Path
 
@@ -115,20 +115,18 @@ class Deployment:
         return self.root / "slurm.yaml"
 
     def write_cluster(self, **settings: object) -> Path:
-        """The cluster YAML: loopback, 1 core and 2 GB per worker job, plus ``settings``."""
+        """The slurm: block: 1 core and 2 GB per job, logs in the deployment's folder, plus ``settings``."""
         block = {
             "queue": "debug", "cores": 1, "memory": "2GB", "walltime": "00:20:00",
-            "interface": "lo", "scheduler_options": {"dashboard_address": "127.0.0.1:0"},
-            "local_directory": str(self.root / "dask"), "log_directory": str(self.logs),
-            "n_workers": 1, "poll_interval": 0.5, **settings,
+            "log_directory": str(self.logs), "poll_interval": 0.5, **settings,
         }
         self.cluster_yaml.write_text(yaml.safe_dump({"slurm": block}))
         return self.cluster_yaml
 
     def env(self, **extra: str) -> dict[str, str]:
-        """The environment of a run on this deployment's instance (Dask executor on Slurm)."""
-        return {**subprocess_env(DAGSTER_HOME=str(self.home), FATEBIAS_EXECUTOR="dask",
-                                 FATEBIAS_DASK_CLUSTER=str(self.cluster_yaml), **extra),
+        """The environment of a run on this deployment's instance (steps as Slurm jobs)."""
+        return {**subprocess_env(DAGSTER_HOME=str(self.home), FATEBIAS_EXECUTOR="slurm",
+                                 FATEBIAS_SLURM=str(self.cluster_yaml), **extra),
                 "PATH": _env()["PATH"]}
 
 

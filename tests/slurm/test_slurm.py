@@ -1,8 +1,9 @@
-"""The asset graph on a real one-node Slurm cluster (``FATEBIAS_EXECUTOR=dask``, a ``slurm:`` cluster).
+"""The asset graph on a real one-node Slurm cluster (``FATEBIAS_EXECUTOR=slurm``, a ``slurm:`` block).
 
-Every test launches Dagster's own CLI; the steps run in Dask workers that Slurm started as jobs
-(``scontrol``, the jobs' scripts and the workers' logs show it). The tests share one cluster and
-run one after the other (one module: ``--dist loadfile`` keeps them on one pytest worker).
+Every test launches Dagster's own CLI; each step's computation runs as a Slurm job of its own,
+submitted through Dagster Pipes (``scontrol``, the jobs' scripts and their logs show it). The tests
+share one cluster and run one after the other (one module: ``--dist loadfile`` keeps them on one
+pytest worker).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ RECORDED = CHAIN | {"report"}
 #: The chain's steps (``load_experiment`` makes filtered_cells and guide_embeddings).
 STEPS = {"load_experiment", "fitted_posterior", "daywise_exports", "mash_outputs", "aggregated_genes", "ranked_hits",
          "diagnostics", "report"}
+#: The steps that compute (diagnostics is switched off in the tiny configuration: no job).
+COMPUTED = STEPS - {"diagnostics"}
 #: Tables of the run folder compared between executors.
 TABLES = ["hits_ranked.csv", "gene_daywise_for_mash.csv", "guide_daywise_for_mash.csv", "mash_mode_comparison.csv"]
 
@@ -61,12 +64,19 @@ def ran_in(log: str) -> dict[str, tuple[str, str]]:
     return {m.group(1): (m.group(2), m.group(3)) for m in RAN_IN.finditer(log)}
 
 
-def run_events(home: Path, run_id: str, event_type: str) -> list:
-    """The run's events of one type, from the instance in ``home``."""
+def run_events(home: Path, run_id: str, event_type: str | None = None) -> list:
+    """The run's events of one type (None: every entry, its log lines too), from the instance in ``home``."""
     from dagster import DagsterEventType, DagsterInstance
 
     with DagsterInstance.from_config(str(home)) as instance:
+        if event_type is None:
+            return list(instance.all_logs(run_id))
         return list(instance.all_logs(run_id, of_type=DagsterEventType[event_type]))
+
+
+def started_in(err_file: Path) -> set[str]:
+    """The steps a job's log says it started."""
+    return set(re.findall(r"fatebias: step (\w+) started in Slurm job", err_file.read_text(errors="replace")))
 
 
 def one_row_per_asset(db: LineageDB) -> str:
@@ -78,10 +88,10 @@ def one_row_per_asset(db: LineageDB) -> str:
 
 
 def test_chain_on_slurm_with_a_gpu_pool_equals_the_default_executor(sim_dir: Path, tmp_path: Path) -> None:
-    """``dagster asset materialize -m fatebias_dagster --select '*'`` with FATEBIAS_EXECUTOR=dask, a slurm
-    cluster with a cpu and a gpu pool, and FATEBIAS_GPU_REQUEST=1: every step runs in a Slurm job, the fit
-    alone in the gpu pool's job (which asked Slurm for --gres=gpu:1), every lineage row reaches DuckDB once,
-    and the tables equal those of the default executor."""
+    """``dagster asset materialize -m fatebias_dagster --select '*'`` with FATEBIAS_EXECUTOR=slurm, a slurm
+    block with a cpu and a gpu pool, and FATEBIAS_GPU_REQUEST=1: every step computes in a Slurm job of its
+    own, the fit alone in the gpu pool's (which asked Slurm for --gres=gpu:1), every lineage row reaches
+    DuckDB once, and the tables equal those of the default executor."""
     default_cfg = copy_experiment(sim_dir, tmp_path / "default")
     dep_default = make_deployment(tmp_path / "dep_default")
     proc, t_default = materialize(subprocess_env(FATEBIAS_CONFIG=str(default_cfg), DAGSTER_HOME=str(dep_default.home)),
@@ -90,27 +100,30 @@ def test_chain_on_slurm_with_a_gpu_pool_equals_the_default_executor(sim_dir: Pat
 
     cfg = copy_experiment(sim_dir, tmp_path / "slurm")
     dep = make_deployment(tmp_path / "dep_slurm")
-    dep.write_cluster(gpu={"n_workers": 1, "job_extra_directives": ["--gres=gpu:1"]})
+    dep.write_cluster(gpu={"job_extra_directives": ["--gres=gpu:1"]})
     proc, t_slurm = materialize(dep.env(FATEBIAS_CONFIG=str(cfg), FATEBIAS_GPU_REQUEST="1"), tmp_path)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "RUN_SUCCESS" in log, log[-4000:]
 
-    # Each step ran in a Slurm job: the fit in the gpu pool's, every other step in the cpu pool's.
+    # Each step computed in a Slurm job of its own: the fit in the gpu pool's, every other step in the cpu pool's.
     ran = ran_in(log)
-    assert set(ran) == STEPS, log[-4000:]
+    assert set(ran) == COMPUTED, log[-4000:]
     gpu_job = ran["fitted_posterior"][0]
     assert ran["fitted_posterior"][1] == "gpu"
-    cpu_jobs = {job for step, (job, pool) in ran.items() if step != "fitted_posterior" and pool == "cpu"}
-    assert len(cpu_jobs) == 1 and gpu_job not in cpu_jobs and {p for _, p in ran.values()} == {"cpu", "gpu"}
-    (cpu_job,) = cpu_jobs
+    cpu_jobs = {step: job for step, (job, pool) in ran.items() if pool == "cpu"}
+    assert set(cpu_jobs) == COMPUTED - {"fitted_posterior"} and len(set(cpu_jobs.values())) == len(cpu_jobs)
+    assert gpu_job not in cpu_jobs.values()
+    cpu_job = cpu_jobs["daywise_exports"]
 
     # Slurm gave the gpu pool's job a GPU, and the cpu pool's none: its record and the script it ran.
     gpu_rec, cpu_rec = scontrol_job(gpu_job), scontrol_job(cpu_job)
     assert gpu_rec["TresPerNode"] == "gres:gpu:1" and "gres" not in cpu_rec.get("TresPerNode", "")
     assert gpu_rec["JobName"] == "fatebias-gpu" and cpu_rec["JobName"] == "fatebias-cpu"
+    assert {gpu_rec["JobState"], cpu_rec["JobState"]} == {"COMPLETED"}
     gpu_script, cpu_script = batch_script(gpu_job), batch_script(cpu_job)
-    assert "#SBATCH --gres=gpu:1" in gpu_script and "--resources GPU=1" in gpu_script
-    assert "gres" not in cpu_script and "--resources CPU=1" in cpu_script
+    assert "#SBATCH --gres=gpu:1" in gpu_script and "gres" not in cpu_script
+    for script in (gpu_script, cpu_script):
+        assert "-m fatebias_dagster.slurm.remote" in script and "export DAGSTER_PIPES_CONTEXT=" in script
     # ... the scripts that `python -m fatebias_dagster.slurm` prints before anything runs.
     shown = subprocess.run([sys.executable, "-m", "fatebias_dagster.slurm", str(dep.cluster_yaml)],
                            capture_output=True, text=True, check=True).stdout
@@ -119,13 +132,12 @@ def test_chain_on_slurm_with_a_gpu_pool_equals_the_default_executor(sim_dir: Pat
         if line.startswith("#SBATCH"):
             assert line in gpu_shown
 
-    # The workers' own logs (the jobs' stderr files): the fit started in the gpu job, nothing else did.
-    def started(job: str, pool: str) -> set[str]:
-        text = (dep.logs / f"fatebias-{pool}-{job}.err").read_text()
-        return set(re.findall(r'Started execution of step "(\w+)"', text))
-
-    assert started(gpu_job, "gpu") == {"fitted_posterior"}
-    assert started(cpu_job, "cpu") == STEPS - {"fitted_posterior"}
+    # The jobs' own logs: the fit started in the gpu job, each other step in its cpu job.
+    assert started_in(dep.logs / f"fatebias-gpu-{gpu_job}.err") == {"fitted_posterior"}
+    for step, job in cpu_jobs.items():
+        assert started_in(dep.logs / f"fatebias-cpu-{job}.err") == {step}
+    # The task folders are gone from the run folder; nothing else of Slurm's is left there.
+    assert not list((cfg.parent / "results" / ".slurm_jobs").glob("*"))
 
     # Lineage: one row per asset, all from this run; Dagster recorded each asset once.
     db = LineageDB(cfg.parent / "results" / "lineage.duckdb")
@@ -133,7 +145,7 @@ def test_chain_on_slurm_with_a_gpu_pool_equals_the_default_executor(sim_dir: Pat
     assert set(db.query(PROVENANCE_SQL)["asset_key"]) == CHAIN
     mats = Counter(e.dagster_event.asset_key.to_user_string() for e in run_events(dep.home, run_id, "ASSET_MATERIALIZATION"))
     assert mats == Counter(ASSETS)
-    # No job is left behind: the pools were cancelled when their steps were done.
+    # No job is left behind.
     assert slurm("squeue", "-h", "-o", "%i").strip() == ""
 
     # The same seed gives the same tables as the default executor.
@@ -151,8 +163,8 @@ def test_chain_on_slurm_with_a_gpu_pool_equals_the_default_executor(sim_dir: Pat
 
 def test_simulation_backfill_of_two_partitions_runs_as_slurm_jobs(tmp_path: Path) -> None:
     """A backfill of the study over 2 of its 4 scenario x seed partitions, launched by ``dagster job backfill`` and
-    run by ``dagster-daemon``: each partition's run has its steps in a Slurm job of its own;
-    ``recovery_summary`` (materialized on Slurm too) gathers both."""
+    run by ``dagster-daemon``: each partition's run computes each of its steps in a Slurm job of its own;
+    ``recovery_summary`` (a gathering of small files, computed in its asset's process) gathers both."""
     dep = make_deployment(tmp_path / "dep")
     dep.write_cluster()
     sim = {**{k: v for k, v in TINY.items() if k != "run_diagnostics"}, "sim_n_cells": 600, "num_steps": 40,
@@ -185,22 +197,22 @@ def test_simulation_backfill_of_two_partitions_runs_as_slurm_jobs(tmp_path: Path
         stop_group(daemon)
     assert sorted(r.tags["dagster/partition"] for r in runs) == partitions
     assert {r.status.value for r in runs} == {"SUCCESS"}, [(r.tags["dagster/partition"], r.status) for r in runs]
-    jobs = {}
+    jobs: dict[str, set[str]] = {}
     for run in runs:
-        messages = "\n".join(e.message for e in run_events(dep.home, run.run_id, "ENGINE_EVENT"))
+        messages = "\n".join(e.message for e in run_events(dep.home, run.run_id))
         ran = ran_in(messages)
-        assert "study__fitted_posterior" in ran and "study__recovery_scores" in ran, messages
-        assert {pool for _, pool in ran.values()} == {"cpu"} and len({job for job, _ in ran.values()}) == 1
-        jobs[run.tags["dagster/partition"]] = next(iter(ran.values()))[0]
-    assert len(set(jobs.values())) == len(partitions)  # one Slurm job per partition's run
-    for job in jobs.values():
+        assert {"study__simulated_experiment", "study__fitted_posterior", "study__recovery_scores"} <= set(ran), messages
+        assert {pool for _, pool in ran.values()} == {"cpu"} and len({job for job, _ in ran.values()}) == len(ran)
+        jobs[run.tags["dagster/partition"]] = {job for job, _ in ran.values()}
+    assert not set.intersection(*jobs.values())  # each partition's run has jobs of its own
+    for job in set.union(*jobs.values()):
         rec = scontrol_job(job)
-        assert rec["JobName"] == "fatebias-cpu" and rec["JobState"] in {"CANCELLED", "COMPLETED"}
+        assert rec["JobName"] == "fatebias-cpu" and rec["JobState"] == "COMPLETED"
 
     proc, _ = materialize(env, tmp_path, select="recovery_summary", module="fatebias_dagster.study", timeout=300)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
-    assert set(ran_in(log)) == {"recovery_summary"}
+    assert ran_in(log) == {}
     summary = pd.read_csv(study_dir / "recovery_summary.csv")
     assert sorted(summary["partition"]) == partitions
     db = LineageDB(lineage)
@@ -237,10 +249,10 @@ def wait_runs(home: Path, n: int, timeout: float) -> list:
         time.sleep(2)
 
 
-def test_scancel_of_a_worker_during_the_fit_reruns_the_step_once(sim_dir: Path, tmp_path: Path) -> None:
-    """``scancel`` of the cpu pool's only worker job while it runs the fit: a new job takes its place, Dask
-    runs the fit again there, and the run succeeds with every asset materialized once and one lineage row
-    per asset."""
+def test_scancel_of_the_fits_job_runs_it_again_in_a_new_job(sim_dir: Path, tmp_path: Path) -> None:
+    """``scancel`` of the fit's job while the fit runs: the fit's computation runs again in a new job, and the run
+    succeeds with every asset materialized once, the fit's Dagster step started once, and one lineage row per
+    asset."""
     cfg = copy_experiment(sim_dir, tmp_path / "exp", num_steps=600)
     dep = make_deployment(tmp_path / "dep")
     dep.write_cluster()
@@ -252,7 +264,7 @@ def test_scancel_of_a_worker_during_the_fit_reruns_the_step_once(sim_dir: Path, 
         deadline = time.monotonic() + 240
         while killed is None and proc.poll() is None and time.monotonic() < deadline:
             for err in dep.logs.glob("fatebias-cpu-*.err"):
-                if 'Started execution of step "fitted_posterior"' in err.read_text(errors="replace"):
+                if started_in(err) == {"fitted_posterior"}:
                     killed = err.stem.rsplit("-", 1)[1]
                     slurm("scancel", killed)
                     break
@@ -264,16 +276,17 @@ def test_scancel_of_a_worker_during_the_fit_reruns_the_step_once(sim_dir: Path, 
     assert killed is not None, "the fit never started"
     assert proc.returncode == 0 and "RUN_SUCCESS" in log, log[-4000:]
     assert scontrol_job(killed)["JobState"] == "CANCELLED"
-    assert re.search(rf"\(Slurm job {killed}\) was lost .*started Slurm job (\d+)", log), log[-4000:]
+    again = re.search(rf"\(Slurm job {killed}\) was lost \(CANCELLED\); started Slurm job (\d+)", log)
+    assert again, log[-4000:]
     ran = ran_in(log)
-    assert set(ran) == STEPS and ran["fitted_posterior"][0] != killed
-    # The fit ran to its end only once it was rerun: killed mid-step, not after it.
-    assert "ran in Slurm job " + killed not in log.split("was lost")[1]
+    assert set(ran) == COMPUTED and ran["fitted_posterior"][0] == again.group(1) != killed
+    assert started_in(dep.logs / f"fatebias-cpu-{again.group(1)}.err") == {"fitted_posterior"}
+    assert "fatebias: step fitted_posterior finished" not in (dep.logs / f"fatebias-cpu-{killed}.err").read_text()
 
     db = LineageDB(cfg.parent / "results" / "lineage.duckdb")
     run_id = one_row_per_asset(db)
     starts = Counter(e.step_key for e in run_events(dep.home, run_id, "STEP_START"))
-    assert starts["fitted_posterior"] == 2 and all(starts[s] == 1 for s in STEPS - {"fitted_posterior"})
+    assert all(starts[s] == 1 for s in STEPS), starts
     mats = Counter(e.dagster_event.asset_key.to_user_string() for e in run_events(dep.home, run_id, "ASSET_MATERIALIZATION"))
     assert mats == Counter(ASSETS)
 
@@ -284,15 +297,15 @@ def test_scancel_of_a_worker_during_the_fit_reruns_the_step_once(sim_dir: Path, 
         ({"queue": "nope"}, "Invalid partition name specified"),
         ({"queue": "down", "start_timeout": 5}, "(reason: PartitionDown)"),
         ({"job_script_prologue": ["echo no python here >&2", "exit 3"], "max_start_failures": 2},
-         "before its worker connected; the end of its log:\nno python here"),
+         "before its step started; the end of its log:\nno python here"),
     ],
-    ids=["bad-partition", "partition-down", "worker-never-starts"],
+    ids=["bad-partition", "partition-down", "step-never-starts"],
 )
 def test_a_cluster_that_cannot_start_workers_fails_the_run_with_slurms_reason(
     sim_dir: Path, tmp_path: Path, settings: dict, says: str
 ) -> None:
     """A partition Slurm refuses fails the run when the first job is submitted; a job that stays queued
-    (its partition is down) fails it after start_timeout; jobs that end before their worker connects fail
+    (its partition is down) fails it after start_timeout; jobs that end before their step starts fail
     it after max_start_failures of them, showing the end of the job's log. Each says why; no job is left."""
     cfg = copy_experiment(sim_dir, tmp_path / "exp")
     dep = make_deployment(tmp_path / "dep")
