@@ -27,7 +27,7 @@ import pandas as pd
 
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.io import json_ready
-from fatebias_core.pipeline.chain import run_chain
+from fatebias_core.pipeline.chain import compute_step
 from fatebias_core.pipeline.graph import STEPS, Manifest, Step
 from fatebias_core.types import Experiment
 
@@ -125,20 +125,6 @@ def reload_value(step: str, config: FatebiasConfig, out_dir: Path) -> Any:
     return _LOADED[key]
 
 
-def compute_step(step: str, config: FatebiasConfig, out_dir: Path, values: Mapping[str, Any] | None = None) -> Any:
-    """Run one step of the chain with the values it reads, rebuilding those not given (or :class:`Deferred`).
-
-    This is the computation a chain asset hands to its :class:`ClusterResource`: in the
-    asset's process, or in a Slurm job (where every value is rebuilt from the run folder).
-    """
-    given = dict(values or {})
-    reads = {
-        r: reload_value(r, config, out_dir) if given.get(r) is None or isinstance(given.get(r), Deferred) else given[r]
-        for r in STEPS[step].reads
-    }
-    return STEPS[step].call(config, out_dir, reads, engine=run_chain)
-
-
 # --------------------------------------------------------------------------- one materialization
 @dataclass(frozen=True)
 class StepRun:
@@ -183,8 +169,12 @@ class StepRun:
         return self.versions[self.step.name]
 
     def compute(self, values: Mapping[str, Any]) -> Any:
-        """The step's value, computed where the cluster resource says (here, or in a Slurm job)."""
-        given = None if self.cluster.remote else values  # a job rebuilds them from the run folder
+        """The step's value, computed where the cluster resource says (here, or in a Slurm job).
+
+        A Slurm job rebuilds the values it reads from the run folder, as does this process for
+        :class:`Deferred` ones.
+        """
+        given = None if self.cluster.remote else {k: v for k, v in values.items() if not isinstance(v, Deferred)}
         return self.cluster.call(
             self.context, step=self.step.name, workdir=self.out_dir, fn=compute_step,
             args=(self.step.name, self.config, self.out_dir, given),

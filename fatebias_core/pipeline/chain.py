@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -117,6 +118,16 @@ def step_inputs(step: Step, config: FatebiasConfig, out: Path, values: dict[str,
             assert reload is not None, f"step {name} has no value to give {step.name}"
             values[name] = reload(config, out)
     return values
+
+
+def compute_step(step: str, config: FatebiasConfig, out_dir: str | Path, values: Mapping[str, Any] | None = None) -> Any:
+    """Run one step with the values it reads; those not given are rebuilt from the run folder.
+
+    What a platform hands to wherever it computes a step (a worker, a Slurm job): the
+    step's files land in ``out_dir`` and its value is returned.
+    """
+    out = Path(out_dir)
+    return STEPS[step].call(config, out, step_inputs(STEPS[step], config, out, dict(values or {})), engine=run_chain)
 
 
 def run_chain(

@@ -13,8 +13,33 @@ fatebias_dagster.slurm slurm.yaml`` prints each pool's job script.
 * :mod:`.remote`: what the job runs.
 """
 
-from .client import PipesSlurmClient, SlurmStepError
-from .settings import JobSpec, SlurmClusterError, SlurmSettings, parse_slurm_block, pool_job_scripts
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+#: Public names and their modules, imported on first use: a step's job imports :mod:`.remote`
+#: through this package and should not pay for Dagster's import.
+_EXPORTS = {
+    "JobSpec": "settings",
+    "PipesSlurmClient": "client",
+    "SlurmClusterError": "settings",
+    "SlurmSettings": "settings",
+    "SlurmStepError": "client",
+    "parse_slurm_block": "settings",
+    "pool_job_scripts": "settings",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "JobSpec",

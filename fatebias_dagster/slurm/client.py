@@ -38,13 +38,9 @@ import dagster as dg
 from fatebias_core.io.layout import SLURM_LOGS, SLURM_TASKS
 
 from . import queue
+from .files import CALL_FILE, RESULT_FILE, STARTED_FILE
 from .queue import LOST_STATES, JobState
 from .settings import JobSpec, SlurmClusterError, SlurmSettings
-
-#: Files of a task folder: the call, and per attempt the step's start record and its result.
-CALL_FILE = "call.pkl"
-STARTED_FILE = "started.json"
-RESULT_FILE = "result.pkl"
 
 #: Seconds to wait for a finished job's result file to appear (shared file systems lag).
 RESULT_GRACE_S = 10.0

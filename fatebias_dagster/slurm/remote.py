@@ -18,7 +18,7 @@ from typing import Any
 
 from dagster_pipes import open_dagster_pipes
 
-from .client import CALL_FILE, RESULT_FILE, STARTED_FILE
+from fatebias_dagster.slurm.files import CALL_FILE, RESULT_FILE, STARTED_FILE
 
 
 def _write(path: Path, data: bytes) -> None:
