@@ -101,8 +101,9 @@ MD_RUN_FOLDER = "run folder"
 MD_INPUT_FILES = "input files"
 MD_INPUT_VERSION = "input version"
 MD_LINEAGE_DB = "lineage database"
-
-_DATA_VERSION_TAG = "dagster/data_version"
+#: The materialization's data version, as the asset gave it (the lineage reads it from here,
+#: not from Dagster's system tags).
+MD_VERSION = "data version"
 
 def _provenance_sql(which_hits: str) -> str:
     """The provenance query of the newest ``ranked_hits`` materialization matching ``which_hits`` (a SQL condition)."""
@@ -457,7 +458,7 @@ def materialization_of(instance: dg.DagsterInstance, record: Any) -> tuple[str |
         started_at=_timestamp(md.get(MD_STARTED)),
         finished_at=_timestamp(entry.timestamp),
         code_version=None if provenance is None else provenance.code_version,
-        data_version=tags.get(_DATA_VERSION_TAG),
+        data_version=md.get(MD_VERSION),
         settings=md.get(MD_SETTINGS),
         input_files=md.get(MD_INPUT_FILES),
         input_version=md.get(MD_INPUT_VERSION),

@@ -188,7 +188,7 @@ class StepRun:
     def metadata(self, outputs: Sequence[Path], metrics: Mapping[str, Any], **extra: Any) -> dict[str, dg.MetadataValue]:
         """The lineage metadata of this step's materializations (:func:`lineage_metadata`)."""
         return lineage_metadata(
-            step=self.step.name, db=self.lineage_db, out_dir=self.out_dir, started_at=self.started_at,
+            step=self.step.name, version=self.version, db=self.lineage_db, out_dir=self.out_dir, started_at=self.started_at,
             settings={k: self.config.model_dump(mode="json")[k] for k in self.step.settings},
             outputs=outputs, metrics=metrics, **extra,
         )
@@ -215,6 +215,7 @@ def save_results(
 def lineage_metadata(
     *,
     step: str,
+    version: str,
     db: LineageDB,
     out_dir: Path,
     started_at: datetime,
@@ -228,6 +229,7 @@ def lineage_metadata(
     """The metadata of a materialization that :func:`fatebias_dagster.lineage.record_run` reads."""
     md: dict[str, dg.MetadataValue] = {
         lin.MD_STEP: dg.MetadataValue.text(step),
+        lin.MD_VERSION: dg.MetadataValue.text(version),
         lin.MD_STARTED: dg.MetadataValue.timestamp(started_at.timestamp()),
         lin.MD_RUN_FOLDER: dg.MetadataValue.path(str(out_dir)),
         lin.MD_LINEAGE_DB: dg.MetadataValue.path(str(db.path)),

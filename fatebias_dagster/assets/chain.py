@@ -154,7 +154,6 @@ def materialize(run: StepRun, layout: ChainLayout, inputs: Mapping[str, Any]) ->
     described = DESCRIBE[step.name](run, value)
     run.save_results(layout.key(names[0]), described.tables)
     common = run.metadata(outputs, described.metrics, row_counts=meta.row_counts(outputs), **described.lineage)
-    common["step version"] = dg.MetadataValue.text(run.version)
     # The record both engines read, once the step and its description succeeded (under the
     # folder's lock: assets of one folder may finish at once).
     with manifest_lock(run.out_dir) as manifest:

@@ -98,7 +98,7 @@ def recovery_scores_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefin
         db = lineage.db(folder.lineage_db)
         save_results(context, db, SCORES_KEY, folder.partition_key, {"recovery_scores": confusion})
         common = lineage_metadata(
-            step="evaluate", db=db, out_dir=folder.out_dir, started_at=started,
+            step="evaluate", version=version, db=db, out_dir=folder.out_dir, started_at=started,
             settings={"sim_truth_thresh": cfg.sim_truth_thresh}, outputs=list(ev.paths.values()),
             metrics={k: v for k, v in row.items() if not _is_nan(v)},
             input_files=input_files(cfg) + [str(truth)], input_version=file_hash(truth),
@@ -152,7 +152,7 @@ def recovery_summary_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefi
         db = lineage.db(res.experiment.lineage_default())
         save_results(context, db, SUMMARY_KEY, None, {"recovery_summary": table})
         common = lineage_metadata(
-            step="summarise", db=db, out_dir=root, started_at=started, settings={"study": study.spec.to_dict()},
+            step="summarise", version=version, db=db, out_dir=root, started_at=started, settings={"study": study.spec.to_dict()},
             outputs=[csv, png], row_counts={csv.name: len(table)}, metrics={"partitions": len(table)},
         )
         shown = read_csv(csv, what="recovery summary")

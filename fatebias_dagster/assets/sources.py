@@ -231,7 +231,7 @@ def build_simulated_experiment(
         counts, outputs = _simulate(context, cluster, sim_config, folder_path)
         data_version = input_version(run_folder.config)
         common = lineage_metadata(
-            step="simulate", db=lineage.db(run_folder.lineage_db), out_dir=folder_path, started_at=started,
+            step="simulate", version=data_version, db=lineage.db(run_folder.lineage_db), out_dir=folder_path, started_at=started,
             settings=settings_values(sim_config, SIMULATION_SETTINGS), outputs=outputs, metrics=counts,
             input_files=input_files(run_folder.config), input_version=data_version,
         )

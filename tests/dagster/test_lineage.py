@@ -181,11 +181,11 @@ def test_record_run_from_dagster_event_log(tmp_path: Path) -> None:
 
     @dg.asset(hooks={record_lineage})
     def up() -> dg.MaterializeResult:
-        return dg.MaterializeResult(data_version=dg.DataVersion("U"), metadata=md("up", input_files=["/f"], input_version="i"))
+        return dg.MaterializeResult(data_version=dg.DataVersion("U"), metadata=md("up", version="U", input_files=["/f"], input_version="i"))
 
     @dg.asset(deps=[up], hooks={record_lineage})
     def down() -> dg.MaterializeResult:
-        return dg.MaterializeResult(data_version=dg.DataVersion("D"), metadata=md("down", metrics={"n": 1}))
+        return dg.MaterializeResult(data_version=dg.DataVersion("D"), metadata=md("down", version="D", metrics={"n": 1}))
 
     with dg.DagsterInstance.ephemeral() as instance:
         first = dg.materialize([up, down], instance=instance)
