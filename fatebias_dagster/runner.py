@@ -174,7 +174,7 @@ class StepRun:
         A Slurm job rebuilds the values it reads from the run folder, as does this process for
         :class:`Deferred` ones.
         """
-        given = None if self.cluster.remote else {k: v for k, v in values.items() if not isinstance(v, Deferred)}
+        given = None if self.cluster.sends(self.step.name) else {k: v for k, v in values.items() if not isinstance(v, Deferred)}
         return self.cluster.call(
             self.context, step=self.step.name, workdir=self.out_dir, fn=compute_step,
             args=(self.step.name, self.config, self.out_dir, given),

@@ -101,7 +101,9 @@ CORE_ONLY = textwrap.dedent(
         named = "no error"
     except ConfigError as exc:
         named = str(exc)
-    loaded = sorted(m for m in sys.modules if m.split(".")[0] in set(PLATFORM) | {"fatebias_dagster"})
+    # The bare fatebias_dagster package may be imported by the engine lookup: its __init__ imports
+    # nothing (defs is loaded on first use); none of its modules may be.
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in set(PLATFORM) or m.startswith("fatebias_dagster."))
     print(json.dumps({"installed": installed, "loaded": loaded, "core_from": fatebias_core.__file__, "genes": list(ranked["gene"]),
                       "hits": int(ranked["hit_anyday"].sum()), "postmean_d1": ranked["postmean_d1"].tolist(),
                       "named": named}))

@@ -94,6 +94,11 @@ class ClusterResource(dg.ConfigurableResource):
                 f"{GPU_REQUEST_ENV}"
             )
 
+    def sends(self, step: str) -> bool:
+        """Whether ``step`` computes in a Slurm job (the block's ``steps``), rather than here."""
+        settings = self.settings()
+        return settings is not None and settings.sends(step)
+
     def pool(self, step: str) -> str:
         """The pool of ``step``: ``gpu`` for the fit when a GPU is requested, else ``cpu``."""
         return "gpu" if self.gpu_request and step == GPU_STEP else "cpu"
@@ -122,7 +127,7 @@ class ClusterResource(dg.ConfigurableResource):
             The call: a module-level function and picklable arguments.
         """
         settings = self.settings()
-        if settings is None:
+        if settings is None or not settings.sends(step):
             return fn(*args, **(kwargs or {}))
         if settings.ignored:
             context.log.debug(f"slurm cluster: ignored keys of the Dask route: {', '.join(settings.ignored)}")

@@ -15,6 +15,7 @@ A block (YAML, in the file ``FATEBIAS_SLURM`` names)::
       max_start_failures: 3       # jobs in a row that end before their step starts (default 3)
       max_resubmits: 2            # jobs of one step lost after it started (default 2)
       poll_interval: 2            # s between looks at the queue (default 2)
+      steps: [load, fit, export, diagnostics, simulate]   # steps sent as jobs (default: all)
       gpu:                        # the gpu pool: what differs from the above
         queue: gpu
         job_extra_directives: ["--gres=gpu:1"]
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from fatebias_core.errors import ConfigError
+from fatebias_core.pipeline.graph import STEPS
 
 #: Keys that shape a job; the block's apply to both pools, ``gpu:``'s override them there.
 JOB_KEYS = (
@@ -42,7 +44,9 @@ JOB_KEYS = (
     "job_extra_directives", "job_script_prologue", "python",
 )
 #: Keys of the block itself.
-OWN_KEYS = ("gpu", "start_timeout", "max_start_failures", "max_resubmits", "poll_interval")
+OWN_KEYS = ("gpu", "start_timeout", "max_start_failures", "max_resubmits", "poll_interval", "steps")
+#: What a deployment computes: the chain's steps, and the simulation study's simulating and scoring.
+STEP_NAMES = (*STEPS, "simulate", "evaluate")
 #: dask-jobqueue's SLURMCluster keywords of the earlier Dask route: accepted, ignored.
 DASK_KEYS = (
     "n_workers", "processes", "interface", "scheduler_options", "local_directory", "worker_extra_args",
@@ -153,6 +157,9 @@ class SlurmSettings:
         Seconds between looks at the queue.
     ignored
         Keys of the Dask route found in the block (ignored).
+    steps
+        The steps sent to Slurm as jobs (None: every step); the others compute in their
+        asset's process on the submit host.
     """
 
     pools: dict[str, JobSpec]
@@ -161,6 +168,11 @@ class SlurmSettings:
     max_resubmits: int = 2
     poll_interval: float = 2.0
     ignored: tuple[str, ...] = field(default=())
+    steps: tuple[str, ...] | None = None
+
+    def sends(self, step: str) -> bool:
+        """Whether ``step`` runs as a Slurm job."""
+        return self.steps is None or step in self.steps
 
 
 def _positive_int(value: Any, what: str, minimum: int = 1) -> int:
@@ -275,7 +287,18 @@ def parse_slurm_block(block: Mapping[str, Any]) -> SlurmSettings:
         max_resubmits=_positive_int(block.get("max_resubmits", 2), "max_resubmits", minimum=0),
         poll_interval=_positive_float(block.get("poll_interval", 2), "poll_interval"),
         ignored=ignored,
+        steps=_steps(block.get("steps", "all")),
     )
+
+
+def _steps(value: Any) -> tuple[str, ...] | None:
+    if value == "all":
+        return None
+    names = _strings(value, "steps")
+    unknown = sorted(set(names) - set(STEP_NAMES))
+    if unknown:
+        raise ConfigError(f"slurm cluster: steps names {', '.join(unknown)}; known: all, {', '.join(STEP_NAMES)}")
+    return names
 
 
 def pool_job_scripts(block: Mapping[str, Any], log_directory: Path = Path("<run folder>/slurm_logs")) -> dict[str, str]:

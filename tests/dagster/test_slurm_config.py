@@ -73,6 +73,7 @@ def test_memory_sizes_become_whole_mebibytes(value: object, mib: int) -> None:
         ({**BLOCK, "start_timeout": 0}, "start_timeout must be a number > 0"),
         ({**BLOCK, "max_resubmits": -1}, "max_resubmits must be a whole number >= 0"),
         ({**BLOCK, "job_script_prologue": "module load python"}, "job_script_prologue must be a list of strings"),
+        ({**BLOCK, "steps": ["fit", "fitt"]}, "steps names fitt; known: all, load, fit"),
     ],
 )
 def test_bad_blocks_are_named(block: dict, says: str) -> None:
@@ -102,6 +103,9 @@ def test_cluster_resource_routes_the_fit_and_fails_early_without_a_gpu_pool(tmp_
     cluster = ClusterResource(slurm=str(path), gpu_request=True)
     assert cluster.remote and cluster.pool("fit") == "gpu" and cluster.pool("export") == "cpu"
     assert ClusterResource(slurm=str(path)).pool("fit") == "cpu"
+    assert cluster.sends("fit") and cluster.sends("report")  # every step by default
+    path.write_text(yaml.safe_dump({"slurm": {**BLOCK, "gpu": GPU, "steps": ["load", "fit"]}}))
+    assert cluster.sends("fit") and not cluster.sends("report") and not ClusterResource().sends("fit")
     path.write_text(yaml.safe_dump({"slurm": BLOCK}))
     with pytest.raises(ConfigError, match="FATEBIAS_GPU_REQUEST=1 asks for the fit to run on a GPU, but .* has no gpu: pool"):
         ClusterResource(slurm=str(path), gpu_request=True).check()

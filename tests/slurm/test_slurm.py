@@ -163,10 +163,11 @@ def test_chain_on_slurm_with_a_gpu_pool_equals_the_default_executor(sim_dir: Pat
 
 def test_simulation_backfill_of_two_partitions_runs_as_slurm_jobs(tmp_path: Path) -> None:
     """A backfill of the study over 2 of its 4 scenario x seed partitions, launched by ``dagster job backfill`` and
-    run by ``dagster-daemon``: each partition's run computes each of its steps in a Slurm job of its own;
+    run by ``dagster-daemon``, with the block's ``steps`` sending the simulation, the fit and the scoring to Slurm:
+    each partition's run computes those three in Slurm jobs of its own, and the other steps on the submit host;
     ``recovery_summary`` (a gathering of small files, computed in its asset's process) gathers both."""
     dep = make_deployment(tmp_path / "dep")
-    dep.write_cluster()
+    dep.write_cluster(steps=["simulate", "fit", "evaluate"])  # the light steps compute on the submit host
     sim = {**{k: v for k, v in TINY.items() if k != "run_diagnostics"}, "sim_n_cells": 600, "num_steps": 40,
            "num_posterior_draws": 50}
     study = tmp_path / "study.yaml"
@@ -201,7 +202,7 @@ def test_simulation_backfill_of_two_partitions_runs_as_slurm_jobs(tmp_path: Path
     for run in runs:
         messages = "\n".join(e.message for e in run_events(dep.home, run.run_id))
         ran = ran_in(messages)
-        assert {"study__simulated_experiment", "study__fitted_posterior", "study__recovery_scores"} <= set(ran), messages
+        assert set(ran) == {"study__simulated_experiment", "study__fitted_posterior", "study__recovery_scores"}, messages
         assert {pool for _, pool in ran.values()} == {"cpu"} and len({job for job, _ in ran.values()}) == len(ran)
         jobs[run.tags["dagster/partition"]] = {job for job, _ in ran.values()}
     assert not set.intersection(*jobs.values())  # each partition's run has jobs of its own
