@@ -116,7 +116,8 @@ class PipesSlurmClient(dg.PipesClient):
         spec = self._spec(pool)
         start_failures = resubmits = 0
         note = ""
-        for n in range(1, 1 + self.settings.max_start_failures + self.settings.max_resubmits + 1):
+        most = self.settings.max_start_failures * (self.settings.max_resubmits + 1)  # jobs the limits below allow
+        for n in range(1, most + 1):
             folder = task_dir / f"attempt-{n}"
             folder.mkdir(parents=True)
             with dg.open_pipes_session(
@@ -152,6 +153,7 @@ class PipesSlurmClient(dg.PipesClient):
                     )
                 note = f"step {label} (Slurm job {job}) was lost ({attempt.state.state}); "
                 context.log.warning(f"{note}submitting it again")
+                start_failures = 0 if attempt.started else start_failures
                 continue
             if not attempt.started:
                 start_failures += 1

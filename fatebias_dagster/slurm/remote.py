@@ -43,10 +43,10 @@ def main() -> int:
         _write(attempt / STARTED_FILE, json.dumps(where).encode())
         pipes.report_custom_message(where)
         print(f"fatebias: step {label} started in Slurm job {where['slurm_job_id']} on {where['host']}", file=sys.stderr, flush=True)
-        fn, args, kwargs = pickle.loads((task / CALL_FILE).read_bytes())
         ok = True
         payload: bytes
-        try:
+        try:  # unpickling imports the call's module: an environment without it fails here, as the step
+            fn, args, kwargs = pickle.loads((task / CALL_FILE).read_bytes())
             value: Any = fn(*args, **kwargs)
             payload = pickle.dumps(("ok", value))
         except Exception as exc:
