@@ -226,7 +226,7 @@ def diagnose(config: FatebiasConfig) -> DiagnosticsResult:
 
 
 #: The platform's top-level packages (the ``platform`` extra); the Dagster engine needs them.
-PLATFORM_MODULES = ("dagster", "dagster_webserver", "dagster_dask", "dask", "distributed", "dask_jobqueue", "duckdb")
+PLATFORM_MODULES = ("dagster", "dagster_webserver", "dagster_pipes", "dagster_dask", "dask", "distributed", "duckdb")
 
 #: The one line ``--engine auto`` logs when it falls back to the local engine.
 LOCAL_FALLBACK = 'Dagster is not installed (pip install "fatebias[platform]"): running the chain with the local engine'

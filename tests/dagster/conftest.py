@@ -91,3 +91,32 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in PLATFORM_ENV}
     env.update(extra)
     return env
+
+
+class PipesCall:
+    """Calls through :class:`~fatebias_dagster.slurm.PipesSlurmClient` of a ``slurm:`` block, each inside a
+    materialization (a Pipes session needs a run); a call gives its value or raises its exception."""
+
+    def __init__(self, block: dict):
+        from fatebias_dagster.slurm import PipesSlurmClient, parse_slurm_block
+
+        self.client = PipesSlurmClient(parse_slurm_block(block))
+
+    def __call__(self, **kwargs: object) -> object:
+        """``client.call(context, **kwargs)``."""
+        import dagster as dg
+
+        out: dict[str, object] = {}
+
+        @dg.asset
+        def step(context) -> dg.MaterializeResult:  # noqa: ANN001 (Dagster reads the annotation, a string here)
+            try:
+                out["value"] = self.client.call(context, **kwargs)
+            except Exception as exc:
+                out["error"] = exc
+            return dg.MaterializeResult()
+
+        dg.materialize([step])
+        if "error" in out:
+            raise out["error"]  # type: ignore[misc]
+        return out["value"]

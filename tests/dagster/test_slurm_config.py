@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import dagster as dg
 import pytest
 import yaml
 
@@ -17,7 +16,6 @@ from fatebias_core.errors import ConfigError
 from fatebias_dagster.executors import executor_from_env
 from fatebias_dagster.resources import ClusterResource
 from fatebias_dagster.slurm import (
-    PipesSlurmClient,
     SlurmClusterError,
     SlurmStepError,
     parse_slurm_block,
@@ -25,6 +23,8 @@ from fatebias_dagster.slurm import (
 )
 from fatebias_dagster.slurm.__main__ import main as print_scripts
 from fatebias_dagster.slurm.settings import memory_mib
+
+from .conftest import PipesCall
 
 BLOCK = {"queue": "cpu", "cores": 2, "memory": "4GB", "walltime": "01:00:00"}
 GPU = {"queue": "gpu", "cores": 4, "job_extra_directives": ["--gres=gpu:1"]}
@@ -181,28 +181,9 @@ def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return d
 
 
-class Called:
-    """What a call through the client gave: its value or the exception it raised."""
-
-    def __init__(self, fake: Path, **block: object):
-        self.client = PipesSlurmClient(parse_slurm_block({"log_directory": str(fake / "logs"), "poll_interval": 0.1, **block}))
-
-    def __call__(self, **kwargs: object) -> object:
-        """``client.call(context, **kwargs)`` inside a materialization (a Pipes session needs a run)."""
-        out: dict[str, object] = {}
-
-        @dg.asset
-        def step(context) -> dg.MaterializeResult:  # noqa: ANN001 (Dagster reads the annotation, a string here)
-            try:
-                out["value"] = self.client.call(context, **kwargs)
-            except Exception as exc:
-                out["error"] = exc
-            return dg.MaterializeResult()
-
-        dg.materialize([step])
-        if "error" in out:
-            raise out["error"]  # type: ignore[misc]
-        return out["value"]
+def Called(fake: Path, **block: object) -> PipesCall:  # noqa: N802 (reads as the class it makes)
+    """Calls through the client on the stand-in Slurm, with ``block``'s settings."""
+    return PipesCall({"log_directory": str(fake / "logs"), "poll_interval": 0.1, **block})
 
 
 def test_client_runs_a_call_in_a_job_and_returns_its_value(fake_slurm: Path, tmp_path: Path) -> None:

@@ -24,7 +24,8 @@ import pytest
 import yaml
 
 from fatebias_dagster.lineage import PROVENANCE_SQL, LineageDB
-from tests.dagster.conftest import TINY, simulate_tiny, subprocess_env
+from fatebias_dagster.slurm import SlurmClusterError
+from tests.dagster.conftest import TINY, PipesCall, simulate_tiny, subprocess_env
 
 from .conftest import RAN_IN, ROOT, batch_script, make_deployment, materialize, scontrol_job, slurm
 
@@ -293,28 +294,35 @@ def test_scancel_of_the_fits_job_runs_it_again_in_a_new_job(sim_dir: Path, tmp_p
     assert mats == Counter(made)
 
 
-@pytest.mark.parametrize(
-    ("settings", "says"),
-    [
-        ({"queue": "nope"}, "Invalid partition name specified"),
-        ({"queue": "down", "start_timeout": 5}, "(reason: PartitionDown)"),
-        ({"job_script_prologue": ["echo no python here >&2", "exit 3"], "max_start_failures": 2},
-         "before its step started; the end of its log:\nno python here"),
-    ],
-    ids=["bad-partition", "partition-down", "step-never-starts"],
-)
-def test_a_cluster_that_cannot_start_workers_fails_the_run_with_slurms_reason(
-    sim_dir: Path, tmp_path: Path, settings: dict, says: str
-) -> None:
-    """A partition Slurm refuses fails the run when the first job is submitted; a job that stays queued
-    (its partition is down) fails it after start_timeout; jobs that end before their step starts fail
-    it after max_start_failures of them, showing the end of the job's log. Each says why; no job is left."""
+def test_a_partition_slurm_refuses_fails_the_run_with_slurms_words(sim_dir: Path, tmp_path: Path) -> None:
+    """The whole chain through Dagster's CLI with a partition that does not exist: the run fails at its first
+    step, saying what sbatch said, and leaves no job."""
     cfg = copy_experiment(sim_dir, tmp_path / "exp")
     dep = make_deployment(tmp_path / "dep")
-    dep.write_cluster(**settings)
+    dep.write_cluster(queue="nope")
     proc, seconds = materialize(dep.env(FATEBIAS_CONFIG=str(cfg)), tmp_path, timeout=180)
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "RUN_FAILURE" in log, log[-4000:]
-    assert "SlurmClusterError" in log and says in log, log[-4000:]
+    assert "SlurmClusterError" in log and "Invalid partition name specified" in log, log[-4000:]
     assert seconds < 120
+    assert slurm("squeue", "-h", "-o", "%i").strip() == ""
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ({"queue": "down", "start_timeout": 3}, r"waited \d+ s in the queue \(start_timeout 3 s\): PENDING \(reason: PartitionDown\)"),
+        ({"job_script_prologue": ["echo no python here >&2", "exit 3"], "max_start_failures": 2},
+         r"ended \(FAILED\) before its step started; the end of its log:\nno python here\n\(2 such jobs in a row"),
+    ],
+    ids=["partition-down", "step-never-starts"],
+)
+def test_jobs_that_cannot_start_fail_the_step_with_slurms_reason(tmp_path: Path, settings: dict, says: str) -> None:
+    """A job that stays queued (its partition is down) fails its step after start_timeout, with Slurm's pending
+    reason; jobs that end before their step starts fail it after max_start_failures, with the end of the job's
+    log. Each leaves no job (the client's own calls, on the real cluster)."""
+    dep = make_deployment(tmp_path / "dep")
+    block = yaml.safe_load(dep.write_cluster(**settings).read_text())["slurm"]
+    with pytest.raises(SlurmClusterError, match=says):
+        PipesCall(block)(pool="cpu", label="load_experiment", workdir=tmp_path / "run", fn=abs, args=(0,))
     assert slurm("squeue", "-h", "-o", "%i").strip() == ""
