@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import dagster as dg
 import pytest
 import yaml
 
@@ -104,8 +105,6 @@ class PipesCall:
 
     def __call__(self, **kwargs: object) -> object:
         """``client.call(context, **kwargs)``."""
-        import dagster as dg
-
         out: dict[str, object] = {}
 
         @dg.asset
