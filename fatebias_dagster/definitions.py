@@ -35,7 +35,14 @@ from .automation import (
 from .executors import executor_from_env, fit_op_tags, fit_pool
 from .io_manager import RunFolderIOManager
 from .jobs import build_chain_job, build_observe_job
-from .resources import ClusterResource, ComputeResource, ExperimentConfig, LineageStore, MashBackend
+from .resources import (
+    ChainSource,
+    ClusterResource,
+    ComputeResource,
+    ExperimentConfig,
+    LineageStore,
+    MashBackend,
+)
 from .resources.env import resolved
 from .runner import ChainLayout
 from .versions import EXPERIMENT_KEY, SIMULATED_KEY
@@ -47,8 +54,9 @@ if os.environ.get("FATEBIAS_LOG_LEVEL", "INFO").upper() != "DEBUG":
         warnings.filterwarnings("ignore", category=_category)
 
 
-def chain_resources(experiment: ExperimentConfig | None = None) -> dict[str, object]:
-    """The resources of the main chain, from the environment unless ``experiment`` is given."""
+def chain_resources(experiment: ChainSource | None = None) -> dict[str, object]:
+    """The resources of a chain (the main one, or the study's with ``experiment`` its study), from the
+    environment unless ``experiment`` is given."""
     experiment = experiment or ExperimentConfig.from_env()
     cluster = ClusterResource.from_env()
     return {

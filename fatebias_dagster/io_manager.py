@@ -20,8 +20,12 @@ from fatebias_core.errors import InputDataError
 from fatebias_core.pipeline.graph import STEPS
 
 from .resources import ChainSource
-from .runner import Deferred, asset_values, reload_value
-from .versions import ASSET_STEP
+from .runner import Deferred, asset_values
+from .versions import ASSET_STEP, watched_input_version
+
+#: The last experiment loaded, by (settings, files) version: the cells and the guide
+#: embedding of one step are two inputs read from the same files.
+_LOADED: dict[tuple[str, str], Any] = {}
 
 
 class RunFolderIOManager(dg.ConfigurableIOManager):
@@ -46,7 +50,17 @@ class RunFolderIOManager(dg.ConfigurableIOManager):
             return Deferred(step.name)
         folder = self.experiment.run_folder(partition)
         try:
-            value = reload_value(step.name, folder.config, folder.out_dir)
+            value = self._reload(step.name, folder.config, folder.out_dir)
         except FileNotFoundError as exc:
             raise InputDataError(f"{context.asset_key.to_user_string()}: {exc}: materialize it first") from exc
         return asset_values(step.name, value)[name]
+
+    @staticmethod
+    def _reload(step: str, config: Any, out_dir: Any) -> Any:
+        if step != "load":
+            return STEPS[step].reload(config, out_dir)
+        key = (config.hash(list(STEPS["load"].settings)), watched_input_version(config))
+        if key not in _LOADED:
+            _LOADED.clear()
+            _LOADED[key] = STEPS["load"].reload(config, out_dir)
+        return _LOADED[key]

@@ -28,7 +28,7 @@ import pandas as pd
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.io import json_ready
 from fatebias_core.pipeline.chain import compute_step
-from fatebias_core.pipeline.graph import STEPS, Manifest, Step
+from fatebias_core.pipeline.graph import Manifest, Step
 from fatebias_core.types import Experiment
 
 from . import lineage as lin
@@ -40,7 +40,6 @@ from .versions import (
     STEP_ASSETS,
     settings_key,
     step_versions,
-    watched_input_version,
 )
 
 
@@ -107,22 +106,6 @@ def step_value(step: str, values: Mapping[str, Any]) -> Any:
         cells, summary = values["filtered_cells"]
         return Experiment(cells, values["guide_embeddings"], summary)
     return values[STEP_ASSETS[step][0]]
-
-
-#: The last experiment loaded, by (settings, files) version: the cells and the guide
-#: embedding are two inputs read from the same files.
-_LOADED: dict[tuple[str, str], Any] = {}
-
-
-def reload_value(step: str, config: FatebiasConfig, out_dir: Path) -> Any:
-    """The value of ``step`` rebuilt from the files it wrote (the step table's ``reload``)."""
-    if step != "load":
-        return STEPS[step].reload(config, out_dir)
-    key = (config.hash(list(STEPS["load"].settings)), watched_input_version(config))
-    if key not in _LOADED:
-        _LOADED.clear()
-        _LOADED[key] = STEPS["load"].reload(config, out_dir)
-    return _LOADED[key]
 
 
 # --------------------------------------------------------------------------- one materialization

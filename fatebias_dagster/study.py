@@ -17,14 +17,10 @@ from __future__ import annotations
 import dagster as dg
 
 from .assets.recovery import GROUP, build_recovery_assets
+from .definitions import chain_resources
 from .executors import executor_from_env
-from .io_manager import RunFolderIOManager
 from .resources import (
-    ClusterResource,
-    ComputeResource,
     ExperimentConfig,
-    LineageStore,
-    MashBackend,
     StudyConfig,
 )
 from .resources.env import resolved
@@ -39,17 +35,9 @@ def build_study_definitions(study: StudyConfig | None = None) -> dg.Definitions:
     # EnvVar field is resolved here).
     assets = build_recovery_assets(resolved(study).load())
     partitioned = dg.AssetSelection.groups(GROUP) - dg.AssetSelection.assets("recovery_summary")
-    cluster = ClusterResource.from_env()
     return dg.Definitions(
         assets=assets,
-        resources={
-            "experiment": study,
-            "compute": ComputeResource.from_env(),
-            "mash": MashBackend.from_env(),
-            "lineage": LineageStore.from_env(),
-            "cluster": cluster,
-            "io_manager": RunFolderIOManager(experiment=study, defer=cluster.remote),
-        },
+        resources=chain_resources(study),
         jobs=[
             dg.define_asset_job(
                 STUDY_JOB,
