@@ -26,6 +26,7 @@ import pandas as pd
 
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.errors import ConfigError
+from fatebias_core.model.algebra import choose_algebra
 from fatebias_core.model.fate_model import Priors
 from fatebias_core.model.inference import fit, predict_fates
 from fatebias_core.model.laplace import (
@@ -379,7 +380,8 @@ def _heldout_modes(
         ("nuisance", nuisance_problem(problem), nuisance_problem(test_problem), psi0[:, :n0]),
     ):
         t0 = time.perf_counter()
-        res = newton_mode(prob, psi, hessian_at_mode=False)
+        structured = choose_algebra(config.laplace_algebra, prob.n_contrasts * prob.layout.size) == "blocks"
+        res = newton_mode(prob, psi, hessian_at_mode=False, structured=structured)
         pis.append(test_prob.probabilities(res.psi))
         info[name] = {
             "method": "mode", "newton_iterations": res.n_iter, "converged": res.converged,

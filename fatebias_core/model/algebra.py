@@ -5,7 +5,10 @@ of psi with the clone effects eliminated, :meth:`LaplaceProblem.schur_hessian`) 
 of: solves with S, the per-gene diagonal blocks of ``S^-1`` (the posterior covariance
 the exports keep), ``S^-1`` at the few columns a clone's cells touch (leverage), and
 ``S^-1`` at the columns of the gene/day effects (degrees of freedom).
-:class:`DenseAlgebra` gives them from a dense Cholesky factor.
+:class:`DenseAlgebra` gives them from a dense Cholesky factor;
+:class:`~fatebias_core.model.block_algebra.BlockAlgebra` by gene blocks, in memory that
+grows linearly with the screen. :func:`make_algebra` makes the one a fit asked for, and
+:func:`choose_algebra` picks one for ``auto``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 import scipy.linalg as sla
@@ -21,7 +25,10 @@ import scipy.linalg as sla
 from fatebias_core.errors import FitError
 from fatebias_core.mash.blas_threads import blas_threads_for
 from fatebias_core.model.design import lower_to_symmetric
-from fatebias_core.model.glmm import LaplaceProblem
+from fatebias_core.model.glmm import LaplaceProblem, LaplaceResult
+
+if TYPE_CHECKING:
+    from fatebias_core.model.block_algebra import BlockAlgebra
 
 #: Dense (K P) x (K P) matrices held at the peak of the Laplace step (the factor, the
 #: inverse, its symmetric copy, the effective covariance and the robust products);
@@ -72,6 +79,41 @@ class DenseEstimate:
 
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+@dataclass(frozen=True)
+class BlockEstimate:
+    """What the gene-block Laplace step needs for a screen, and whether this machine has it."""
+
+    size: int
+    bytes_needed: int
+    bytes_available: int
+
+    @property
+    def fits(self) -> bool:
+        return self.bytes_needed <= MEMORY_SHARE * self.bytes_available
+
+    def describe(self) -> str:
+        """One line for ``fatebias check``."""
+        gb = 1024**3
+        return (
+            f"Laplace step: gene blocks for {self.size} parameters, about {self.bytes_needed / gb:.1f} GB at its peak "
+            f"(this machine: {self.bytes_available / gb:.0f} GB)"
+        )
+
+
+#: Bytes per non-zero of the design held by the gene-block step: the square-root rows
+#: (K^2 entries per design entry, with their CSC copy and the local reordering) and the
+#: clone pass's copies; measured (benchmarks/laplace_growth.py).
+BLOCK_BYTES_PER_NNZ_K2 = 110
+#: The first-order elimination's batch (bytes, :data:`~fatebias_core.model.block_algebra.GENE_BATCH_BYTES`) three times over.
+BLOCK_BATCH_BYTES = 3 * 256 * 1024**2
+
+
+def block_estimate_for(size: int, n_genes: int, design_nnz: int, n_contrasts: int) -> BlockEstimate:
+    """Memory of the gene-block Laplace step: linear in the design's non-zeros and the parameters."""
+    need = BLOCK_BYTES_PER_NNZ_K2 * n_contrasts**2 * design_nnz + BLOCK_BATCH_BYTES + 8 * 64 * size
+    return BlockEstimate(size, int(need), machine_memory())
 
 
 def dense_estimate(size: int) -> DenseEstimate:
@@ -141,6 +183,20 @@ class DenseAlgebra:
                 self.problem.centre_block_inplace(out[k * P : (k + 1) * P, j * P : (j + 1) * P], k, j)
         return out
 
+    def leverage_blocks(self, X, cells: np.ndarray, valid: np.ndarray, K: int) -> np.ndarray:
+        """Within-clone blocks of ``X S^-1 X^T`` (:func:`~fatebias_core.model.robust.clone_leverage_blocks`) from the effective covariance, made once."""
+        from fatebias_core.model.robust import clone_leverage_blocks
+
+        return clone_leverage_blocks(X, self._ceff, cells, valid, K)
+
+    def prepare_leverage(self) -> None:
+        """Make the effective covariance :meth:`leverage_blocks` reads (before a clone pass's threads start)."""
+        self._ceff = self.effective()
+
+    def release(self) -> None:
+        """Let the effective covariance go (the clone pass is done)."""
+        self._ceff = None
+
     def prior_trace(self) -> float:
         """``tr(S^-1 Q)``: the prior's share of the posterior (parameters minus effective degrees of freedom)."""
         p = self.problem
@@ -165,3 +221,29 @@ def check_dense_size(size: int, n_guides: int, n_genes: int, n_contrasts: int) -
             f"{est.bytes_available / gb:.1f} GB; run it on a machine with more memory, or set posterior_method: meanfield"
         )
     return est
+
+
+#: What a fit reads ``S^-1`` through.
+PosteriorAlgebra = Union[DenseAlgebra, "BlockAlgebra"]
+#: Parameters (K P) up to which ``auto`` keeps the dense algebra: below it the dense
+#: factor is faster than the gene blocks' first-order elimination (benchmarks/laplace_speed.py).
+DENSE_AUTO_MAX = 4000
+
+
+def choose_algebra(kind: str, size: int) -> str:
+    """``dense`` or ``blocks`` for the setting ``kind`` (``auto``, ``dense``, ``blocks``) and K P = ``size``."""
+    if kind != "auto":
+        return kind
+    return "dense" if size <= DENSE_AUTO_MAX and dense_estimate(size).fits else "blocks"
+
+
+def make_algebra(problem: LaplaceProblem, res: LaplaceResult, kind: str) -> PosteriorAlgebra:
+    """The algebra of ``S`` at the mode ``res`` (``dense`` factors the Hessian ``res`` kept, in place)."""
+    if kind == "blocks":
+        from fatebias_core.model.block_algebra import BlockAlgebra
+
+        curv = res.curvature if res.curvature is not None else problem.curvature(res.pi)
+        return BlockAlgebra(problem, curv)
+    hess = res.hessian if res.hessian is not None else problem.schur_hessian(res.curvature or problem.curvature(res.pi))
+    res.hessian = None  # factored in place: the algebra holds it now
+    return DenseAlgebra(problem, hess)

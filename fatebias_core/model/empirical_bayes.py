@@ -34,8 +34,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from tqdm.auto import tqdm
 
-from fatebias_core.model.algebra import DenseAlgebra
-from fatebias_core.model.design import pearson_dispersion
+from fatebias_core.model.algebra import PosteriorAlgebra, make_algebra
+from fatebias_core.model.design import gene_blocks, pearson_dispersion
 from fatebias_core.model.glmm import (
     LaplaceProblem,
     LaplaceResult,
@@ -62,7 +62,7 @@ class EBResult:
 
     problem: LaplaceProblem
     result: LaplaceResult
-    algebra: DenseAlgebra
+    algebra: PosteriorAlgebra
     clones: ClonePass
     trace: list[dict] = field(default_factory=list)
     converged: bool = True
@@ -86,6 +86,7 @@ def fit_empirical_bayes(
     desc: str = "laplace",
     robust: bool = False,
     precondition: Callable[[np.ndarray], np.ndarray] | None = None,
+    algebra: str = "dense",
 ) -> EBResult:
     """Alternate the Newton mode and the hyperparameter updates until the hyperparameters settle.
 
@@ -118,10 +119,14 @@ def fit_empirical_bayes(
     precondition
         ``x -> H^-1 x`` for a Hessian near the first update's (e.g. the start's), to
         precondition its Newton systems (None: the first Newton step factors its own).
+    algebra
+        ``dense`` (:class:`~fatebias_core.model.algebra.DenseAlgebra`) or ``blocks``
+        (:class:`~fatebias_core.model.block_algebra.BlockAlgebra`): how ``S^-1`` is read.
     """
     t0 = time.perf_counter()
     fpm = _FixedPointMap(
-        problem, psi0, estimate_weight, estimate_sigma_guide, estimate_clone_cov and problem.has_clone_effects, precondition
+        problem, psi0, estimate_weight, estimate_sigma_guide, estimate_clone_cov and problem.has_clone_effects, precondition,
+        algebra,
     )
     bar = tqdm(total=max_updates, desc=desc, unit="update", dynamic_ncols=True, mininterval=0.5) if progress else None
     fpm.bar = bar
@@ -178,8 +183,10 @@ class _FixedPointMap:
     def __init__(
         self, problem: LaplaceProblem, psi: np.ndarray, weight: bool, sigma_guide: bool, clone_cov: bool,
         precondition: Callable[[np.ndarray], np.ndarray] | None = None,
+        algebra: str = "dense",
     ):
         self.base = problem
+        self.kind = algebra
         self.psi, self.beta = psi.copy(), None
         self.sigma_of_psi = problem.sigma_guide.copy()  # the sigma_guide psi's u is scaled for
         self.flags = (weight, sigma_guide and problem.layout.n_guides > 0, clone_cov)
@@ -188,7 +195,7 @@ class _FixedPointMap:
         self.trace: list[dict] = []
         self.bar = None
         self.solve = precondition  # S^-1 at the last update's mode: it preconditions the next Newton solve
-        self.last: tuple[LaplaceProblem, LaplaceResult, DenseAlgebra, ClonePass] | None = None  # the last update's fit
+        self.last: tuple[LaplaceProblem, LaplaceResult, PosteriorAlgebra, ClonePass] | None = None  # the last update's fit
 
     # ----------------------------------------------------------------- encoding
     def encode(self, problem: LaplaceProblem, updates: dict | None = None) -> np.ndarray:
@@ -251,17 +258,18 @@ class _FixedPointMap:
             psi[:, lay.u] *= (self.sigma_of_psi / problem.sigma_guide)[:, None]
         return psi
 
-    def mode(self, problem: LaplaceProblem, tol: float) -> tuple[LaplaceResult, DenseAlgebra]:
+    def mode(self, problem: LaplaceProblem, tol: float) -> tuple[LaplaceResult, PosteriorAlgebra]:
         """The mode of ``problem`` from the last one, and ``S^-1`` there.
 
         Newton's systems are preconditioned by the last mode's factor, which is dropped
         before the new one is made (one factor alive at a time); the Hessian at the mode
         is factored in place.
         """
-        res = newton_mode(problem, self.psi_for(problem), self.beta, tol=tol, precondition=self.solve)
+        res = newton_mode(
+            problem, self.psi_for(problem), self.beta, tol=tol, precondition=self.solve, structured=self.kind == "blocks"
+        )
         res.solve = self.solve = None
-        algebra = DenseAlgebra(problem, res.hessian)
-        res.hessian = None  # factored in place: the algebra holds it now
+        algebra = make_algebra(problem, res, self.kind)
         self.solve = algebra.solver()
         return res, algebra
 
@@ -290,7 +298,7 @@ class _FixedPointMap:
 
 
 def _updates(
-    problem: LaplaceProblem, res: LaplaceResult, algebra: DenseAlgebra, cp: ClonePass,
+    problem: LaplaceProblem, res: LaplaceResult, algebra: PosteriorAlgebra, cp: ClonePass,
     weight: bool, sigma_guide: bool, clone_cov: bool,
 ) -> dict:
     out: dict = {}
@@ -305,39 +313,35 @@ def _updates(
     return out
 
 
-def sigma_guide_update(problem: LaplaceProblem, psi: np.ndarray, algebra: DenseAlgebra) -> np.ndarray:
+def sigma_guide_update(problem: LaplaceProblem, psi: np.ndarray, algebra: PosteriorAlgebra) -> np.ndarray:
     """MacKay's fixed point for sigma_guide per contrast: ``sigma^2 ||C u||^2 / gamma``.
 
     ``C`` is the within-gene centring; ``gamma = (G - L) - tr(C V_u C)`` the number of
-    well-determined deviations (V_u the posterior covariance of u, in prior units).
+    well-determined deviations (V_u the posterior covariance of u, in prior units),
+    read off each gene's block of ``S^-1``.
     """
-    lay, K, P = problem.layout, problem.n_contrasts, problem.layout.size
+    lay, K = problem.layout, problem.n_contrasts
     gog, n_l = problem.gene_of_guide, problem.guides_per_gene
     out = problem.sigma_guide.copy()
     dof = float(gog.size - (n_l > 0).sum())
     if dof <= 0:
         return out
+    index, mask = gene_blocks(lay, gog, K)
+    blocks = algebra.blocks(index)
+    D = lay.n_days
+    slots = (index.shape[1] - K * D) // K
     onehot = problem.onehot
     for k in range(K):
         u = psi[k, lay.u]
         centred = u - ((onehot @ u) / np.maximum(n_l, 1))[gog]
-        idx = k * P + lay.u.start + np.arange(gog.size)
-        diag = algebra.inv[idx, idx]
-        # 1^T V_l 1 per gene: the within-gene sums of the u-u block of S^-1
-        sums = np.asarray(onehot @ algebra.inv[np.ix_(idx, idx)] @ onehot.T).diagonal() if gog.size <= 20000 else _gene_sums(algebra, idx, gog, lay.n_genes)
-        trace = float(diag.sum() - (sums / np.maximum(n_l, 1)).sum())
+        s = K * D + k * slots + np.arange(slots)
+        valid = mask[:, s].astype(np.float64)  # (L, slots)
+        sub = blocks[:, s[:, None], s[None, :]] * valid[:, :, None] * valid[:, None, :]
+        diag = np.einsum("lss->", sub)
+        sums = sub.sum(axis=(1, 2))  # 1^T V_l 1 per gene
+        trace = float(diag - (sums / np.maximum(n_l, 1)).sum())
         gamma = max(dof - trace, 1e-3)
         out[k] = problem.sigma_guide[k] * np.sqrt(max(float(centred @ centred) / gamma, 1e-12))
-    return out
-
-
-def _gene_sums(algebra: DenseAlgebra, idx: np.ndarray, gog: np.ndarray, n_genes: int) -> np.ndarray:
-    order = np.argsort(gog, kind="stable")
-    out = np.zeros(n_genes)
-    bounds = np.searchsorted(gog[order], np.arange(n_genes + 1))
-    for g in range(n_genes):  # large screens only; a loop over genes, each a small block
-        members = idx[order[bounds[g] : bounds[g + 1]]]
-        out[g] = algebra.inv[np.ix_(members, members)].sum()
     return out
 
 

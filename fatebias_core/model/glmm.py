@@ -448,6 +448,7 @@ def newton_mode(
     tol: float = 1e-8,
     hessian_at_mode: bool = True,
     precondition: Callable[[np.ndarray], np.ndarray] | None = None,
+    structured: bool = False,
 ) -> LaplaceResult:
     """Newton's method with backtracking to the joint mode of (psi, clone effects).
 
@@ -465,6 +466,11 @@ def newton_mode(
     tolerance, which keeps Newton's convergence to the same mode; a factor is formed
     again only when the conjugate gradients stall (the point has moved far from where it
     was made).
+
+    With ``structured`` no dense Hessian is formed: the preconditioner is the gene-block
+    approximation of ``S^-1`` (:class:`~fatebias_core.model.block_algebra.BlockAlgebra`),
+    made again where the conjugate gradients stall, and ``hessian`` stays None (the
+    curvature at the mode is kept).
     """
     K, P = psi0.shape
     psi = psi0.copy()
@@ -482,8 +488,17 @@ def newton_mode(
         g_elim = problem.eliminated_gradient(g, g_beta, curv)
         rhs = -g_elim.ravel()
         dpsi = None
+        cg_iter = STRUCTURED_CG_MAX_ITER if structured else NEWTON_CG_MAX_ITER
+        matvec = lambda v, c=curv: problem.schur_matvec(c, v.reshape(K, P)).ravel()  # noqa: E731
         if solve is not None:
-            dpsi = conjugate_gradients(lambda v, c=curv: problem.schur_matvec(c, v.reshape(K, P)).ravel(), rhs, solve)
+            dpsi = conjugate_gradients(matvec, rhs, solve, max_iter=cg_iter)
+        if dpsi is None and structured:
+            from fatebias_core.model.block_algebra import BlockAlgebra
+
+            solve = BlockAlgebra(problem, curv, correct=False).apply_m
+            dpsi = conjugate_gradients(matvec, rhs, solve, max_iter=cg_iter)
+            if dpsi is None:
+                raise FitError("conjugate gradients with the Laplace Hessian did not converge; use posterior_method: meanfield")
         if dpsi is None:
             solve = _factor(problem.schur_hessian(curv), K * P)
             dpsi = solve(rhs)
@@ -506,7 +521,7 @@ def newton_mode(
     pi = problem.probabilities(psi, beta)
     if hessian_at_mode:
         curv = problem.curvature(pi)
-        hess = problem.schur_hessian(curv)
+        hess = None if structured else problem.schur_hessian(curv)
     else:
         hess = curv = None
     return LaplaceResult(
@@ -519,6 +534,8 @@ def newton_mode(
 NEWTON_CG_RTOL = 1e-6
 #: Conjugate-gradient iterations after which a nearby factor no longer pays and the Hessian is factored afresh.
 NEWTON_CG_MAX_ITER = 40
+#: The same with the gene-block preconditioner, which is made again only where this many do not do.
+STRUCTURED_CG_MAX_ITER = 300
 
 
 def _factor(hess: np.ndarray, size: int) -> Callable[[np.ndarray], np.ndarray]:

@@ -257,7 +257,7 @@ def fit(
     seed = config.seed if seed is None else int(seed)
     device = resolve_device(config.device)
     if guide_effects and config.posterior_method != "meanfield":
-        check_laplace_size(experiment, len(config.contrast_fates))  # fail before a long fit, not after it
+        check_laplace_size(experiment, len(config.contrast_fates), config.laplace_algebra)  # fail before a long fit, not after it
         if config.laplace_effect_scales == "configured":
             return laplace_fit(experiment, config)
     data = ModelData.from_experiment(experiment, config.ref_fate, config.contrast_fates, device=device)

@@ -23,7 +23,13 @@ import scipy.sparse as sp
 
 from fatebias_core.errors import FitError
 from fatebias_core.mash.blas_threads import single_threaded_blas
-from fatebias_core.model.algebra import DenseEstimate, check_dense_size
+from fatebias_core.model.algebra import (
+    BlockEstimate,
+    DenseEstimate,
+    block_estimate_for,
+    check_dense_size,
+    choose_algebra,
+)
 from fatebias_core.model.design import (
     Layout,
     centre_within_gene,
@@ -74,10 +80,19 @@ __all__ = [
 ]
 
 
-def check_laplace_size(experiment: Experiment, n_contrasts: int) -> DenseEstimate:
-    """The dense Laplace step's memory and time; a one-line error when this machine cannot hold it."""
+def check_laplace_size(experiment: Experiment, n_contrasts: int, algebra: str = "auto") -> DenseEstimate | None:
+    """The dense Laplace step's memory and time when it takes the dense algebra (a one-line error when this machine cannot hold it); None for the gene blocks."""
     lay = Layout.of(experiment)
+    if choose_algebra(algebra, n_contrasts * lay.size) == "blocks":
+        return None
     return check_dense_size(n_contrasts * lay.size, lay.n_guides, lay.n_genes, n_contrasts)
+
+
+def block_estimate(experiment: Experiment, n_contrasts: int) -> BlockEstimate:
+    """What the gene-block Laplace step needs for ``experiment`` on this machine."""
+    lay = Layout.of(experiment)
+    nnz = int(experiment.guides.mask.sum()) * 2 + 3 * experiment.n_cells
+    return block_estimate_for(n_contrasts * lay.size, lay.n_genes, nnz, n_contrasts)
 
 
 @dataclass(frozen=True)
@@ -108,6 +123,10 @@ class LaplaceSettings:
         keep the model-based blocks and NaN degrees of freedom. The robust sandwich's
         cost then grows with these genes' parameters instead of with all of them (the
         NTC check reads its pseudo-genes only).
+    algebra
+        How ``S^-1`` is read: ``dense`` (a dense factor), ``blocks`` (gene blocks after a
+        Schur complement on the nuisance terms, memory linear in the screen) or ``auto``
+        (dense for small screens that fit this machine).
     """
 
     estimate_weight: bool = True
@@ -120,6 +139,7 @@ class LaplaceSettings:
     seed: int = 0
     progress: bool = False
     genes: tuple[int, ...] | None = None
+    algebra: str = "auto"
 
 
 # --------------------------------------------------------------------------- the problem
@@ -203,7 +223,8 @@ def problem_at_mode(
     beta = None
     if problem.has_clone_effects:
         beta = optimise_clone_effects(problem, psi, np.zeros((problem.n_clusters, problem.n_contrasts)))
-    return problem, newton_mode(problem, psi, beta)
+    structured = choose_algebra("auto", problem.n_contrasts * problem.layout.size) == "blocks"
+    return problem, newton_mode(problem, psi, beta, structured=structured)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -241,7 +262,8 @@ def laplace_posterior(
         (K, K) clone covariance (fixed, or the start; None: a start of 0.25 on the diagonal).
     """
     K = len(contrast_fates)
-    check_laplace_size(experiment, K)
+    check_laplace_size(experiment, K, settings.algebra)
+    settings = dataclasses.replace(settings, algebra=choose_algebra(settings.algebra, K * Layout.of(experiment).size))
     # Everything here is small dense algebra (per clone, per gene) or sparse products, on
     # one BLAS thread each; only the factorisations of a large Hessian use them all.
     with single_threaded_blas():
@@ -263,7 +285,7 @@ def _laplace_posterior(
     psi0 = nuisance_start(problem) if start is None else pack_psi(problem, start)
     cov0 = solve = None
     if settings.clone_effects:
-        cov0, without = _clone_start(problem, psi0, clone_cov, settings.estimate_clone_cov)
+        cov0, without = _clone_start(problem, psi0, clone_cov, settings.estimate_clone_cov, settings.algebra == "blocks")
         if without is not None:  # the mode without clone effects: a nearer start, and its factor a preconditioner
             psi0, solve = without.psi, without.solve
         if cov0 is not None:
@@ -276,6 +298,7 @@ def _laplace_posterior(
         estimate_clone_cov=settings.estimate_clone_cov and cov0 is not None,
         progress=settings.progress,
         robust=settings.uncertainty == "cluster_robust" and settings.bootstrap == 0,
+        algebra=settings.algebra,
     )
     if not eb.result.converged:
         log.warning("Laplace: Newton did not converge in %d iterations", eb.result.n_iter)
@@ -287,7 +310,7 @@ def _laplace_posterior(
 
 
 def _clone_start(
-    problem: LaplaceProblem, psi0: np.ndarray, clone_cov: np.ndarray | None, estimate: bool
+    problem: LaplaceProblem, psi0: np.ndarray, clone_cov: np.ndarray | None, estimate: bool, structured: bool = False
 ) -> tuple[np.ndarray | None, LaplaceResult | None]:
     """The clone covariance to start from (or to fix), or None for no clone effect; and the mode without clone effects when it was found.
 
@@ -302,7 +325,7 @@ def _clone_start(
         return None, None
     if clone_cov is not None and not estimate:
         return np.asarray(clone_cov, dtype=np.float64), None
-    res = newton_mode(problem, psi0, hessian_at_mode=False, tol=START_TOL)
+    res = newton_mode(problem, psi0, hessian_at_mode=False, tol=START_TOL, structured=structured)
     moments = clone_cov_moments(problem, res)
     sd = np.sqrt(np.diag(moments))
     if (sd < MIN_CLONE_SD).all():

@@ -124,6 +124,7 @@ def laplace_fit(
         seed=config.seed,
         progress=config.progress,
         genes=None if posterior_genes is None else tuple(int(g) for g in posterior_genes),
+        algebra=config.laplace_algebra,
     )
     clone_cov = None if config.fixed_clone_cov is None else np.asarray(config.fixed_clone_cov, dtype=np.float64)
     posterior = laplace_posterior(
@@ -172,7 +173,7 @@ def laplace_fit(
 _LAPLACE_SETTINGS = (
     "fates", "ref_fate", "contrast_fate", "s_alpha", "s_rep", "s_gamma", "s_tau", "s_time", "s_guide",
     "likelihood_weight", "posterior_method", "uncertainty", "clone_effects", "fixed_sigma_guide", "fixed_clone_cov",
-    "bootstrap_replicates", "seed",
+    "bootstrap_replicates", "seed", "laplace_algebra",
 )
 
 

@@ -30,7 +30,7 @@ from scipy.stats import norm
 from scipy.stats import t as student_t
 
 from fatebias_core.mash.blas_threads import blas_threads_for
-from fatebias_core.model.algebra import DenseAlgebra
+from fatebias_core.model.algebra import DenseAlgebra, PosteriorAlgebra
 from fatebias_core.model.design import thread_map
 from fatebias_core.model.glmm import LaplaceProblem, LaplaceResult
 
@@ -177,7 +177,7 @@ def _sym_sqrt(a: np.ndarray, inverse: bool = False, rtol: float = 1e-10) -> np.n
 def clone_pass(
     problem: LaplaceProblem,
     res: LaplaceResult,
-    algebra: DenseAlgebra,
+    algebra: PosteriorAlgebra,
     robust: bool,
     max_cells: int = 512,
     keep_blocks: bool = False,
@@ -194,7 +194,6 @@ def clone_pass(
     W = curv.W
     resid = problem.residuals(res.pi)
     clusters = problem.clusters
-    ceff = algebra.effective() if blocks is None else None
     X = problem.X.tocsr()
     B_inv = curv.B_inv
     n = problem.n_cells
@@ -207,7 +206,7 @@ def clone_pass(
         i, (cells, valid) = item
         n_cl, m = cells.shape
         flat = cells.ravel()
-        lev = clone_leverage_blocks(X, ceff, cells, valid, K) if blocks is None else blocks[i]  # (n_cl, mK, mK)
+        lev = algebra.leverage_blocks(X, cells, valid, K) if blocks is None else blocks[i]  # (n_cl, mK, mK)
         w_cells = np.where(valid[:, :, None, None], W[flat].reshape(n_cl, m, K, K), 0.0)
         Wc = _block_diag(w_cells)
         diag = np.arange(m)
@@ -239,7 +238,11 @@ def clone_pass(
     if blocks is not None and len(blocks) != len(chunks):
         raise ValueError("the leverage blocks are not those of this problem's clones")
     kept: list[np.ndarray] | None = [] if keep_blocks else None
-    for (cells, valid), (h, v_psi, adj, f, lev) in zip(chunks, thread_map(one, list(enumerate(chunks))), strict=True):
+    if blocks is None:
+        algebra.prepare_leverage()
+    passes = thread_map(one, list(enumerate(chunks)))
+    algebra.release()
+    for (cells, valid), (h, v_psi, adj, f, lev) in zip(chunks, passes, strict=True):
         if kept is not None:
             kept.append(lev)
         leverage[cells[valid]] = h[valid]
@@ -261,7 +264,7 @@ def cluster_scores(problem: LaplaceProblem, resid: np.ndarray) -> list[sp.csr_ma
     return [(ind.multiply(resid[:, k][None, :]) @ problem.X).tocsr() for k in range(problem.n_contrasts)]
 
 
-def robust_blocks(problem: LaplaceProblem, algebra: DenseAlgebra, adjusted: np.ndarray, index: np.ndarray) -> np.ndarray:
+def robust_blocks(problem: LaplaceProblem, algebra: PosteriorAlgebra, adjusted: np.ndarray, index: np.ndarray) -> np.ndarray:
     """Per-gene blocks (L, B, B) of the cluster-robust covariance ``S^-1 (Q + J) S^-1``.
 
     J is the sum over clones of the outer product of their CR2-adjusted scores. Where
@@ -271,6 +274,8 @@ def robust_blocks(problem: LaplaceProblem, algebra: DenseAlgebra, adjusted: np.n
     spread instead of shrinking their variance to zero, as a bare sandwich would.
     """
     scores = cluster_scores(problem, adjusted)
+    if not isinstance(algebra, DenseAlgebra):
+        return algebra.robust_blocks(scores, algebra._genes_of(index))
     cols = [s.tocsc() for s in scores]
     rows = [s.T.tocsr() for s in scores]
     K = problem.n_contrasts
@@ -307,7 +312,7 @@ def _blocks_of_product(
 
 
 def bm_degrees_of_freedom(
-    problem: LaplaceProblem, algebra: DenseAlgebra, cp: ClonePass, effects: np.ndarray, chunk: int = 128
+    problem: LaplaceProblem, algebra: PosteriorAlgebra, cp: ClonePass, effects: np.ndarray, chunk: int = 128
 ) -> np.ndarray:
     """Bell-McCaffrey degrees of freedom of the cluster-robust variance of each effect.
 
@@ -325,7 +330,7 @@ def bm_degrees_of_freedom(
     """
     K, P = problem.n_contrasts, problem.layout.size
     X = problem.X
-    diag = np.diag(algebra.inv)[effects]
+    diag = algebra.diagonal()[effects]
     denom = np.zeros(effects.size)
 
     def part(start: int) -> np.ndarray:
