@@ -300,8 +300,10 @@ def test_too_large_a_screen_is_refused_before_fitting(tiny_sim, monkeypatch):
     from fatebias_core.model.inference import fit
 
     monkeypatch.setattr(alg, "machine_memory", lambda: 1000)
-    with pytest.raises(FitError, match=r"GB, and this machine has 0\.0 GB; run it on a machine with more memory"):
-        fit(tiny_sim.experiment, tiny_sim.config)
+    for algebra, what in (("dense", "dense"), ("blocks", "gene blocks")):
+        config = tiny_sim.config.model_copy(update={"laplace_algebra": algebra})
+        with pytest.raises(FitError, match=rf"{what}.*GB, and this machine has 0\.0 GB; run it on a machine with more memory"):
+            fit(tiny_sim.experiment, config)
 
 
 def test_the_dense_estimate_follows_the_measured_step() -> None:

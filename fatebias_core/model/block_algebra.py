@@ -234,10 +234,13 @@ class BlockAlgebra:
         for start in range(0, L, batch):
             g = np.arange(start, min(start + batch, L))
             cols = (g[:, None] * B + np.arange(B)[None, :]).ravel()
-            Y = np.asarray((FE_c[:, cols].T @ FE_s).todense()).reshape(g.size * B, L, B)  # rows of H_raw
-            YD = np.matmul(Y.transpose(1, 0, 2), Dt).transpose(1, 0, 2).reshape(g.size, B, L * B)
-            t1 = np.matmul(YD, Y.reshape(g.size, B, L * B).transpose(0, 2, 1))
-            t2 = Y.reshape(g.size * B, L * B) @ DtU.reshape(L * B, n)
+            # The batch's columns of H_raw, laid out (L, B, genes x B) so that every product
+            # below reads them in place.
+            Yt = (FE_s.T @ FE_c[:, cols]).toarray()
+            YDt = np.matmul(Dt, Yt.reshape(L, B, cols.size)).reshape(L * B, g.size, B)
+            Yg = Yt.reshape(L * B, g.size, B)
+            t1 = np.stack([Yg[:, i, :].T @ YDt[:, i, :] for i in range(g.size)])
+            t2 = Yt.T @ DtU.reshape(L * B, n)
             Hg = H_raw[g]
             t1 -= Hg @ Dt[g] @ Hg
             t2 = t2.reshape(g.size, B, n) - Hg @ DtU[g]
@@ -332,7 +335,8 @@ class BlockAlgebra:
         out[:, is_n] = self.nuis_cols[:, where[cols[is_n]]]
         g, b = np.divmod(self.colmap[cols[~is_n]] - self.n, self.B)
         m = np.flatnonzero(~is_n)
-        out[self.index[g], m[:, None]] = self.V[g, :, b]
+        valid = self.mask[g]  # padding indices repeat a real column: leave them out
+        out[self.index[g][valid], np.broadcast_to(m[:, None], valid.shape)[valid]] = self.V[g, :, b][valid]
         out[self.nuis[:, None], m[None, :]] = self.en[g, b, :].T
         return out
 
@@ -344,12 +348,31 @@ class BlockAlgebra:
         val = float((np.diag(self.nn) * p.prior_diag[:, :n0].ravel()).sum())
         return val + float(np.einsum("lbc,lcb,lb->", self.V, Q_blocks, self.mask.astype(np.float64)))
 
-    def exact_blocks(self, genes: np.ndarray) -> np.ndarray:
-        """The exact gene blocks of ``S^-1`` for a few ``genes`` (conjugate gradients on their columns)."""
-        cols = self.index[genes].ravel()
-        H = self.solve(np.eye(self.size)[:, cols] if self.size * cols.size < 5e7 else _unit_columns(self.size, cols))
-        B = self.B
-        return np.stack([H[self.index[g]][:, i * B : (i + 1) * B] for i, g in enumerate(genes)])
+    def check(self, genes: np.ndarray, scores: list[sp.csr_matrix] | None) -> tuple[float, float]:
+        """The largest relative error of the gene/day SEs of ``genes`` against exact ones: model-based and robust (NaN without ``scores``).
+
+        The exact ones come from conjugate-gradient solves on those genes' theta columns:
+        ``S^-1``'s theta block and, with the clone ``scores``, ``W^T (Q + J) W`` for W those columns.
+        """
+        p = self.problem
+        K, P, D = p.n_contrasts, p.layout.size, p.layout.n_days
+        KD = K * D
+        cols = self.index[genes, :KD].ravel()
+        W = self.solve(_unit_columns(self.size, cols))
+        exact = np.stack([W[self.index[g, :KD]][:, i * KD : (i + 1) * KD] for i, g in enumerate(genes)])
+        approx = self.V[genes][:, :KD, :KD]
+        sd = np.sqrt(np.einsum("gii->gi", exact))
+        model_err = float(np.abs(np.sqrt(np.einsum("gii->gi", approx)) / sd - 1).max())
+        if scores is None:
+            return model_err, float("nan")
+        raw = [p.centre_rows(W[k * P : (k + 1) * P], k) for k in range(K)]
+        g_w = sum(scores[k] @ raw[k] for k in range(K))  # (C, m): each clone's score against each column
+        JW = np.concatenate([p.centre_rows(np.asarray(scores[k].T @ g_w), k) for k in range(K)])
+        QJW = JW + self._prior_times(W)
+        rob = np.stack([W[:, i * KD : (i + 1) * KD].T @ QJW[:, i * KD : (i + 1) * KD] for i in range(len(genes))])
+        got = self.robust_blocks(scores, np.asarray(genes))[:, :KD, :KD]
+        robust_err = float(np.abs(np.sqrt(np.einsum("gii->gi", got) / np.einsum("gii->gi", rob)) - 1).max())
+        return model_err, robust_err
 
     # ----------------------------------------------------------------- clones
     def _x_local(self) -> list[sp.csr_matrix]:

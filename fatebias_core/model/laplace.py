@@ -30,6 +30,7 @@ from fatebias_core.model.algebra import (
     check_dense_size,
     choose_algebra,
 )
+from fatebias_core.model.block_algebra import BlockAlgebra
 from fatebias_core.model.design import (
     Layout,
     centre_within_gene,
@@ -80,12 +81,20 @@ __all__ = [
 ]
 
 
-def check_laplace_size(experiment: Experiment, n_contrasts: int, algebra: str = "auto") -> DenseEstimate | None:
-    """The dense Laplace step's memory and time when it takes the dense algebra (a one-line error when this machine cannot hold it); None for the gene blocks."""
+def check_laplace_size(experiment: Experiment, n_contrasts: int, algebra: str = "auto") -> DenseEstimate | BlockEstimate:
+    """The Laplace step's memory (and, dense, time) with the algebra it will take; a one-line error when this machine cannot hold it."""
     lay = Layout.of(experiment)
-    if choose_algebra(algebra, n_contrasts * lay.size) == "blocks":
-        return None
-    return check_dense_size(n_contrasts * lay.size, lay.n_guides, lay.n_genes, n_contrasts)
+    if choose_algebra(algebra, n_contrasts * lay.size) == "dense":
+        return check_dense_size(n_contrasts * lay.size, lay.n_guides, lay.n_genes, n_contrasts)
+    est = block_estimate(experiment, n_contrasts)
+    if not est.fits:
+        gb = 1024**3
+        raise FitError(
+            f"the Laplace step's gene blocks for {lay.n_guides} guides, {lay.n_genes} genes and {experiment.n_cells} cells need "
+            f"about {est.bytes_needed / gb:.1f} GB, and this machine has {est.bytes_available / gb:.1f} GB; run it on a machine "
+            "with more memory, or set posterior_method: meanfield"
+        )
+    return est
 
 
 def block_estimate(experiment: Experiment, n_contrasts: int) -> BlockEstimate:
@@ -376,6 +385,15 @@ class LaplacePosterior:
             extra = {"theta_df": df, "block_cov_model": model}
         else:
             blocks = algebra.blocks(index)
+        if isinstance(algebra, BlockAlgebra) and settings.genes is None:
+            scores = cluster_scores(problem, cp.adjusted) if settings.uncertainty == "cluster_robust" else None
+            extra["block_check"] = np.asarray(algebra.check(check_genes(lay.n_genes), scores))
+            if np.nanmax(extra["block_check"]) > BLOCK_CHECK_WARN:
+                log.warning(
+                    "Laplace gene blocks: SEs up to %.1f%% off the exact ones on the genes checked (model %.2f%%, robust %.2f%%); "
+                    "laplace_algebra: dense is exact where this machine holds it",
+                    100 * np.nanmax(extra["block_check"]), *(100 * extra["block_check"]),
+                )
         return cls(_params(eb, hyper, blocks, mask, extra))
 
     # ----------------------------------------------------------------- effects
@@ -445,6 +463,17 @@ class LaplacePosterior:
         slot = guide_slots(gene_of_guide, n_genes)
         u = u0[None] + u_dev[:, gene_of_guide, :, slot].transpose(1, 0, 2)
         return theta, self._delta(u, gene_of_guide, n_genes)
+
+
+#: Genes whose SEs the gene-block posterior checks against exact ones (spread over the screen).
+BLOCK_CHECK_GENES = 3
+#: Relative SE error above which that check warns.
+BLOCK_CHECK_WARN = 0.01
+
+
+def check_genes(n_genes: int) -> np.ndarray:
+    """The genes the gene-block check solves for: evenly spread, the same on every run."""
+    return np.unique(np.linspace(0, n_genes - 1, min(BLOCK_CHECK_GENES, n_genes)).round().astype(np.int64))
 
 
 def _params(eb: EBResult, hyper: dict[str, np.ndarray], blocks: np.ndarray | None, mask: np.ndarray | None, extra: dict) -> dict[str, np.ndarray]:

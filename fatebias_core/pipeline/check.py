@@ -15,7 +15,7 @@ from fatebias_core.config import FatebiasConfig
 from fatebias_core.data.load import load_experiment
 from fatebias_core.errors import ConfigError, InputDataError
 from fatebias_core.io import layout as names
-from fatebias_core.model.laplace import block_estimate, check_laplace_size
+from fatebias_core.model.laplace import check_laplace_size
 from fatebias_core.types import Experiment
 
 
@@ -66,8 +66,7 @@ def check_data(config: FatebiasConfig) -> CheckResult:
     experiment = load_experiment_checked(config, verbose=False)
     notes: list[str] = []
     if config.posterior_method != "meanfield":
-        dense = check_laplace_size(experiment, len(config.contrast_fates), config.laplace_algebra)
-        notes.append(dense.describe() if dense is not None else block_estimate(experiment, len(config.contrast_fates)).describe())
+        notes.append(check_laplace_size(experiment, len(config.contrast_fates), config.laplace_algebra).describe())
     out = Path(config.out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out_dir: {out} exists and is not a folder")
