@@ -56,10 +56,12 @@ print(json.dumps({"cells": exp.n_cells, "genes": exp.guides.n_genes, "guides": e
 """
 
 
-def _one(cells: int, genes: int, guides: int, kmax: int, work: Path) -> dict:
+def _one(cells: int, genes: int, guides: int, kmax: int, work: Path, active_frac: float | None = None) -> dict:
     folder = work / f"g{genes}_c{cells}"
     settings = {"sim_n_cells": cells, "sim_n_genes": genes, "sim_n_guides": guides, "sim_kmax": kmax,
                 "sim_n_ntc_guides": max(guides // 40, 4), "progress": False}
+    if active_frac is not None:
+        settings["sim_active_frac"] = active_frac
     sim_yaml = work / f"sim_g{genes}_c{cells}.yaml"
     sim_yaml.write_text(yaml.safe_dump(settings))
     t0 = time.perf_counter()
@@ -92,13 +94,17 @@ def main() -> None:
     ap.add_argument("--cells", type=int, nargs="+", default=[50_000])
     ap.add_argument("--guides-per-gene", type=int, default=5)
     ap.add_argument("--kmax", type=int, default=20)
+    ap.add_argument("--active-frac", type=float, help="fraction of genes with a true effect (0: a null experiment; default: the simulator's)")
+    ap.add_argument("--keep", help="run in this folder and keep the runs (default: a temporary folder)")
     ap.add_argument("--json", help="also write the measurements to this JSON file")
     args = ap.parse_args()
     rows = []
+    if args.keep:
+        Path(args.keep).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fatebias-chain-growth-") as tmp:
         for cells in args.cells:
             for genes in args.genes:
-                row = _one(cells, genes, genes * args.guides_per_gene, args.kmax, Path(tmp))
+                row = _one(cells, genes, genes * args.guides_per_gene, args.kmax, Path(args.keep or tmp), args.active_frac)
                 rows.append(row)
                 steps = ", ".join(f"{s['step']} {s['seconds']:.1f}" for s in row["steps"])
                 print(f"{row['cells']:,} cells, {row['genes']:,} genes, {row['guides']:,} guides (K P {row['KP']:,}): "
