@@ -114,3 +114,18 @@ def test_auto_keeps_dense_for_small_screens_only():
     assert choose_algebra("auto", 3000) == "dense"
     assert choose_algebra("auto", 36_014) == "blocks"
     assert choose_algebra("dense", 36_014) == "dense"
+
+
+def test_a_gene_that_shares_most_of_its_cells_keeps_a_positive_definite_block():
+    """Where the first-order term reaches the gene's own block, the block is the two-term series, still positive definite."""
+    from fatebias_core.model.block_algebra import _eliminated_inverse
+
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((2, 4, 6))
+    D = a @ a.transpose(0, 2, 1) + np.eye(4)
+    D_inv = np.linalg.inv(D)
+    corr = np.stack([0.1 * D[0], 1.5 * D[1]])  # the second would make D - corr indefinite
+    V = _eliminated_inverse(D, D_inv, corr)
+    np.testing.assert_allclose(V[0], np.linalg.inv(0.9 * D[0]), rtol=1e-10)
+    np.testing.assert_allclose(V[1], D_inv[1] + D_inv[1] @ corr[1] @ D_inv[1], rtol=1e-10)
+    assert np.linalg.eigvalsh(V).min() > 0

@@ -31,6 +31,7 @@ conjugate gradients) so that a fit can report it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -39,6 +40,8 @@ import scipy.sparse as sp
 from fatebias_core.errors import FitError
 from fatebias_core.model.design import gene_blocks
 from fatebias_core.model.glmm import Curvature, LaplaceProblem
+
+log = logging.getLogger("fatebias.laplace")
 
 #: Relative residual of the conjugate-gradient solves with S.
 SOLVE_RTOL = 1e-10
@@ -132,7 +135,7 @@ class BlockAlgebra:
         D_inv = _inv_pd(self.D)
         if correct:
             corr = self._first_order(FE, sign, H_raw, U_raw, U, Z, D_inv)
-            V = _inv_pd(self.D - corr)
+            V = _eliminated_inverse(self.D, D_inv, corr)
         else:
             V = D_inv
         self.V, self.Z = V, Z
@@ -461,6 +464,33 @@ def _unit_columns(size: int, cols: np.ndarray) -> np.ndarray:
     e = np.zeros((size, cols.size))
     e[cols, np.arange(cols.size)] = 1.0
     return e
+
+
+#: Relative size of the first-order term (its largest eigenvalue against the gene's own
+#: block) above which a gene's block is taken as the two-term series instead of the Schur form.
+SCHUR_FORM_MAX = 0.5
+
+
+def _eliminated_inverse(D: np.ndarray, D_inv: np.ndarray, corr: np.ndarray) -> np.ndarray:
+    """Each gene's ``(D_i - corr_i)^-1``, or ``D_i^-1 + D_i^-1 corr_i D_i^-1`` where ``corr_i`` is large against ``D_i``.
+
+    The two agree to first order in the coupling. Where a gene shares much of its cells
+    with others (few cells per gene), the first-order term can reach ``D_i`` itself and
+    the Schur form loses positive definiteness; the series keeps it (``corr_i`` is
+    positive semi-definite), and the fit's check reports how far either is from exact.
+    """
+    chol = np.linalg.cholesky(D)
+    eye = np.broadcast_to(np.eye(D.shape[-1]), D.shape)
+    ci = np.linalg.solve(chol, eye)
+    rel = np.linalg.eigvalsh(ci @ corr @ ci.transpose(0, 2, 1))[:, -1]
+    large = rel > SCHUR_FORM_MAX
+    out = np.empty_like(D)
+    if (~large).any():
+        out[~large] = _inv_pd(D[~large] - corr[~large])
+    if large.any():
+        log.info("gene blocks: %d of %d genes share so much of their cells that their blocks take the two-term series", int(large.sum()), large.size)
+        out[large] = D_inv[large] + D_inv[large] @ corr[large] @ D_inv[large]
+    return out
 
 
 def _inv_pd(a: np.ndarray) -> np.ndarray:
