@@ -25,8 +25,8 @@ Nothing here holds a (K P)^2 array: memory grows with the design's non-zeros (ce
 guides per cell) and with the genes. Time of the first-order elimination grows as the
 genes times the number of parameters (the Hessian's non-zeros); everything else as the
 cells. The approximation's error on each gene block is second order in the cross-gene
-coupling; :meth:`BlockAlgebra.exact_blocks` computes chosen genes' blocks exactly (by
-conjugate gradients) so that a fit can report it.
+coupling; :meth:`BlockAlgebra.check` solves exactly for a few genes so that a fit can
+report it.
 """
 
 from __future__ import annotations
