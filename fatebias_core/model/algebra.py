@@ -56,17 +56,32 @@ def machine_memory() -> int:
 
 
 @dataclass(frozen=True)
-class DenseEstimate:
-    """What the dense Laplace step needs for a screen, and whether this machine has it."""
+class MemoryEstimate:
+    """What a Laplace step needs for a screen, and whether this machine has it."""
 
     size: int
     bytes_needed: int
     bytes_available: int
-    seconds: float
 
     @property
     def fits(self) -> bool:
         return self.bytes_needed <= MEMORY_SHARE * self.bytes_available
+
+    def require(self, what: str) -> None:
+        """A one-line error, naming ``what`` needs the memory, when this machine cannot hold it."""
+        if not self.fits:
+            gb = 1024**3
+            raise FitError(
+                f"{what}: about {self.bytes_needed / gb:.1f} GB, and this machine has {self.bytes_available / gb:.1f} GB; "
+                "run it on a machine with more memory, or set posterior_method: meanfield"
+            )
+
+
+@dataclass(frozen=True)
+class DenseEstimate(MemoryEstimate):
+    """What the dense Laplace step needs for a screen, and whether this machine has it."""
+
+    seconds: float = 0.0
 
     def describe(self) -> str:
         """One line for ``fatebias check``."""
@@ -82,16 +97,8 @@ def _duration(seconds: float) -> str:
 
 
 @dataclass(frozen=True)
-class BlockEstimate:
+class BlockEstimate(MemoryEstimate):
     """What the gene-block Laplace step needs for a screen, and whether this machine has it."""
-
-    size: int
-    bytes_needed: int
-    bytes_available: int
-
-    @property
-    def fits(self) -> bool:
-        return self.bytes_needed <= MEMORY_SHARE * self.bytes_available
 
     def describe(self) -> str:
         """One line for ``fatebias check``."""
@@ -103,16 +110,18 @@ class BlockEstimate:
 
 
 #: Bytes per non-zero of the design held by the gene-block step: the square-root rows
-#: (K^2 entries per design entry, with their CSC copy and the local reordering) and the
-#: clone pass's copies; measured (benchmarks/laplace_growth.py).
+#: (K^2 entries per design entry, with the local reordering and its CSC copy) and the
+#: clone pass's copies. Set to cover the measured peak: at 2,000 genes, 10,000 guides and
+#: 200,000 cells it estimates 2.8 GB where benchmarks/laplace_growth.py measured 2.46 GB.
 BLOCK_BYTES_PER_NNZ_K2 = 110
-#: The first-order elimination's batch (bytes, :data:`~fatebias_core.model.block_algebra.GENE_BATCH_BYTES`) three times over.
-BLOCK_BATCH_BYTES = 3 * 256 * 1024**2
 
 
-def block_estimate_for(size: int, n_genes: int, design_nnz: int, n_contrasts: int) -> BlockEstimate:
+def block_estimate_for(size: int, design_nnz: int, n_contrasts: int) -> BlockEstimate:
     """Memory of the gene-block Laplace step: linear in the design's non-zeros and the parameters."""
-    need = BLOCK_BYTES_PER_NNZ_K2 * n_contrasts**2 * design_nnz + BLOCK_BATCH_BYTES + 8 * 64 * size
+    from fatebias_core.model.block_algebra import GENE_BATCH_BYTES
+
+    # the first-order elimination's batch is held about three times over (its rows, their product, the result)
+    need = BLOCK_BYTES_PER_NNZ_K2 * n_contrasts**2 * design_nnz + 3 * GENE_BATCH_BYTES + 8 * 64 * size
     return BlockEstimate(size, int(need), machine_memory())
 
 
@@ -213,15 +222,11 @@ class DenseAlgebra:
 def check_dense_size(size: int, n_guides: int, n_genes: int, n_contrasts: int) -> DenseEstimate:
     """The dense step's estimate; a one-line error when this machine cannot hold it."""
     est = dense_estimate(size)
-    if not est.fits:
-        gb = 1024**3
-        raise FitError(
-            f"posterior_method laplace/bootstrap needs a dense {size} x {size} system for {n_guides} guides, "
-            f"{n_genes} genes and {n_contrasts} contrasts: about {est.bytes_needed / gb:.1f} GB, and this machine has "
-            f"{est.bytes_available / gb:.1f} GB; run it on a machine with more memory, or set posterior_method: meanfield"
-        )
+    est.require(
+        f"posterior_method laplace/bootstrap needs a dense {size} x {size} system for {n_guides} guides, "
+        f"{n_genes} genes and {n_contrasts} contrasts"
+    )
     return est
-
 
 #: What a fit reads ``S^-1`` through.
 PosteriorAlgebra = Union[DenseAlgebra, "BlockAlgebra"]

@@ -40,6 +40,7 @@ import scipy.sparse as sp
 from fatebias_core.errors import FitError
 from fatebias_core.model.design import gene_blocks
 from fatebias_core.model.glmm import Curvature, LaplaceProblem
+from fatebias_core.model.robust import _sym_sqrt
 
 log = logging.getLogger("fatebias.laplace")
 
@@ -49,12 +50,6 @@ SOLVE_RTOL = 1e-10
 SOLVE_MAX_ITER = 500
 #: Genes per batch of the first-order elimination (a batch holds a dense genes x B x (L B) array).
 GENE_BATCH_BYTES = 256 * 1024**2
-
-
-def _sym_sqrt_psd(w: np.ndarray) -> np.ndarray:
-    """Symmetric square roots of a batch (N, K, K) of PSD matrices."""
-    lam, vec = np.linalg.eigh(w)
-    return np.einsum("nij,nj,nkj->nik", vec, np.sqrt(np.clip(lam, 0.0, None)), vec)
 
 
 def block_gram(rows: sp.csr_matrix, weights: np.ndarray, n_blocks: int, B: int) -> np.ndarray:
@@ -113,11 +108,12 @@ class BlockAlgebra:
         self.nuis, self.colmap = nuis, colmap
         self.T = self._centring()  # (L, B, B): param -> raw within each gene block
         rows, sign = self._square_root_rows()
-        self.rows, self.sign = rows, sign
-        loc = self._to_local(rows)
+        self.sign = sign
+        self.loc = loc = self._to_local(rows)  # the only copy kept: the product with S reads it too
+        del rows
         FN, FE = loc[:, :n], loc[:, n:]
         FN_s = FN.multiply(sign[:, None]).tocsr()
-        Q_N, Q_blocks = self._prior_blocks()
+        self.Q_N, self.Q_blocks = Q_N, Q_blocks = self._prior_blocks()
         A = (FN_s.T @ FN).toarray() + Q_N
         try:
             self.A_inv = np.linalg.inv(A)
@@ -186,7 +182,7 @@ class BlockAlgebra:
             adj = np.einsum("nij,njk,nkl->nil", W, curv.B_inv[p.clusters], W)
             W = W - np.where(single[:, None, None], adj, 0.0)
             multi = ~single
-        root = _sym_sqrt_psd(0.5 * (W + W.transpose(0, 2, 1)))
+        root = _sym_sqrt(W)
         X = p.X.tocoo()
         N = p.n_cells
         r = (X.row[None, None, :] * K + np.arange(K)[:, None, None]) + np.zeros((K, K, 1), dtype=np.int64)
@@ -282,9 +278,11 @@ class BlockAlgebra:
         K, P = p.n_contrasts, p.layout.size
         m = v.shape[1]
         raw = np.stack([p.centre_rows(v[k * P : (k + 1) * P], k) for k in range(K)]).reshape(K * P, m)
-        t = self.rows @ raw
+        local = np.zeros((self.loc.shape[1], m))
+        local[self.colmap] = raw
+        t = self.loc @ local
         t *= self.sign[:, None]
-        back = np.asarray(self.rows.T @ t).reshape(K, P, m)
+        back = np.asarray(self.loc.T @ t)[self.colmap].reshape(K, P, m)
         out = np.stack([p.centre_rows(back[k], k) for k in range(K)]).reshape(K * P, m)
         return out + self._prior_times(v)
 
@@ -347,9 +345,8 @@ class BlockAlgebra:
         """``tr(M Q)``: the prior's share of the posterior."""
         p = self.problem
         n0 = p.layout.theta.start
-        _, Q_blocks = self._prior_blocks()
         val = float((np.diag(self.nn) * p.prior_diag[:, :n0].ravel()).sum())
-        return val + float(np.einsum("lbc,lcb,lb->", self.V, Q_blocks, self.mask.astype(np.float64)))
+        return val + float(np.einsum("lbc,lcb,lb->", self.V, self.Q_blocks, self.mask.astype(np.float64)))
 
     def check(self, genes: np.ndarray, scores: list[sp.csr_matrix] | None) -> tuple[float, float]:
         """The largest relative error of the gene/day SEs of ``genes`` against exact ones: model-based and robust (NaN without ``scores``).
@@ -449,7 +446,7 @@ class BlockAlgebra:
         J_NN = (JN.T @ JN).toarray()
         J_EN = np.asarray((JE.T @ JN).todense()).reshape(L, B, n)
         J_EE = block_gram(JE, np.ones(J.shape[0]), L, B)
-        Q_N, Q_blocks = self._prior_blocks()
+        Q_N, Q_blocks = self.Q_N, self.Q_blocks
         g = np.asarray(genes)
         T, V, en = self.T[g], self.V[g], self.en[g]  # en: (g, B, n) = S^-1_{i,N}
         d_ii = Q_blocks[g] + T @ J_EE[g] @ T - self.C[g]

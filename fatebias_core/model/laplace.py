@@ -87,13 +87,9 @@ def check_laplace_size(experiment: Experiment, n_contrasts: int, algebra: str = 
     if choose_algebra(algebra, n_contrasts * lay.size) == "dense":
         return check_dense_size(n_contrasts * lay.size, lay.n_guides, lay.n_genes, n_contrasts)
     est = block_estimate(experiment, n_contrasts)
-    if not est.fits:
-        gb = 1024**3
-        raise FitError(
-            f"the Laplace step's gene blocks for {lay.n_guides} guides, {lay.n_genes} genes and {experiment.n_cells} cells need "
-            f"about {est.bytes_needed / gb:.1f} GB, and this machine has {est.bytes_available / gb:.1f} GB; run it on a machine "
-            "with more memory, or set posterior_method: meanfield"
-        )
+    est.require(
+        f"the Laplace step's gene blocks for {lay.n_guides} guides, {lay.n_genes} genes and {experiment.n_cells} cells need"
+    )
     return est
 
 
@@ -101,7 +97,7 @@ def block_estimate(experiment: Experiment, n_contrasts: int) -> BlockEstimate:
     """What the gene-block Laplace step needs for ``experiment`` on this machine."""
     lay = Layout.of(experiment)
     nnz = int(experiment.guides.mask.sum()) * 2 + 3 * experiment.n_cells
-    return block_estimate_for(n_contrasts * lay.size, lay.n_genes, nnz, n_contrasts)
+    return block_estimate_for(n_contrasts * lay.size, nnz, n_contrasts)
 
 
 @dataclass(frozen=True)

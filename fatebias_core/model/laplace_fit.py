@@ -16,7 +16,7 @@ import numpy as np
 from fatebias_core.config import FatebiasConfig
 from fatebias_core.errors import FitError
 from fatebias_core.model.algebra import choose_algebra
-from fatebias_core.model.design import pearson_dispersion
+from fatebias_core.model.design import Layout, pearson_dispersion
 from fatebias_core.model.fate_model import Priors
 from fatebias_core.model.fit_io import make_fit_result
 from fatebias_core.model.laplace import (
@@ -150,7 +150,7 @@ def laplace_fit(
         "laplace_newton_iterations": int(p["newton_iterations"]),
         "laplace_eb_updates": int(p["eb_iterations"]),
         "laplace_converged": bool(p["converged"]),
-        "laplace_algebra": choose_algebra(config.laplace_algebra, K * p["u"].shape[0] + K * (p["theta"].shape[0] * D + p["a"].shape[-1] + p["b"].shape[-1] + 1)),
+        "laplace_algebra": choose_algebra(config.laplace_algebra, K * Layout.of(experiment).size),
     }
     if "block_check" in p:
         facts["laplace_block_check"] = {"model_se_max_rel_err": float(p["block_check"][0]), "robust_se_max_rel_err": float(p["block_check"][1])}
