@@ -17,6 +17,7 @@ Usage::
 
     python benchmarks/laplace_speed.py                              # seed scale against HEAD
     python benchmarks/laplace_speed.py --baseline 184f07d --cells 50000
+    python benchmarks/laplace_speed.py --algebra blocks --genes 1000 --guides 5000 --cells 50000
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ print("code:", fatebias_core.__file__, file=sys.stderr)
 from fatebias_core.config import make_config
 from fatebias_core.data.load import load_experiment
 from fatebias_core.model.laplace_fit import laplace_fit
-folder, out = sys.argv[1], sys.argv[2]
-cfg = make_config(adata_path=f"{folder}/adata.h5ad", guide_map_csv=f"{folder}/guide_map.csv", progress=False)
+folder, out, algebra = sys.argv[1], sys.argv[2], sys.argv[3]
+extra = {} if algebra == "default" else {"laplace_algebra": algebra}
+cfg = make_config(adata_path=f"{folder}/adata.h5ad", guide_map_csv=f"{folder}/guide_map.csv", progress=False, **extra)
 exp = load_experiment(cfg, verbose=False)
 t0 = time.perf_counter()
 res = laplace_fit(exp, cfg)
@@ -58,10 +60,10 @@ print(json.dumps({"seconds": seconds, "peak_gb": resource.getrusage(resource.RUS
 """
 
 
-def _run(code_dir: Path, folder: Path, out: Path) -> dict:
+def _run(code_dir: Path, folder: Path, out: Path, algebra: str) -> dict:
     env = dict(os.environ, PYTHONPATH=str(code_dir))
     # run from the data folder: ``python -c`` puts the working directory first on the path
-    proc = subprocess.run([sys.executable, "-c", WORKER, str(folder), str(out)], env=env, cwd=folder, capture_output=True, text=True, check=False)
+    proc = subprocess.run([sys.executable, "-c", WORKER, str(folder), str(out), algebra], env=env, cwd=folder, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         sys.exit(f"the Laplace step failed under {code_dir}:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -75,6 +77,8 @@ def main() -> None:
     ap.add_argument("--kmax", type=int, default=20)
     ap.add_argument("--baseline", default="HEAD", help="git revision to compare against (default HEAD)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--algebra", default="default", choices=["default", "auto", "dense", "blocks"],
+                    help="laplace_algebra on both sides (default: each side's own default)")
     args = ap.parse_args()
 
     from fatebias_core.config import make_config
@@ -92,9 +96,9 @@ def main() -> None:
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline], capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
         rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.baseline], capture_output=True, text=True, check=True).stdout.strip()
-        old = _run(base, tmp / "data", tmp / "old.npz")
+        old = _run(base, tmp / "data", tmp / "old.npz", args.algebra)
         print(f"baseline {rev}: {old['seconds']:.1f} s, peak {old['peak_gb']:.1f} GB ({old['eb_updates']} EB updates)", flush=True)
-        new = _run(ROOT, tmp / "data", tmp / "new.npz")
+        new = _run(ROOT, tmp / "data", tmp / "new.npz", args.algebra)
         print(f"current: {new['seconds']:.1f} s, peak {new['peak_gb']:.1f} GB ({new['eb_updates']} EB updates)", flush=True)
         a, b = np.load(tmp / "old.npz"), np.load(tmp / "new.npz")
         mode = max(float(np.abs(a["theta"] - b["theta"]).max()), float(np.abs(a["u"] - b["u"]).max()))

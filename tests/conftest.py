@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,13 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import yaml
+from threadpoolctl import threadpool_limits
+
+# The suite runs as two workers on two cores: one BLAS / OpenMP thread each, in each
+# worker and in the processes the tests start, or their thread pools fight over the cores.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+threadpool_limits(1)
 
 FATES = ("EC", "MES", "NEU")
 # Matrix columns: targeting guides of genes A, B, C, two NTCs. Deliberately not in

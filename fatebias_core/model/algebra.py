@@ -243,13 +243,17 @@ def choose_algebra(kind: str, size: int) -> str:
     return "dense" if size <= DENSE_AUTO_MAX and dense_estimate(size).fits else "blocks"
 
 
-def make_algebra(problem: LaplaceProblem, res: LaplaceResult, kind: str) -> PosteriorAlgebra:
-    """The algebra of ``S`` at the mode ``res`` (``dense`` factors the Hessian ``res`` kept, in place)."""
+def make_algebra(problem: LaplaceProblem, res: LaplaceResult, kind: str, correct: bool = True) -> PosteriorAlgebra:
+    """The algebra of ``S`` at the mode ``res`` (``dense`` factors the Hessian ``res`` kept, in place).
+
+    ``correct`` False makes the gene blocks without the first-order elimination of the
+    other genes (``blocks`` only; see :class:`~fatebias_core.model.block_algebra.BlockAlgebra`).
+    """
     if kind == "blocks":
         from fatebias_core.model.block_algebra import BlockAlgebra
 
         curv = res.curvature if res.curvature is not None else problem.curvature(res.pi)
-        return BlockAlgebra(problem, curv)
+        return BlockAlgebra(problem, curv, correct=correct)
     hess = res.hessian if res.hessian is not None else problem.schur_hessian(res.curvature or problem.curvature(res.pi))
     res.hessian = None  # factored in place: the algebra holds it now
     return DenseAlgebra(problem, hess)
