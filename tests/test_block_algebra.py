@@ -66,7 +66,7 @@ def test_the_structured_newton_finds_the_dense_mode(at_mode):
 
 
 def test_gene_blocks_are_within_their_bound_and_the_check_measures_it():
-    """On a screen of 250 genes the gene blocks' SEs are within 1% of the dense ones, the robust ones close, and the check reports the true error."""
+    """On a screen of 250 genes the gene blocks' SEs, model-based and robust, are within 1% of the dense ones, and the check reports the true error."""
     exp, cfg = _experiment(SCREEN)
     K, D = 2, exp.cells.n_days
     hyper = {"tau": np.full(K, cfg.s_tau), "sigma_time": np.full((K, D - 1), cfg.s_time), "sigma_guide": np.array([0.1, 0.1])}
@@ -85,10 +85,10 @@ def test_gene_blocks_are_within_their_bound_and_the_check_measures_it():
     np.testing.assert_allclose(blocks.diagonal()[blocks.nuis], dense.diagonal()[blocks.nuis], rtol=1e-6)
     cp = clone_pass(problem, res, dense, robust=True)
     robust = np.abs(se(robust_blocks(problem, blocks, cp.adjusted, index)) / se(robust_blocks(problem, dense, cp.adjusted, index)) - 1)
-    # The robust term carries the clones' noise through S^-1's cross-gene entries, which
-    # the blocks leave out: it is looser (measured here: median 1.5%, largest 5%), and the
-    # check below is what tells a user how far off it is.
-    assert np.median(robust) < 0.02 and robust.max() < 0.08
+    # The robust blocks sandwich the clones' scores between gene i's first-order columns
+    # of S^-1 (the other genes' entries included): as close as the model-based ones
+    # (measured here: median 0.13%, largest 0.74%); the local blocks alone were 5% off.
+    assert np.mean(robust < 0.01) >= 0.99 and robust.max() < 0.015
     genes = check_genes(problem.layout.n_genes)
     got_model, got_robust = blocks.check(genes, cluster_scores(problem, cp.adjusted))
     assert got_model == pytest.approx(model[genes].max(), rel=1e-3)

@@ -18,8 +18,9 @@ the genes after the nuisance terms, and positive definite. What it gives:
 * exact solves with ``S`` (conjugate gradients on the exact product, ``M`` the preconditioner);
 * the gene blocks of ``S^-1`` (the ``V_i``), the nuisance block, the columns and the
   diagonal of ``M``;
-* within-clone blocks of ``X S^-1 X^T`` (leverage) and the gene blocks of the
-  cluster-robust covariance ``S^-1 (Q + J) S^-1`` as ``V_i + [M (Q + J - S) M]_ii``.
+* within-clone blocks of ``X S^-1 X^T`` (leverage), and the gene blocks of the
+  cluster-robust covariance ``S^-1 (Q + J) S^-1`` as the sandwich of gene i's columns of
+  ``S^-1`` to first order (:meth:`BlockAlgebra.robust_blocks`).
 
 Nothing here holds a (K P)^2 array: memory grows with the design's non-zeros (cells x
 guides per cell) and with the genes. Time of the first-order elimination grows as the
@@ -38,7 +39,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from fatebias_core.errors import FitError
-from fatebias_core.model.design import gene_blocks
+from fatebias_core.model.design import gene_blocks, thread_map
 from fatebias_core.model.glmm import Curvature, LaplaceProblem
 from fatebias_core.model.robust import _sym_sqrt
 
@@ -124,9 +125,9 @@ class BlockAlgebra:
         T = self.T
         U = U_raw @ T  # (L, n, B) parameter scale
         Z = np.einsum("ij,ljb->lib", self.A_inv, U)  # A^-1 U_i
-        C = T @ H_raw @ T + Q_blocks
-        self.C, self.A, self.U = 0.5 * (C + C.transpose(0, 2, 1)), A, U  # S's gene blocks, nuisance block and coupling
-        D = self.C - U.transpose(0, 2, 1) @ Z
+        C = T @ H_raw @ T + Q_blocks  # S's gene blocks
+        self.U = U  # S's coupling of the nuisance terms to each gene
+        D = 0.5 * (C + C.transpose(0, 2, 1)) - U.transpose(0, 2, 1) @ Z
         self.D = 0.5 * (D + D.transpose(0, 2, 1))
         D_inv = _inv_pd(self.D)
         if correct:
@@ -435,26 +436,65 @@ class BlockAlgebra:
     def robust_blocks(self, scores: list[sp.csr_matrix], genes: np.ndarray) -> np.ndarray:
         """Gene blocks of the robust ``S^-1 (Q + J) S^-1`` for J from the (C, P) raw clone scores per contrast.
 
-        Written ``S^-1 + S^-1 (Q + J - S) S^-1``: the first term's block is ``V_i``, and in
-        the second ``S^-1``'s columns of gene i are taken as ``V_i`` on the gene and the
-        exact ``S^-1_{N,i}`` on the nuisance terms (the other genes' entries, first order
-        in their coupling, are left out).
+        Each gene's block is the sandwich ``W_i^T (Q + J) W_i`` with ``W_i`` gene i's
+        columns of ``S^-1`` to first order in the coupling, the same order as ``V_i``:
+        ``V_i`` on the gene, ``-D_j^-1 E_ji V_i`` on every other gene j, and on the nuisance
+        terms what the Schur complement gives from those (``-A^-1 U W_i``). These are the
+        exact columns of the matrix that keeps gene i's coupling to every other gene and
+        drops the other genes' couplings among themselves, so the sandwich stays consistent:
+        the clones' scores pull on the other genes' effects, and through them on gene i's.
+        Memory: a batch of genes' columns at a time (:data:`GENE_BATCH_BYTES`); time: the
+        genes times the parameters, and the genes times the clones' scores' non-zeros.
         """
         J = self._to_local(sp.hstack(scores).tocsr())
-        n, L, B = self.n, self.L, self.B
-        JN, JE = J[:, :n], J[:, n:]
-        J_NN = (JN.T @ JN).toarray()
-        J_EN = np.asarray((JE.T @ JN).todense()).reshape(L, B, n)
-        J_EE = block_gram(JE, np.ones(J.shape[0]), L, B)
-        Q_N, Q_blocks = self.Q_N, self.Q_blocks
-        g = np.asarray(genes)
-        T, V, en = self.T[g], self.V[g], self.en[g]  # en: (g, B, n) = S^-1_{i,N}
-        d_ii = Q_blocks[g] + T @ J_EE[g] @ T - self.C[g]
-        d_in = T @ J_EN[g] - self.U[g].transpose(0, 2, 1)  # (g, B, n)
-        d_nn = Q_N + J_NN - self.A
-        cross = V @ d_in @ en.transpose(0, 2, 1)
-        out = V + V @ d_ii @ V + cross + cross.transpose(0, 2, 1) + en @ d_nn @ en.transpose(0, 2, 1)
-        return 0.5 * (out + out.transpose(0, 2, 1))
+        n, L, B, T, U, V = self.n, self.L, self.B, self.T, self.U, self.V
+        JN, JE = J[:, :n].tocsr(), J[:, n:].tocsr()
+        FE = self.loc[:, n:]
+        FE_c = FE.tocsc()
+        FE_s = FE.multiply(self.sign[:, None]).tocsr()
+        D_inv = _inv_pd(self.D)
+        U_flat = U.transpose(0, 2, 1).reshape(L * B, n)  # rows (j, b): U_j^T
+        g_all = np.asarray(genes, dtype=np.int64)
+        out = np.empty((g_all.size, B, B))
+        per_gene = 8 * B * (5 * L * B + J.shape[0])
+        batch = max(1, int(GENE_BATCH_BYTES // per_gene))
+        for start in range(0, g_all.size, batch):
+            g = g_all[start : start + batch]
+            nb = g.size
+            cols = (g[:, None] * B + np.arange(B)[None, :]).ravel()
+            # E_ji = T_j H_ji T_i - U_j^T A^-1 U_i in the layout (L, B, nb, B): rows (j, a), columns (i, b)
+            E = np.matmul(T, (FE_s.T @ FE_c[:, cols]).toarray().reshape(L, B, nb * B)).reshape(L * B, nb, B)
+            E = np.matmul(E.transpose(1, 0, 2), T[g]).transpose(1, 0, 2).reshape(L, B, nb, B)
+            E -= (U_flat @ self.Z[g].transpose(1, 0, 2).reshape(n, nb * B)).reshape(L, B, nb, B)
+            E[g, :, np.arange(nb), :] = 0.0
+            y = np.matmul(D_inv, E.reshape(L, B, nb * B)).reshape(L * B, nb, B)
+            W = -np.matmul(y.transpose(1, 0, 2), V[g]).transpose(1, 0, 2).reshape(L, B, nb, B)
+            W[g, :, np.arange(nb), :] = V[g]
+            del E, y
+            W_flat = W.reshape(L * B, nb * B)
+            WN = -self.A_inv @ (U_flat.T @ W_flat)  # (n, nb B)
+            TW = np.matmul(T, W.reshape(L, B, nb * B)).reshape(L * B, nb * B)
+            GW = (JN @ WN + _threaded_product(JE, TW)).reshape(-1, nb, B).transpose(1, 0, 2)  # (nb, C, B)
+            del TW
+            rob = np.matmul(GW.transpose(0, 2, 1), GW)
+            WN3 = WN.reshape(n, nb, B).transpose(1, 0, 2)
+            rob += np.matmul(WN3.transpose(0, 2, 1), self.Q_N @ WN3)
+            QW = np.matmul(self.Q_blocks, W.reshape(L, B, nb * B)).reshape(L * B, nb, B).transpose(1, 0, 2)
+            rob += np.matmul(W_flat.reshape(L * B, nb, B).transpose(1, 2, 0), QW)
+            out[start : start + nb] = 0.5 * (rob + rob.transpose(0, 2, 1))
+        return out
+
+
+def _threaded_product(a: sp.csr_matrix, x: np.ndarray) -> np.ndarray:
+    """``a @ x`` for a sparse ``a`` and a dense ``x``, the rows of ``a`` split over the cores (the products release the GIL)."""
+    out = np.empty((a.shape[0], x.shape[1]))
+    bounds = np.linspace(0, a.shape[0], max(1, min(a.shape[0] // 1024, 8)) + 1).astype(np.int64)
+
+    def part(i: int) -> None:
+        out[bounds[i] : bounds[i + 1]] = a[bounds[i] : bounds[i + 1]] @ x
+
+    thread_map(part, range(bounds.size - 1))
+    return out
 
 
 def _unit_columns(size: int, cols: np.ndarray) -> np.ndarray:
