@@ -67,6 +67,10 @@ class EBResult:
     trace: list[dict] = field(default_factory=list)
     converged: bool = True
     runtime_s: float = 0.0
+    #: With the gene blocks: their check (model-based, robust SEs' largest relative errors) once made.
+    block_check: tuple[float, float] | None = None
+    #: The gene blocks' check failed and the dense algebra finished the fit.
+    dense_fallback: bool = False
 
     @property
     def newton_iterations(self) -> int:

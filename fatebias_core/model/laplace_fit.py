@@ -150,7 +150,7 @@ def laplace_fit(
         "laplace_newton_iterations": int(p["newton_iterations"]),
         "laplace_eb_updates": int(p["eb_iterations"]),
         "laplace_converged": bool(p["converged"]),
-        "laplace_algebra": choose_algebra(config.laplace_algebra, K * Layout.of(experiment).size),
+        "laplace_algebra": "dense" if "dense_fallback" in p else choose_algebra(config.laplace_algebra, K * Layout.of(experiment).size),
     }
     if "block_check" in p:
         facts["laplace_block_check"] = {"model_se_max_rel_err": float(p["block_check"][0]), "robust_se_max_rel_err": float(p["block_check"][1])}
