@@ -227,8 +227,7 @@ class BlockAlgebra:
         Dt = T @ D_inv @ T  # raw-scale D_j^-1
         DtU = Dt @ U_raw.transpose(0, 2, 1)  # (L, B, n)
         W_all = np.einsum("lib,lbc,ljc->ij", U, D_inv, U)
-        FE_c = FE.tocsc()
-        FE_s = FE.multiply(sign[:, None]).tocsr()
+        coupling = _raw_coupling(FE, sign)
         out = np.empty((L, B, B))
         batch = max(1, int(GENE_BATCH_BYTES // (8 * B * L * B * 2)))
         for start in range(0, L, batch):
@@ -236,7 +235,7 @@ class BlockAlgebra:
             cols = (g[:, None] * B + np.arange(B)[None, :]).ravel()
             # The batch's columns of H_raw, laid out (L, B, genes x B) so that every product
             # below reads them in place.
-            Yt = (FE_s.T @ FE_c[:, cols]).toarray()
+            Yt = coupling(cols)
             YDt = np.matmul(Dt, Yt.reshape(L, B, cols.size)).reshape(L * B, g.size, B)
             Yg = Yt.reshape(L * B, g.size, B)
             t1 = np.stack([Yg[:, i, :].T @ YDt[:, i, :] for i in range(g.size)])
@@ -449,9 +448,7 @@ class BlockAlgebra:
         J = self._to_local(sp.hstack(scores).tocsr())
         n, L, B, T, U, V = self.n, self.L, self.B, self.T, self.U, self.V
         JN, JE = J[:, :n].tocsr(), J[:, n:].tocsr()
-        FE = self.loc[:, n:]
-        FE_c = FE.tocsc()
-        FE_s = FE.multiply(self.sign[:, None]).tocsr()
+        coupling = _raw_coupling(self.loc[:, n:], self.sign)
         D_inv = _inv_pd(self.D)
         U_flat = U.transpose(0, 2, 1).reshape(L * B, n)  # rows (j, b): U_j^T
         g_all = np.asarray(genes, dtype=np.int64)
@@ -463,7 +460,7 @@ class BlockAlgebra:
             nb = g.size
             cols = (g[:, None] * B + np.arange(B)[None, :]).ravel()
             # E_ji = T_j H_ji T_i - U_j^T A^-1 U_i in the layout (L, B, nb, B): rows (j, a), columns (i, b)
-            E = np.matmul(T, (FE_s.T @ FE_c[:, cols]).toarray().reshape(L, B, nb * B)).reshape(L * B, nb, B)
+            E = np.matmul(T, coupling(cols).reshape(L, B, nb * B)).reshape(L * B, nb, B)
             E = np.matmul(E.transpose(1, 0, 2), T[g]).transpose(1, 0, 2).reshape(L, B, nb, B)
             E -= (U_flat @ self.Z[g].transpose(1, 0, 2).reshape(n, nb * B)).reshape(L, B, nb, B)
             E[g, :, np.arange(nb), :] = 0.0
@@ -483,6 +480,13 @@ class BlockAlgebra:
             rob += np.matmul(W_flat.reshape(L * B, nb, B).transpose(1, 2, 0), QW)
             out[start : start + nb] = 0.5 * (rob + rob.transpose(0, 2, 1))
         return out
+
+
+def _raw_coupling(FE: sp.csr_matrix, sign: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """``cols -> (FE^T diag(sign) FE)[:, cols]`` as a dense array: the data part of S's raw gene columns ``cols``."""
+    FE_c = FE.tocsc()
+    FE_s = FE.multiply(sign[:, None]).tocsr()
+    return lambda cols: (FE_s.T @ FE_c[:, cols]).toarray()
 
 
 def _threaded_product(a: sp.csr_matrix, x: np.ndarray) -> np.ndarray:
