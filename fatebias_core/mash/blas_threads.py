@@ -86,3 +86,16 @@ def blas_threads_for(dim: int) -> Iterator[None]:
     finally:
         for (_, put), n in zip(controls, previous, strict=True):
             put(n)
+
+
+#: Largest dense Cholesky factorisation (and inverse from it) given every BLAS thread.
+#: OpenBLAS 0.3.30 / 0.3.31's threaded ``potrf`` crashes the process (a segmentation
+#: fault) at 16,000 rows and more on some Intel Xeons (SkylakeX kernels; seen here with
+#: two threads, fine at 12,000 and on one thread at 18,014); above this size the
+#: factorisation runs on one thread, about twice as slow on two cores, rather than risk it.
+FACTOR_THREADED_MAX = 12000
+
+
+def factor_threads_for(dim: int) -> contextlib.AbstractContextManager[None]:
+    """Like :func:`blas_threads_for`, for a Cholesky factorisation of ``dim`` rows: one thread above :data:`FACTOR_THREADED_MAX`."""
+    return blas_threads_for(dim) if dim <= FACTOR_THREADED_MAX else single_threaded_blas()

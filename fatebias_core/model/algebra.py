@@ -23,7 +23,7 @@ import numpy as np
 import scipy.linalg as sla
 
 from fatebias_core.errors import FitError
-from fatebias_core.mash.blas_threads import blas_threads_for
+from fatebias_core.mash.blas_threads import factor_threads_for
 from fatebias_core.model.design import lower_to_symmetric
 from fatebias_core.model.glmm import LaplaceProblem, LaplaceResult
 
@@ -146,7 +146,7 @@ class DenseAlgebra:
         self.size = hessian.shape[0]
         # The symmetric Hessian's transpose is itself and a Fortran-ordered view of it:
         # LAPACK's upper-triangular routines then work in place without a copy.
-        with blas_threads_for(self.size):
+        with factor_threads_for(self.size):
             chol, info = sla.lapack.dpotrf(hessian.T, lower=0, clean=1, overwrite_a=1)
             if info != 0:
                 raise FitError("the Laplace Hessian at the mode is not positive definite; use posterior_method: meanfield")

@@ -33,7 +33,7 @@ import scipy.sparse as sp
 from scipy.special import log_softmax, softmax
 
 from fatebias_core.errors import FitError
-from fatebias_core.mash.blas_threads import blas_threads_for
+from fatebias_core.mash.blas_threads import factor_threads_for
 from fatebias_core.model.design import Layout, thread_map
 
 log = logging.getLogger("fatebias.laplace")
@@ -541,7 +541,7 @@ STRUCTURED_CG_MAX_ITER = 300
 def _factor(hess: np.ndarray, size: int) -> Callable[[np.ndarray], np.ndarray]:
     """``x -> hess^-1 x`` from a Cholesky factor of ``hess`` (overwritten)."""
     try:
-        with blas_threads_for(size):
+        with factor_threads_for(size):
             chol = sla.cho_factor(hess, lower=True, check_finite=False, overwrite_a=True)
     except np.linalg.LinAlgError:
         raise FitError("the Laplace Hessian is not positive definite; use posterior_method: meanfield") from None
