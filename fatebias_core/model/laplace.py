@@ -312,9 +312,13 @@ def _laplace_posterior(
         )
 
     eb = fit(problem, psi0, solve, settings.algebra)
-    if settings.algebra == "blocks":
-        eb.block_check = _block_check(eb, settings)
-        if exact_fallback and np.nanmax(eb.block_check) > BLOCK_CHECK_WARN:
+    if settings.algebra == "blocks" and exact_fallback:
+        robust = settings.uncertainty == "cluster_robust"
+        adjusted = eb.clones.adjusted
+        if robust and adjusted is None:  # the bootstrap's fit: no robust pass of its own
+            adjusted = clone_pass(eb.problem, eb.result, eb.algebra, robust=True).adjusted
+        eb.block_check = _block_check(eb.problem, eb.algebra, adjusted if robust else None)
+        if np.nanmax(eb.block_check) > BLOCK_CHECK_WARN:
             # auto, and this machine holds the dense algebra: finish exactly, from the
             # blocks' fixed point (one or two dense updates instead of a whole dense fit).
             log.info(
@@ -358,13 +362,10 @@ def _clone_start(
     return moments + np.eye(moments.shape[0]) * MIN_CLONE_SD**2, res
 
 
-def _block_check(eb: EBResult, settings: LaplaceSettings) -> tuple[float, float]:
-    """The gene blocks' check at the converged fit (:meth:`BlockAlgebra.check`): the model-based and robust SEs' largest relative errors."""
-    problem = eb.problem
-    robust = settings.uncertainty == "cluster_robust"
-    adjusted = eb.clones.adjusted if eb.clones.adjusted is not None or not robust else clone_pass(problem, eb.result, eb.algebra, robust=True).adjusted
-    scores = cluster_scores(problem, adjusted) if robust else None
-    return eb.algebra.check(check_genes(problem.layout.n_genes), scores)
+def _block_check(problem: LaplaceProblem, algebra: BlockAlgebra, adjusted: np.ndarray | None) -> tuple[float, float]:
+    """The gene blocks' check (:meth:`BlockAlgebra.check`): the model-based and robust SEs' largest relative errors (robust: NaN without ``adjusted`` residuals)."""
+    scores = None if adjusted is None else cluster_scores(problem, adjusted)
+    return algebra.check(check_genes(problem.layout.n_genes), scores)
 
 
 #: A clone effect whose SD (logit scale) is below this in every contrast is left out.
@@ -412,7 +413,8 @@ class LaplacePosterior:
         if eb.dense_fallback:
             extra["block_check"], extra["dense_fallback"] = np.asarray(eb.block_check), np.asarray(True)
         elif isinstance(algebra, BlockAlgebra) and settings.genes is None:
-            check = eb.block_check if eb.block_check is not None else _block_check(eb, settings)
+            adjusted = cp.adjusted if settings.uncertainty == "cluster_robust" else None
+            check = eb.block_check if eb.block_check is not None else _block_check(problem, algebra, adjusted)
             extra["block_check"] = np.asarray(check)
             if np.nanmax(extra["block_check"]) > BLOCK_CHECK_WARN:
                 log.warning(
